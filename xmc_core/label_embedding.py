@@ -1,0 +1,53 @@
+"""Label embeddings: PIFA (positive instance feature aggregation).
+
+z_l = v_l / ||v_l||, v_l = Σ_{i: y_il = 1} x_i, i.e. Z = normalize_rows(Yᵀ X).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as smat
+
+from .tfidf import l2_normalize_rows
+
+__all__ = ["PifaParams", "pifa"]
+
+
+@dataclass
+class PifaParams:
+    """Settings of the label embedding.
+
+    method: "pifa" (only method for now; neural PIFA over dense embeddings uses the same call).
+    """
+
+    method: str = "pifa"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PifaParams":
+        return cls(**(d or {}))
+
+
+def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):
+    """Label embeddings Z from instance features X and labels Y.
+
+    X: N × D float32, CSR or dense ndarray. Y: N × L binary sparse.
+    Returns Z: L × D float32 (CSR when X is sparse, ndarray when dense) with unit-norm rows;
+    a label with no positive instance gets a zero row.
+    """
+    params = params or PifaParams()
+    if params.method != "pifa":
+        raise ValueError(f"PifaParams.method: unknown {params.method!r}")
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"pifa: X has {X.shape[0]} rows but Y has {Y.shape[0]}")
+    Yt = smat.csr_matrix(Y.T, dtype=np.float32)
+    if smat.issparse(X):
+        return l2_normalize_rows(Yt @ smat.csr_matrix(X, dtype=np.float32))
+    Z = np.asarray(Yt @ np.asarray(X, dtype=np.float32), dtype=np.float32)
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return Z / norms

@@ -1,0 +1,373 @@
+"""Ranking and set metrics for extreme multi-label classification.
+
+Pure numpy/scipy, no I/O.  Definitions follow ``docs/algorithms.md`` (section
+*Metrics*) and PECOS / the Extreme Classification Repository:
+
+* ``P@k``    = |top_k ∩ y| / k
+* ``R@k``    = |top_k ∩ y| / |y|                 (0 for an instance with y = ∅)
+* ``RP@k``   = |top_k ∩ y| / min(k, |y|)         (R-Precision; 0 for y = ∅)
+* ``nDCG@k`` = DCG@k / IDCG@k, DCG@k = Σ_{r≤k, hit} 1/log2(r+1),
+  IDCG@k over min(k, |y|) hits                   (0 for y = ∅)
+* ``PSP@k``  = Σ_{r≤k, hit} (1/p_l) / k, reported normalized by the best
+  achievable PSP@k of the instance set: Σ_i PSP@k(i) / Σ_i bestPSP@k(i), where
+  bestPSP@k(i) ranks the true labels of instance i by decreasing 1/p_l.
+
+Every metric is averaged over **all** N test instances; instances without any
+label stay in the denominator (as PECOS does), so they pull the averages down.
+Values are returned in percent.
+
+Shapes: ``N`` instances, ``L`` labels, ``K`` = max(ks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = [
+    "MetricParams",
+    "inverse_propensity",
+    "topk_indices",
+    "ranking_metrics",
+    "metrics_table",
+    "set_metrics",
+]
+
+# Upper bound on the number of float64 cells a dense working block may hold
+# (128 MiB); larger inputs are processed in row blocks.
+_DENSE_BLOCK_CELLS = 1 << 24
+
+
+@dataclass(frozen=True)
+class MetricParams:
+    """Which cut-offs to report and the propensity model parameters (Jain et al. 2016)."""
+
+    ks: tuple[int, ...] = (1, 3, 5, 10)
+    propensity_A: float = 0.55
+    propensity_B: float = 1.5
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _binary_csr(Y) -> sp.csr_matrix:
+    """Canonical binary CSR copy of ``Y`` (N, L): explicit zeros dropped, duplicates merged,
+    column indices sorted within rows, data all ones (float32)."""
+    Y = sp.csr_matrix(Y, copy=True)
+    Y.eliminate_zeros()
+    Y.sum_duplicates()  # also sorts indices
+    Y.data = np.ones(Y.nnz, dtype=np.float32)
+    return Y
+
+
+def _canonical_scores(S) -> sp.csr_matrix:
+    """Canonical CSR copy of a score matrix: duplicates summed, indices sorted.
+
+    Stored entries are *predictions* (even an explicitly stored 0.0); missing
+    entries are "not predicted".
+    """
+    S = sp.csr_matrix(S, copy=True)
+    S.sum_duplicates()
+    S.data = S.data.astype(np.float64, copy=False)
+    return S
+
+
+def _row_ids(indptr: np.ndarray) -> np.ndarray:
+    """Row id of each stored entry, (nnz,) int64, from a CSR ``indptr`` (N+1,)."""
+    n_rows = indptr.shape[0] - 1
+    return np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr).astype(np.int64))
+
+
+# --------------------------------------------------------------------------- propensity
+
+
+def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+    """Inverse propensity 1/p_l of every label (Jain, Prabhu & Varma, KDD 2016).
+
+    ``C = (ln N − 1)(B + 1)^A`` and ``1/p_l = 1 + C (N_l + B)^(−A)`` with ``N`` the number
+    of training instances and ``N_l`` the number of training instances tagged with ``l``.
+
+    Args:
+        Y_train: (N, L) training label matrix (sparse or dense; nonzero = positive).
+        A, B: propensity model parameters (0.55/1.5 default, 0.5/0.4 Wikipedia-style,
+            0.6/2.6 Amazon-style).
+
+    Returns:
+        (L,) float64 array of inverse propensities (each ≥ 1 when N ≥ e).
+    """
+    Y = _binary_csr(Y_train)
+    n_train, n_labels = Y.shape
+    n_pos = np.bincount(Y.indices, minlength=n_labels).astype(np.float64)  # (L,) N_l
+    C = (np.log(float(n_train)) - 1.0) * (B + 1.0) ** A
+    return (1.0 + C * np.power(n_pos + B, -A)).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- top-k
+
+
+def _topk_padded(S: sp.csr_matrix, k: int) -> np.ndarray:
+    """Top-k of a CSR block with sorted indices by a per-row sort of a padded
+    (n, max row nnz) block; (n, k) int64 with -1 padding."""
+    n_rows = S.shape[0]
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    if k == 0 or S.nnz == 0:
+        return out
+    width = int(np.diff(S.indptr).max())
+    # Sort each row on the negated score.  Indices are sorted within rows and the sort is
+    # stable, so ties go to the lower label id; padding sits after the real entries with
+    # key +inf and label -1, so it always sorts last (even against a real -inf score).
+    rows = _row_ids(S.indptr)
+    slot = np.arange(S.nnz, dtype=np.int64) - S.indptr[:-1].astype(np.int64)[rows]
+    key = np.full((n_rows, width), np.inf, dtype=np.float64)
+    key[rows, slot] = -S.data
+    col = np.full((n_rows, width), -1, dtype=np.int64)
+    col[rows, slot] = S.indices
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]  # (n, min(k, width))
+    out[:, : order.shape[1]] = np.take_along_axis(col, order, axis=1)
+    return out
+
+
+def _topk_sparse(S: sp.csr_matrix, k: int, method: str | None = None) -> np.ndarray:
+    """Top-k of a canonical CSR score matrix, (N, k) int64 with -1 padding.
+
+    ``method``:
+      * ``None`` (default): rows are grouped by nnz into power-of-two width classes and
+        each class is sorted as padded blocks of at most ``_DENSE_BLOCK_CELLS`` cells, so
+        padding costs at most 2x the nnz even for very unequal row lengths;
+      * ``"padded"``: one padded (N, max row nnz) block (reference / tests);
+      * ``"global"``: one lexsort of all nnz by (row, -score, label id) (reference / tests).
+    """
+    n_rows = S.shape[0]
+    if method == "padded":
+        return _topk_padded(S, k)
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    if k == 0 or S.nnz == 0:
+        return out
+    if method == "global":
+        rows = _row_ids(S.indptr)
+        order = np.lexsort((S.indices, -S.data, rows))
+        rank = np.arange(S.nnz, dtype=np.int64) - S.indptr[:-1].astype(np.int64)[rows[order]]
+        keep = rank < k
+        out[rows[order][keep], rank[keep]] = S.indices[order][keep]
+        return out
+    if method is not None:
+        raise ValueError(f"unknown method {method!r}")
+    row_nnz = np.diff(S.indptr).astype(np.int64)  # (N,)
+    nonempty = row_nnz > 0
+    width_class = np.zeros(n_rows, dtype=np.int64)  # ceil(log2(nnz))
+    width_class[nonempty] = np.ceil(np.log2(row_nnz[nonempty])).astype(np.int64)
+    # Loop over width classes (≤ log2 L + 1) and memory-bounded row blocks, not instances.
+    for c in np.unique(width_class[nonempty]):
+        rows_c = np.flatnonzero(nonempty & (width_class == c))
+        width = int(row_nnz[rows_c].max())
+        block = max(1, _DENSE_BLOCK_CELLS // width)
+        for start in range(0, rows_c.shape[0], block):
+            r = rows_c[start : start + block]
+            sub = S if r.shape[0] == n_rows else S[r]  # row selection keeps index order
+            out[r] = _topk_padded(sub, k)
+    return out
+
+
+def _topk_dense(S: np.ndarray, k: int) -> np.ndarray:
+    """Top-k of a dense score array (N, L), ties to the lower label id; (N, k) int64."""
+    n_rows, n_labels = S.shape
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    kk = min(k, n_labels)
+    if kk == 0 or n_rows == 0:
+        return out
+    chunk = max(1, _DENSE_BLOCK_CELLS // max(n_labels, 1))
+    for start in range(0, n_rows, chunk):  # loop over row blocks (memory bound), not instances
+        block = np.asarray(S[start : start + chunk], dtype=np.float64)
+        b = block.shape[0]
+        # k-th largest value per row; everything strictly above it is in, and the
+        # lowest-id entries equal to it fill the remaining slots.
+        kth = -np.partition(-block, kk - 1, axis=1)[:, kk - 1 : kk]  # (b, 1)
+        above = block > kth
+        need = kk - above.sum(axis=1, keepdims=True)  # (b, 1)
+        at = block == kth
+        chosen = above | (at & (np.cumsum(at, axis=1) <= need))  # exactly kk per row
+        cols = np.nonzero(chosen)[1].reshape(b, kk)  # ascending label id within row
+        vals = np.take_along_axis(block, cols, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        out[start : start + b, :kk] = np.take_along_axis(cols, order, axis=1)
+    return out
+
+
+def topk_indices(scores, k: int) -> np.ndarray:
+    """Label ids of the ``k`` highest scores of every instance, best first.
+
+    Args:
+        scores: (N, L) predicted scores: a scipy sparse matrix (stored entries are the
+            predictions, missing entries are "not predicted") or a dense array (every
+            label is predicted).  NaN scores are not supported.
+        k: number of labels to return per instance (≥ 0).
+
+    Returns:
+        (N, k) int64 label ids sorted by decreasing score; ties are broken by the lower
+        label id; ``-1`` pads rows with fewer than ``k`` predictions.
+    """
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if sp.issparse(scores):
+        return _topk_sparse(_canonical_scores(scores), k)
+    S = np.asarray(scores)
+    if S.ndim != 2:
+        raise ValueError(f"scores must be 2-D, got shape {S.shape}")
+    return _topk_dense(S, k)
+
+
+# --------------------------------------------------------------------------- ranking metrics
+
+
+def _hits(Y: sp.csr_matrix, top: np.ndarray) -> np.ndarray:
+    """(N, K) bool: whether ``top[i, r]`` is a true label of instance ``i``.
+
+    ``Y`` must be canonical (sorted indices); ``top`` (N, K) int64 with -1 padding.
+    """
+    n_rows, n_labels = Y.shape
+    valid = top >= 0
+    if Y.nnz == 0:
+        return np.zeros(top.shape, dtype=bool)
+    # Row-major linear keys of the true labels are globally sorted for a canonical CSR.
+    true_keys = _row_ids(Y.indptr) * np.int64(n_labels) + Y.indices.astype(np.int64)
+    query = np.arange(n_rows, dtype=np.int64)[:, None] * np.int64(n_labels) + top
+    pos = np.searchsorted(true_keys, query)
+    pos = np.minimum(pos, true_keys.shape[0] - 1)
+    return valid & (true_keys[pos] == query)
+
+
+def _best_psp_gains(Y: sp.csr_matrix, inv_prop: np.ndarray, K: int) -> np.ndarray:
+    """(N, K) float64: the true labels' inverse propensities of each row, in decreasing
+    order, zero-padded — the gains of the best achievable ranking for PSP."""
+    n_rows = Y.shape[0]
+    best = np.zeros((n_rows, K), dtype=np.float64)
+    if Y.nnz == 0 or K == 0:
+        return best
+    rows = _row_ids(Y.indptr)
+    vals = inv_prop[Y.indices]
+    order = np.lexsort((-vals, rows))  # by row, then decreasing 1/p_l
+    rank = np.arange(Y.nnz, dtype=np.int64) - Y.indptr[:-1].astype(np.int64)[rows[order]]
+    keep = rank < K
+    best[rows[order][keep], rank[keep]] = vals[order][keep]
+    return best
+
+
+def ranking_metrics(
+    Y_true,
+    scores,
+    params: MetricParams = MetricParams(),
+    inv_prop: np.ndarray | None = None,
+) -> dict[str, dict[int, float]]:
+    """P@k, R@k, RP@k, nDCG@k (and PSP@k when ``inv_prop`` is given), in percent.
+
+    Args:
+        Y_true: (N, L) ground truth, sparse or dense; nonzero = relevant.
+        scores: (N, L) predicted scores, see :func:`topk_indices`.
+        params: cut-offs ``ks`` (the propensity parameters are not used here; pass
+            ``inv_prop = inverse_propensity(Y_train, params.propensity_A, params.propensity_B)``).
+        inv_prop: (L,) inverse propensities 1/p_l; enables ``"psp"``.
+
+    Returns:
+        ``{"p": {k: v}, "r": ..., "rp": ..., "ndcg": ..., ["psp": ...]}`` with values in
+        percent, averaged over all N instances (label-less rows count in the denominator
+        and contribute 0).  PSP@k is Σ_i PSP@k(i) / Σ_i bestPSP@k(i) · 100 (0 when no
+        instance has a label).
+    """
+    ks = tuple(sorted({int(k) for k in params.ks}))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {params.ks!r}")
+    Y = _binary_csr(Y_true)
+    if Y.shape != tuple(scores.shape):
+        raise ValueError(f"Y_true shape {Y.shape} != scores shape {tuple(scores.shape)}")
+    n_rows, n_labels = Y.shape
+    K = ks[-1]
+
+    top = topk_indices(scores, K)  # (N, K) int64
+    hits = _hits(Y, top)  # (N, K) bool
+    n_true = np.diff(Y.indptr).astype(np.float64)  # (N,) |y|
+    has_true = n_true > 0
+    n_hits = np.cumsum(hits, axis=1, dtype=np.float64)  # (N, K) |top_r ∩ y|
+    discount = 1.0 / np.log2(np.arange(2, K + 2, dtype=np.float64))  # (K,) 1/log2(r+1)
+    dcg = np.cumsum(hits * discount, axis=1)  # (N, K)
+    idcg_prefix = np.concatenate(([0.0], np.cumsum(discount)))  # (K+1,) IDCG for m hits
+    denom = max(n_rows, 1)
+
+    out: dict[str, dict[int, float]] = {"p": {}, "r": {}, "rp": {}, "ndcg": {}}
+    safe_true = np.where(has_true, n_true, 1.0)
+    for k in ks:  # loop over the handful of cut-offs only
+        inter = n_hits[:, k - 1]
+        out["p"][k] = 100.0 * float(np.sum(inter / k)) / denom
+        out["r"][k] = 100.0 * float(np.sum(np.where(has_true, inter / safe_true, 0.0))) / denom
+        rp_den = np.minimum(float(k), safe_true)
+        out["rp"][k] = 100.0 * float(np.sum(np.where(has_true, inter / rp_den, 0.0))) / denom
+        idcg = idcg_prefix[np.minimum(n_true, k).astype(np.int64)]
+        ndcg = np.where(has_true, dcg[:, k - 1] / np.where(has_true, idcg, 1.0), 0.0)
+        out["ndcg"][k] = 100.0 * float(np.sum(ndcg)) / denom
+
+    if inv_prop is not None:
+        w = np.asarray(inv_prop, dtype=np.float64).reshape(-1)
+        if w.shape[0] != n_labels:
+            raise ValueError(f"inv_prop has {w.shape[0]} entries, expected {n_labels}")
+        gain = np.where(hits, w[np.maximum(top, 0)], 0.0)  # (N, K)
+        psp = np.cumsum(gain, axis=1)
+        best = np.cumsum(_best_psp_gains(Y, w, K), axis=1)
+        out["psp"] = {}
+        for k in ks:
+            total_best = float(np.sum(best[:, k - 1])) / k
+            total = float(np.sum(psp[:, k - 1])) / k
+            out["psp"][k] = 100.0 * total / total_best if total_best > 0 else 0.0
+    return out
+
+
+def metrics_table(result: dict[str, dict[int, float]]) -> list[dict]:
+    """Flatten a :func:`ranking_metrics` result to ``[{"metric", "k", "value"}, ...]``
+    (metric order preserved, k ascending)."""
+    return [
+        {"metric": str(metric), "k": int(k), "value": float(by_k[k])}
+        for metric, by_k in result.items()
+        for k in sorted(by_k)
+    ]
+
+
+# --------------------------------------------------------------------------- set metrics
+
+
+def set_metrics(Y_true, Y_pred_set) -> dict[str, float]:
+    """Metrics of a predicted label *set* (no ranking), in percent.
+
+    Args:
+        Y_true: (N, L) ground truth; nonzero = relevant.
+        Y_pred_set: (N, L) predicted set; nonzero = predicted.
+
+    Returns:
+        ``micro_precision`` = TP / |pred|, ``micro_recall`` = TP / |true|,
+        ``micro_f1`` = 2 TP / (|pred| + |true|) (all pooled over instances and labels),
+        and ``macro_f1`` = mean over labels present in ``Y_true`` of
+        2 TP_l / (|pred_l| + |true_l|).  Empty denominators give 0.
+    """
+    Y = _binary_csr(Y_true)
+    P = _binary_csr(Y_pred_set)
+    if Y.shape != P.shape:
+        raise ValueError(f"Y_true shape {Y.shape} != Y_pred_set shape {P.shape}")
+    n_labels = Y.shape[1]
+    TP = Y.multiply(P).tocsr()
+    TP.eliminate_zeros()
+    tp_l = np.bincount(TP.indices, minlength=n_labels).astype(np.float64)  # (L,)
+    true_l = np.bincount(Y.indices, minlength=n_labels).astype(np.float64)  # (L,)
+    pred_l = np.bincount(P.indices, minlength=n_labels).astype(np.float64)  # (L,)
+    tp, n_true, n_pred = float(tp_l.sum()), float(true_l.sum()), float(pred_l.sum())
+
+    def _ratio(a: float, b: float) -> float:
+        return 100.0 * a / b if b > 0 else 0.0
+
+    present = true_l > 0
+    f1_l = 2.0 * tp_l[present] / (pred_l[present] + true_l[present])
+    return {
+        "micro_precision": _ratio(tp, n_pred),
+        "micro_recall": _ratio(tp, n_true),
+        "micro_f1": _ratio(2.0 * tp, n_pred + n_true),
+        "macro_f1": 100.0 * float(f1_l.mean()) if f1_l.size else 0.0,
+    }

@@ -1,0 +1,309 @@
+"""XR-Linear end to end: features → PIFA → label tree → rankers, saved as a model folder.
+
+A model folder loads without Dagster:
+
+    model/
+      params.json        format_version, method, nested params, label count, training info
+      labels.txt         label names, one per line (line index = label id)
+      featurizer/        TF-IDF vocabulary + idf (raw-text models only)
+      ranker/            tree.npz, W{t}.npz, ranker.json
+
+`XmcModel.load(path).predict(texts_or_X, topk)` returns an N × L float32 CSR of scores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+from .label_embedding import PifaParams, pifa
+from .tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
+from .tree import LabelTree, TreeParams, build_tree
+from .xlinear import PredParams, RankerParams, XLinearModel
+
+__all__ = ["FORMAT_VERSION", "XRLinearParams", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear"]
+
+FORMAT_VERSION = 1
+
+
+class ModelFormatError(ValueError):
+    """A model folder that is missing, incomplete or of another format version."""
+
+
+@dataclass
+class XRLinearParams:
+    """All settings of an XR-Linear model (nested; round-trips JSON)."""
+
+    tfidf: TfidfParams = field(default_factory=TfidfParams)
+    pifa: PifaParams = field(default_factory=PifaParams)
+    tree: TreeParams = field(default_factory=TreeParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    pred: PredParams = field(default_factory=PredParams)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name).to_dict() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "XRLinearParams":
+        d = dict(d or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"XRLinearParams: unknown section(s) {sorted(unknown)}; expected {sorted(known)}")
+        kwargs = {}
+        for name, sub in d.items():
+            sub_cls = type(known[name].default_factory())
+            sub_known = {f.name for f in fields(sub_cls)}
+            bad = set(sub or {}) - sub_known
+            if bad:
+                raise ValueError(f"XRLinearParams.{name}: unknown key(s) {sorted(bad)}; expected {sorted(sub_known)}")
+            kwargs[name] = sub_cls.from_dict(sub)
+        return cls(**kwargs)
+
+    def merged(self, overrides: dict | None) -> "XRLinearParams":
+        """A copy with nested overrides applied ({"ranker": {"Cp": 2}} changes only Cp)."""
+        base = self.to_dict()
+        for section, values in (overrides or {}).items():
+            if not isinstance(values, dict):
+                raise ValueError(f"XRLinearParams: section {section!r} must be an object, got {values!r}")
+            base.setdefault(section, {}).update(values)
+        return XRLinearParams.from_dict(base)
+
+
+class atomic_dir:
+    """Context manager: write a folder under a temporary name, rename it into place on success.
+
+    A crash leaves the previous folder (if any) untouched and only a `.tmp-*` sibling behind.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.path.exists():
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+class XmcModel:
+    """A trained XR-Linear model: featurizer + label tree + rankers + label names.
+
+    featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
+    vectors; rows are l2-normalized before scoring).
+    """
+
+    def __init__(self, params: XRLinearParams, label_names: list[str], ranker: XLinearModel,
+                 featurizer: TfidfVectorizer | None = None, method: str = "xr-linear",
+                 info: dict | None = None):
+        if len(label_names) != ranker.n_labels:
+            raise ValueError(f"XmcModel: {len(label_names)} label names for {ranker.n_labels} labels")
+        self.params = params
+        self.label_names = list(label_names)
+        self.ranker = ranker
+        self.featurizer = featurizer
+        self.method = method
+        self.info = dict(info or {})
+
+        self.label_counts: np.ndarray | None = None  # (L,) int64 training positives per label
+        self.n_train: int | None = None
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_names)
+
+    # -- label statistics (propensity, tail buckets, alignment of evaluation data) -------------
+    def set_label_counts(self, Y_train: smat.spmatrix) -> None:
+        """Remember per-label training frequencies (for PSP@k and tail buckets)."""
+        Y = smat.csc_matrix(Y_train)
+        self.label_counts = np.diff(Y.indptr).astype(np.int64)
+        self.n_train = int(Y.shape[0])
+
+    def inverse_propensity(self, A: float = 0.55, B: float = 1.5, n_cols: int | None = None) -> np.ndarray | None:
+        """(n_cols or L,) float64 inverse propensities (Jain et al.) from the training counts."""
+        if self.label_counts is None:
+            return None
+        counts = self.label_counts
+        if n_cols is not None and n_cols > len(counts):
+            counts = np.concatenate([counts, np.zeros(n_cols - len(counts), np.int64)])
+        N = self.n_train
+        C = (np.log(N) - 1.0) * (B + 1.0) ** A
+        return 1.0 + C * (counts + B) ** (-A)
+
+    def align_labels(self, Y: smat.spmatrix, names: Sequence[str]) -> smat.csr_matrix:
+        """Re-index an evaluation split's Y (columns named `names`) to this model's label ids.
+
+        Labels the model never saw get extra columns after the model's L, so they still count in
+        |y| (a model can never predict them). Returns N × (L + unseen) float32 CSR.
+        """
+        Y = smat.csr_matrix(Y, dtype=np.float32)
+        if list(names) == self.label_names:
+            return Y
+        index = {n: i for i, n in enumerate(self.label_names)}
+        used = np.unique(Y.indices)
+        extra = [names[j] for j in used if names[j] not in index]
+        extra_index = {n: self.n_labels + k for k, n in enumerate(extra)}
+        remap = np.array([index.get(n, extra_index.get(n, -1)) for n in names], dtype=np.int64)
+        out = smat.csr_matrix((Y.data, remap[Y.indices], Y.indptr), shape=(Y.shape[0], self.n_labels + len(extra)))
+        out.sort_indices()
+        return out
+
+    def unseen_label_count(self, Y_aligned: smat.spmatrix) -> int:
+        """Distinct labels of Y_aligned absent from training (no positives, or not in the model)."""
+        used = np.unique(smat.csr_matrix(Y_aligned).indices)
+        unseen = used >= self.n_labels
+        if self.label_counts is not None:
+            inside = used[~unseen]
+            unseen[~unseen] = self.label_counts[inside] == 0
+        return int(unseen.sum())
+
+    def featurize(self, texts_or_X) -> smat.csr_matrix:
+        """N × D float32 CSR, l2-normalized rows, from raw texts or a feature matrix."""
+        if smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
+            X = smat.csr_matrix(texts_or_X, dtype=np.float32)
+            if self.featurizer is not None and X.shape[1] == self.featurizer.n_features:
+                return X
+            return l2_normalize_rows(X)
+        if isinstance(texts_or_X, str):
+            texts_or_X = [texts_or_X]
+        if self.featurizer is None:
+            raise ValueError("this model was trained on feature vectors (no text featurizer); pass X, not texts")
+        return self.featurizer.transform(list(texts_or_X))
+
+    def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
+                post_processor: str | None = None) -> smat.csr_matrix:
+        """Scores: N × L float32 CSR with at most topk entries per row."""
+        X = self.featurize(texts_or_X)
+        return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
+
+    def predict_labels(self, texts_or_X, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
+        """Per document, [(label name, score), ...] best first."""
+        P = self.predict(texts_or_X, topk=topk, **kw)
+        out = []
+        for i in range(P.shape[0]):
+            a, b = P.indptr[i], P.indptr[i + 1]
+            order = np.argsort(-P.data[a:b], kind="stable")
+            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
+        return out
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "method": self.method,
+                "n_labels": self.n_labels,
+                "n_features": self.ranker.n_features,
+                "has_text_featurizer": self.featurizer is not None,
+                "params": self.params.to_dict(),
+                "info": self.info,
+            }
+            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
+            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
+                fh.write("".join(f"{name}\n" for name in self.label_names))
+            if self.featurizer is not None:
+                self.featurizer.save(tmp / "featurizer")
+            self.ranker.save(tmp / "ranker")
+            if self.label_counts is not None:
+                np.save(tmp / "label_counts.npy", self.label_counts)
+                meta_extra = {"n_train": self.n_train}
+                (tmp / "train_stats.json").write_text(json.dumps(meta_extra))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "XmcModel":
+        path = Path(path)
+        meta_file = path / "params.json"
+        if not meta_file.is_file():
+            raise ModelFormatError(f"{path}: not a model folder (no params.json)")
+        meta = json.loads(meta_file.read_text())
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFormatError(
+                f"{meta_file}: model format version {version!r}, this xmc reads version {FORMAT_VERSION}; retrain the model"
+            )
+        with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
+            names = fh.read().split("\n")[:-1]
+        featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
+        ranker = XLinearModel.load(path / "ranker")
+        model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
+                    meta.get("method", "xr-linear"), meta.get("info"))
+        if (path / "label_counts.npy").is_file():
+            model.label_counts = np.load(path / "label_counts.npy")
+            model.n_train = json.loads((path / "train_stats.json").read_text())["n_train"]
+        return model
+
+
+def train_xr_linear(
+    Y: smat.spmatrix,
+    label_names: Sequence[str],
+    params: XRLinearParams | None = None,
+    texts: Sequence[str] | None = None,
+    X: smat.spmatrix | None = None,
+    log: Callable[[dict], None] | None = None,
+) -> XmcModel:
+    """Fit featurizer (texts given) or normalize X, build PIFA + tree, train rankers.
+
+    Y: N × L binary CSR. Exactly one of texts (N strings) and X (N × F) is given.
+    `log` receives {"stage": ..., "seconds": ...} records (and per-level ranker records).
+    """
+    params = params or XRLinearParams()
+    if (texts is None) == (X is None):
+        raise ValueError("train_xr_linear: give exactly one of texts and X")
+    emit = log or (lambda rec: None)
+    t0 = time.perf_counter()
+    featurizer = None
+    if texts is not None:
+        featurizer = TfidfVectorizer(params.tfidf)
+        X = featurizer.fit_transform(list(texts))
+    else:
+        X = l2_normalize_rows(X)
+    emit({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1]})
+    model = fit_rankers(X, Y, label_names, params, featurizer, log=log)
+    return model
+
+
+def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
+                log: Callable[[dict], None] | None = None) -> XmcModel:
+    """PIFA → tree (unless given) → rankers on ready features X (N × D float32 CSR, l2 rows)."""
+    emit = log or (lambda rec: None)
+    if tree is None:
+        t0 = time.perf_counter()
+        Z = pifa(X, Y, params.pifa)
+        emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0})
+        t0 = time.perf_counter()
+        tree = build_tree(Z, params.tree)
+        emit({"stage": "label_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
+    t0 = time.perf_counter()
+    levels = []
+
+    def level_log(rec):
+        levels.append(rec)
+        emit({"stage": "rankers_level", **rec})
+
+    ranker = XLinearModel.train(X, Y, tree, params.ranker, params.pred, log=level_log)
+    emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
+    return XmcModel(params, list(label_names), ranker, featurizer, info={"levels": levels})

@@ -1,0 +1,283 @@
+"""Evaluation and benchmark history in a DuckDB file.
+
+Two append-only tables (history is never overwritten):
+
+* ``evaluation`` — one row per (run, dataset, model, split, metric, k);
+* ``benchmark``  — one row per benchmark measurement (fixed schema, see
+  :data:`BENCHMARK_COLUMNS`).
+
+Concurrency: DuckDB lets one *process* hold a database file at a time.  Every call
+opens a short-lived connection, does its work in one transaction and closes it; when the
+file is locked by another process (``duckdb.IOException``) it retries with jittered
+exponential backoff for up to :data:`LOCK_TIMEOUT_S` seconds, so concurrent writers from
+several processes all succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+__all__ = [
+    "EVALUATION_COLUMNS",
+    "BENCHMARK_COLUMNS",
+    "LOCK_TIMEOUT_S",
+    "append_evaluation",
+    "append_benchmark",
+    "read_evaluation",
+    "read_benchmark",
+    "p_at_k_table",
+]
+
+#: (name, DuckDB type) of table ``evaluation``.
+EVALUATION_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "VARCHAR"),
+    ("dataset", "VARCHAR"),
+    ("model", "VARCHAR"),
+    ("split", "VARCHAR"),
+    ("metric", "VARCHAR"),
+    ("k", "INTEGER"),
+    ("value", "DOUBLE"),
+    ("created_at", "TIMESTAMP"),
+    ("params", "VARCHAR"),  # JSON text
+)
+
+#: (name, DuckDB type) of table ``benchmark``.
+BENCHMARK_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "VARCHAR"),
+    ("bench", "VARCHAR"),
+    ("dataset", "VARCHAR"),
+    ("system", "VARCHAR"),
+    ("threads", "INTEGER"),
+    ("n_labels", "BIGINT"),
+    ("n_train", "BIGINT"),
+    ("n_test", "BIGINT"),
+    ("train_s", "DOUBLE"),
+    ("predict_s", "DOUBLE"),
+    ("peak_rss_mb", "DOUBLE"),
+    ("p1", "DOUBLE"),
+    ("p3", "DOUBLE"),
+    ("p5", "DOUBLE"),
+    ("created_at", "TIMESTAMP"),
+    ("extra", "VARCHAR"),  # JSON text
+)
+
+#: Give up waiting for another process's lock after this many seconds.
+LOCK_TIMEOUT_S: float = 60.0
+
+_POLARS_TYPES = {
+    "VARCHAR": pl.Utf8,
+    "INTEGER": pl.Int32,
+    "BIGINT": pl.Int64,
+    "DOUBLE": pl.Float64,
+    "TIMESTAMP": pl.Datetime("us"),
+}
+
+
+# --------------------------------------------------------------------------- connection
+
+
+def _now() -> _dt.datetime:
+    """Current UTC time as a naive datetime (DuckDB ``TIMESTAMP`` has no zone)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+
+
+def _to_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+@contextlib.contextmanager
+def _connect(
+    db_path: str | os.PathLike, read_only: bool = False, timeout_s: float | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Short-lived connection, retried while another process holds the file lock."""
+    path = Path(db_path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(min(delay * (0.5 + random.random()), max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2.0, 1.0)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def _create_sql(table: str, columns: Sequence[tuple[str, str]]) -> str:
+    cols = ", ".join(f"{name} {typ}" for name, typ in columns)
+    return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+def _append(db_path, table: str, columns: Sequence[tuple[str, str]], rows: list[tuple]) -> int:
+    """Create ``table`` if missing and insert ``rows`` in a single transaction."""
+    names = [name for name, _ in columns]
+    frame = pl.DataFrame(
+        rows, schema={name: _POLARS_TYPES[typ] for name, typ in columns}, orient="row"
+    )
+    with _connect(db_path) as con:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(_create_sql(table, columns))
+            if rows:
+                con.register("_xmc_new_rows", frame.to_arrow())
+                con.execute(
+                    f"INSERT INTO {table} ({', '.join(names)}) "
+                    f"SELECT {', '.join(names)} FROM _xmc_new_rows"
+                )
+                con.unregister("_xmc_new_rows")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return len(rows)
+
+
+def _fetch_arrow(rel: duckdb.DuckDBPyRelation):
+    """Relation as a pyarrow Table across DuckDB versions (``to_arrow_table`` in 1.4+/2.x,
+    ``arrow`` before)."""
+    fetch = getattr(rel, "to_arrow_table", None) or getattr(rel, "arrow")
+    return fetch()
+
+
+def _read(db_path, table: str, columns, where: str = "", args: Sequence = ()) -> pl.DataFrame:
+    empty = pl.DataFrame(schema={name: _POLARS_TYPES[typ] for name, typ in columns})
+    if not Path(db_path).exists():
+        return empty
+    with _connect(db_path, read_only=True) as con:
+        exists = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+        ).fetchall()[0][0]
+        if not exists:
+            return empty
+        return pl.from_arrow(
+            # No ORDER BY: DuckDB keeps insertion order for plain scans, and the tables are
+            # append-only, so this is chronological (and stable within one call).
+            _fetch_arrow(con.sql(f"SELECT * FROM {table} {where}", params=list(args)))
+        )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _metric_rows(metrics) -> list[tuple[str, int, float]]:
+    if isinstance(metrics, Mapping):
+        return [
+            (str(metric), int(k), float(v))
+            for metric, by_k in metrics.items()
+            for k, v in sorted(by_k.items())
+        ]
+    return [(str(r["metric"]), int(r["k"]), float(r["value"])) for r in metrics]
+
+
+def append_evaluation(
+    db_path: str | os.PathLike,
+    run_id: str,
+    dataset: str,
+    model: str,
+    split: str,
+    metrics: Mapping[str, Mapping[int, float]] | Sequence[Mapping],
+    params: Mapping,
+) -> int:
+    """Append one row per (metric, k) to table ``evaluation`` (created if missing).
+
+    Args:
+        db_path: DuckDB file (parent folders are created).
+        metrics: ``{"p": {1: 85.2, ...}, ...}`` as returned by
+            :func:`xmc_core.metrics.ranking_metrics`, or the flat
+            ``[{"metric", "k", "value"}, ...]`` of :func:`xmc_core.metrics.metrics_table`.
+        params: run parameters, stored as JSON text (non-JSON values via ``str``).
+
+    Returns:
+        Number of rows written.  All rows of one call share ``created_at``.
+    """
+    created_at, params_json = _now(), _to_json(dict(params))
+    rows = [
+        (str(run_id), str(dataset), str(model), str(split), metric, k, value, created_at, params_json)
+        for metric, k, value in _metric_rows(metrics)
+    ]
+    return _append(db_path, "evaluation", EVALUATION_COLUMNS, rows)
+
+
+def read_evaluation(db_path: str | os.PathLike, run_id: str | None = None) -> pl.DataFrame:
+    """Rows of table ``evaluation`` (all runs, or one ``run_id``), oldest first.
+
+    Returns an empty frame with the :data:`EVALUATION_COLUMNS` schema when the file or
+    table does not exist.
+    """
+    if run_id is None:
+        return _read(db_path, "evaluation", EVALUATION_COLUMNS)
+    return _read(db_path, "evaluation", EVALUATION_COLUMNS, "WHERE run_id = ?", [str(run_id)])
+
+
+def p_at_k_table(db_path: str | os.PathLike, run_id: str) -> pl.DataFrame:
+    """Wide view of one run for printing / markdown.
+
+    One row per (dataset, model, split, metric) — metrics in the order they were written —
+    and one column per k, named ``"@1"``, ``"@3"``, ...  If the same cell was appended
+    more than once, the latest value wins.
+    """
+    df = read_evaluation(db_path, run_id)
+    index = ["dataset", "model", "split", "metric"]
+    if df.is_empty():
+        return pl.DataFrame(schema={c: pl.Utf8 for c in index})
+    ks = sorted(df["k"].unique().to_list())
+    # Rows are in insertion order, so "last" is the latest value and maintain_order keeps
+    # the (dataset, model, split, metric) rows in the order they were first written.
+    wide = df.pivot(
+        on="k", index=index, values="value", aggregate_function="last", maintain_order=True
+    )
+    return wide.select(index + [str(k) for k in ks]).rename({str(k): f"@{k}" for k in ks})
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def append_benchmark(db_path: str | os.PathLike, rows: Sequence[Mapping]) -> int:
+    """Append benchmark measurements to table ``benchmark`` (created if missing).
+
+    Each row is a dict keyed by :data:`BENCHMARK_COLUMNS` names; missing keys are NULL,
+    ``created_at`` defaults to now (UTC), ``extra`` (any JSON-able value) is stored as JSON
+    text.  Keys outside the schema are rejected with ``ValueError`` so that nothing is
+    silently dropped — put them in ``extra``.
+
+    Returns:
+        Number of rows written.
+    """
+    names = [name for name, _ in BENCHMARK_COLUMNS]
+    created_at = _now()
+    out: list[tuple] = []
+    for row in rows:
+        unknown = set(row) - set(names)
+        if unknown:
+            raise ValueError(f"unknown benchmark columns {sorted(unknown)}; put them in 'extra'")
+        values = dict(row)
+        values.setdefault("created_at", created_at)
+        if values.get("extra") is not None and not isinstance(values["extra"], str):
+            values["extra"] = _to_json(values["extra"])
+        out.append(tuple(values.get(name) for name in names))
+    return _append(db_path, "benchmark", BENCHMARK_COLUMNS, out)
+
+
+def read_benchmark(db_path: str | os.PathLike, run_id: str | None = None) -> pl.DataFrame:
+    """Rows of table ``benchmark`` (all, or one ``run_id``), oldest first."""
+    if run_id is None:
+        return _read(db_path, "benchmark", BENCHMARK_COLUMNS)
+    return _read(db_path, "benchmark", BENCHMARK_COLUMNS, "WHERE run_id = ?", [str(run_id)])

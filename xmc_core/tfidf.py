@@ -1,0 +1,243 @@
+"""TF-IDF featurization fitted on the training split only.
+
+`TfidfVectorizer.fit(texts)` learns a vocabulary and idf weights; `transform(texts)` returns
+X, an N × D float32 CSR matrix with sorted indices and l2-normalized rows (when `norm="l2"`).
+The fitted vectorizer saves into a model folder (`vocab.txt` + `idf.npy` + params), so that a
+model predicts on new raw text without its training corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+__all__ = ["TfidfParams", "TfidfVectorizer"]
+
+# A token is a run of two or more word characters (the usual bag-of-words convention).
+_TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
+
+
+@dataclass
+class TfidfParams:
+    """Settings of the TF-IDF vectorizer.
+
+    analyzer: "word" (word n-grams), "char_wb" (character n-grams inside word boundaries), or
+        "word+char" (both, concatenated: the word block first).
+    ngram_range: word n-gram sizes (inclusive).
+    char_ngram_range: character n-gram sizes (inclusive) for "char_wb" / "word+char".
+    min_df: a term must occur in at least this many training documents.
+    max_df_ratio: drop terms occurring in more than this share of documents (1.0 keeps all).
+    max_features: keep the max_features terms of highest document frequency (None: all).
+    sublinear_tf: tf → 1 + log(tf).
+    norm: "l2" or None.
+    lowercase: fold case before tokenizing.
+    """
+
+    analyzer: str = "word"
+    ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] = (3, 5)
+    min_df: int = 2
+    max_df_ratio: float = 1.0
+    max_features: int | None = None
+    sublinear_tf: bool = True
+    norm: str | None = "l2"
+    lowercase: bool = True
+
+    def __post_init__(self):
+        self.ngram_range = tuple(int(v) for v in self.ngram_range)
+        self.char_ngram_range = tuple(int(v) for v in self.char_ngram_range)
+        if self.analyzer not in ("word", "char_wb", "word+char"):
+            raise ValueError(f"TfidfParams.analyzer: expected word, char_wb or word+char, got {self.analyzer!r}")
+        for name in ("ngram_range", "char_ngram_range"):
+            lo, hi = getattr(self, name)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"TfidfParams.{name}: need 1 <= min <= max, got {(lo, hi)}")
+        if self.min_df < 1:
+            raise ValueError(f"TfidfParams.min_df: must be >= 1, got {self.min_df}")
+        if not 0.0 < self.max_df_ratio <= 1.0:
+            raise ValueError(f"TfidfParams.max_df_ratio: must be in (0, 1], got {self.max_df_ratio}")
+        if self.norm not in ("l2", None):
+            raise ValueError(f"TfidfParams.norm: expected 'l2' or None, got {self.norm!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TfidfParams":
+        return cls(**(d or {}))
+
+
+def _word_terms(tokens: list[str], lo: int, hi: int) -> list[str]:
+    if lo == 1 and hi == 1:
+        return tokens
+    terms = list(tokens) if lo == 1 else []
+    for n in range(max(lo, 2), hi + 1):
+        # n-gram terms joined by a space, which a single token never contains.
+        terms.extend(" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return terms
+
+
+def _char_terms(tokens: list[str], lo: int, hi: int) -> list[str]:
+    terms = []
+    for tok in tokens:
+        padded = f" {tok} "
+        m = len(padded)
+        for n in range(lo, hi + 1):
+            if n > m:
+                break
+            # "\x01" marks a char n-gram so it cannot collide with a word term.
+            terms.extend("\x01" + padded[i : i + n] for i in range(m - n + 1))
+    return terms
+
+
+class TfidfVectorizer:
+    """Word / character n-gram TF-IDF, fitted on training text only.
+
+    Attributes after fit:
+        vocab: dict term → column id (0..D-1).
+        idf: (D,) float32, smooth idf = ln((1 + N) / (1 + df)) + 1.
+    """
+
+    def __init__(self, params: TfidfParams | None = None):
+        self.params = params or TfidfParams()
+        self.vocab: dict[str, int] | None = None
+        self.idf: np.ndarray | None = None
+
+    # -- tokenization -------------------------------------------------------------------------
+    def _terms(self, text: str) -> list[str]:
+        p = self.params
+        if p.lowercase:
+            text = text.lower()
+        tokens = _TOKEN_RE.findall(text)
+        if p.analyzer == "word":
+            return _word_terms(tokens, *p.ngram_range)
+        if p.analyzer == "char_wb":
+            return _char_terms(tokens, *p.char_ngram_range)
+        return _word_terms(tokens, *p.ngram_range) + _char_terms(tokens, *p.char_ngram_range)
+
+    def _count(self, texts: Iterable[str], vocab: dict[str, int], grow: bool):
+        """Term ids per document as flat arrays (doc ids, term ids), duplicates included."""
+        doc_lens = []
+        ids: list[int] = []
+        if grow:
+            setdefault = vocab.setdefault
+            for text in texts:
+                terms = self._terms(text)
+                doc_lens.append(len(terms))
+                # setdefault evaluates len(vocab) before inserting: a new term gets the next id.
+                ids.extend([setdefault(t, len(vocab)) for t in terms])
+        else:
+            get = vocab.get
+            for text in texts:
+                found = [i for i in map(get, self._terms(text)) if i is not None]
+                doc_lens.append(len(found))
+                ids.extend(found)
+        term_ids = np.fromiter(ids, dtype=np.int64, count=len(ids))
+        doc_ids = np.repeat(np.arange(len(doc_lens), dtype=np.int64), doc_lens)
+        return doc_ids, term_ids, len(doc_lens)
+
+    @staticmethod
+    def _tf_matrix(doc_ids, term_ids, n_docs, n_terms) -> smat.csr_matrix:
+        data = np.ones(len(term_ids), dtype=np.float32)
+        tf = smat.csr_matrix((data, (doc_ids, term_ids)), shape=(n_docs, n_terms), dtype=np.float32)
+        tf.sum_duplicates()  # also sorts indices
+        return tf
+
+    # -- public API ---------------------------------------------------------------------------
+    def fit(self, texts: Sequence[str]) -> "TfidfVectorizer":
+        self.fit_transform(texts)
+        return self
+
+    def fit_transform(self, texts: Sequence[str]) -> smat.csr_matrix:
+        """Fit on `texts` (N strings) and return X (N × D float32 CSR)."""
+        p = self.params
+        raw_vocab: dict[str, int] = {}
+        doc_ids, term_ids, n_docs = self._count(texts, raw_vocab, grow=True)
+        if n_docs == 0:
+            raise ValueError("TfidfVectorizer.fit: no documents")
+        tf = self._tf_matrix(doc_ids, term_ids, n_docs, len(raw_vocab))
+        df = np.bincount(tf.indices, minlength=tf.shape[1])
+        keep = df >= p.min_df
+        if p.max_df_ratio < 1.0:
+            keep &= df <= p.max_df_ratio * n_docs
+        kept = np.flatnonzero(keep)
+        if p.max_features is not None and len(kept) > p.max_features:
+            # highest df first; ties by first appearance (stable sort) for determinism
+            order = np.argsort(-df[kept], kind="stable")[: p.max_features]
+            kept = np.sort(kept[order])
+        if len(kept) == 0:
+            raise ValueError(
+                f"TfidfVectorizer.fit: no term occurs in >= min_df={p.min_df} documents "
+                f"({n_docs} documents, {len(raw_vocab)} distinct terms)"
+            )
+        terms = np.empty(len(raw_vocab), dtype=object)
+        terms[list(raw_vocab.values())] = list(raw_vocab.keys())
+        self.vocab = {t: i for i, t in enumerate(terms[kept])}
+        self.idf = (np.log((1.0 + n_docs) / (1.0 + df[kept])) + 1.0).astype(np.float32)
+        return self._weight(tf[:, kept])
+
+    def transform(self, texts: Sequence[str]) -> smat.csr_matrix:
+        """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows."""
+        if self.vocab is None:
+            raise RuntimeError("TfidfVectorizer.transform called before fit")
+        doc_ids, term_ids, n_docs = self._count(texts, self.vocab, grow=False)
+        return self._weight(self._tf_matrix(doc_ids, term_ids, n_docs, len(self.vocab)))
+
+    def _weight(self, tf: smat.csr_matrix) -> smat.csr_matrix:
+        X = tf.astype(np.float32, copy=True)
+        if self.params.sublinear_tf:
+            np.log(X.data, out=X.data)
+            X.data += 1.0
+        X = X @ smat.diags(self.idf, format="csr", dtype=np.float32)
+        X = smat.csr_matrix(X, dtype=np.float32)
+        if self.params.norm == "l2":
+            X = l2_normalize_rows(X)
+        X.sort_indices()
+        return X
+
+    @property
+    def n_features(self) -> int:
+        return 0 if self.vocab is None else len(self.vocab)
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+        terms = [None] * len(self.vocab)
+        for t, i in self.vocab.items():
+            terms[i] = t
+        # One term per line; terms never contain newlines (tokens are \w runs).
+        with open(folder / "vocab.txt", "w", encoding="utf-8") as fh:
+            fh.write("\n".join(terms))
+            fh.write("\n")
+        np.save(folder / "idf.npy", self.idf)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TfidfVectorizer":
+        folder = Path(folder)
+        params = TfidfParams.from_dict(json.loads((folder / "params.json").read_text()))
+        vec = cls(params)
+        with open(folder / "vocab.txt", encoding="utf-8", newline="\n") as fh:
+            terms = fh.read().split("\n")[:-1]
+        vec.vocab = {t: i for i, t in enumerate(terms)}
+        vec.idf = np.load(folder / "idf.npy").astype(np.float32)
+        if len(vec.idf) != len(vec.vocab):
+            raise ValueError(f"{folder}: vocab.txt has {len(vec.vocab)} terms but idf.npy {len(vec.idf)}")
+        return vec
+
+
+def l2_normalize_rows(X: smat.csr_matrix) -> smat.csr_matrix:
+    """Rows scaled to unit l2 norm (zero rows stay zero). Returns float32 CSR."""
+    X = smat.csr_matrix(X, dtype=np.float32, copy=True)
+    sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+    norms = np.sqrt(sq)
+    norms[norms == 0.0] = 1.0
+    X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
+    return X

@@ -1,0 +1,252 @@
+"""Hierarchical label tree by recursive balanced spherical 2-means (PECOS "hierarchicalkmeans").
+
+The tree is a chain of 0/1 cluster matrices, top to bottom:
+
+    C[0]: K_1 × 1          (the root's children)
+    C[t]: K_{t+1} × K_t    (children of each level-t node)
+    C[-1]: L × K_last      (labels in each leaf cluster)
+
+stored as float32 CSC, so column p's row indices are parent p's children. Internal levels are
+numbered so that each parent's children are contiguous. In a plain tree every label sits in
+exactly one leaf cluster; label disentanglement (a later stage) may give a label several.
+
+Algorithm: split every node of the current binary depth into two halves at once, with
+spherical 2-means and a balanced cut (sort by the difference of similarities to the two
+centroids; the first half goes left). Depth = ceil(log2(L / max_leaf_size)). Binary levels are
+then merged into an nr_splits-ary tree whose top level has min_codes (default nr_splits) nodes.
+All nodes of a depth are processed together with vectorized sparse work, so no Python loop runs
+per node or per label.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import scipy.sparse as smat
+
+from .tfidf import l2_normalize_rows
+
+__all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes"]
+
+
+@dataclass
+class TreeParams:
+    """Settings of the hierarchical k-means tree.
+
+    nr_splits: out-degree of internal nodes (a power of 2).
+    min_codes: number of clusters at the top level (None: nr_splits).
+    max_leaf_size: most labels in a leaf cluster; max_leaf_size >= L gives a flat one-vs-all model.
+    kmeans_max_iter: 2-means iterations per binary depth.
+    seed: random seed of the centroid initialization.
+    """
+
+    nr_splits: int = 16
+    min_codes: int | None = None
+    max_leaf_size: int = 100
+    kmeans_max_iter: int = 20
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.nr_splits < 2 or self.nr_splits & (self.nr_splits - 1):
+            raise ValueError(f"TreeParams.nr_splits: must be a power of 2 >= 2, got {self.nr_splits}")
+        mc = self.min_codes
+        if mc is not None and (mc < 2 or mc & (mc - 1)):
+            raise ValueError(f"TreeParams.min_codes: must be a power of 2 >= 2, got {mc}")
+        if self.max_leaf_size < 1:
+            raise ValueError(f"TreeParams.max_leaf_size: must be >= 1, got {self.max_leaf_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TreeParams":
+        return cls(**(d or {}))
+
+
+class LabelTree:
+    """A chain of cluster matrices C[0..T-1] (see module docstring)."""
+
+    def __init__(self, C: list[smat.csc_matrix]):
+        if not C:
+            raise ValueError("LabelTree: empty chain")
+        self.C = [smat.csc_matrix(c, dtype=np.float32) for c in C]
+        for c in self.C:
+            c.sort_indices()
+        if self.C[0].shape[1] != 1:
+            raise ValueError(f"LabelTree: C[0] must have one column (the root), has {self.C[0].shape[1]}")
+        for t in range(1, len(self.C)):
+            if self.C[t].shape[1] != self.C[t - 1].shape[0]:
+                raise ValueError(
+                    f"LabelTree: C[{t}] has {self.C[t].shape[1]} parents but level {t - 1} has {self.C[t - 1].shape[0]} nodes"
+                )
+
+    @property
+    def depth(self) -> int:
+        return len(self.C)
+
+    @property
+    def n_labels(self) -> int:
+        return self.C[-1].shape[0]
+
+    def level_sizes(self) -> list[int]:
+        return [c.shape[0] for c in self.C]
+
+    def leaf_cluster_sizes(self) -> np.ndarray:
+        return np.diff(self.C[-1].indptr)
+
+    def label_to_level(self, t: int) -> smat.csr_matrix:
+        """L × K_t 0/1 matrix: which level-t nodes hold each label (C[-1] C[-2] ... C[t+1] composed)."""
+        M = smat.csr_matrix(self.C[-1])
+        for c in self.C[-2:t:-1]:
+            M = M @ smat.csr_matrix(c)
+        M = smat.csr_matrix(M, dtype=np.float32)
+        M.data[:] = 1.0
+        return M
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        out = {"depth": np.array([self.depth])}
+        for t, c in enumerate(self.C):
+            out[f"C{t}_indptr"] = c.indptr.astype(np.int64)
+            out[f"C{t}_indices"] = c.indices.astype(np.int64)
+            out[f"C{t}_shape"] = np.array(c.shape, dtype=np.int64)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrs) -> "LabelTree":
+        C = []
+        for t in range(int(arrs["depth"][0])):
+            indptr, indices = arrs[f"C{t}_indptr"], arrs[f"C{t}_indices"]
+            shape = tuple(int(v) for v in arrs[f"C{t}_shape"])
+            C.append(smat.csc_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=shape))
+        return cls(C)
+
+    @classmethod
+    def from_leaf_assignment(cls, leaf_of_label: np.ndarray, n_leaves: int) -> "LabelTree":
+        """A two-level tree: root → n_leaves clusters → labels (leaf_of_label: (L,) int)."""
+        L = len(leaf_of_label)
+        C_leaf = smat.csc_matrix(
+            (np.ones(L, np.float32), (np.arange(L), leaf_of_label)), shape=(L, n_leaves)
+        )
+        return cls([smat.csc_matrix(np.ones((n_leaves, 1), np.float32)), C_leaf])
+
+
+def _row_dots_with_rows(Z: smat.csr_matrix, node_rows: np.ndarray, Cen: smat.csr_matrix) -> np.ndarray:
+    """s[l] = <Z[l], Cen[node_rows[l]]> for every label l, without materializing Cen[node_rows].
+
+    Looks each nonzero (l, j) of Z up in Cen's row-major key array (row * D + j) by binary search.
+    """
+    D = Z.shape[1]
+    cen_rows = np.repeat(np.arange(Cen.shape[0], dtype=np.int64), np.diff(Cen.indptr))
+    keys = cen_rows * D + Cen.indices  # sorted: CSR with sorted indices is row-major ordered
+    z_rows = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
+    q = node_rows[z_rows] * D + Z.indices
+    pos = np.searchsorted(keys, q)
+    pos[pos == len(keys)] = 0
+    hit = keys[pos] == q if len(keys) else np.zeros(len(q), bool)
+    contrib = np.where(hit, Z.data.astype(np.float64) * Cen.data[pos], 0.0)
+    return np.bincount(z_rows, weights=contrib, minlength=Z.shape[0])
+
+
+def _centroids_sparse(Z: smat.csr_matrix, group: np.ndarray, n_groups: int) -> smat.csr_matrix:
+    G = smat.csr_matrix(
+        (np.ones(len(group), np.float32), (group, np.arange(len(group)))), shape=(n_groups, Z.shape[0])
+    )
+    Cen = l2_normalize_rows(G @ Z)
+    Cen.sort_indices()
+    return Cen
+
+
+def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0) -> np.ndarray:
+    """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
+
+    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed).
+    Returns (L,) int64 codes; code >> (depth - d) is the label's node at binary depth d, and node
+    sizes at every depth differ by at most one.
+    """
+    L = Z.shape[0]
+    sparse = smat.issparse(Z)
+    if sparse:
+        Z = smat.csr_matrix(Z, dtype=np.float32)
+        Z.sort_indices()
+    else:
+        Z = np.ascontiguousarray(Z, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    node = np.zeros(L, dtype=np.int64)
+    for d in range(depth):
+        n_nodes = 1 << d
+        # Seeds: two random distinct members of each node.
+        order = np.lexsort((rng.random(L), node))
+        starts = np.searchsorted(node[order], np.arange(n_nodes))
+        seeds0, seeds1 = order[starts], order[starts + 1]
+        if sparse:
+            idx = np.empty(2 * n_nodes, dtype=np.int64)
+            idx[0::2], idx[1::2] = seeds0, seeds1
+            Cen = smat.csr_matrix(Z[idx])
+            Cen.sort_indices()
+        else:
+            Cen = np.empty((2 * n_nodes, Z.shape[1]), np.float32)
+            Cen[0::2], Cen[1::2] = Z[seeds0], Z[seeds1]
+        side = None
+        sizes = np.bincount(node, minlength=n_nodes)
+        node_start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        n_left = (sizes + 1) // 2
+        for _ in range(max_iter):
+            if sparse:
+                s0 = _row_dots_with_rows(Z, 2 * node, Cen)
+                s1 = _row_dots_with_rows(Z, 2 * node + 1, Cen)
+            else:
+                s0 = np.einsum("ij,ij->i", Z, Cen[2 * node], dtype=np.float64)
+                s1 = np.einsum("ij,ij->i", Z, Cen[2 * node + 1], dtype=np.float64)
+            diff = s0 - s1
+            # Within each node: larger diff first (ties by label id); the first half goes left.
+            order = np.lexsort((np.arange(L), -diff, node))
+            rank = np.empty(L, dtype=np.int64)
+            rank[order] = np.arange(L) - node_start[node[order]]
+            new_side = (rank >= n_left[node]).astype(np.int64)
+            if side is not None and np.array_equal(new_side, side):
+                break
+            side = new_side
+            group = 2 * node + side
+            if sparse:
+                Cen = _centroids_sparse(Z, group, 2 * n_nodes)
+            else:
+                Cen = np.zeros((2 * n_nodes, Z.shape[1]), np.float32)
+                np.add.at(Cen, group, Z)
+                norms = np.linalg.norm(Cen, axis=1, keepdims=True)
+                norms[norms == 0] = 1.0
+                Cen /= norms
+        node = 2 * node + side
+    return node
+
+
+def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
+    """Label tree from label embeddings Z (L × D float32, CSR or dense; rows unit-norm)."""
+    params = params or TreeParams()
+    L = Z.shape[0]
+    if L == 0:
+        raise ValueError("build_tree: no labels")
+    if params.max_leaf_size >= L:
+        return LabelTree([smat.csc_matrix(np.ones((L, 1), np.float32))])
+    depth = max(1, math.ceil(math.log2(L / params.max_leaf_size)))
+    if (1 << depth) > L // 2 and L >= 2:
+        # every binary split needs two members per node
+        depth = max(1, int(math.floor(math.log2(L / 2))))
+    codes = binary_codes(Z, depth, params.kmeans_max_iter, params.seed)
+    # Keep binary depths from the bottom every log2(nr_splits) levels; the top gets min_codes nodes.
+    step = int(math.log2(params.nr_splits))
+    top_bits = int(math.log2(params.min_codes or params.nr_splits))
+    bits = [depth]
+    while bits[-1] > top_bits:
+        bits.append(max(bits[-1] - step, top_bits))
+    bits = bits[::-1]  # top to bottom
+    C = [smat.csc_matrix(np.ones((1 << bits[0], 1), np.float32))]
+    for upper, lower in zip(bits[:-1], bits[1:]):
+        n_lower = 1 << lower
+        parent = np.arange(n_lower) >> (lower - upper)
+        C.append(smat.csc_matrix(
+            (np.ones(n_lower, np.float32), (np.arange(n_lower), parent)), shape=(n_lower, 1 << upper)
+        ))
+    C.append(smat.csc_matrix((np.ones(L, np.float32), (np.arange(L), codes)), shape=(L, 1 << depth)))
+    return LabelTree(C)

@@ -1,0 +1,551 @@
+"""XR-Linear: recursive linear matchers/rankers over a label tree, served by beam search.
+
+Contracts
+- X: N × D float32 CSR, rows l2-normalized. A constant bias feature (value `bias`) is appended
+  inside the model, so weights are (D+1) × K.
+- Y: N × L binary float32 CSR.
+- tree: `LabelTree` with C[t] of shape K_t × K_{t-1} (C[-1]: L × K_last).
+- W[t]: (D+1) × nnz(C[t]) float32 CSC. Column j scores node C[t].indices[j]; the columns of a
+  parent p are indptr[p]:indptr[p+1] of C[t] (children of one parent are contiguous). A label
+  that sits in several leaf clusters (label disentanglement) has one column per copy.
+
+Training, per level t (coarse → fine): each parent's children get one-vs-rest L2-regularized
+squared-hinge classifiers, trained on the instances "active" for that parent: teacher-forced
+(TFN: the instance has a positive under the parent), matcher-aware (MAN: the model trained so far
+routes the instance to the parent within its beam) or both. All children of a parent share their
+instance block, so they are solved together by a batched primal Newton-CG (TRON-style) whose work
+is sparse-dense matrix products: no Python loop runs per label or per instance. Weights with
+|w| < threshold are pruned.
+
+Prediction: beam search. Level 0 scores the root's children; level t scores only the children of
+the beam kept at t-1, combining transformed scores with the parent's (post-processor).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as smat
+
+from .tree import LabelTree
+
+__all__ = [
+    "RankerParams",
+    "PredParams",
+    "XLinearModel",
+    "POST_PROCESSORS",
+    "solve_squared_hinge",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class RankerParams:
+    """Training settings of the linear rankers (PECOS names).
+
+    Cp, Cn: loss weights of positive and negative examples.
+    bias: value of the appended constant feature (0 disables the bias term).
+    threshold: weights with |w| below it are pruned to zero.
+    negative_sampling: "tfn", "man" or "tfn+man".
+    max_iter: Newton iterations; eps: stop when ||g|| <= eps * ||g_0|| per classifier.
+    cg_max_iter, cg_eps: conjugate-gradient iterations and relative tolerance per Newton step.
+    man_beam_size: beam of the matcher that selects MAN negatives (None: PredParams.beam_size).
+    threads: worker threads (-1: all cores).
+    """
+
+    Cp: float = 1.0
+    Cn: float = 1.0
+    bias: float = 1.0
+    threshold: float = 0.1
+    negative_sampling: str = "tfn"
+    max_iter: int = 20
+    eps: float = 1e-3
+    cg_max_iter: int = 30
+    cg_eps: float = 0.3
+    man_beam_size: int | None = None
+    threads: int = -1
+
+    def __post_init__(self):
+        if self.negative_sampling not in ("tfn", "man", "tfn+man"):
+            raise ValueError(
+                f"RankerParams.negative_sampling: expected tfn, man or tfn+man, got {self.negative_sampling!r}"
+            )
+        if self.Cp <= 0 or self.Cn <= 0:
+            raise ValueError(f"RankerParams: Cp and Cn must be > 0, got {self.Cp}, {self.Cn}")
+        if self.threshold < 0:
+            raise ValueError(f"RankerParams.threshold: must be >= 0, got {self.threshold}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "RankerParams":
+        return cls(**(d or {}))
+
+
+@dataclass
+class PredParams:
+    """Prediction settings: beam width per level, labels kept at the end, score post-processor."""
+
+    beam_size: int = 10
+    only_topk: int = 20
+    post_processor: str = "l3-hinge"
+
+    def __post_init__(self):
+        if self.beam_size < 1 or self.only_topk < 1:
+            raise ValueError(f"PredParams: beam_size and only_topk must be >= 1, got {self.beam_size}, {self.only_topk}")
+        if self.post_processor not in POST_PROCESSORS:
+            raise ValueError(
+                f"PredParams.post_processor: expected one of {sorted(POST_PROCESSORS)}, got {self.post_processor!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PredParams":
+        return cls(**(d or {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Post-processors: (transform of a raw score, how it combines with the parent's, root value)
+# ---------------------------------------------------------------------------------------------
+def _lp_hinge(p):
+    return lambda v: np.exp(-np.maximum(1.0 - v, 0.0) ** p)
+
+
+def _log_lp_hinge(p):
+    return lambda v: -np.maximum(1.0 - v, 0.0) ** p
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def _log_sigmoid(v):
+    return -np.logaddexp(0.0, -v)
+
+
+_MUL, _ADD, _NOOP = "mul", "add", "noop"
+POST_PROCESSORS: dict[str, tuple[Callable, str, float]] = {
+    "noop": (lambda v: v, _NOOP, 0.0),
+    "sigmoid": (_sigmoid, _MUL, 1.0),
+    "log-sigmoid": (_log_sigmoid, _ADD, 0.0),
+}
+for _p in range(1, 5):
+    POST_PROCESSORS[f"l{_p}-hinge"] = (_lp_hinge(_p), _MUL, 1.0)
+    POST_PROCESSORS[f"log-l{_p}-hinge"] = (_log_lp_hinge(_p), _ADD, 0.0)
+
+
+def _combine(kind: str, child: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    if kind == _MUL:
+        return child * parent
+    if kind == _ADD:
+        return child + parent
+    return child
+
+
+# ---------------------------------------------------------------------------------------------
+# Solver
+# ---------------------------------------------------------------------------------------------
+def solve_squared_hinge(
+    X: smat.csr_matrix,
+    Ypos: np.ndarray,
+    Cp: float = 1.0,
+    Cn: float = 1.0,
+    max_iter: int = 10,
+    eps: float = 0.01,
+    cg_max_iter: int = 20,
+    cg_eps: float = 0.1,
+) -> np.ndarray:
+    """K one-vs-rest L2-regularized squared-hinge SVMs on one shared instance block.
+
+    minimize_w 0.5 ||w_k||² + Σ_i c_ik max(0, 1 - y_ik <w_k, x_i>)²,  c_ik = Cp if y_ik = +1 else Cn.
+
+    X: n × d float32 CSR (include the bias column yourself). Ypos: n × K bool (True = positive).
+    Returns W: d × K float32 (dense). Newton-CG with the generalized Hessian I + 2 Xᵀ D X, solved for
+    all K columns at once (each column keeps its own CG and line-search state).
+    """
+    n, d = X.shape
+    K = Ypos.shape[1]
+    W = np.zeros((d, K), np.float32)
+    if n == 0 or K == 0:
+        return W
+    X = smat.csr_matrix(X, dtype=np.float32)
+    XT = X.T.tocsr()
+    y = np.where(Ypos, np.float32(1.0), np.float32(-1.0))
+    c = np.where(Ypos, np.float32(Cp), np.float32(Cn))
+    z = np.zeros((n, K), np.float32)
+
+    def grad(W, z, cols):
+        yz = y[:, cols] * z
+        act = yz < 1.0
+        r = np.where(act, c[:, cols] * (z - y[:, cols]), np.float32(0.0))
+        return W + 2.0 * (XT @ r), act
+
+    def loss(W_sq, z, cols):
+        m = np.maximum(1.0 - y[:, cols] * z, 0.0)
+        return 0.5 * W_sq + np.einsum("ij,ij->j", c[:, cols], m * m, dtype=np.float64)
+
+    cols = np.arange(K)
+    g, act = grad(W, z, cols)
+    g0 = np.linalg.norm(g, axis=0)  # indexed by column id
+    for _ in range(max_iter):
+        gn = np.linalg.norm(g, axis=0)
+        keep = gn > eps * g0[cols]
+        cols, g, act, gn = cols[keep], g[:, keep], act[:, keep], gn[keep]
+        if len(cols) == 0:
+            break
+        Wc, zc = W[:, cols], z[:, cols]
+        Dm = np.where(act, c[:, cols], np.float32(0.0))
+        # --- CG on (I + 2 Xᵀ D X) s = -g, per column ---
+        s = np.zeros_like(g)
+        r = -g
+        p = r.copy()
+        rr = np.einsum("ij,ij->j", r, r, dtype=np.float64)
+        tol = (cg_eps * gn) ** 2
+        live = rr > tol
+        for _ in range(cg_max_iter):
+            if not live.any():
+                break
+            Hp = p + 2.0 * (XT @ (Dm * (X @ p)))
+            pHp = np.einsum("ij,ij->j", p, Hp, dtype=np.float64)
+            alpha = np.where(live, rr / np.maximum(pHp, 1e-30), 0.0).astype(np.float32)
+            s += alpha * p
+            r -= alpha * Hp
+            rr_new = np.einsum("ij,ij->j", r, r, dtype=np.float64)
+            live &= rr_new > tol
+            beta = np.where(live, rr_new / np.maximum(rr, 1e-30), 0.0).astype(np.float32)
+            p = r + beta * p
+            rr = rr_new
+        # --- backtracking line search (Armijo), per column; z moves along Xs without new products ---
+        Xs = X @ s
+        ww = np.einsum("ij,ij->j", Wc, Wc, dtype=np.float64)
+        ws = np.einsum("ij,ij->j", Wc, s, dtype=np.float64)
+        ss = np.einsum("ij,ij->j", s, s, dtype=np.float64)
+        gs = np.einsum("ij,ij->j", g, s, dtype=np.float64)
+        f0 = loss(ww, zc, cols)
+        step = np.ones(len(cols))
+        todo = np.ones(len(cols), bool)
+        for _ in range(20):
+            idx = np.flatnonzero(todo)
+            a = step[idx]
+            zt = zc[:, idx] + a.astype(np.float32) * Xs[:, idx]
+            ft = loss(ww[idx] + 2 * a * ws[idx] + a * a * ss[idx], zt, cols[idx])
+            todo[idx[ft <= f0[idx] + 0.01 * a * gs[idx]]] = False
+            if not todo.any():
+                break
+            step[todo] *= 0.5
+        step[todo] = 0.0  # no decrease found: leave that column where it is
+        step32 = step.astype(np.float32)
+        W[:, cols] = Wc + step32 * s
+        z[:, cols] = zc + step32 * Xs
+        cols = cols[step > 0]
+        if len(cols) == 0:
+            break
+        g, act = grad(W[:, cols], z[:, cols], cols)
+    return W
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def _resolve_threads(threads: int) -> int:
+    return max(1, os.cpu_count() or 1) if threads is None or threads < 1 else int(threads)
+
+
+def _with_bias(X: smat.csr_matrix, bias: float) -> smat.csr_matrix:
+    """X with a constant column `bias` appended (N × (D+1) float32 CSR)."""
+    X = smat.csr_matrix(X, dtype=np.float32)
+    if bias == 0:
+        return smat.hstack([X, smat.csr_matrix((X.shape[0], 1), dtype=np.float32)], format="csr")
+    col = smat.csr_matrix(np.full((X.shape[0], 1), bias, np.float32))
+    Xb = smat.hstack([X, col], format="csr", dtype=np.float32)
+    Xb.sort_indices()
+    return Xb
+
+
+def _binarize(M) -> smat.csr_matrix:
+    M = smat.csr_matrix(M, dtype=np.float32)
+    M.eliminate_zeros()
+    M.data[:] = 1.0
+    return M
+
+
+def _topk_flat(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, k: int):
+    """Keep the k largest values per row of a flat (rows, cols, vals) list whose rows are grouped
+    (non-decreasing). Returns (rows, cols, vals) sorted by row, then value descending.
+
+    Rows are padded into a dense block (chunked to bound memory) and cut by argpartition.
+    """
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    width = int(counts.max()) if len(counts) else 0
+    if width == 0:
+        return rows[:0], cols[:0], vals[:0]
+    kk = min(k, width)
+    chunk = max(1, (1 << 24) // width)
+    out_r, out_c, out_v = [], [], []
+    for lo in range(0, n_rows, chunk):
+        hi = min(n_rows, lo + chunk)
+        a, b = starts[lo], (starts[hi] if hi < n_rows else len(rows))
+        r = rows[a:b] - lo
+        pos = np.arange(a, b) - starts[rows[a:b]]
+        M = np.full((hi - lo, width), -np.inf, np.float32)
+        M[r, pos] = vals[a:b]
+        idx = np.argpartition(-M, kk - 1, axis=1)[:, :kk] if kk < width else np.broadcast_to(np.arange(width), M.shape)
+        top = np.take_along_axis(M, idx, 1)
+        o = np.argsort(-top, axis=1, kind="stable")
+        idx, top = np.take_along_axis(idx, o, 1), np.take_along_axis(top, o, 1)
+        keep = np.isfinite(top)
+        rr = np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)[keep]
+        out_r.append(rr)
+        out_c.append(cols[starts[rr] + idx[keep]])
+        out_v.append(top[keep])
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+class XLinearModel:
+    """Trained rankers over a label tree.
+
+    tree: LabelTree. W: list of (D+1) × nnz(C[t]) float32 CSC (see module docstring).
+    bias: value of the appended bias feature. pred_params: defaults for predict().
+    """
+
+    def __init__(self, tree: LabelTree, W: list[smat.csc_matrix], bias: float = 1.0,
+                 pred_params: PredParams | None = None):
+        if len(W) != tree.depth:
+            raise ValueError(f"XLinearModel: {len(W)} weight matrices for a tree of depth {tree.depth}")
+        for t, (w, c) in enumerate(zip(W, tree.C)):
+            if w.shape[1] != c.nnz:
+                raise ValueError(f"XLinearModel: W[{t}] has {w.shape[1]} columns, C[{t}] has {c.nnz} entries")
+        self.tree = tree
+        self.W = [smat.csc_matrix(w, dtype=np.float32) for w in W]
+        self.bias = float(bias)
+        self.pred_params = pred_params or PredParams()
+
+    @property
+    def n_features(self) -> int:
+        return self.W[0].shape[0] - 1
+
+    @property
+    def n_labels(self) -> int:
+        return self.tree.n_labels
+
+    # -- training ---------------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls,
+        X: smat.csr_matrix,
+        Y: smat.spmatrix,
+        tree: LabelTree,
+        params: RankerParams | None = None,
+        pred_params: PredParams | None = None,
+        log: Callable[[dict], None] | None = None,
+    ) -> "XLinearModel":
+        """Train all levels, coarse to fine.
+
+        X: N × D float32 CSR (l2-normalized rows). Y: N × L binary. `log` receives one dict per
+        level: {"level", "n_nodes", "n_parents", "seconds", "nnz_W", "active_pairs"}.
+        """
+        params = params or RankerParams()
+        pred_params = pred_params or PredParams()
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(f"XLinearModel.train: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
+        if Y.shape[1] != tree.n_labels:
+            raise ValueError(f"XLinearModel.train: Y has {Y.shape[1]} labels, the tree {tree.n_labels}")
+        Xb = _with_bias(X, params.bias)
+        Y = _binarize(Y)
+        N = X.shape[0]
+        threads = _resolve_threads(params.threads)
+        man_beam = params.man_beam_size or pred_params.beam_size
+        W: list[smat.csc_matrix] = []
+        for t, C in enumerate(tree.C):
+            t0 = time.perf_counter()
+            # Targets of each node at this level (the leaf level: labels themselves).
+            Y_t = Y if t == tree.depth - 1 else _binarize(Y @ tree.label_to_level(t))
+            # Active (instance, parent) pairs: M_{t-1}.
+            if t == 0:
+                active = smat.csc_matrix(np.ones((N, 1), np.float32))
+            else:
+                parts = []
+                if "tfn" in params.negative_sampling:
+                    parts.append(_binarize(Y @ tree.label_to_level(t - 1)))
+                if "man" in params.negative_sampling:
+                    partial = cls(LabelTree(tree.C[:t]), W, params.bias, pred_params)
+                    parts.append(_binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
+                active = _binarize(sum(parts[1:], parts[0])).tocsc()
+            W_t = _train_level(Xb, Y_t, C, active, params, threads)
+            W.append(W_t)
+            if log is not None:
+                log({
+                    "level": t,
+                    "n_nodes": C.shape[0],
+                    "n_parents": C.shape[1],
+                    "seconds": time.perf_counter() - t0,
+                    "nnz_W": int(W_t.nnz),
+                    "active_pairs": int(active.nnz),
+                })
+        return cls(tree, W, params.bias, pred_params)
+
+    # -- prediction -------------------------------------------------------------------------
+    def predict(
+        self,
+        X: smat.csr_matrix,
+        beam_size: int | None = None,
+        only_topk: int | None = None,
+        post_processor: str | None = None,
+    ) -> smat.csr_matrix:
+        """Scores of the top labels: N × L float32 CSR with at most only_topk entries per row."""
+        pp = self.pred_params
+        beam_size = beam_size or pp.beam_size
+        only_topk = only_topk or pp.only_topk
+        post_processor = post_processor or pp.post_processor
+        if post_processor not in POST_PROCESSORS:
+            raise ValueError(f"predict: unknown post_processor {post_processor!r}")
+        X = smat.csr_matrix(X, dtype=np.float32)
+        if X.shape[1] != self.n_features:
+            raise ValueError(f"predict: X has {X.shape[1]} features, the model expects {self.n_features}")
+        return self._beam(_with_bias(X, self.bias), beam_size, only_topk, post_processor)
+
+    def _beam(self, Xb, beam_size, only_topk, post_processor, level_scores=False) -> smat.csr_matrix:
+        """Beam search over all levels of this model.
+
+        Returns N × K_last (level_scores=True: the last level's nodes, copies not merged) or N × L
+        (labels, copies merged by max).
+        """
+        transform, kind, root = POST_PROCESSORS[post_processor]
+        N = Xb.shape[0]
+        rows = np.arange(N, dtype=np.int64)
+        parents = np.zeros(N, dtype=np.int64)
+        pscores = np.full(N, root, dtype=np.float32)
+        depth = self.tree.depth
+        for t in range(depth):
+            C, W_t = self.tree.C[t], self.W[t]
+            r, j, v = _score_children(Xb, W_t, C.indptr, rows, parents)
+            parent_of_child = np.repeat(np.arange(len(rows)), np.diff(C.indptr)[parents])
+            v = _combine(kind, transform(v).astype(np.float32), pscores[parent_of_child])
+            nodes = C.indices[j].astype(np.int64)
+            last = t == depth - 1
+            if last and not level_scores and C.nnz > C.shape[0]:
+                # a label with copies in several clusters (disentangled tree): keep its max
+                order = np.lexsort((-v, nodes, r))
+                r, nodes, v = r[order], nodes[order], v[order]
+                first = np.ones(len(r), bool)
+                first[1:] = (r[1:] != r[:-1]) | (nodes[1:] != nodes[:-1])
+                r, nodes, v = r[first], nodes[first], v[first]
+            k = only_topk if last else beam_size
+            rows, parents, pscores = _topk_flat(r, nodes, v, N, k)
+        n_cols = self.tree.C[-1].shape[0]  # labels, or the last level's nodes of a partial tree
+        out = smat.csr_matrix((pscores, (rows, parents)), shape=(N, n_cols), dtype=np.float32)
+        out.sum_duplicates()
+        return out
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "tree.npz", **self.tree.to_arrays())
+        for t, w in enumerate(self.W):
+            smat.save_npz(folder / f"W{t}.npz", w, compressed=False)
+        meta = {"bias": self.bias, "depth": self.tree.depth, "pred_params": self.pred_params.to_dict()}
+        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "XLinearModel":
+        folder = Path(folder)
+        meta = json.loads((folder / "ranker.json").read_text())
+        with np.load(folder / "tree.npz") as arrs:
+            tree = LabelTree.from_arrays(arrs)
+        W = [smat.load_npz(folder / f"W{t}.npz").tocsc() for t in range(meta["depth"])]
+        return cls(tree, W, meta["bias"], PredParams.from_dict(meta["pred_params"]))
+
+
+def _score_children(Xb, W_t, indptr, rows, parents):
+    """Raw scores of every child of each (row, parent) pair.
+
+    Xb: N × (D+1) CSR. W_t: (D+1) × nnz(C) CSC in children-contiguous order. rows, parents: the
+    beam as flat arrays. Returns flat (row, column j of W_t, raw score) in the order of the
+    pairs, each pair's children consecutive. Work is grouped by parent: one sparse product per
+    parent present in the beam.
+    """
+    n_child = np.diff(indptr)[parents]
+    total = int(n_child.sum())
+    out_r = np.repeat(rows, n_child)
+    pair_start = np.concatenate([[0], np.cumsum(n_child)[:-1]])
+    out_j = np.repeat(indptr[parents] - pair_start, n_child) + np.arange(total)
+    out_v = np.empty(total, np.float32)
+    order = np.argsort(parents, kind="stable")
+    sp = parents[order]
+    bounds = np.flatnonzero(np.diff(sp)) + 1
+    groups = np.split(order, bounds)
+    for g in groups:
+        if len(g) == 0:
+            continue
+        p = parents[g[0]]
+        a, b = indptr[p], indptr[p + 1]
+        if b == a:
+            continue
+        block = Xb[rows[g]] @ W_t[:, a:b]
+        block = block.toarray() if smat.issparse(block) else np.asarray(block)
+        dest = (pair_start[g][:, None] + np.arange(b - a)[None, :]).ravel()
+        out_v[dest] = block.ravel()
+    return out_r, out_j, out_v
+
+
+def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat.csc_matrix:
+    """Weights of one level: (D+1) × nnz(C) float32 CSC, children-contiguous column order."""
+    C = smat.csc_matrix(C)
+    Y_t = smat.csc_matrix(Y_t)
+    active = smat.csc_matrix(active)
+    n_parents = C.shape[1]
+    D1 = Xb.shape[1]
+
+    def job(p):
+        a, b = C.indptr[p], C.indptr[p + 1]
+        if a == b:
+            return p, None
+        inst = active.indices[active.indptr[p]:active.indptr[p + 1]]
+        if len(inst) == 0:
+            return p, None
+        Xp = Xb[inst]
+        used = np.unique(Xp.indices)
+        Xp = smat.csr_matrix((Xp.data, np.searchsorted(used, Xp.indices), Xp.indptr), shape=(len(inst), len(used)))
+        Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
+        Wp = solve_squared_hinge(
+            Xp, Ypos, params.Cp, params.Cn, params.max_iter, params.eps, params.cg_max_iter, params.cg_eps
+        )
+        r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
+        return p, (used[r], a + k, Wp[r, k])
+
+    rows, cols, vals = [], [], []
+    # Big parents first so threads stay balanced.
+    sizes = np.diff(active.indptr)
+    order = np.argsort(-sizes[:n_parents], kind="stable")
+    if threads > 1 and n_parents > 1:
+        with ThreadPoolExecutor(threads) as ex:
+            results = list(ex.map(job, order))
+    else:
+        results = [job(p) for p in order]
+    for _, res in results:
+        if res is not None:
+            rows.append(res[0]); cols.append(res[1]); vals.append(res[2])
+    if rows:
+        rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float32)
+    else:
+        rows = cols = np.zeros(0, np.int64); vals = np.zeros(0, np.float32)
+    return smat.csc_matrix((vals, (rows, cols)), shape=(D1, C.nnz), dtype=np.float32)
