@@ -21,12 +21,13 @@ per node or per label.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import scipy.sparse as smat
 
-from .tfidf import l2_normalize_rows
 
 __all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes"]
 
@@ -40,6 +41,7 @@ class TreeParams:
     max_leaf_size: most labels in a leaf cluster; max_leaf_size >= L gives a flat one-vs-all model.
     kmeans_max_iter: 2-means iterations per binary depth.
     seed: random seed of the centroid initialization.
+    threads: nodes of one depth split concurrently (-1: all cores).
     """
 
     nr_splits: int = 16
@@ -47,6 +49,7 @@ class TreeParams:
     max_leaf_size: int = 100
     kmeans_max_iter: int = 20
     seed: int = 0
+    threads: int = -1
 
     def __post_init__(self):
         if self.nr_splits < 2 or self.nr_splits & (self.nr_splits - 1):
@@ -132,92 +135,83 @@ class LabelTree:
         return cls([smat.csc_matrix(np.ones((n_leaves, 1), np.float32)), C_leaf])
 
 
-def _row_dots_with_rows(Z: smat.csr_matrix, node_rows: np.ndarray, Cen: smat.csr_matrix) -> np.ndarray:
-    """s[l] = <Z[l], Cen[node_rows[l]]> for every label l, without materializing Cen[node_rows].
+def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
+    """Balanced spherical 2-means of one node's labels. Zn: m × d (CSR with compressed columns,
+    or dense), m >= 2. Returns (m,) int64 sides, 0 for the first ceil(m/2) by similarity margin."""
+    m = Zn.shape[0]
+    n_left = (m + 1) // 2
+    rng = np.random.default_rng(seed)
+    i0, i1 = rng.choice(m, size=2, replace=False)
+    sparse = smat.issparse(Zn)
+    if sparse:
+        ZnT = Zn.T.tocsr()
+        cen = np.asarray(Zn[[i0, i1]].toarray().T, dtype=np.float32)
+    else:
+        cen = np.ascontiguousarray(Zn[[i0, i1]].T)
+    side = None
+    for _ in range(max_iter):
+        sims = np.asarray(Zn @ cen)
+        diff = sims[:, 0].astype(np.float64) - sims[:, 1]
+        order = np.argsort(-diff, kind="stable")  # ties: lower index first
+        new_side = np.empty(m, dtype=np.int64)
+        new_side[order] = (np.arange(m) >= n_left).astype(np.int64)
+        if side is not None and np.array_equal(new_side, side):
+            break
+        side = new_side
+        onehot = np.zeros((m, 2), np.float32)
+        onehot[np.arange(m), side] = 1.0
+        cen = np.asarray(ZnT @ onehot) if sparse else Zn.T @ onehot
+        norms = np.linalg.norm(cen, axis=0)
+        norms[norms == 0] = 1.0
+        cen = (cen / norms).astype(np.float32)
+    return side
 
-    Looks each nonzero (l, j) of Z up in Cen's row-major key array (row * D + j) by binary search.
-    """
-    D = Z.shape[1]
-    cen_rows = np.repeat(np.arange(Cen.shape[0], dtype=np.int64), np.diff(Cen.indptr))
-    keys = cen_rows * D + Cen.indices  # sorted: CSR with sorted indices is row-major ordered
-    z_rows = np.repeat(np.arange(Z.shape[0], dtype=np.int64), np.diff(Z.indptr))
-    q = node_rows[z_rows] * D + Z.indices
-    pos = np.searchsorted(keys, q)
-    pos[pos == len(keys)] = 0
-    hit = keys[pos] == q if len(keys) else np.zeros(len(q), bool)
-    contrib = np.where(hit, Z.data.astype(np.float64) * Cen.data[pos], 0.0)
-    return np.bincount(z_rows, weights=contrib, minlength=Z.shape[0])
+
+def _node_block(Z, members: np.ndarray):
+    """Rows `members` of Z; for CSR, columns compressed to those used (so work is O(nnz))."""
+    if not smat.issparse(Z):
+        return Z[members]
+    Zn = Z[members]
+    used, local = np.unique(Zn.indices, return_inverse=True)
+    return smat.csr_matrix((Zn.data, local.astype(np.int64), Zn.indptr), shape=(len(members), len(used)))
 
 
-def _centroids_sparse(Z: smat.csr_matrix, group: np.ndarray, n_groups: int) -> smat.csr_matrix:
-    G = smat.csr_matrix(
-        (np.ones(len(group), np.float32), (group, np.arange(len(group)))), shape=(n_groups, Z.shape[0])
-    )
-    Cen = l2_normalize_rows(G @ Z)
-    Cen.sort_indices()
-    return Cen
-
-
-def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0) -> np.ndarray:
+def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1) -> np.ndarray:
     """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
 
-    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed).
-    Returns (L,) int64 codes; code >> (depth - d) is the label's node at binary depth d, and node
-    sizes at every depth differ by at most one.
+    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed), L >= 2**(depth+1)... or
+    at least 2 labels per node at every depth. Returns (L,) int64 codes; code >> (depth - d) is
+    the label's node at binary depth d; node sizes at every depth differ by at most one.
+    Nodes of a depth are split independently (threads > 1 runs them concurrently).
     """
     L = Z.shape[0]
-    sparse = smat.issparse(Z)
-    if sparse:
+    if smat.issparse(Z):
         Z = smat.csr_matrix(Z, dtype=np.float32)
-        Z.sort_indices()
     else:
         Z = np.ascontiguousarray(Z, dtype=np.float32)
-    rng = np.random.default_rng(seed)
     node = np.zeros(L, dtype=np.int64)
+    ss = np.random.SeedSequence(seed)
     for d in range(depth):
         n_nodes = 1 << d
-        # Seeds: two random distinct members of each node.
-        order = np.lexsort((rng.random(L), node))
-        starts = np.searchsorted(node[order], np.arange(n_nodes))
-        seeds0, seeds1 = order[starts], order[starts + 1]
-        if sparse:
-            idx = np.empty(2 * n_nodes, dtype=np.int64)
-            idx[0::2], idx[1::2] = seeds0, seeds1
-            Cen = smat.csr_matrix(Z[idx])
-            Cen.sort_indices()
+        order = np.argsort(node, kind="stable")
+        bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
+        seeds = ss.spawn(1)[0].generate_state(n_nodes)
+
+        def split(n):
+            members = order[bounds[n]:bounds[n + 1]]
+            if len(members) < 2:
+                return members, np.zeros(len(members), np.int64)
+            return members, _split_node(_node_block(Z, members), int(seeds[n]), max_iter)
+
+        if threads > 1 and n_nodes > 1:
+            with ThreadPoolExecutor(threads) as ex:
+                results = list(ex.map(split, range(n_nodes)))
         else:
-            Cen = np.empty((2 * n_nodes, Z.shape[1]), np.float32)
-            Cen[0::2], Cen[1::2] = Z[seeds0], Z[seeds1]
-        side = None
-        sizes = np.bincount(node, minlength=n_nodes)
-        node_start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        n_left = (sizes + 1) // 2
-        for _ in range(max_iter):
-            if sparse:
-                s0 = _row_dots_with_rows(Z, 2 * node, Cen)
-                s1 = _row_dots_with_rows(Z, 2 * node + 1, Cen)
-            else:
-                s0 = np.einsum("ij,ij->i", Z, Cen[2 * node], dtype=np.float64)
-                s1 = np.einsum("ij,ij->i", Z, Cen[2 * node + 1], dtype=np.float64)
-            diff = s0 - s1
-            # Within each node: larger diff first (ties by label id); the first half goes left.
-            order = np.lexsort((np.arange(L), -diff, node))
-            rank = np.empty(L, dtype=np.int64)
-            rank[order] = np.arange(L) - node_start[node[order]]
-            new_side = (rank >= n_left[node]).astype(np.int64)
-            if side is not None and np.array_equal(new_side, side):
-                break
-            side = new_side
-            group = 2 * node + side
-            if sparse:
-                Cen = _centroids_sparse(Z, group, 2 * n_nodes)
-            else:
-                Cen = np.zeros((2 * n_nodes, Z.shape[1]), np.float32)
-                np.add.at(Cen, group, Z)
-                norms = np.linalg.norm(Cen, axis=1, keepdims=True)
-                norms[norms == 0] = 1.0
-                Cen /= norms
-        node = 2 * node + side
+            results = [split(n) for n in range(n_nodes)]
+        new_node = 2 * node
+        for members, side in results:
+            new_node[members] += side
+        node = new_node
     return node
 
 
@@ -233,7 +227,8 @@ def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
     if (1 << depth) > L // 2 and L >= 2:
         # every binary split needs two members per node
         depth = max(1, int(math.floor(math.log2(L / 2))))
-    codes = binary_codes(Z, depth, params.kmeans_max_iter, params.seed)
+    threads = params.threads if params.threads > 0 else (os.cpu_count() or 1)
+    codes = binary_codes(Z, depth, params.kmeans_max_iter, params.seed, threads)
     # Keep binary depths from the bottom every log2(nr_splits) levels; the top gets min_codes nodes.
     step = int(math.log2(params.nr_splits))
     top_bits = int(math.log2(params.min_codes or params.nr_splits))

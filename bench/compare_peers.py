@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""xmc XR-Linear vs PECOS (and optionally omikuji, napkinXC), side by side, same data and threads.
+
+    .venv/bin/python bench/compare_peers.py [--datasets bibtex delicious reuters-21578 eurlex57k]
+        [--peers pecos omikuji napkinxc] [--threads 2] [--data-root ../shared/data]
+
+Each dataset is featurized once by xmc (raw text: word 1-2-gram TF-IDF, sublinear tf, min_df 2,
+l2 rows, fitted on train; bag-of-words: l2-normalized rows) and written as .npz; every system then
+trains and predicts on exactly those matrices in its own process (peers in bench/.venv-peers, see
+setup_peers.sh), so training time, prediction time and peak RSS are measured the same way.
+Prints a table and appends its rows to the DuckDB `benchmark` table (data/xmc.duckdb).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
+
+
+def featurize(ds_dir: Path, out: Path) -> dict:
+    """Write X/Y train/test npz for a dataset (cached); returns shapes."""
+    import numpy as np
+    import scipy.sparse as smat
+
+    from xmc_core.data import load_dataset
+    from xmc_core.tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
+
+    files = {k: out / f"{k}.npz" for k in ("X.trn", "Y.trn", "X.tst", "Y.tst")}
+    meta_file = out / "meta.json"
+    if meta_file.is_file() and all(f.is_file() for f in files.values()):
+        return json.loads(meta_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ds = load_dataset(ds_dir, splits=("train", "test"))
+    if ds.train.texts is not None:
+        vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 2), sublinear_tf=True, min_df=2))
+        Xtr = vec.fit_transform(ds.train.texts)
+        Xte = vec.transform(ds.test.texts)
+    else:
+        Xtr, Xte = l2_normalize_rows(ds.train.X), l2_normalize_rows(ds.test.X)
+    for key, M in (("X.trn", Xtr), ("Y.trn", ds.train.Y), ("X.tst", Xte), ("Y.tst", ds.test.Y)):
+        smat.save_npz(files[key], smat.csr_matrix(M, dtype=np.float32), compressed=False)
+    meta = {"n_train": ds.train.n, "n_test": ds.test.n, "n_labels": ds.n_labels, "n_features": int(Xtr.shape[1]),
+            "featurize_s": round(time.perf_counter() - t0, 2), "layout": ds.layout}
+    meta_file.write_text(json.dumps(meta))
+    return meta
+
+
+def run_system(system: str, data: Path, threads: int, params: str) -> dict:
+    common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
+              "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads)]
+    if system == "xmc":
+        cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params]
+    else:
+        if not PEERS_PY.exists():
+            raise SystemExit(f"{PEERS_PY} missing: run bash bench/setup_peers.sh first")
+        cmd = [str(PEERS_PY), str(REPO / "bench" / "peer_run.py"), "--peer", system, *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{system} failed on {data}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["bibtex", "delicious", "reuters-21578", "eurlex57k"])
+    ap.add_argument("--peers", nargs="+", default=["pecos"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "out"))
+    ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
+    ap.add_argument("--params", default="{}", help="xmc XRLinearParams overrides (JSON)")
+    args = ap.parse_args(argv)
+
+    from xmc_core.results_db import append_benchmark
+
+    run_id = f"peers-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    rows = []
+    header = f"{'dataset':<14} {'system':<9} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} {'train_s':>8} {'pred_s':>7} {'rss_mb':>7}"
+    print(header)
+    print("-" * len(header))
+    for ds in args.datasets:
+        data = Path(args.out) / "data" / ds
+        meta = featurize(Path(args.data_root) / ds, data)
+        results = {s: run_system(s, data, args.threads, args.params) for s in ["xmc", *args.peers]}
+        ref = results.get("pecos")
+        for system, r in results.items():
+            d = {k: (r[k] - ref[k]) if ref else float("nan") for k in ("p@1", "p@3", "p@5")}
+            print(f"{ds:<14} {system:<9} {r['p@1']:6.2f} {r['p@3']:6.2f} {r['p@5']:6.2f} "
+                  f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} {r['peak_rss_mb']:7.0f}",
+                  flush=True)
+            rows.append({"run_id": run_id, "bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
+                         "threads": args.threads, "n_labels": meta["n_labels"], "n_train": meta["n_train"],
+                         "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],
+                         "peak_rss_mb": r["peak_rss_mb"], "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],
+                         "extra": {k: v for k, v in r.items() if k not in ("p@1", "p@3", "p@5")}})
+    n = append_benchmark(args.db, rows)
+    print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

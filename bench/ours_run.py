@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Train + evaluate xmc XR-Linear on .npz data; print ONE JSON line (same keys as peer_run.py).
+
+    .venv/bin/python bench/ours_run.py --train-X X.trn.npz --train-Y Y.trn.npz \
+        --test-X X.tst.npz --test-Y Y.tst.npz --threads 2 [--params '{"ranker": {...}}']
+
+X: float32 CSR with l2-normalized rows (already featurized, as the peers get it). train_s covers
+PIFA + tree + rankers (data loading excluded); predict_s is beam search on the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-X", required=True)
+    ap.add_argument("--train-Y", required=True)
+    ap.add_argument("--test-X", required=True)
+    ap.add_argument("--test-Y", required=True)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--beam-size", type=int, default=10)
+    ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
+    args = ap.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import numpy as np
+    import scipy.sparse as smat
+
+    from xmc_core.metrics import ranking_metrics
+    from xmc_core.model import XRLinearParams, fit_rankers
+
+    Xtr = smat.load_npz(args.train_X).tocsr().astype(np.float32)
+    Ytr = smat.load_npz(args.train_Y).tocsr().astype(np.float32)
+    Xte = smat.load_npz(args.test_X).tocsr().astype(np.float32)
+    Yte = smat.load_npz(args.test_Y).tocsr().astype(np.float32)
+    overrides = json.loads(args.params)
+    overrides.setdefault("ranker", {})["threads"] = args.threads
+    overrides.setdefault("tree", {})["threads"] = args.threads
+    overrides.setdefault("pred", {})["beam_size"] = args.beam_size
+    params = XRLinearParams().merged(overrides)
+    names = [str(i) for i in range(Ytr.shape[1])]
+    t0 = time.perf_counter()
+    stages = {}
+    model = fit_rankers(Xtr, Ytr, names, params,
+                        log=lambda r: stages.__setitem__(r["stage"], round(r.get("seconds", 0), 3)))
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    P = model.predict(Xte, topk=10)
+    predict_s = time.perf_counter() - t0
+    res = ranking_metrics(Yte, P)
+    out = {
+        "peer": "xmc", "train_s": round(train_s, 4), "predict_s": round(predict_s, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "p@1": round(res["p"][1], 4), "p@3": round(res["p"][3], 4), "p@5": round(res["p"][5], 4),
+        "n_test": int(Yte.shape[0]), "n_train": int(Ytr.shape[0]), "n_labels": int(Ytr.shape[1]),
+        "threads": args.threads, "beam_size": args.beam_size, "train_detail_s": stages,
+        "tree_levels": model.ranker.tree.level_sizes(),
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import scipy.sparse as smat
+
+from xmc_core.label_embedding import pifa
+from xmc_core.tree import LabelTree, TreeParams, binary_codes, build_tree
+
+
+def _random_Z(L, D=200, seed=0):
+    from xmc_core.tfidf import l2_normalize_rows
+
+    return l2_normalize_rows(smat.random(L, D, density=0.05, random_state=seed, format="csr", dtype=np.float32))
+
+
+@pytest.mark.parametrize("L,leaf,splits", [(1000, 100, 16), (1000, 30, 4), (257, 10, 2), (90, 100, 16)])
+def test_tree_covers_every_label_once_and_is_balanced(L, leaf, splits):
+    tree = build_tree(_random_Z(L), TreeParams(nr_splits=splits, max_leaf_size=leaf, seed=3))
+    C_leaf = smat.csr_matrix(tree.C[-1])
+    assert C_leaf.shape[0] == L
+    np.testing.assert_array_equal(np.diff(C_leaf.indptr), np.ones(L))  # every label in exactly one leaf
+    sizes = tree.leaf_cluster_sizes()
+    assert sizes.sum() == L
+    assert sizes.max() <= leaf
+    assert sizes.max() - sizes.min() <= 1  # balanced
+    for t in range(1, tree.depth):  # every internal node has exactly one parent
+        np.testing.assert_array_equal(np.diff(smat.csr_matrix(tree.C[t]).indptr), 1)
+    if leaf >= L:
+        assert tree.level_sizes() == [L]
+
+
+def test_tree_shape_follows_pecos_chain():
+    tree = build_tree(_random_Z(4271, seed=1), TreeParams(nr_splits=16, max_leaf_size=100))
+    # depth ceil(log2(42.7)) = 6 binary levels → 64 leaf clusters; top level gets 16
+    assert tree.level_sizes() == [16, 64, 4271]
+    assert set(np.diff(tree.C[1].indptr)) == {4}
+
+
+def test_two_means_separates_obvious_groups():
+    # two groups of labels on disjoint features must end up in different halves
+    rng = np.random.default_rng(0)
+    a = np.hstack([rng.random((50, 10)), np.zeros((50, 10))])
+    b = np.hstack([np.zeros((50, 10)), rng.random((50, 10))])
+    Z = np.vstack([a, b]).astype(np.float32)
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    codes = binary_codes(smat.csr_matrix(Z), depth=1, seed=5)
+    assert len(set(codes[:50])) == 1 and len(set(codes[50:])) == 1 and codes[0] != codes[50]
+    codes_dense = binary_codes(Z, depth=1, seed=5)
+    np.testing.assert_array_equal(codes, codes_dense)
+
+
+def test_tree_is_deterministic_for_a_seed_and_round_trips(toy):
+    X, Y = toy
+    Z = pifa(X, Y)
+    t1 = build_tree(Z, TreeParams(max_leaf_size=8, nr_splits=2, seed=7))
+    t2 = build_tree(Z, TreeParams(max_leaf_size=8, nr_splits=2, seed=7))
+    for a, b in zip(t1.C, t2.C):
+        assert (a != b).nnz == 0
+    t3 = LabelTree.from_arrays(t1.to_arrays())
+    for a, b in zip(t1.C, t3.C):
+        assert (a != b).nnz == 0
+
+
+def test_pifa_is_normalized_sum_of_positive_rows():
+    X = smat.csr_matrix(np.array([[1, 0], [0, 1], [1, 1]], np.float32))
+    Y = smat.csr_matrix(np.array([[1, 0], [1, 0], [0, 1]], np.float32))
+    Z = pifa(X, Y).toarray()
+    np.testing.assert_allclose(Z[0], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    np.testing.assert_allclose(Z[1], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)

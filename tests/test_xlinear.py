@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import scipy.sparse as smat
+from scipy.optimize import minimize
+
+from xmc_core.label_embedding import pifa
+from xmc_core.tree import TreeParams, build_tree
+from xmc_core.xlinear import POST_PROCESSORS, PredParams, RankerParams, XLinearModel, solve_squared_hinge
+
+
+def test_solver_closed_form_one_feature():
+    # n identical positives with x = 1: minimize 0.5 w^2 + n (1 - w)^2  →  w = 2n / (1 + 2n)
+    n = 7
+    X = smat.csr_matrix(np.ones((n, 1), np.float32))
+    W = solve_squared_hinge(X, np.ones((n, 1), bool), eps=1e-8, max_iter=50)
+    assert W[0, 0] == pytest.approx(2 * n / (1 + 2 * n), rel=1e-5)
+    # with Cp = 3 the optimum moves to 6n / (1 + 6n)
+    W = solve_squared_hinge(X, np.ones((n, 1), bool), Cp=3.0, eps=1e-8, max_iter=50)
+    assert W[0, 0] == pytest.approx(6 * n / (1 + 6 * n), rel=1e-5)
+
+
+def test_solver_matches_generic_optimizer_on_all_columns():
+    rng = np.random.default_rng(0)
+    X = smat.random(80, 15, density=0.3, random_state=1, format="csr", dtype=np.float32)
+    Ypos = rng.random((80, 4)) < 0.3
+    W = solve_squared_hinge(X, Ypos, Cp=2.0, Cn=0.5, eps=1e-7, max_iter=100, cg_max_iter=100, cg_eps=1e-3)
+    Xd = X.toarray().astype(np.float64)
+    for k in range(4):
+        y = np.where(Ypos[:, k], 1.0, -1.0)
+        c = np.where(Ypos[:, k], 2.0, 0.5)
+
+        def f(w):
+            m = np.maximum(0.0, 1.0 - y * (Xd @ w))
+            return 0.5 * w @ w + (c * m * m).sum()
+
+        def g(w):
+            m = np.maximum(0.0, 1.0 - y * (Xd @ w))
+            return w - 2 * Xd.T @ (c * y * m)
+
+        ref = minimize(f, np.zeros(15), jac=g, method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 5000}).x
+        np.testing.assert_allclose(W[:, k], ref, atol=1e-3)
+
+
+def _exhaustive_scores(model: XLinearModel, X, post_processor):
+    """Score every node of every level and combine down the tree (no beam)."""
+    transform, kind, root = POST_PROCESSORS[post_processor]
+    Xb = smat.hstack([X, smat.csr_matrix(np.full((X.shape[0], 1), model.bias, np.float32))], format="csr")
+    combined = np.full((X.shape[0], 1), root)
+    for C, W in zip(model.tree.C, model.W):
+        raw = (Xb @ W).toarray()
+        t = transform(raw)
+        parent_of_col = np.repeat(np.arange(C.shape[1]), np.diff(C.indptr))
+        node_of_col = C.indices
+        vals = t * combined[:, parent_of_col] if kind == "mul" else (t + combined[:, parent_of_col] if kind == "add" else t)
+        nxt = np.full((X.shape[0], C.shape[0]), -np.inf)
+        for j, node in enumerate(node_of_col):
+            nxt[:, node] = np.maximum(nxt[:, node], vals[:, j])
+        combined = nxt
+    return combined
+
+
+@pytest.mark.parametrize("post_processor", ["l3-hinge", "sigmoid", "log-l3-hinge"])
+def test_beam_search_equals_exhaustive_when_beam_covers_all(toy, post_processor):
+    X, Y = toy
+    tree = build_tree(pifa(X, Y), TreeParams(nr_splits=2, max_leaf_size=6))
+    assert tree.depth >= 3
+    model = XLinearModel.train(X, Y, tree, RankerParams(threads=1))
+    widest = max(tree.level_sizes())
+    P = model.predict(X[:50], beam_size=widest, only_topk=Y.shape[1], post_processor=post_processor).toarray()
+    E = _exhaustive_scores(model, X[:50], post_processor)
+    np.testing.assert_allclose(P, E, rtol=1e-4, atol=1e-6)
+    # a narrow beam gives a subset whose scores are still the exhaustive ones
+    Pn = model.predict(X[:50], beam_size=1, only_topk=3, post_processor=post_processor)
+    r, c = Pn.nonzero()
+    np.testing.assert_allclose(Pn.toarray()[r, c], E[r, c], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("neg", ["tfn", "man", "tfn+man"])
+def test_rankers_learn_the_toy_problem(toy, neg):
+    X, Y = toy
+    tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
+    model = XLinearModel.train(X, Y, tree, RankerParams(negative_sampling=neg, threads=2), PredParams(beam_size=4))
+    P = model.predict(X, only_topk=1)
+    top1 = np.asarray(P.argmax(axis=1)).ravel()
+    p_at_1 = np.asarray(Y[np.arange(Y.shape[0]), top1]).ravel().mean()
+    assert p_at_1 > 0.9
+
+
+def test_model_round_trips_and_prunes(tmp_path, toy):
+    X, Y = toy
+    tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
+    model = XLinearModel.train(X, Y, tree, RankerParams(threshold=0.1, threads=1))
+    for W in model.W:
+        assert W.dtype == np.float32 and smat.isspmatrix_csc(W)
+        assert np.all(np.abs(W.data) >= 0.1)
+    model.save(tmp_path / "m")
+    again = XLinearModel.load(tmp_path / "m")
+    a, b = model.predict(X, only_topk=5), again.predict(X, only_topk=5)
+    assert (a != b).nnz == 0
+
+
+def test_predict_rejects_wrong_width(toy):
+    X, Y = toy
+    model = XLinearModel.train(X, Y, build_tree(pifa(X, Y)), RankerParams(threads=1))
+    with pytest.raises(ValueError, match="features"):
+        model.predict(X[:, :10])
+
+
+def test_params_validate():
+    with pytest.raises(ValueError, match="negative_sampling"):
+        RankerParams(negative_sampling="random")
+    with pytest.raises(ValueError, match="post_processor"):
+        PredParams(post_processor="softmax")
+    with pytest.raises(ValueError, match="nr_splits"):
+        TreeParams(nr_splits=3)
