@@ -46,6 +46,11 @@ def _set_threads(threads: int | None) -> None:
             os.environ.setdefault(var, str(threads))
 
 
+def _with_train(split: str) -> tuple[str, ...]:
+    # the readers build the label index from train (plus the split), as at training time
+    return ("train",) if split == "train" else ("train", split)
+
+
 def _split_inputs(split):
     return split.texts if split.texts is not None else split.X
 
@@ -93,7 +98,7 @@ def cmd_predict(args) -> None:
     if args.text is not None:
         inputs = [args.text]
     elif args.data:
-        ds = load_dataset(args.data, splits=(args.split,), max_rows=args.max_rows)
+        ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
         split = getattr(ds, args.split)
         if split is None:
             raise UsageError(f"--data {args.data}: no {args.split} split")
@@ -115,7 +120,7 @@ def cmd_evaluate(args) -> dict:
     from .model import XmcModel
 
     model = XmcModel.load(args.model)
-    ds = load_dataset(args.data, splits=(args.split,), max_rows=args.max_rows)
+    ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
     split = getattr(ds, args.split)
     if split is None:
         raise UsageError(f"--data {args.data}: no {args.split} split")

@@ -141,13 +141,16 @@ def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
     m = Zn.shape[0]
     n_left = (m + 1) // 2
     rng = np.random.default_rng(seed)
-    i0, i1 = rng.choice(m, size=2, replace=False)
     sparse = smat.issparse(Zn)
-    if sparse:
-        ZnT = Zn.T.tocsr()
-        cen = np.asarray(Zn[[i0, i1]].toarray().T, dtype=np.float32)
-    else:
-        cen = np.ascontiguousarray(Zn[[i0, i1]].T)
+    ZnT = Zn.T.tocsr() if sparse else None
+    # Seeds: a random label, then the label least similar to it (a far pair splits along the
+    # node's main direction; two random seeds made trees, and P@1, vary much more by seed).
+    i0 = int(rng.integers(m))
+    z0 = Zn[i0].toarray().ravel() if sparse else Zn[i0]
+    i1 = int(np.argmin(np.asarray(Zn @ z0).ravel()))
+    if i1 == i0:
+        i1 = (i0 + 1) % m
+    cen = np.asarray(Zn[[i0, i1]].toarray().T, dtype=np.float32) if sparse else np.ascontiguousarray(Zn[[i0, i1]].T)
     side = None
     for _ in range(max_iter):
         sims = np.asarray(Zn @ cen)

@@ -1,0 +1,310 @@
+"""XR-Linear as a chain of assets, one `dataset` partition per dataset folder:
+
+    corpus → tfidf → label_embeddings → label_tree → rankers → metrics
+
+Each asset is thin wiring: read its settings and upstream files, call `xmc_core`, write files
+through the ArtifactStore, return MaterializeResult metadata. Only `metrics` writes DuckDB.
+
+No `from __future__ import annotations` here: Dagster inspects the `context` annotation and
+rejects it as a string.
+"""
+
+import shutil
+import time
+
+import numpy as np
+import scipy.sparse as smat
+from dagster import (
+    AssetExecutionContext,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+
+from xmc_core.data import load_dataset
+from xmc_core.label_embedding import pifa
+from xmc_core.metrics import MetricParams, ranking_metrics
+from xmc_core.model import XmcModel, atomic_dir, fit_rankers
+from xmc_core.tfidf import TfidfVectorizer, l2_normalize_rows
+from xmc_core.tree import LabelTree, build_tree
+
+from .metadata import folder_bytes, frame_markdown, histogram_plot, label_frequency_plot
+from .partitions import dataset_partitions
+from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+
+SPLITS = ("train", "test", "dev")
+GROUP = "xr_linear"
+MODEL_NAME = "xr-linear"
+
+
+def _corpus_info(artifacts: ArtifactStore, dataset: str) -> dict:
+    return artifacts.read_json(dataset, "corpus", "corpus.json")
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "parquet"},
+    description="The dataset folder read once: label matrices Y, texts (or raw BoW X) and label names per split.",
+)
+def corpus(
+    context: AssetExecutionContext, data_root: DataRoot, artifacts: ArtifactStore, xmc_settings: XmcSettings
+) -> MaterializeResult:
+    dataset = context.partition_key
+    xmc_settings.params()  # a bad setting fails here, at the first step, not after loading
+    folder = data_root.dataset_dir(dataset)
+    t0 = time.perf_counter()
+    ds = load_dataset(folder, splits=SPLITS, max_rows=xmc_settings.max_rows)
+    present = ds.splits()
+    for name in SPLITS:
+        split = present.get(name)
+        # Remove what an earlier materialization may have left for a split/kind not written now.
+        for stale in (f"Y_{name}.npz", f"texts_{name}.parquet", f"X_{name}.npz"):
+            artifacts.remove(dataset, "corpus", stale)
+        if split is None:
+            continue
+        artifacts.write_sparse(dataset, "corpus", f"Y_{name}.npz", split.Y)
+        if split.texts is not None:
+            artifacts.write_texts(dataset, "corpus", f"texts_{name}.parquet", split.texts)
+        else:
+            artifacts.write_sparse(dataset, "corpus", f"X_{name}.npz", split.X)
+    has_texts = ds.train.texts is not None
+    artifacts.write_json(dataset, "corpus", "corpus.json", {
+        "dataset": dataset, "source": str(folder), "layout": ds.layout, "splits": list(present),
+        "has_texts": has_texts, "n_features": ds.n_features, "max_rows": xmc_settings.max_rows,
+        "label_names": ds.label_names,
+    })
+
+    Y = ds.train.Y
+    labels_per_doc = np.diff(Y.indptr)
+    label_counts = np.diff(smat.csc_matrix(Y).indptr)
+    if has_texts:
+        empty_text = sum(1 for t in ds.train.texts if not t.strip())
+    else:
+        empty_text = int(np.count_nonzero(np.diff(ds.train.X.indptr) == 0))
+    metadata = {
+        "source": MetadataValue.path(str(folder)),
+        "layout": ds.layout,
+        "labels": ds.n_labels,
+        **{f"documents_{name}": split.n for name, split in present.items()},
+        "avg_labels_per_doc": float(labels_per_doc.mean()) if Y.shape[0] else 0.0,
+        "train_docs_without_labels": int(np.count_nonzero(labels_per_doc == 0)),
+        "train_docs_empty": empty_text,
+        "labels_without_train_docs": int(np.count_nonzero(label_counts == 0)),
+        "max_rows": xmc_settings.max_rows if xmc_settings.max_rows is not None else "all",
+        "seconds": time.perf_counter() - t0,
+        "label_frequency": label_frequency_plot(label_counts),
+    }
+    return MaterializeResult(metadata=metadata)
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[corpus],
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "scipy"},
+    description="Features X per split: TF-IDF fitted on the training texts only, or l2-normalized BoW.",
+)
+def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+    dataset = context.partition_key
+    info = _corpus_info(artifacts, dataset)
+    params = xmc_settings.params()
+    featurizer_dir = artifacts.path(dataset, "tfidf", "featurizer")
+    t0 = time.perf_counter()
+    if info["has_texts"]:
+        vectorizer = TfidfVectorizer(params.tfidf)
+        X = {"train": vectorizer.fit_transform(artifacts.read_texts(dataset, "corpus", "texts_train.parquet"))}
+        for name in info["splits"][1:]:
+            X[name] = vectorizer.transform(artifacts.read_texts(dataset, "corpus", f"texts_{name}.parquet"))
+        with atomic_dir(featurizer_dir) as tmp:
+            vectorizer.save(tmp)
+        kind = "tfidf"
+    else:
+        # Bag-of-words datasets come with their features; the model only needs unit-norm rows.
+        X = {name: l2_normalize_rows(artifacts.read_sparse(dataset, "corpus", f"X_{name}.npz"))
+             for name in info["splits"]}
+        shutil.rmtree(featurizer_dir, ignore_errors=True)  # no text featurizer for this dataset
+        kind = "l2-normalized bag of words"
+    for name in SPLITS:
+        artifacts.remove(dataset, "tfidf", f"X_{name}.npz")
+    for name, M in X.items():
+        artifacts.write_sparse(dataset, "tfidf", f"X_{name}.npz", M)
+    seconds = time.perf_counter() - t0
+    metadata = {
+        "featurizer": kind,
+        "vocab_size": int(X["train"].shape[1]),
+        **{f"nnz_{name}": int(M.nnz) for name, M in X.items()},
+        "avg_nnz_per_train_doc": float(X["train"].nnz / max(X["train"].shape[0], 1)),
+        "seconds": seconds,
+    }
+    return MaterializeResult(metadata=metadata)
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[tfidf],
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "scipy"},
+    description="PIFA label embeddings Z (L × D): the normalized sum of each label's training features.",
+)
+def label_embeddings(
+    context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings
+) -> MaterializeResult:
+    dataset = context.partition_key
+    params = xmc_settings.params()
+    X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
+    Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
+    t0 = time.perf_counter()
+    Z = pifa(X, Y, params.pifa)
+    seconds = time.perf_counter() - t0
+    artifacts.write_sparse(dataset, "label_embeddings", "Z.npz", Z)
+    Z = smat.csr_matrix(Z)
+    return MaterializeResult(metadata={
+        "labels": int(Z.shape[0]),
+        "dimensions": int(Z.shape[1]),
+        "nnz": int(Z.nnz),
+        "labels_with_zero_embedding": int(np.count_nonzero(np.diff(Z.indptr) == 0)),
+        "seconds": seconds,
+    })
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[label_embeddings],
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "numpy"},
+    description="Hierarchical balanced k-means label tree over the label embeddings.",
+)
+def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+    dataset = context.partition_key
+    params = xmc_settings.params()
+    Z = artifacts.read_sparse(dataset, "label_embeddings", "Z.npz")
+    t0 = time.perf_counter()
+    tree = build_tree(Z, params.tree)
+    seconds = time.perf_counter() - t0
+    artifacts.write_arrays(dataset, "label_tree", "tree.npz", tree.to_arrays())
+    sizes = tree.leaf_cluster_sizes()
+    return MaterializeResult(metadata={
+        "depth": tree.depth,
+        "level_sizes": " → ".join(str(n) for n in tree.level_sizes()),
+        "leaf_clusters": int(len(sizes)),
+        "leaf_size_min": int(sizes.min()),
+        "leaf_size_median": float(np.median(sizes)),
+        "leaf_size_max": int(sizes.max()),
+        "leaf_size_histogram": histogram_plot(sizes, "labels per leaf cluster", "leaf cluster sizes"),
+        "seconds": seconds,
+    })
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[label_tree],
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "scipy"},
+    description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster.",
+)
+def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+    dataset = context.partition_key
+    params = xmc_settings.params()
+    info = _corpus_info(artifacts, dataset)
+    X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
+    Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
+    tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "label_tree", "tree.npz"))
+    featurizer_dir = artifacts.path(dataset, "tfidf", "featurizer")
+    # The model carries the fitted featurizer so that it predicts from raw text on its own.
+    featurizer = TfidfVectorizer.load(featurizer_dir) if info["has_texts"] else None
+
+    levels: list[dict] = []
+
+    def log(rec: dict) -> None:
+        if rec.get("stage") == "rankers_level":
+            levels.append(rec)
+            context.log.info(f"level {rec['level']}: {rec['n_nodes']} nodes in {rec['seconds']:.1f}s")
+
+    t0 = time.perf_counter()
+    model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log)
+    train_s = time.perf_counter() - t0
+    model.set_label_counts(Y)  # for PSP@k
+    model.info.update({"dataset": dataset, "run_id": context.run.run_id, "n_train": int(Y.shape[0]),
+                       "train_s": train_s, "max_rows": info["max_rows"]})
+    model_dir = model.save(artifacts.model_dir(dataset))
+
+    size = folder_bytes(model_dir)
+    level_table = MetadataValue.table(
+        records=[TableRecord({"level": int(r["level"]), "nodes": int(r["n_nodes"]),
+                              "seconds": round(float(r["seconds"]), 3), "nnz_W": int(r["nnz_W"])})
+                 for r in levels],
+        schema=TableSchema(columns=[TableColumn("level", "int"), TableColumn("nodes", "int"),
+                                    TableColumn("seconds", "float"), TableColumn("nnz_W", "int")]),
+    )
+    return MaterializeResult(metadata={
+        "model_dir": MetadataValue.path(str(model_dir)),
+        "train_seconds": train_s,
+        "seconds_per_level": level_table,
+        "model_bytes": size,
+        "model_mb": size / 2**20,
+        "n_train": int(Y.shape[0]),
+        "params": MetadataValue.json(params.to_dict()),
+    })
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[rankers],
+    code_version="1",
+    group_name=GROUP,
+    kinds={"python", "duckdb"},
+    pool="duckdb",  # the only DuckDB writer; a pool limit of 1 serializes it across runs
+    description="P/R/RP/nDCG/PSP@k of the saved model on the test split, appended to the DuckDB history.",
+)
+def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation_db: EvaluationDB) -> MaterializeResult:
+    dataset = context.partition_key
+    info = _corpus_info(artifacts, dataset)
+    if "test" not in info["splits"]:
+        raise Failure(description=f"dataset {dataset!r} has no test split ({info['source']}); nothing to evaluate")
+    # Load the saved folder (not in-memory objects): this is what a user of the model gets.
+    model = XmcModel.load(artifacts.existing(dataset, "model", "params.json").parent)
+    # Raw test texts go through the model's own featurizer (BoW: raw X, normalized by the model).
+    inputs = (artifacts.read_texts(dataset, "corpus", "texts_test.parquet") if info["has_texts"]
+              else artifacts.read_sparse(dataset, "corpus", "X_test.npz"))
+    Y = model.align_labels(artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
+    mp = MetricParams()
+    t0 = time.perf_counter()
+    P = model.predict(inputs, topk=max(mp.ks))
+    predict_s = time.perf_counter() - t0
+    if Y.shape[1] > P.shape[1]:  # test labels unseen in training: columns no model can predict
+        P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
+    inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Y.shape[1])
+    result = ranking_metrics(Y, P, mp, inv_prop=inv_prop)
+
+    rows = evaluation_db.append_evaluation(
+        run_id=context.run.run_id, dataset=dataset, model=model.method, split="test",
+        metrics=result, params=model.params.to_dict(),
+    )
+    # Read back what was stored, so the metadata shows the history's view of this run.
+    table = evaluation_db.p_at_k_table(context.run.run_id)
+    table = table.filter(table["dataset"] == dataset).drop(["dataset", "model", "split"])
+    metadata = {
+        "metrics": MetadataValue.md(frame_markdown(table)),
+        **{f"p@{k}": float(result["p"][k]) for k in (1, 3, 5)},
+        "ndcg@5": float(result["ndcg"][5]),
+        **({"psp@5": float(result["psp"][5])} if "psp" in result else {}),
+        "n_test": int(Y.shape[0]),
+        "unseen_test_labels": model.unseen_label_count(Y),
+        "predict_seconds": predict_s,
+        "rows_appended": rows,
+        "duckdb": MetadataValue.path(str(evaluation_db.db_path())),
+    }
+    return MaterializeResult(metadata=metadata)
+
+
+xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, rankers, metrics]

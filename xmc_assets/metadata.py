@@ -1,0 +1,80 @@
+"""Small helpers that turn numbers into Dagster metadata (markdown tables, tiny PNG plots)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from dagster import MetadataValue
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".2f") -> str:
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return format(float(v), floatfmt)
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def frame_markdown(df, floatfmt: str = ".2f") -> str:
+    """A polars DataFrame as a markdown table."""
+    return markdown_table(df.columns, df.rows(), floatfmt)
+
+
+def png_markdown(fig, alt: str) -> MetadataValue:
+    """A matplotlib figure embedded as a base64 PNG (kept small: metadata lives in the event log)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=72, bbox_inches="tight")
+    plt.close(fig)
+    b64 = base64.b64encode(buf.getvalue()).decode()
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{b64})")
+
+
+def _figure(width: float = 4.0, height: float = 2.4):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def label_frequency_plot(label_counts: np.ndarray) -> MetadataValue:
+    """Training documents per label, labels sorted by frequency (log y): the long tail at a glance.
+    Labels without training documents cannot sit on a log axis; the title counts them."""
+    fig, ax = _figure()
+    counts = np.sort(np.asarray(label_counts))[::-1]
+    positive = counts[counts > 0]
+    ax.plot(np.arange(1, len(positive) + 1), positive, lw=1.2)
+    ax.set_yscale("log")
+    ax.set_xlabel("label rank")
+    ax.set_ylabel("train docs")
+    missing = len(counts) - len(positive)
+    ax.set_title("label frequency (train)" + (f"; {missing} labels without docs" if missing else ""), fontsize=9)
+    return png_markdown(fig, "label frequency")
+
+
+def histogram_plot(values: np.ndarray, xlabel: str, title: str) -> MetadataValue:
+    """Histogram of integer values (one bar per value when the range is small)."""
+    fig, ax = _figure()
+    values = np.asarray(values)
+    lo, hi = int(values.min()), int(values.max())
+    bins = np.arange(lo, hi + 2) - 0.5 if hi - lo < 40 else 30
+    ax.hist(values, bins=bins, rwidth=0.85)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title, fontsize=9)
+    return png_markdown(fig, title)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,0 +1,213 @@
+"""Dagster resources of the xmc code location: where data comes from, where artifacts go, the
+evaluation history, and the one settings object a run trains with.
+
+Relative paths are resolved against the repository root (not the current directory), so
+`dagster dev`, `python -m xmc_assets.main` and pytest all see the same folders.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import polars as pl
+import scipy.sparse as smat
+from dagster import ConfigurableResource, Failure
+
+from xmc_core import results_db
+from xmc_core.data import DataFormatError, detect_layout
+from xmc_core.model import XRLinearParams
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = "../shared/data"
+DATA_ROOT_ENV = "XMC_DATA_ROOT"
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """`path` as an absolute path; relative paths are taken from the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+def dataset_folders(root: Path) -> list[str]:
+    """Names of the sub-folders of `root` that hold a dataset layout `load_dataset` reads."""
+    if not root.is_dir():
+        return []
+    names = []
+    for child in sorted(root.iterdir()):
+        if not child.is_dir() or child.name.startswith("."):
+            continue
+        try:
+            detect_layout(child)  # file-existence checks only: cheap enough for every load
+        except DataFormatError:
+            continue
+        names.append(child.name)
+    return names
+
+
+class DataRoot(ConfigurableResource):
+    """Where dataset folders live; each folder is one `dataset` partition.
+
+    path: explicit folder; empty means `$XMC_DATA_ROOT`, else `../shared/data` (repo-relative).
+    synthetic_dir: generated datasets (`xmc_assets.main` writes one there when the data root has
+        none); searched after `path`, so their partitions also resolve from the UI.
+    """
+
+    path: str = ""
+    synthetic_dir: str = "data/synthetic"
+
+    def root(self) -> Path:
+        return resolve_path(self.path or os.environ.get(DATA_ROOT_ENV) or DEFAULT_DATA_ROOT)
+
+    def synthetic_root(self) -> Path:
+        return resolve_path(self.synthetic_dir)
+
+    def dataset_names(self) -> list[str]:
+        names = dataset_folders(self.root())
+        return names + [n for n in dataset_folders(self.synthetic_root()) if n not in names]
+
+    def dataset_dir(self, name: str) -> Path:
+        """The folder of dataset `name`; a clear Failure when there is none (e.g. a partition key
+        added for a folder that was since removed, or a data root pointing elsewhere)."""
+        for root in (self.root(), self.synthetic_root()):
+            if (root / name).is_dir():
+                return root / name
+        available = ", ".join(self.dataset_names()) or "none"
+        raise Failure(
+            description=(
+                f"dataset {name!r}: no folder {self.root() / name} (data root set by DataRoot.path, "
+                f"${DATA_ROOT_ENV} or the default {DEFAULT_DATA_ROOT}) nor under {self.synthetic_root()}; "
+                f"datasets found: {available}"
+            )
+        )
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """Write `path` through a temporary sibling and os.replace it into place, so a reader never
+    sees a half-written artifact and a crash leaves the previous version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as fh:  # a file handle: numpy/scipy would append ".npz" to a name
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+class ArtifactStore(ConfigurableResource):
+    """Heavy artifacts as files: `<base_dir>/<dataset>/<asset>/<name>`.
+
+    Assets write here and return only metadata; downstream assets read the files back (they
+    declare `deps=`), so nothing large is pickled through an IO manager.
+    """
+
+    base_dir: str = "data/artifacts"
+
+    def root(self) -> Path:
+        return resolve_path(self.base_dir)
+
+    def folder(self, dataset: str, asset: str) -> Path:
+        """The folder of one asset for one dataset partition (created)."""
+        folder = self.root() / dataset / asset
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def path(self, dataset: str, asset: str, name: str) -> Path:
+        return self.root() / dataset / asset / name
+
+    def existing(self, dataset: str, asset: str, name: str) -> Path:
+        """Path of an artifact that must exist; says which asset to materialize when it does not."""
+        p = self.path(dataset, asset, name)
+        if not p.exists():
+            raise Failure(
+                description=f"{p} is missing: materialize asset {asset!r} for partition {dataset!r} first"
+            )
+        return p
+
+    def model_dir(self, dataset: str) -> Path:
+        """The XmcModel folder of a dataset (loads without Dagster: `XmcModel.load(path)`)."""
+        return self.root() / dataset / "model"
+
+    # sparse matrices -------------------------------------------------------------------------
+    def write_sparse(self, dataset: str, asset: str, name: str, M) -> Path:
+        M = smat.csr_matrix(M)
+        return _atomic_write(self.path(dataset, asset, name), lambda fh: smat.save_npz(fh, M))
+
+    def read_sparse(self, dataset: str, asset: str, name: str) -> smat.csr_matrix:
+        return smat.csr_matrix(smat.load_npz(self.existing(dataset, asset, name)))
+
+    # plain arrays (npz) ----------------------------------------------------------------------
+    def write_arrays(self, dataset: str, asset: str, name: str, arrays: dict[str, np.ndarray]) -> Path:
+        return _atomic_write(self.path(dataset, asset, name), lambda fh: np.savez(fh, **arrays))
+
+    def read_arrays(self, dataset: str, asset: str, name: str) -> dict[str, np.ndarray]:
+        with np.load(self.existing(dataset, asset, name)) as z:
+            return {k: z[k] for k in z.files}
+
+    # texts and small JSON --------------------------------------------------------------------
+    def write_texts(self, dataset: str, asset: str, name: str, texts: list[str]) -> Path:
+        frame = pl.DataFrame({"text": list(texts)}, schema={"text": pl.Utf8})
+        return _atomic_write(self.path(dataset, asset, name), frame.write_parquet)
+
+    def read_texts(self, dataset: str, asset: str, name: str) -> list[str]:
+        return pl.read_parquet(self.existing(dataset, asset, name))["text"].to_list()
+
+    def write_json(self, dataset: str, asset: str, name: str, obj) -> Path:
+        data = json.dumps(obj, indent=2, default=str).encode()
+        return _atomic_write(self.path(dataset, asset, name), lambda fh: fh.write(data))
+
+    def read_json(self, dataset: str, asset: str, name: str):
+        return json.loads(self.existing(dataset, asset, name).read_text())
+
+    def remove(self, dataset: str, asset: str, name: str) -> None:
+        """Drop a stale artifact (e.g. texts left by an earlier layout of the same dataset)."""
+        self.path(dataset, asset, name).unlink(missing_ok=True)
+
+
+class EvaluationDB(ConfigurableResource):
+    """The DuckDB file with the append-only `evaluation` history (short-lived connections)."""
+
+    path: str = "data/xmc.duckdb"
+
+    def db_path(self) -> Path:
+        return resolve_path(self.path)
+
+    def append_evaluation(self, **kwargs) -> int:
+        return results_db.append_evaluation(self.db_path(), **kwargs)
+
+    def read_evaluation(self, run_id: str | None = None) -> pl.DataFrame:
+        return results_db.read_evaluation(self.db_path(), run_id)
+
+    def p_at_k_table(self, run_id: str) -> pl.DataFrame:
+        return results_db.p_at_k_table(self.db_path(), run_id)
+
+
+class XmcSettings(ConfigurableResource):
+    """The one training setting of a run, shared by every asset so they cannot disagree.
+
+    params_json: XRLinearParams overrides as a JSON object, e.g. '{"ranker": {"Cp": 2}}'.
+    max_rows: read only the first N documents of each split (quick runs and tests).
+    """
+
+    params_json: str = "{}"
+    max_rows: Optional[int] = None
+
+    def params(self) -> XRLinearParams:
+        try:
+            overrides = json.loads(self.params_json or "{}")
+        except json.JSONDecodeError as e:
+            raise Failure(description=f"XmcSettings.params_json: invalid JSON ({e.msg} at char {e.pos})") from None
+        if not isinstance(overrides, dict):
+            raise Failure(description="XmcSettings.params_json: expected a JSON object")
+        try:
+            return XRLinearParams().merged(overrides)
+        except (TypeError, ValueError) as e:
+            raise Failure(description=f"XmcSettings.params_json: {e}") from None
