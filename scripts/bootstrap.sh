@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a project virtual environment in .venv with xmc (editable) and test tools.
+# torch is not needed by XR-Linear; the "transformer" extra pins torch==2.13.0 (a plain "torch"
+# pulls GBs of CUDA wheels on these machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.xmc-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
