@@ -30,9 +30,12 @@ def test_tree_covers_every_label_once_and_is_balanced(L, leaf, splits):
 
 def test_tree_shape_follows_pecos_chain():
     tree = build_tree(_random_Z(4271, seed=1), TreeParams(nr_splits=16, max_leaf_size=100))
-    # depth ceil(log2(42.7)) = 6 binary levels → 64 leaf clusters; top level gets 16
-    assert tree.level_sizes() == [16, 64, 4271]
-    assert set(np.diff(tree.C[1].indptr)) == {4}
+    # depth ceil(log2(42.7)) = 6 binary levels → 64 leaf clusters of 16 per parent; the top
+    # level takes the remaining 2 bits, as PECOS's cluster chain does
+    assert tree.level_sizes() == [4, 64, 4271]
+    assert set(np.diff(tree.C[1].indptr)) == {16}
+    assert build_tree(_random_Z(983, seed=1)).level_sizes() == [16, 983]
+    assert build_tree(_random_Z(983, seed=1), TreeParams(min_codes=32, max_leaf_size=10)).level_sizes()[0] >= 32
 
 
 def test_two_means_separates_obvious_groups():

@@ -113,3 +113,16 @@ def test_params_validate():
         PredParams(post_processor="softmax")
     with pytest.raises(ValueError, match="nr_splits"):
         TreeParams(nr_splits=3)
+
+
+def test_gram_solver_matches_primal_solver():
+    # few instances, many features: the span-of-instances path must give the primal iterates
+    from xmc_core.xlinear import _solve_squared_hinge_gram
+
+    rng = np.random.default_rng(1)
+    X = smat.random(60, 2000, density=0.02, random_state=2, format="csr", dtype=np.float32)
+    Ypos = rng.random((60, 5)) < 0.2
+    kw = dict(Cp=1.0, Cn=1.0, max_iter=20, eps=1e-3, cg_max_iter=30, cg_eps=0.3)
+    W_primal = solve_squared_hinge(X, Ypos, gram_max_n=0, **kw)
+    W_gram = _solve_squared_hinge_gram(X, Ypos, kw["Cp"], kw["Cn"], kw["max_iter"], kw["eps"], kw["cg_max_iter"], kw["cg_eps"])
+    np.testing.assert_allclose(W_gram, W_primal, atol=2e-4)

@@ -27,8 +27,7 @@ from dagster import (
 
 from xmc_core.data import load_dataset
 from xmc_core.label_embedding import pifa
-from xmc_core.metrics import MetricParams, ranking_metrics
-from xmc_core.model import XmcModel, atomic_dir, fit_rankers
+from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
 from xmc_core.tfidf import TfidfVectorizer, l2_normalize_rows
 from xmc_core.tree import LabelTree, build_tree
 
@@ -276,15 +275,8 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     # Raw test texts go through the model's own featurizer (BoW: raw X, normalized by the model).
     inputs = (artifacts.read_texts(dataset, "corpus", "texts_test.parquet") if info["has_texts"]
               else artifacts.read_sparse(dataset, "corpus", "X_test.npz"))
-    Y = model.align_labels(artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
-    mp = MetricParams()
-    t0 = time.perf_counter()
-    P = model.predict(inputs, topk=max(mp.ks))
-    predict_s = time.perf_counter() - t0
-    if Y.shape[1] > P.shape[1]:  # test labels unseen in training: columns no model can predict
-        P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
-    inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Y.shape[1])
-    result = ranking_metrics(Y, P, mp, inv_prop=inv_prop)
+    ev = evaluate_model(model, inputs, artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
+    result = ev.metrics
 
     rows = evaluation_db.append_evaluation(
         run_id=context.run.run_id, dataset=dataset, model=model.method, split="test",
@@ -298,9 +290,9 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
         **{f"p@{k}": float(result["p"][k]) for k in (1, 3, 5)},
         "ndcg@5": float(result["ndcg"][5]),
         **({"psp@5": float(result["psp"][5])} if "psp" in result else {}),
-        "n_test": int(Y.shape[0]),
-        "unseen_test_labels": model.unseen_label_count(Y),
-        "predict_seconds": predict_s,
+        "n_test": ev.n_test,
+        "unseen_test_labels": ev.unseen_test_labels,
+        "predict_seconds": ev.predict_s,
         "rows_appended": rows,
         "duckdb": MetadataValue.path(str(evaluation_db.db_path())),
     }

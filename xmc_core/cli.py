@@ -113,30 +113,18 @@ def cmd_predict(args) -> None:
 
 
 def cmd_evaluate(args) -> dict:
-    import scipy.sparse as smat
-
     from .data import load_dataset
-    from .metrics import MetricParams, ranking_metrics
-    from .model import XmcModel
+    from .metrics import MetricParams
+    from .model import XmcModel, evaluate_model
 
     model = XmcModel.load(args.model)
     ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
     split = getattr(ds, args.split)
     if split is None:
         raise UsageError(f"--data {args.data}: no {args.split} split")
-    Y = model.align_labels(split.Y, ds.label_names)
-    t0 = time.perf_counter()
-    P = model.predict(_split_inputs(split), topk=max(args.topk, 10), beam_size=args.beam_size)
-    predict_s = time.perf_counter() - t0
-    if Y.shape[1] > P.shape[1]:  # test labels never seen in training: columns no model can predict
-        P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
     mp = MetricParams(propensity_A=args.propensity_a, propensity_B=args.propensity_b)
-    inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Y.shape[1])
-    res = ranking_metrics(Y, P, mp, inv_prop=inv_prop)
-    out = {f"{m}@{k}": round(v, 4) for m, ks in res.items() for k, v in ks.items()}
-    out.update({"n_test": int(Y.shape[0]), "predict_s": round(predict_s, 3), "model": str(args.model),
-                "split": args.split, "unseen_test_labels": int(model.unseen_label_count(Y))})
-    return out
+    ev = evaluate_model(model, _split_inputs(split), split.Y, ds.label_names, mp, args.topk, args.beam_size)
+    return {**ev.flat(), "model": str(args.model), "split": args.split}
 
 
 def cmd_synth(args) -> dict:

@@ -99,7 +99,13 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     """
     Y = _binary_csr(Y_train)
     n_train, n_labels = Y.shape
-    n_pos = np.bincount(Y.indices, minlength=n_labels).astype(np.float64)  # (L,) N_l
+    n_pos = np.bincount(Y.indices, minlength=n_labels)  # (L,) N_l
+    return inverse_propensity_from_counts(n_pos, n_train, A, B)
+
+
+def inverse_propensity_from_counts(label_counts, n_train: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
+    """`inverse_propensity` from per-label training counts N_l ((L,) ints) and N = n_train."""
+    n_pos = np.asarray(label_counts, dtype=np.float64)
     C = (np.log(float(n_train)) - 1.0) * (B + 1.0) ** A
     return (1.0 + C * np.power(n_pos + B, -A)).astype(np.float64)
 

@@ -30,7 +30,8 @@ from .tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
-__all__ = ["FORMAT_VERSION", "XRLinearParams", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear"]
+__all__ = ["FORMAT_VERSION", "XRLinearParams", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear",
+           "fit_rankers", "evaluate_model", "Evaluation"]
 
 FORMAT_VERSION = 1
 
@@ -145,12 +146,12 @@ class XmcModel:
         """(n_cols or L,) float64 inverse propensities (Jain et al.) from the training counts."""
         if self.label_counts is None:
             return None
+        from .metrics import inverse_propensity_from_counts
+
         counts = self.label_counts
         if n_cols is not None and n_cols > len(counts):
             counts = np.concatenate([counts, np.zeros(n_cols - len(counts), np.int64)])
-        N = self.n_train
-        C = (np.log(N) - 1.0) * (B + 1.0) ** A
-        return 1.0 + C * (counts + B) ** (-A)
+        return inverse_propensity_from_counts(counts, self.n_train, A, B)
 
     def align_labels(self, Y: smat.spmatrix, names: Sequence[str]) -> smat.csr_matrix:
         """Re-index an evaluation split's Y (columns named `names`) to this model's label ids.
@@ -307,3 +308,40 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
     ranker = XLinearModel.train(X, Y, tree, params.ranker, params.pred, log=level_log)
     emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
     return XmcModel(params, list(label_names), ranker, featurizer, info={"levels": levels})
+
+
+@dataclass
+class Evaluation:
+    """Result of `evaluate_model`: metrics in percent ({"p": {1: ..}, ...}) and counts."""
+
+    metrics: dict
+    n_test: int
+    predict_s: float
+    unseen_test_labels: int
+
+    def flat(self) -> dict:
+        out = {f"{m}@{k}": round(v, 4) for m, ks in self.metrics.items() for k, v in ks.items()}
+        out.update({"n_test": self.n_test, "predict_s": round(self.predict_s, 3),
+                    "unseen_test_labels": self.unseen_test_labels})
+        return out
+
+
+def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Sequence[str],
+                   metric_params=None, topk: int = 10, beam_size: int | None = None) -> Evaluation:
+    """Predict `inputs` (texts or X) and score against Y (columns named `label_names`).
+
+    Test labels the model never saw stay in |y| (a model cannot predict them); PSP@k uses the
+    model's training label counts.
+    """
+    from .metrics import MetricParams, ranking_metrics
+
+    mp = metric_params or MetricParams()
+    Y = model.align_labels(Y, label_names)
+    t0 = time.perf_counter()
+    P = model.predict(inputs, topk=max(topk, max(mp.ks)), beam_size=beam_size)
+    predict_s = time.perf_counter() - t0
+    if Y.shape[1] > P.shape[1]:
+        P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
+    inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Y.shape[1])
+    result = ranking_metrics(Y, P, mp, inv_prop=inv_prop)
+    return Evaluation(result, int(Y.shape[0]), predict_s, model.unseen_label_count(Y))

@@ -13,7 +13,7 @@ exactly one leaf cluster; label disentanglement (a later stage) may give a label
 Algorithm: split every node of the current binary depth into two halves at once, with
 spherical 2-means and a balanced cut (sort by the difference of similarities to the two
 centroids; the first half goes left). Depth = ceil(log2(L / max_leaf_size)). Binary levels are
-then merged into an nr_splits-ary tree whose top level has min_codes (default nr_splits) nodes.
+then merged into an nr_splits-ary tree (PECOS's chain: the top level takes the remaining depth).
 All nodes of a depth are processed together with vectorized sparse work, so no Python loop runs
 per node or per label.
 """
@@ -37,7 +37,7 @@ class TreeParams:
     """Settings of the hierarchical k-means tree.
 
     nr_splits: out-degree of internal nodes (a power of 2).
-    min_codes: number of clusters at the top level (None: nr_splits).
+    min_codes: smallest number of clusters allowed at the top level (None: no minimum).
     max_leaf_size: most labels in a leaf cluster; max_leaf_size >= L gives a flat one-vs-all model.
     kmeans_max_iter: 2-means iterations per binary depth.
     seed: random seed of the centroid initialization.
@@ -232,12 +232,14 @@ def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
         depth = max(1, int(math.floor(math.log2(L / 2))))
     threads = params.threads if params.threads > 0 else (os.cpu_count() or 1)
     codes = binary_codes(Z, depth, params.kmeans_max_iter, params.seed, threads)
-    # Keep binary depths from the bottom every log2(nr_splits) levels; the top gets min_codes nodes.
+    # Keep binary depths from the bottom every log2(nr_splits) levels, so every node below the top
+    # has nr_splits children and the top level takes the remainder (PECOS's chain: 64 leaf
+    # clusters, nr_splits 16 → [4, 64, L]). min_codes, when set, is the top level's minimum size.
     step = int(math.log2(params.nr_splits))
-    top_bits = int(math.log2(params.min_codes or params.nr_splits))
+    min_bits = int(math.log2(params.min_codes)) if params.min_codes else 1
     bits = [depth]
-    while bits[-1] > top_bits:
-        bits.append(max(bits[-1] - step, top_bits))
+    while bits[-1] - step >= max(min_bits, 1):
+        bits.append(bits[-1] - step)
     bits = bits[::-1]  # top to bottom
     C = [smat.csc_matrix(np.ones((1 << bits[0], 1), np.float32))]
     for upper, lower in zip(bits[:-1], bits[1:]):
