@@ -107,12 +107,16 @@ class Split:
         X: scipy.sparse.csr_matrix, shape (n, F), float32 with the values as
             stored on disk (not normalised), sorted indices; None when the
             layout has no features.
+        files: the files the split was read from, as strings: the documents
+            file first, then the labels file (one file for xc-bow), for
+            error messages about the split as a whole (e.g. "no documents").
     """
 
     name: str
     Y: sp.csr_matrix
     texts: list[str] | None = None
     X: sp.csr_matrix | None = None
+    files: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -464,7 +468,8 @@ def _load_raw_text(root: Path, splits: Sequence[str], max_rows: int | None):
     for s, (tp, lp) in files.items():
         counts, flat = tokens[s]
         cols = _map_names(lp, counts, flat, name_to_id, source)
-        out[s] = Split(name=s, Y=_label_matrix(counts, cols, len(label_names)), texts=texts[s])
+        out[s] = Split(name=s, Y=_label_matrix(counts, cols, len(label_names)), texts=texts[s],
+                       files=(str(tp), str(lp)))
     return label_names, out, None
 
 
@@ -647,7 +652,7 @@ def _load_xc(root: Path, splits: Sequence[str], max_rows: int | None):
                 p, 1, "header",
                 f"F={F}, L={L} differ from the train header's F={dims[0]}, L={dims[1]}",
             )
-        out[s] = Split(name=s, Y=Y, X=X)
+        out[s] = Split(name=s, Y=Y, X=X, files=(str(p),))
     assert dims is not None
     F, L = dims
     return [str(i) for i in range(L)], out, F
@@ -777,7 +782,7 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
                     raise DataFormatError(
                         xf, None, "feature", f"X has {X.shape[1]} columns but train X has {n_features}"
                     )
-        out[s] = Split(name=s, Y=Y, texts=texts[s], X=X)
+        out[s] = Split(name=s, Y=Y, texts=texts[s], X=X, files=tuple(str(f) for f in paths[s]))
     return label_names, out, n_features
 
 

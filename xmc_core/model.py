@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +39,10 @@ FORMAT_VERSION = 1
 
 class ModelFormatError(ValueError):
     """A model folder that is missing, incomplete or of another format version."""
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
 
 
 @dataclass
@@ -236,25 +241,46 @@ class XmcModel:
 
     @classmethod
     def load(cls, path: str | Path) -> "XmcModel":
+        """Load a model folder written by `save`.
+
+        Raises:
+            ModelFormatError: one line naming the folder or file, when the folder is missing, is
+                of another format version, or is incomplete / corrupt (a file missing, truncated
+                or unparsable).
+        """
         path = Path(path)
         meta_file = path / "params.json"
         if not meta_file.is_file():
             raise ModelFormatError(f"{path}: not a model folder (no params.json)")
-        meta = json.loads(meta_file.read_text())
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelFormatError(_one_line(f"{meta_file}: unreadable model metadata ({e})")) from None
+        if not isinstance(meta, dict):
+            raise ModelFormatError(f"{meta_file}: unreadable model metadata (not a JSON object)")
         version = meta.get("format_version")
         if version != FORMAT_VERSION:
             raise ModelFormatError(
                 f"{meta_file}: model format version {version!r}, this xmc reads version {FORMAT_VERSION}; retrain the model"
             )
-        with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
-            names = fh.read().split("\n")[:-1]
-        featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
-        ranker = XLinearModel.load(path / "ranker")
-        model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
-                    meta.get("method", "xr-linear"), meta.get("info"))
-        if (path / "label_counts.npy").is_file():
-            model.label_counts = np.load(path / "label_counts.npy")
-            model.n_train = json.loads((path / "train_stats.json").read_text())["n_train"]
+        try:
+            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
+                names = fh.read().split("\n")[:-1]
+            featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
+            ranker = XLinearModel.load(path / "ranker")
+            model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
+                        meta.get("method", "xr-linear"), meta.get("info"))
+            if (path / "label_counts.npy").is_file():
+                model.label_counts = np.load(path / "label_counts.npy")
+                model.n_train = json.loads((path / "train_stats.json").read_text())["n_train"]
+        except ModelFormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            # a file missing, truncated or unparsable (json.JSONDecodeError and
+            # UnicodeDecodeError are ValueErrors)
+            raise ModelFormatError(
+                _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
+            ) from None
         return model
 
 
