@@ -11,11 +11,15 @@ rejects it as a string.
 
 import shutil
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as smat
 from dagster import (
     AssetExecutionContext,
+    AssetsDefinition,
+    AutomationCondition,
+    BackfillPolicy,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -31,13 +35,52 @@ from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
 from xmc_core.tfidf import TfidfVectorizer, l2_normalize_rows
 from xmc_core.tree import LabelTree, build_tree
 
-from .metadata import folder_bytes, frame_markdown, histogram_plot, label_frequency_plot
+from .metadata import folder_bytes, frame_markdown, histogram_plot, label_frequency_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+from .versions import code_version, settings_hash
+
+# `backfill_policy` (beta) and partitioned asset checks (preview) are what we want here; their
+# per-definition warnings would only clutter every code-location load.
+warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`")
+warnings.filterwarnings("ignore", message=r"Specifying a partitions_def on an AssetCheckSpec")
 
 SPLITS = ("train", "test", "dev")
 GROUP = "xr_linear"
 MODEL_NAME = "xr-linear"
+
+# Code versions of the default settings; `definitions.build_defs` re-derives them from the
+# settings it is given (`with_settings`), so a settings change bumps only the stages it touches.
+_DEFAULT_SETTINGS = XmcSettings()
+
+# One run per dataset in a backfill: the assets read one partition key, and a failing dataset
+# does not take the others down with it.
+BACKFILL_POLICY = BackfillPolicy.multi_run(max_partitions_per_run=1)
+
+# Declarative automation (evaluated by the `xmc_automation` sensor):
+# - a new code version (code or the asset's settings section) rematerializes the partitions that
+#   exist already; a new dataset partition is never trained on its own (a person decides);
+# - below `corpus`, `eager()` follows any upstream update, so a rematerialized stage pulls its
+#   children along (and never runs while an upstream partition is missing or in progress).
+CODE_CHANGED = (AutomationCondition.code_version_changed() & ~AutomationCondition.missing()).with_label(
+    "code version changed (materialized partitions)"
+)
+ROOT_AUTOMATION = CODE_CHANGED
+STAGE_AUTOMATION = AutomationCondition.eager() | CODE_CHANGED
+
+
+def _settings_metadata(context: AssetExecutionContext, xmc_settings: XmcSettings, name: str) -> dict:
+    """Metadata `settings_hash` of the settings this step really ran with; a warning when they differ
+    from those its code version was derived from (settings overridden in run config: staleness
+    cannot see such a change)."""
+    digest = settings_hash(xmc_settings, name)
+    expected = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
+    if digest and not expected.endswith(f"-{digest}"):
+        context.log.warning(
+            f"{name}: settings of this run (hash {digest}) differ from those of the code version "
+            f"{expected!r}; set them on the code location's XmcSettings so that staleness follows them"
+        )
+    return {"settings_hash": digest} if digest else {}
 
 
 def _corpus_info(artifacts: ArtifactStore, dataset: str) -> dict:
@@ -46,7 +89,9 @@ def _corpus_info(artifacts: ArtifactStore, dataset: str) -> dict:
 
 @asset(
     partitions_def=dataset_partitions,
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "corpus"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=ROOT_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "parquet"},
     description="The dataset folder read once: label matrices Y, texts (or raw BoW X) and label names per split.",
@@ -98,6 +143,7 @@ def corpus(
         "max_rows": xmc_settings.max_rows if xmc_settings.max_rows is not None else "all",
         "seconds": time.perf_counter() - t0,
         "label_frequency": label_frequency_plot(label_counts),
+        **_settings_metadata(context, xmc_settings, "corpus"),
     }
     return MaterializeResult(metadata=metadata)
 
@@ -105,7 +151,9 @@ def corpus(
 @asset(
     partitions_def=dataset_partitions,
     deps=[corpus],
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "tfidf"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "scipy"},
     description="Features X per split: TF-IDF fitted on the training texts only, or l2-normalized BoW.",
@@ -141,6 +189,7 @@ def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings
         **{f"nnz_{name}": int(M.nnz) for name, M in X.items()},
         "avg_nnz_per_train_doc": float(X["train"].nnz / max(X["train"].shape[0], 1)),
         "seconds": seconds,
+        **_settings_metadata(context, xmc_settings, "tfidf"),
     }
     return MaterializeResult(metadata=metadata)
 
@@ -148,7 +197,9 @@ def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings
 @asset(
     partitions_def=dataset_partitions,
     deps=[tfidf],
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "label_embeddings"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "scipy"},
     description="PIFA label embeddings Z (L × D): the normalized sum of each label's training features.",
@@ -171,13 +222,16 @@ def label_embeddings(
         "nnz": int(Z.nnz),
         "labels_with_zero_embedding": int(np.count_nonzero(np.diff(Z.indptr) == 0)),
         "seconds": seconds,
+        **_settings_metadata(context, xmc_settings, "label_embeddings"),
     })
 
 
 @asset(
     partitions_def=dataset_partitions,
     deps=[label_embeddings],
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "label_tree"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "numpy"},
     description="Hierarchical balanced k-means label tree over the label embeddings.",
@@ -200,13 +254,16 @@ def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_set
         "leaf_size_max": int(sizes.max()),
         "leaf_size_histogram": histogram_plot(sizes, "labels per leaf cluster", "leaf cluster sizes"),
         "seconds": seconds,
+        **_settings_metadata(context, xmc_settings, "label_tree"),
     })
 
 
 @asset(
     partitions_def=dataset_partitions,
     deps=[label_tree],
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "rankers"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "scipy"},
     description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster.",
@@ -253,13 +310,16 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
         "model_mb": size / 2**20,
         "n_train": int(Y.shape[0]),
         "params": MetadataValue.json(params.to_dict()),
+        **_settings_metadata(context, xmc_settings, "rankers"),
     })
 
 
 @asset(
     partitions_def=dataset_partitions,
     deps=[rankers],
-    code_version="1",
+    code_version=code_version(_DEFAULT_SETTINGS, "metrics"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
     group_name=GROUP,
     kinds={"python", "duckdb"},
     pool="duckdb",  # the only DuckDB writer; a pool limit of 1 serializes it across runs
@@ -287,6 +347,7 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     table = table.filter(table["dataset"] == dataset).drop(["dataset", "model", "split"])
     metadata = {
         "metrics": MetadataValue.md(frame_markdown(table)),
+        "metrics_at_k": metrics_at_k_plot(result, dataset),
         **{f"p@{k}": float(result["p"][k]) for k in (1, 3, 5)},
         "ndcg@5": float(result["ndcg"][5]),
         **({"psp@5": float(result["psp"][5])} if "psp" in result else {}),
@@ -300,3 +361,14 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
 
 
 xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, rankers, metrics]
+
+
+def with_settings(assets: list[AssetsDefinition], settings: XmcSettings) -> list[AssetsDefinition]:
+    """Copies of `assets` whose code versions are derived from `settings` (see `versions.py`)."""
+
+    def versioned(assets_def: AssetsDefinition) -> AssetsDefinition:
+        return assets_def.map_asset_specs(
+            lambda spec: spec.replace_attributes(code_version=code_version(settings, spec.key.to_user_string()))
+        )
+
+    return [versioned(a) for a in assets]

@@ -1,35 +1,68 @@
-"""The xmc code location: `dagster dev -w workspace.yaml` loads `defs` from here."""
+"""The xmc code location: `dagster dev -w workspace.yaml` loads `defs` from here.
+
+`build_defs(settings)` derives each asset's code version from its own section of `settings`
+(see `versions.py`), so the settings of a code location decide what is stale. `defs` reads them
+from the environment when the code location loads:
+
+    XMC_PARAMS='{"ranker": {"Cp": 2}}'   XRLinearParams overrides (JSON)
+    XMC_MAX_ROWS=300                     read only the first N documents of each split
+"""
 
 from __future__ import annotations
 
+import os
+
 from dagster import AssetSelection, Definitions, define_asset_job
 
-from .assets import xr_linear_assets
+from .assets import xr_linear_assets, with_settings
+from .automation import build_automation_sensor, build_weekly_retrain_schedule
+from .checks import xr_linear_checks
 from .partitions import dataset_folders_sensor
 from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
 
 JOB_NAME = "xr_linear_pipeline"
-
-xr_linear_job = define_asset_job(
-    JOB_NAME,
-    selection=AssetSelection.assets(*xr_linear_assets),  # partitioned by dataset like its assets
-    description="corpus → tfidf → label_embeddings → label_tree → rankers → metrics for one dataset.",
-)
+PARAMS_ENV = "XMC_PARAMS"
+MAX_ROWS_ENV = "XMC_MAX_ROWS"
 
 
-def default_resources() -> dict:
+def settings_from_env() -> XmcSettings:
+    max_rows = os.environ.get(MAX_ROWS_ENV)
+    return XmcSettings(params_json=os.environ.get(PARAMS_ENV) or "{}",
+                       max_rows=int(max_rows) if max_rows else None)
+
+
+def default_resources(settings: XmcSettings | None = None) -> dict:
     """Resource defaults (paths relative to the repo root; XMC_DATA_ROOT overrides the data root)."""
     return {
         "data_root": DataRoot(),
         "artifacts": ArtifactStore(),
         "evaluation_db": EvaluationDB(),
-        "xmc_settings": XmcSettings(),
+        "xmc_settings": settings or XmcSettings(),
     }
 
 
-defs = Definitions(
-    assets=xr_linear_assets,
-    jobs=[xr_linear_job],
-    sensors=[dataset_folders_sensor],
-    resources=default_resources(),
-)
+def build_defs(settings: XmcSettings | None = None, resources: dict | None = None) -> Definitions:
+    """The code location for `settings` (their sections become the assets' code versions; the
+    same object is the `xmc_settings` resource, so runs train with what staleness assumes).
+    `resources` overrides other resources (tests: temp folders)."""
+    settings = settings or XmcSettings()
+    settings.params()  # invalid settings fail at load, with the Failure's message
+    assets = with_settings(xr_linear_assets, settings)
+    keys = [a.key for a in assets]
+    job = define_asset_job(
+        JOB_NAME,
+        selection=AssetSelection.assets(*assets),  # partitioned by dataset like its assets; checks included
+        description=("corpus → tfidf → label_embeddings → label_tree → rankers → metrics (and their checks). "
+                     "Launch a backfill over all datasets from the asset graph: 'Materialize all' → all partitions."),
+    )
+    return Definitions(
+        assets=assets,
+        asset_checks=xr_linear_checks,
+        jobs=[job],
+        schedules=[build_weekly_retrain_schedule(JOB_NAME, keys)],
+        sensors=[dataset_folders_sensor, build_automation_sensor(keys)],
+        resources={**default_resources(settings), **(resources or {})},
+    )
+
+
+defs = build_defs(settings_from_env())

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster import DagsterInstance, Failure
 
-    from .definitions import JOB_NAME, defs
+    from .definitions import JOB_NAME, build_defs
     from .partitions import dataset_partitions
     from .resources import DataRoot, EvaluationDB, XmcSettings
 
@@ -96,13 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     if new:  # every dataset folder is a partition (the sensor does the same under `dagster dev`)
         instance.add_dynamic_partitions(dataset_partitions.name, new)
 
-    run_config = {
-        "resources": {
-            "data_root": {"config": {"path": data_root.path}},
-            "xmc_settings": {"config": {"params_json": args.params, "max_rows": args.max_rows}},
-        },
-        "loggers": {"console": {"config": {"log_level": "INFO"}}},
-    }
+    # The settings go into the Definitions (not run config): each asset's code version is derived
+    # from its section of them, so the instance knows which stages a settings change made stale.
+    settings = XmcSettings(params_json=args.params, max_rows=args.max_rows)
+    defs = build_defs(settings, resources={"data_root": data_root})
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     print(f"xmc: materializing {JOB_NAME} for dataset {dataset!r} (DAGSTER_HOME={home})", flush=True)
     t0 = time.perf_counter()
     result = defs.resolve_job_def(JOB_NAME).execute_in_process(
@@ -121,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                         err = err.cause
                     why = err.message.strip()
                 print(f"xmc: error: step {event.step_key} failed: {why}", file=sys.stderr)
+        for check in result.get_asset_check_evaluations():
+            if not check.passed:  # e.g. the blocking P@1 regression check: say why
+                key = check.asset_check_key
+                print(f"xmc: error: check {key.asset_key.to_user_string()}/{key.name} failed: "
+                      f"{check.description}", file=sys.stderr)
         print(f"xmc: run {result.run_id} failed after {seconds:.1f}s", file=sys.stderr)
         return 1
 

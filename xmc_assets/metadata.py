@@ -78,3 +78,20 @@ def histogram_plot(values: np.ndarray, xlabel: str, title: str) -> MetadataValue
 
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def metrics_at_k_plot(result: dict, dataset: str = "") -> MetadataValue:
+    """P@k (and nDCG@k, PSP@k when present) against k, in percent: one line per metric."""
+    fig, ax = _figure()
+    for metric, label in (("p", "P@k"), ("ndcg", "nDCG@k"), ("psp", "PSP@k")):
+        by_k = result.get(metric)
+        if not by_k:
+            continue
+        ks = sorted(int(k) for k in by_k)
+        ax.plot(ks, [float(by_k[k]) for k in ks], marker="o", lw=1.2, label=label)
+    ax.set_xlabel("k")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7)
+    ax.set_title(f"P@k on the test split{' — ' + dataset if dataset else ''}", fontsize=9)
+    return png_markdown(fig, "P@k")

@@ -195,10 +195,13 @@ class XmcSettings(ConfigurableResource):
 
     params_json: XRLinearParams overrides as a JSON object, e.g. '{"ranker": {"Cp": 2}}'.
     max_rows: read only the first N documents of each split (quick runs and tests).
+    p1_margin: the blocking check on `metrics` fails when P@1 falls more than this many points
+        below the last accepted run of the dataset (same max_rows slice).
     """
 
     params_json: str = "{}"
     max_rows: Optional[int] = None
+    p1_margin: float = 1.0
 
     def params(self) -> XRLinearParams:
         try:

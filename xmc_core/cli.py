@@ -55,8 +55,50 @@ def _split_inputs(split):
     return split.texts if split.texts is not None else split.X
 
 
+def _check_args(args) -> None:
+    """Numeric options that must be positive (argparse only checks that they are integers)."""
+    for name in ("topk", "beam_size", "max_rows", "threads"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+
+
+def _check_model_inputs(model, inputs, model_path, source: str) -> None:
+    """Raw texts need a model with a text featurizer; feature rows need the model's width."""
+    import scipy.sparse as smat
+
+    if smat.issparse(inputs):
+        want = model.ranker.n_features
+        if inputs.shape[1] != want:
+            raise UsageError(f"{source}: features: the data has {inputs.shape[1]} feature columns but the model "
+                             f"{model_path} was trained on {want}")
+    elif model.featurizer is None:
+        raise UsageError(f"{source}: the model {model_path} was trained on feature vectors (bag of words) and has "
+                         f"no text featurizer; give --data with a bag-of-words dataset of its feature space")
+
+
+def _stdin_lines() -> list[str]:
+    """Lines of stdin as UTF-8, split on "\\n" only (like the dataset readers)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream without bytes underneath (tests)
+        text = sys.stdin.read()
+    else:
+        raw = stream.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise UsageError(f"<stdin>:{line}: encoding: invalid UTF-8 byte 0x{raw[e.start]:02x}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
 def cmd_train(args) -> dict:
-    from .data import load_dataset
+    from .data import DataFormatError, load_dataset
     from .model import XRLinearParams, train_xr_linear
 
     if args.method != "xr-linear":
@@ -71,6 +113,11 @@ def cmd_train(args) -> dict:
     t0 = time.perf_counter()
     ds = load_dataset(args.data, splits=("train",), max_rows=args.max_rows)
     load_s = time.perf_counter() - t0
+    files = ds.train.files or (str(args.data),)
+    if ds.train.n == 0:
+        raise DataFormatError(files[0], None, "documents", "the train split has no documents; nothing to train on")
+    if ds.train.Y.nnz == 0:
+        raise DataFormatError(files[-1], None, "label", "no train document has a label; nothing to train on")
     t0 = time.perf_counter()
     stages = []
 
@@ -79,7 +126,12 @@ def cmd_train(args) -> dict:
         if args.verbose:
             print(json.dumps(rec), file=sys.stderr)
 
-    model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=ds.train.texts, X=ds.train.X, log=log)
+    try:
+        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=ds.train.texts, X=ds.train.X, log=log)
+    except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
+        if args.verbose:
+            raise
+        raise UsageError(f"{args.data}: cannot train on this data: {e} (-v shows the traceback)") from None
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
@@ -104,7 +156,9 @@ def cmd_predict(args) -> None:
             raise UsageError(f"--data {args.data}: no {args.split} split")
         inputs = _split_inputs(split)
     else:
-        inputs = [line.rstrip("\n") for line in sys.stdin]
+        inputs = _stdin_lines()
+    _check_model_inputs(model, inputs, args.model,
+                        "--text" if args.text is not None else (args.data or "<stdin>"))
     results = model.predict_labels(inputs, topk=args.topk, beam_size=args.beam_size)
     out = sys.stdout
     for i, labels in enumerate(results):
@@ -122,6 +176,7 @@ def cmd_evaluate(args) -> dict:
     split = getattr(ds, args.split)
     if split is None:
         raise UsageError(f"--data {args.data}: no {args.split} split")
+    _check_model_inputs(model, _split_inputs(split), args.model, args.data)
     mp = MetricParams(propensity_A=args.propensity_a, propensity_B=args.propensity_b)
     ev = evaluate_model(model, _split_inputs(split), split.Y, ds.label_names, mp, args.topk, args.beam_size)
     return {**ev.flat(), "model": str(args.model), "split": args.split}
@@ -136,6 +191,39 @@ def cmd_synth(args) -> dict:
     write_synth(args.out, params)
     return {"out": str(args.out), "n_labels": args.labels, "n_train": args.train, "n_test": args.test,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def cmd_runs(args) -> None:
+    """`xmc runs`: the evaluated runs in DuckDB; `--compare A B`: two runs metric by metric."""
+    import polars as pl
+
+    from .results_db import compare_runs, list_runs
+
+    db = Path(args.db)
+    if args.compare:
+        a, b = args.compare
+        known = list_runs(db)["run_id"].to_list()
+
+        def resolve(prefix: str) -> str:  # a unique prefix of a run id is enough
+            hits = sorted({r for r in known if r.startswith(prefix)})
+            if len(hits) != 1:
+                raise UsageError(f"--compare: {prefix!r} matches {len(hits)} runs in {db}"
+                                 + (f" ({', '.join(h[:8] for h in hits)})" if hits else ""))
+            return hits[0]
+
+        df = compare_runs(db, resolve(a), resolve(b))
+    else:
+        df = list_runs(db, dataset=args.dataset, limit=args.limit)
+        df = df.with_columns(pl.col("created_at").dt.strftime("%Y-%m-%d %H:%M:%S"))
+    if args.json:
+        for row in df.iter_rows(named=True):
+            print(json.dumps(row, default=str))
+        return
+    rows = [[("" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)) for v in r] for r in df.rows()]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(df.columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(df.columns, widths)).rstrip())
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int, required=True)
     p.add_argument("--features", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("runs", help="evaluated runs in DuckDB; --compare RUN_A RUN_B metric by metric")
+    p.add_argument("--db", default=os.environ.get("XMC_DUCKDB", "data/xmc.duckdb"),
+                   help="DuckDB file (default $XMC_DUCKDB or data/xmc.duckdb)")
+    p.add_argument("--dataset", default=None, help="only this dataset")
+    p.add_argument("--limit", type=int, default=None, help="only the latest N runs")
+    p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="run ids (or unique prefixes)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     return ap
 
 
@@ -189,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     from .model import ModelFormatError
 
     try:
+        _check_args(args)
         if args.command == "train":
             print(json.dumps(cmd_train(args)))
         elif args.command == "predict":
@@ -202,11 +299,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{key:>12}  {value}")
         elif args.command == "synth":
             print(json.dumps(cmd_synth(args)))
-    except (UsageError, DataFormatError, ModelFormatError, FileNotFoundError) as e:
-        print(f"xmc: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
+        elif args.command == "runs":
+            cmd_runs(args)
+    except BrokenPipeError:  # an OSError: before the handler below
         return 0
+    except (UsageError, DataFormatError, ModelFormatError, OSError) as e:
+        # OSError: a path that cannot be read or written (missing, a file where a folder is
+        # expected, permissions, disk full); one line, the message names the path.
+        print("xmc: error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
     return 0
 
 

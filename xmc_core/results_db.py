@@ -281,3 +281,103 @@ def read_benchmark(db_path: str | os.PathLike, run_id: str | None = None) -> pl.
     if run_id is None:
         return _read(db_path, "benchmark", BENCHMARK_COLUMNS)
     return _read(db_path, "benchmark", BENCHMARK_COLUMNS, "WHERE run_id = ?", [str(run_id)])
+
+
+# --------------------------------------------------------------------------- runs and acceptance
+
+__all__ += [
+    "ACCEPTED_RUNS_COLUMNS",
+    "list_runs",
+    "compare_runs",
+    "record_accepted_run",
+    "last_accepted_run",
+    "read_accepted_runs",
+]
+
+#: (name, DuckDB type) of table ``accepted_runs``: runs whose P@1 passed the regression check,
+#: the baseline of the next check for the same dataset (and the same ``max_rows`` slice; NULL:
+#: the whole dataset).
+ACCEPTED_RUNS_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("dataset", "VARCHAR"),
+    ("run_id", "VARCHAR"),
+    ("p1", "DOUBLE"),
+    ("accepted_at", "TIMESTAMP"),
+    ("max_rows", "BIGINT"),
+)
+
+_RUNS_KS = (1, 3, 5)
+
+
+def list_runs(
+    db_path: str | os.PathLike, dataset: str | None = None, limit: int | None = None
+) -> pl.DataFrame:
+    """One row per evaluated (run, dataset, model, split), oldest first: ``run_id``, ``dataset``,
+    ``model``, ``split``, ``created_at`` and ``p@1``, ``p@3``, ``p@5`` (NULL when not stored).
+
+    ``limit`` keeps the latest ``limit`` rows.
+    """
+    df = read_evaluation(db_path)
+    if dataset is not None:
+        df = df.filter(pl.col("dataset") == dataset)
+    index = ["run_id", "dataset", "model", "split"]
+    p_cols = [f"p@{k}" for k in _RUNS_KS]
+    schema = {"run_id": pl.Utf8, "dataset": pl.Utf8, "model": pl.Utf8, "split": pl.Utf8,
+              "created_at": pl.Datetime("us"), **{c: pl.Float64 for c in p_cols}}
+    if df.is_empty():
+        return pl.DataFrame(schema=schema)
+    base = df.group_by(index, maintain_order=True).agg(pl.col("created_at").min())
+    p = df.filter((pl.col("metric") == "p") & pl.col("k").is_in(list(_RUNS_KS)))
+    for k, col in zip(_RUNS_KS, p_cols):
+        vals = (p.filter(pl.col("k") == k).group_by(index, maintain_order=True)
+                .agg(pl.col("value").last().alias(col)))
+        base = base.join(vals, on=index, how="left")
+    out = base.sort("created_at", maintain_order=True).select(list(schema)).cast(schema)
+    return out.tail(limit) if limit is not None else out
+
+
+def compare_runs(db_path: str | os.PathLike, run_a: str, run_b: str) -> pl.DataFrame:
+    """Metric by metric: ``metric``, ``k``, ``a``, ``b``, ``delta`` (= b − a; NULL when one run
+    lacks the metric), in the order run A wrote them (then B's extras).
+
+    Raises ``KeyError`` naming a run id that has no rows in ``evaluation``.
+    """
+    frames = []
+    for name, run_id in (("a", run_a), ("b", run_b)):
+        df = read_evaluation(db_path, run_id)
+        if df.is_empty():
+            raise KeyError(f"no run {run_id!r} in table evaluation of {db_path}")
+        frames.append(
+            df.group_by(["metric", "k"], maintain_order=True).agg(pl.col("value").last().alias(name))
+        )
+    a, b = frames
+    merged = a.join(b, on=["metric", "k"], how="full", coalesce=True, maintain_order="left_right")
+    return merged.with_columns((pl.col("b") - pl.col("a")).alias("delta")).select(
+        ["metric", "k", "a", "b", "delta"]
+    )
+
+
+def record_accepted_run(
+    db_path: str | os.PathLike, dataset: str, run_id: str, p1: float, max_rows: int | None = None
+) -> int:
+    """Append one row to ``accepted_runs`` (created if missing)."""
+    row = (str(dataset), str(run_id), float(p1), _now(), None if max_rows is None else int(max_rows))
+    return _append(db_path, "accepted_runs", ACCEPTED_RUNS_COLUMNS, [row])
+
+
+def read_accepted_runs(db_path: str | os.PathLike, dataset: str | None = None) -> pl.DataFrame:
+    """Rows of ``accepted_runs`` (all, or one dataset), oldest first."""
+    if dataset is None:
+        return _read(db_path, "accepted_runs", ACCEPTED_RUNS_COLUMNS)
+    return _read(db_path, "accepted_runs", ACCEPTED_RUNS_COLUMNS, "WHERE dataset = ?", [str(dataset)])
+
+
+def last_accepted_run(
+    db_path: str | os.PathLike, dataset: str, max_rows: int | None = None
+) -> dict | None:
+    """The latest accepted run of ``dataset`` on the same ``max_rows`` slice, as a dict of
+    :data:`ACCEPTED_RUNS_COLUMNS`, or None."""
+    df = read_accepted_runs(db_path, dataset)
+    df = df.filter(pl.col("max_rows").is_null() if max_rows is None else pl.col("max_rows") == int(max_rows))
+    if df.is_empty():
+        return None
+    return df.sort("accepted_at", maintain_order=True).row(-1, named=True)
