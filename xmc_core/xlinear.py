@@ -168,6 +168,7 @@ def solve_squared_hinge(
     cg_max_iter: int = 20,
     cg_eps: float = 0.1,
     gram_max_n: int = 8192,
+    threads: int = 1,
 ) -> np.ndarray:
     """K one-vs-rest L2-regularized squared-hinge SVMs on one shared instance block.
 
@@ -190,7 +191,20 @@ def solve_squared_hinge(
     # passes) cost less than the primal's sparse products and d-length vector updates.
     if n <= gram_max_n and n * n <= 10 * (4 * X.nnz + 10 * d):
         return _solve_squared_hinge_gram(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps)
-    XT = X.T.tocsr()
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        return _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, pool) -> np.ndarray:
+    n, d = X.shape
+    K = Ypos.shape[1]
+    W = np.zeros((d, K), np.float32)
+    XF = _ThreadedCSR(X, threads, pool)
+    XT = _ThreadedCSR(X.T.tocsr(), threads, pool)
     y = np.where(Ypos, np.float32(1.0), np.float32(-1.0))
     c = np.where(Ypos, np.float32(Cp), np.float32(Cn))
     z = np.zeros((n, K), np.float32)
@@ -217,8 +231,11 @@ def solve_squared_hinge(
         Wc, zc = W[:, cols], z[:, cols]
         # Only rows inside some column's margin enter the generalized Hessian.
         rows = np.flatnonzero(act.any(axis=1))
-        Xa = X[rows] if len(rows) < n else X
-        XaT = Xa.T.tocsr() if len(rows) < n else XT
+        if len(rows) < n:
+            Xr = X[rows]
+            Xa, XaT = _ThreadedCSR(Xr, threads, pool), _ThreadedCSR(Xr.T.tocsr(), threads, pool)
+        else:
+            Xa, XaT = XF, XT
         Dm = np.where(act[rows], c[rows][:, cols], np.float32(0.0))
         # --- CG on (I + 2 Xᵀ D X) s = -g, per column. Truncated, unpreconditioned CG from s = 0
         # (the liblinear TRON recipe); on delicious/bibtex its early-stopped Newton steps rank
@@ -243,7 +260,7 @@ def solve_squared_hinge(
             p = r + beta * p
             rr = rr_new
         # --- backtracking line search (Armijo), per column; z moves along Xs without new products ---
-        Xs = X @ s
+        Xs = XF @ s
         ww = np.einsum("ij,ij->j", Wc, Wc, dtype=np.float64)
         ws = np.einsum("ij,ij->j", Wc, s, dtype=np.float64)
         ss = np.einsum("ij,ij->j", s, s, dtype=np.float64)
@@ -271,6 +288,27 @@ def solve_squared_hinge(
     return W
 
 
+
+
+class _ThreadedCSR:
+    """A CSR matrix cut into row blocks whose products with dense matrices run in threads
+    (scipy's sparse kernels release the GIL). `A @ B` stacks the blocks' results."""
+
+    def __init__(self, A: smat.csr_matrix, threads: int, pool: ThreadPoolExecutor | None):
+        self.shape = A.shape
+        self.pool = pool if threads > 1 and A.nnz > 1_000_000 else None
+        if self.pool is None:
+            self.blocks = [A]
+        else:
+            # equal-nnz row blocks
+            cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, threads + 1)[1:-1])
+            bounds = [0, *cuts.tolist(), A.shape[0]]
+            self.blocks = [A[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def __matmul__(self, B: np.ndarray) -> np.ndarray:
+        if self.pool is None:
+            return self.blocks[0] @ B
+        return np.vstack(list(self.pool.map(lambda blk: blk @ B, self.blocks)))
 
 
 def _gram(X: smat.csr_matrix, dense_df: float = 0.05) -> np.ndarray:
@@ -634,6 +672,8 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
     active = smat.csc_matrix(active)
     n_parents = C.shape[1]
     D1 = Xb.shape[1]
+    # Few parents (the top level has one): spend the threads inside each block's products.
+    inner_threads = max(1, threads // n_parents)
 
     def job(p):
         a, b = C.indptr[p], C.indptr[p + 1]
@@ -647,7 +687,8 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
         Xp = smat.csr_matrix((Xp.data, np.searchsorted(used, Xp.indices), Xp.indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
         Wp = solve_squared_hinge(
-            Xp, Ypos, params.Cp, params.Cn, params.max_iter, params.eps, params.cg_max_iter, params.cg_eps
+            Xp, Ypos, params.Cp, params.Cn, params.max_iter, params.eps, params.cg_max_iter, params.cg_eps,
+            threads=inner_threads,
         )
         r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
         return p, (used[r], a + k, Wp[r, k])
