@@ -175,7 +175,15 @@ def _node_block(Z, members: np.ndarray):
     if not smat.issparse(Z):
         return Z[members]
     Zn = Z[members]
-    used, local = np.unique(Zn.indices, return_inverse=True)
+    D = Z.shape[1]
+    if Zn.nnz * 8 >= D:
+        # linear-time remap (a sort of all nonzeros would dominate the tree build)
+        used = np.flatnonzero(np.bincount(Zn.indices, minlength=D))
+        remap = np.empty(D, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        local = remap[Zn.indices]
+    else:
+        used, local = np.unique(Zn.indices, return_inverse=True)
     return smat.csr_matrix((Zn.data, local.astype(np.int64), Zn.indptr), shape=(len(members), len(used)))
 
 

@@ -215,10 +215,6 @@ def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, 
         r = np.where(act, c[:, cols] * (z - y[:, cols]), np.float32(0.0))
         return W + 2.0 * (XT @ r), act
 
-    def loss(W_sq, z, cols):
-        m = np.maximum(1.0 - y[:, cols] * z, 0.0)
-        return 0.5 * W_sq + np.einsum("ij,ij->j", c[:, cols], m * m, dtype=np.float64)
-
     cols = np.arange(K)
     g, act = grad(W, z, cols)
     g0 = np.linalg.norm(g, axis=0)  # indexed by column id
@@ -265,19 +261,7 @@ def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, 
         ws = np.einsum("ij,ij->j", Wc, s, dtype=np.float64)
         ss = np.einsum("ij,ij->j", s, s, dtype=np.float64)
         gs = np.einsum("ij,ij->j", g, s, dtype=np.float64)
-        f0 = loss(ww, zc, cols)
-        step = np.ones(len(cols))
-        todo = np.ones(len(cols), bool)
-        for _ in range(20):
-            idx = np.flatnonzero(todo)
-            a = step[idx]
-            zt = zc[:, idx] + a.astype(np.float32) * Xs[:, idx]
-            ft = loss(ww[idx] + 2 * a * ws[idx] + a * a * ss[idx], zt, cols[idx])
-            todo[idx[ft <= f0[idx] + 0.01 * a * gs[idx]]] = False
-            if not todo.any():
-                break
-            step[todo] *= 0.5
-        step[todo] = 0.0  # no decrease found: leave that column where it is
+        step = _armijo_steps(zc, Xs, y[:, cols], c[:, cols], ww, ws, ss, gs)
         step32 = step.astype(np.float32)
         W[:, cols] = Wc + step32 * s
         z[:, cols] = zc + step32 * Xs
@@ -288,6 +272,32 @@ def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, 
     return W
 
 
+
+
+def _sq_hinge_objective(w_sq, z, y, c) -> np.ndarray:
+    """Per column: 0.5 ||w||² + Σ_i c_i max(0, 1 - y_i z_i)² (w_sq given, z = X w: n × k)."""
+    m = np.maximum(1.0 - y * z, 0.0)
+    return 0.5 * w_sq + np.einsum("ij,ij->j", c, m * m, dtype=np.float64)
+
+
+def _armijo_steps(z, dz, y, c, ww, ws, ss, gs) -> np.ndarray:
+    """Per-column Newton step sizes: halve from 1 until the Armijo condition holds, 0 where no
+    decrease is found. z, dz (X times the direction), y, c: n × k; ww, ws, ss, gs: per-column
+    <w,w>, <w,s>, <s,s>, <g,s>, so no product with X is needed to evaluate a trial step."""
+    f0 = _sq_hinge_objective(ww, z, y, c)
+    step = np.ones(z.shape[1])
+    todo = np.ones(z.shape[1], bool)
+    for _ in range(20):
+        idx = np.flatnonzero(todo)
+        a = step[idx]
+        zt = z[:, idx] + a.astype(np.float32) * dz[:, idx]
+        ft = _sq_hinge_objective(ww[idx] + 2 * a * ws[idx] + a * a * ss[idx], zt, y[:, idx], c[:, idx])
+        todo[idx[ft <= f0[idx] + 0.01 * a * gs[idx]]] = False
+        if not todo.any():
+            break
+        step[todo] *= 0.5
+    step[todo] = 0.0
+    return step
 
 
 class _ThreadedCSR:
@@ -355,10 +365,6 @@ def _solve_squared_hinge_gram(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_ep
         gt = Z[:, cols] + 2.0 * (G @ r)
         return gh, gt, act
 
-    def loss(W_sq, z, cols):
-        m = np.maximum(1.0 - y[:, cols] * z, 0.0)
-        return 0.5 * W_sq + np.einsum("ij,ij->j", c[:, cols], m * m, dtype=np.float64)
-
     cols = np.arange(K)
     gh, gt, act = grad(cols)
     g0 = np.sqrt(np.maximum(dot(gh, gt), 0.0))
@@ -394,19 +400,7 @@ def _solve_squared_hinge_gram(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_ep
             pt = rt + beta * pt
             rr = rr_new
         ww, ws, ss, gs = dot(Bc, Zc), dot(Bc, st), dot(sh, st), dot(gh, st)
-        f0 = loss(ww, Zc, cols)
-        step = np.ones(len(cols))
-        todo = np.ones(len(cols), bool)
-        for _ in range(20):
-            idx = np.flatnonzero(todo)
-            a = step[idx]
-            zt = Zc[:, idx] + a.astype(np.float32) * st[:, idx]
-            ft = loss(ww[idx] + 2 * a * ws[idx] + a * a * ss[idx], zt, cols[idx])
-            todo[idx[ft <= f0[idx] + 0.01 * a * gs[idx]]] = False
-            if not todo.any():
-                break
-            step[todo] *= 0.5
-        step[todo] = 0.0
+        step = _armijo_steps(Zc, st, y[:, cols], c[:, cols], ww, ws, ss, gs)
         step32 = step.astype(np.float32)
         B[:, cols] = Bc + step32 * sh
         Z[:, cols] = Zc + step32 * st
