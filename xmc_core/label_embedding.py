@@ -5,10 +5,12 @@ z_l = v_l / ||v_l||, v_l = Σ_{i: y_il = 1} x_i, i.e. Z = normalize_rows(Yᵀ X)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as smat
+
+from .params import ParamsBase
 
 from .tfidf import l2_normalize_rows
 
@@ -16,7 +18,7 @@ __all__ = ["PifaParams", "pifa"]
 
 
 @dataclass
-class PifaParams:
+class PifaParams(ParamsBase):
     """Settings of the label embedding.
 
     method: "pifa" (only method for now; neural PIFA over dense embeddings uses the same call).
@@ -24,12 +26,6 @@ class PifaParams:
 
     method: str = "pifa"
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PifaParams":
-        return cls(**(d or {}))
 
 
 def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):

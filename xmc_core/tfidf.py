@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as smat
+
+from .params import ParamsBase
 
 __all__ = ["TfidfParams", "TfidfVectorizer"]
 
@@ -24,7 +26,7 @@ _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 
 
 @dataclass
-class TfidfParams:
+class TfidfParams(ParamsBase):
     """Settings of the TF-IDF vectorizer.
 
     analyzer: "word" (word n-grams), "char_wb" (character n-grams inside word boundaries), or
@@ -65,12 +67,6 @@ class TfidfParams:
         if self.norm not in ("l2", None):
             raise ValueError(f"TfidfParams.norm: expected 'l2' or None, got {self.norm!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TfidfParams":
-        return cls(**(d or {}))
 
 
 def _word_terms(tokens: list[str], lo: int, hi: int) -> list[str]:

@@ -23,17 +23,19 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as smat
+
+from .params import ParamsBase
 
 
 __all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes"]
 
 
 @dataclass
-class TreeParams:
+class TreeParams(ParamsBase):
     """Settings of the hierarchical k-means tree.
 
     nr_splits: out-degree of internal nodes (a power of 2).
@@ -60,12 +62,6 @@ class TreeParams:
         if self.max_leaf_size < 1:
             raise ValueError(f"TreeParams.max_leaf_size: must be >= 1, got {self.max_leaf_size}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "TreeParams":
-        return cls(**(d or {}))
 
 
 class LabelTree:

@@ -28,12 +28,14 @@ import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as smat
+
+from .params import ParamsBase
 
 from .tree import LabelTree
 
@@ -50,7 +52,7 @@ __all__ = [
 # Parameters
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class RankerParams:
+class RankerParams(ParamsBase):
     """Training settings of the linear rankers (PECOS names).
 
     Cp, Cn: loss weights of positive and negative examples.
@@ -87,16 +89,10 @@ class RankerParams:
         if self.threshold < 0:
             raise ValueError(f"RankerParams.threshold: must be >= 0, got {self.threshold}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "RankerParams":
-        return cls(**(d or {}))
 
 
 @dataclass
-class PredParams:
+class PredParams(ParamsBase):
     """Prediction settings: beam width per level, labels kept at the end, score post-processor."""
 
     beam_size: int = 10
@@ -111,12 +107,6 @@ class PredParams:
                 f"PredParams.post_processor: expected one of {sorted(POST_PROCESSORS)}, got {self.post_processor!r}"
             )
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "PredParams":
-        return cls(**(d or {}))
 
 
 # ---------------------------------------------------------------------------------------------
