@@ -18,7 +18,7 @@ from xmc_core.results_db import read_evaluation
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()  # the repo-relative default root
 REUTERS = "reuters-21578"
-ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "rankers", "metrics"}
+ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"}
 
 
 def _run(tmp_path: Path, data_root: Path, dataset: str, max_rows: int | None = None):

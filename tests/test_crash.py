@@ -88,7 +88,7 @@ def test_sigkill_during_rankers_then_rerun_matches_undisturbed_run(tmp_path):
     b = _start(repo_b, tmp_path / "home-b", data, DATASET, tmp_path / "b1.log")
 
     b_art = repo_b / "data" / "artifacts" / DATASET
-    tree_file = b_art / "label_tree" / "tree.npz"  # written last by label_tree: rankers start next
+    tree_file = b_art / "disentangled_tree" / "tree.npz"  # written last by disentangled_tree: rankers start next
     deadline = time.monotonic() + 180
     while not tree_file.exists():
         assert b.poll() is None, (tmp_path / "b1.log").read_text(errors="replace")[-3000:]

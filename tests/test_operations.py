@@ -34,7 +34,7 @@ from xmc_core.cli import main as xmc_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
-ORDER = ["corpus", "tfidf", "label_embeddings", "label_tree", "rankers", "metrics"]
+ORDER = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
 KEYS = [AssetKey(name) for name in ORDER]
 BASE = {"tree": {"max_leaf_size": 8}}  # 60 labels → a real two-level tree of 8 leaves
 CHECKS = {"no_empty_label_rows", "every_label_in_tree", "leaf_cluster_sizes", "p1_no_regression"}
@@ -140,7 +140,7 @@ def test_blocking_check_fails_when_p1_drops(env):
 
     # A much worse model: one flat cluster, tiny Cp, strong pruning.
     worse_defs = _defs(resources, {"tree": {"max_leaf_size": 100000}, "ranker": {"Cp": 0.001, "Cn": 0.001}})
-    worse = _run(worse_defs, instance, selection=[AssetKey("label_tree"), AssetKey("rankers"), AssetKey("metrics")],
+    worse = _run(worse_defs, instance, selection=[AssetKey("label_tree"), AssetKey("disentangled_tree"), AssetKey("rankers"), AssetKey("metrics")],
                  raise_on_error=False)
     assert not worse.success  # the blocking check fails the run
     evaluation = [e for e in worse.get_asset_check_evaluations() if e.asset_check_key.name == "p1_no_regression"][0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "rankers", "metrics"]
+ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
 pytestmark = pytest.mark.skipif(

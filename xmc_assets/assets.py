@@ -1,6 +1,8 @@
 """XR-Linear as a chain of assets, one `dataset` partition per dataset folder:
 
-    corpus → tfidf → label_embeddings → label_tree → rankers → metrics
+    corpus → tfidf → label_embeddings → label_tree → disentangled_tree → rankers → metrics
+
+(`disentangled_tree` passes the tree through unless the settings have a `disentangle` section.)
 
 Each asset is thin wiring: read its settings and upstream files, call `xmc_core`, write files
 through the ArtifactStore, return MaterializeResult metadata. Only `metrics` writes DuckDB.
@@ -30,6 +32,7 @@ from dagster import (
 )
 
 from xmc_core.data import load_dataset
+from xmc_core.disentangle import copy_stats, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
 from xmc_core.tfidf import TfidfVectorizer, l2_normalize_rows
@@ -261,6 +264,57 @@ def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_set
 @asset(
     partitions_def=dataset_partitions,
     deps=[label_tree],
+    code_version=code_version(_DEFAULT_SETTINGS, "disentangled_tree"),
+    backfill_policy=BACKFILL_POLICY,
+    automation_condition=STAGE_AUTOMATION,
+    group_name=GROUP,
+    kinds={"python", "numpy"},
+    description=("Label disentanglement: labels copied into the leaf clusters where the first matcher routes "
+                 "their documents (settings section `disentangle`); without it, the label tree unchanged."),
+)
+def disentangled_tree(
+    context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings
+) -> MaterializeResult:
+    dataset = context.partition_key
+    params = xmc_settings.params()
+    tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "label_tree", "tree.npz"))
+    d = params.disentangle
+    t0 = time.perf_counter()
+    metadata: dict = {}
+    if d is None or not d.active or tree.depth < 2:
+        final = tree
+        metadata["pass_through"] = True
+    else:
+        info = _corpus_info(artifacts, dataset)
+        X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
+        Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
+        matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
+        final = disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred)
+        metadata["pass_through"] = False
+        if "test" in info["splits"]:
+            Xt = artifacts.read_sparse(dataset, "tfidf", "X_test.npz")
+            Yt = artifacts.read_sparse(dataset, "corpus", "Y_test.npz")
+            # the first matcher's beam: the original clusters vs any copy's cluster
+            metadata["matcher_recall_before"] = matcher_recall(matcher, tree, Xt, Yt)
+            metadata["matcher_recall_after"] = matcher_recall(matcher, final, Xt, Yt)
+    seconds = time.perf_counter() - t0
+    artifacts.write_arrays(dataset, "disentangled_tree", "tree.npz", final.to_arrays())
+    stats = copy_stats(tree, final)
+    sizes = final.leaf_cluster_sizes()
+    return MaterializeResult(metadata={
+        **metadata,
+        **stats,
+        "leaf_size_min_after": int(sizes.min()),
+        "leaf_size_histogram_after": histogram_plot(sizes, "labels per leaf cluster (copies counted)",
+                                                    "leaf cluster sizes after disentanglement"),
+        "seconds": seconds,
+        **_settings_metadata(context, xmc_settings, "disentangled_tree"),
+    })
+
+
+@asset(
+    partitions_def=dataset_partitions,
+    deps=[disentangled_tree],
     code_version=code_version(_DEFAULT_SETTINGS, "rankers"),
     backfill_policy=BACKFILL_POLICY,
     automation_condition=STAGE_AUTOMATION,
@@ -274,7 +328,7 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     info = _corpus_info(artifacts, dataset)
     X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
     Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
-    tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "label_tree", "tree.npz"))
+    tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "disentangled_tree", "tree.npz"))
     featurizer_dir = artifacts.path(dataset, "tfidf", "featurizer")
     # The model carries the fitted featurizer so that it predicts from raw text on its own.
     featurizer = TfidfVectorizer.load(featurizer_dir) if info["has_texts"] else None
@@ -287,7 +341,8 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
             context.log.info(f"level {rec['level']}: {rec['n_nodes']} nodes in {rec['seconds']:.1f}s")
 
     t0 = time.perf_counter()
-    model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log)
+    # the tree is final: disentanglement (when set) ran in `disentangled_tree`
+    model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log, disentangle=False)
     train_s = time.perf_counter() - t0
     model.set_label_counts(Y)  # for PSP@k
     model.info.update({"dataset": dataset, "run_id": context.run.run_id, "n_train": int(Y.shape[0]),
@@ -360,7 +415,7 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     return MaterializeResult(metadata=metadata)
 
 
-xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, rankers, metrics]
+xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, disentangled_tree, rankers, metrics]
 
 
 def with_settings(assets: list[AssetsDefinition], settings: XmcSettings) -> list[AssetsDefinition]:

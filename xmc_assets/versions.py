@@ -7,7 +7,8 @@ dependency data version") only once the changed parent has rematerialized (with 
 the default data version is a hash of the code version and the inputs' data versions). So folding
 an asset's own settings section into its code version makes a settings change invalidate exactly
 that asset and what follows it: a new `ranker` setting makes `rankers` stale, then `metrics`;
-`corpus` … `label_tree` stay FRESH.
+`corpus` … `label_tree` stay FRESH (and `disentangled_tree` too, unless a `disentangle` section is
+set: its first matcher is trained with the ranker settings).
 
 The settings are read when the code location loads (`XmcSettings` of the Definitions, see
 `definitions.build_defs`); changing them is a code-location reload, just like a code change.
@@ -28,6 +29,7 @@ CODE_REVISIONS = {
     "tfidf": "1",
     "label_embeddings": "1",
     "label_tree": "1",
+    "disentangled_tree": "1",
     "rankers": "1",
     "metrics": "1",
 }
@@ -38,7 +40,12 @@ SECTIONS = {
     "tfidf": ("tfidf",),
     "label_embeddings": ("pifa",),
     "label_tree": ("tree",),
-    "rankers": ("ranker", "pred"),  # `pred` is saved in the model folder and used by `metrics`
+    # `disentangle` without `merge`; with a disentangle section also `ranker` and `pred` (the first
+    # matcher is trained with them), without one only {"disentangle": None} (a pass-through, so
+    # ranker settings then touch `rankers` alone). See `settings_section`.
+    "disentangled_tree": ("disentangle",),
+    # `pred` and `disentangle.merge` are saved in the model folder and used by `metrics`
+    "rankers": ("ranker", "pred"),
     "metrics": (),
 }
 
@@ -49,12 +56,22 @@ _NON_RESULT_KEYS = {"threads"}
 def settings_section(settings: XmcSettings, asset_name: str) -> dict:
     """The part of the effective settings (defaults merged with `params_json`) `asset_name` uses."""
     params = settings.params().to_dict()
-    section = {
-        name: {k: v for k, v in params[name].items() if k not in _NON_RESULT_KEYS}
-        for name in SECTIONS[asset_name]
-    }
+
+    def clean(name: str, drop=()):
+        values = params.get(name)  # None: an optional section that is absent
+        if values is None:
+            return None
+        return {k: v for k, v in values.items() if k not in _NON_RESULT_KEYS and k not in drop}
+
+    section = {name: clean(name) for name in SECTIONS[asset_name]}
     if asset_name == "corpus":
         section["max_rows"] = settings.max_rows
+    if asset_name == "disentangled_tree":
+        section["disentangle"] = clean("disentangle", drop=("merge",))
+        if section["disentangle"] is not None:
+            section.update({name: clean(name) for name in ("ranker", "pred")})
+    if asset_name == "rankers" and params.get("disentangle") is not None:
+        section["merge"] = params["disentangle"]["merge"]
     return section
 
 

@@ -99,11 +99,18 @@ def _stdin_lines() -> list[str]:
 
 def cmd_train(args) -> dict:
     from .data import DataFormatError, load_dataset
-    from .model import XRLinearParams, train_xr_linear
+    from .model import METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD, XRLinearParams, train_xr_linear
 
-    if args.method != "xr-linear":
-        raise UsageError(f"--method: {args.method!r} is not available yet (available: xr-linear)")
+    methods = (METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD)
+    if args.method not in methods:
+        raise UsageError(f"--method: {args.method!r} is not available (available: {', '.join(methods)})")
     overrides = _load_params(args.params)
+    if args.method == METHOD_XR_LINEAR_LD:
+        if overrides.get("disentangle", {}) is None:
+            raise UsageError("--params: disentangle: null contradicts --method xr-linear-ld")
+        overrides.setdefault("disentangle", {})  # the section's defaults unless given
+    elif overrides.get("disentangle") is not None:
+        raise UsageError("--params: a disentangle section needs --method xr-linear-ld")
     if args.threads:
         overrides.setdefault("ranker", {})["threads"] = args.threads
     try:
@@ -137,7 +144,7 @@ def cmd_train(args) -> dict:
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
     model.save(args.model)
-    return {"model": str(args.model), "method": args.method, "dataset": ds.name, "n_train": ds.train.n,
+    return {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
             "n_labels": ds.n_labels, "n_features": model.ranker.n_features,
             "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
 
@@ -231,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a dataset folder")
-    p.add_argument("--method", default="xr-linear")
+    p.add_argument("--method", default="xr-linear", choices=None,
+                   help="xr-linear, or xr-linear-ld (label disentanglement; settings in the params' "
+                        "`disentangle` section: max_copies, rounds, size_cap_factor, min_share, merge)")
     p.add_argument("--data", required=True, help="dataset folder (raw text, XC BoW or PECOS xmc-base layout)")
     p.add_argument("--model", required=True, help="output model folder")
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")

@@ -26,15 +26,20 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as smat
 
+from .disentangle import DisentangleParams, copy_stats, disentangle_tree, predict_merged, train_matcher
 from .label_embedding import PifaParams, pifa
 from .tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
-__all__ = ["FORMAT_VERSION", "XRLinearParams", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear",
+__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear",
            "fit_rankers", "evaluate_model", "Evaluation"]
 
 FORMAT_VERSION = 1
+
+#: method names: plain XR-Linear, and XR-Linear with label disentanglement (a `disentangle` section)
+METHOD_XR_LINEAR = "xr-linear"
+METHOD_XR_LINEAR_LD = "xr-linear-ld"
 
 
 class ModelFormatError(ValueError):
@@ -47,16 +52,34 @@ def _one_line(message: str) -> str:
 
 @dataclass
 class XRLinearParams:
-    """All settings of an XR-Linear model (nested; round-trips JSON)."""
+    """All settings of an XR-Linear model (nested; round-trips JSON).
+
+    `disentangle` is optional: None (absent from the dict) is plain XR-Linear; a section runs
+    label disentanglement (`xmc_core.disentangle`) between the tree and the final rankers.
+    """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
     pifa: PifaParams = field(default_factory=PifaParams)
     tree: TreeParams = field(default_factory=TreeParams)
     ranker: RankerParams = field(default_factory=RankerParams)
     pred: PredParams = field(default_factory=PredParams)
+    disentangle: DisentangleParams | None = None
+
+    #: optional sections: their class (a None value is left out of the dict)
+    _OPTIONAL = {"disentangle": DisentangleParams}
+
+    @property
+    def method(self) -> str:
+        return METHOD_XR_LINEAR_LD if self.disentangle is not None else METHOD_XR_LINEAR
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name).to_dict() for f in fields(self)}
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in self._OPTIONAL:
+                continue
+            out[f.name] = value.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "XRLinearParams":
@@ -67,7 +90,15 @@ class XRLinearParams:
             raise ValueError(f"XRLinearParams: unknown section(s) {sorted(unknown)}; expected {sorted(known)}")
         kwargs = {}
         for name, sub in d.items():
-            sub_cls = type(known[name].default_factory())
+            if name in cls._OPTIONAL:
+                if sub is None:
+                    kwargs[name] = None
+                    continue
+                sub_cls = cls._OPTIONAL[name]
+            else:
+                sub_cls = type(known[name].default_factory())
+            if not isinstance(sub, dict) and sub is not None:
+                raise ValueError(f"XRLinearParams.{name}: expected an object, got {sub!r}")
             sub_known = {f.name for f in fields(sub_cls)}
             bad = set(sub or {}) - sub_known
             if bad:
@@ -76,9 +107,14 @@ class XRLinearParams:
         return cls(**kwargs)
 
     def merged(self, overrides: dict | None) -> "XRLinearParams":
-        """A copy with nested overrides applied ({"ranker": {"Cp": 2}} changes only Cp)."""
+        """A copy with nested overrides applied ({"ranker": {"Cp": 2}} changes only Cp).
+        {"disentangle": {}} adds the optional section with its defaults; {"disentangle": null}
+        removes it."""
         base = self.to_dict()
         for section, values in (overrides or {}).items():
+            if values is None and section in self._OPTIONAL:
+                base.pop(section, None)
+                continue
             if not isinstance(values, dict):
                 raise ValueError(f"XRLinearParams: section {section!r} must be an object, got {values!r}")
             base.setdefault(section, {}).update(values)
@@ -202,6 +238,10 @@ class XmcModel:
                 post_processor: str | None = None) -> smat.csr_matrix:
         """Scores: N × L float32 CSR with at most topk entries per row."""
         X = self.featurize(texts_or_X)
+        d = self.params.disentangle
+        if d is not None and d.merge != "max":
+            return predict_merged(self.ranker, X, d.merge, beam_size=beam_size, only_topk=topk,
+                                  post_processor=post_processor)
         return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
 
     def predict_labels(self, texts_or_X, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
@@ -314,8 +354,15 @@ def train_xr_linear(
 
 
 def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
-                log: Callable[[dict], None] | None = None) -> XmcModel:
-    """PIFA → tree (unless given) → rankers on ready features X (N × D float32 CSR, l2 rows)."""
+                log: Callable[[dict], None] | None = None, disentangle: bool = True) -> XmcModel:
+    """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X
+    (N × D float32 CSR, l2 rows).
+
+    With a `params.disentangle` section (and `disentangle=True`) the first matcher is trained on the
+    tree, the tree becomes overlapping (`disentangle_tree`), and the rankers are trained on it.
+    `disentangle=False`: `tree` is final already (the Dagster `disentangled_tree` asset made it).
+    The model's method is "xr-linear-ld" whenever params has a disentangle section.
+    """
     emit = log or (lambda rec: None)
     if tree is None:
         t0 = time.perf_counter()
@@ -324,6 +371,13 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         t0 = time.perf_counter()
         tree = build_tree(Z, params.tree)
         emit({"stage": "label_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
+    info: dict = {}
+    if disentangle and params.disentangle is not None:
+        t0 = time.perf_counter()
+        final = disentangle_stage(X, Y, tree, params)
+        info["disentangle"] = copy_stats(tree, final)
+        emit({"stage": "disentangle", "seconds": time.perf_counter() - t0, **info["disentangle"]})
+        tree = final
     t0 = time.perf_counter()
     levels = []
 
@@ -333,7 +387,20 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
 
     ranker = XLinearModel.train(X, Y, tree, params.ranker, params.pred, log=level_log)
     emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
-    return XmcModel(params, list(label_names), ranker, featurizer, info={"levels": levels})
+    return XmcModel(params, list(label_names), ranker, featurizer, method=params.method,
+                    info={"levels": levels, **info})
+
+
+def disentangle_stage(X, Y, tree: LabelTree, params: XRLinearParams,
+                      matcher: XLinearModel | None = None) -> LabelTree:
+    """The overlapping tree of `params.disentangle` (the tree itself when there is none, or when
+    its settings cannot change it): first matcher (trained here unless given) → reassignment."""
+    d = params.disentangle
+    if d is None or not d.active or tree.depth < 2:
+        return tree
+    if matcher is None:
+        matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
+    return disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred)
 
 
 @dataclass

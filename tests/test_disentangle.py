@@ -1,0 +1,239 @@
+"""Label disentanglement (issue 4): plain XR-Linear at max_copies=1 / rounds=0, copies on a set with
+ambiguous labels within the size cap, matcher recall not lower, mean merging, an overlapping model
+saved and loaded, `xmc train --method xr-linear-ld`, and the Dagster asset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as smat
+
+from xmc_core.disentangle import (
+    DisentangleParams,
+    affinity,
+    assign_copies,
+    disentangle_tree,
+    matcher_recall,
+    predict_merged,
+    route,
+    split_positives,
+    train_matcher,
+    train_split,
+)
+from xmc_core.label_embedding import pifa
+from xmc_core.model import XmcModel, XRLinearParams, fit_rankers
+from xmc_core.synth import SynthParams, generate, structure
+from xmc_core.tfidf import l2_normalize_rows
+from xmc_core.tree import LabelTree, build_tree
+from xmc_core.xlinear import XLinearModel
+
+BASE = {"tree": {"max_leaf_size": 25, "nr_splits": 4, "threads": 1}, "ranker": {"threads": 1},
+        "pred": {"beam_size": 3}}
+SYNTH = SynthParams(n_labels=200, n_train=2000, n_test=500, n_features=2000, ambiguous_frac=0.3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    Xtr, Ytr, Xte, Yte = generate(SYNTH)
+    return l2_normalize_rows(Xtr), Ytr, l2_normalize_rows(Xte), Yte
+
+
+def _params(disentangle=None) -> XRLinearParams:
+    return XRLinearParams().merged({**BASE, **({"disentangle": disentangle} if disentangle is not None else {})})
+
+
+def _names(Y):
+    return [str(i) for i in range(Y.shape[1])]
+
+
+def test_params_round_trip_and_validation():
+    p = _params({"max_copies": 3, "rounds": 2, "merge": "mean"})
+    assert p.method == "xr-linear-ld"
+    assert XRLinearParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    assert "disentangle" not in _params().to_dict() and _params().method == "xr-linear"
+    assert p.merged({"disentangle": None}).disentangle is None
+    for bad in ({"max_copies": 7}, {"max_copies": 0}, {"rounds": -1}, {"merge": "sum"}, {"size_cap_factor": 0.5}):
+        with pytest.raises(ValueError):
+            DisentangleParams(**bad)
+    with pytest.raises(ValueError, match="unknown key"):
+        XRLinearParams.from_dict({"disentangle": {"copies": 2}})
+
+
+@pytest.mark.parametrize("disentangle", [{"max_copies": 1, "rounds": 1}, {"max_copies": 3, "rounds": 0}])
+def test_one_copy_or_no_round_is_plain_xr_linear(data, disentangle):
+    Xtr, Ytr, Xte, _ = data
+    plain = fit_rankers(Xtr, Ytr, _names(Ytr), _params())
+    ld = fit_rankers(Xtr, Ytr, _names(Ytr), _params(disentangle))
+    assert ld.method == "xr-linear-ld" and plain.method == "xr-linear"
+    assert ld.info["disentangle"]["copies_added"] == 0
+    a, b = plain.predict(Xte, topk=10), ld.predict(Xte, topk=10)
+    assert (a != b).nnz == 0
+    for w0, w1 in zip(plain.ranker.W, ld.ranker.W):
+        assert (w0 != w1).nnz == 0
+
+
+def test_train_matcher_equals_the_full_models_upper_levels(data):
+    Xtr, Ytr, _, _ = data
+    p = _params()
+    tree = build_tree(pifa(Xtr, Ytr, p.pifa), p.tree)
+    full = XLinearModel.train(Xtr, Ytr, tree, p.ranker, p.pred)
+    matcher = train_matcher(Xtr, Ytr, tree, p.ranker, p.pred)
+    assert matcher.tree.depth == tree.depth - 1
+    for w0, w1 in zip(full.W[:-1], matcher.W):
+        assert abs(w0 - w1).max() == 0
+    assert (route(full, tree, Xtr) != route(matcher, tree, Xtr)).nnz == 0
+
+
+def test_ambiguous_labels_get_copies_within_the_cap_and_recall_rises(data):
+    Xtr, Ytr, Xte, Yte = data
+    p = _params()
+    tree = build_tree(pifa(Xtr, Ytr, p.pifa), p.tree)
+    matcher = train_matcher(Xtr, Ytr, tree, p.ranker, p.pred)
+    d = DisentangleParams(max_copies=3, rounds=1, size_cap_factor=1.5)
+    new = disentangle_tree(Xtr, Ytr, tree, matcher, d, p.ranker, p.pred)
+    # internal levels unchanged, every original (label, cluster) kept, at most max_copies each
+    assert all((a != b).nnz == 0 for a, b in zip(tree.C[:-1], new.C[:-1]))
+    assert (tree.C[-1] - tree.C[-1].multiply(new.C[-1])).nnz == 0
+    copies = np.diff(smat.csr_matrix(new.C[-1]).indptr)
+    assert copies.min() == 1 and copies.max() <= 3
+    assert (copies > 1).sum() >= 10
+    cap = int(1.5 * tree.leaf_cluster_sizes().max())
+    assert new.leaf_cluster_sizes().max() <= cap
+    # the ambiguous labels (two contexts) get copies more often than the others
+    amb = structure(SYNTH).ambiguous
+    assert (copies[amb] > 1).mean() > (copies[~amb] > 1).mean()
+    # the first matcher reaches more true labels through the copies
+    before = matcher_recall(matcher, tree, Xte, Yte)
+    after = matcher_recall(matcher, new, Xte, Yte)
+    assert after > before
+    # and the model retrained on the overlapping tree keeps at least the plain model's recall
+    ld = XLinearModel.train(Xtr, Ytr, new, p.ranker, p.pred)
+    assert matcher_recall(ld, new, Xte, Yte) >= before - 0.005
+
+
+def test_assign_copies_cap_and_threshold():
+    # 4 labels in 2 clusters (2 each); every label's mass is half in the other cluster
+    C = smat.csc_matrix(np.array([[1, 0], [1, 0], [0, 1], [0, 1]], np.float32))
+    A = smat.csr_matrix(np.array([[0.5, 0.5], [0.6, 0.4], [0.45, 0.55], [0.9, 0.1]]))
+    out = assign_copies(A, C, DisentangleParams(max_copies=2, size_cap_factor=1.5, min_share=0.2))
+    dense = out.toarray()
+    assert (dense >= C.toarray()).all()
+    assert dense.sum(axis=0).max() <= 3  # cap floor(1.5 × 2)
+    # one free place per cluster: in cluster 1 label 0 (share 0.5) beats label 1 (0.4), in
+    # cluster 0 label 3 (0.9) beats label 2 (0.45)
+    assert dense[0, 1] == 1 and dense[1, 1] == 0
+    assert dense[3, 0] == 1 and dense[2, 0] == 0
+
+
+def test_mean_merge_and_split_positives(data):
+    Xtr, Ytr, Xte, _ = data
+    p = _params()
+    tree = build_tree(pifa(Xtr, Ytr, p.pifa), p.tree)
+    matcher = train_matcher(Xtr, Ytr, tree, p.ranker, p.pred)
+    new = disentangle_tree(Xtr, Ytr, tree, matcher, DisentangleParams(max_copies=2), p.ranker, p.pred)
+    model = XLinearModel.train(Xtr, Ytr, new, p.ranker, p.pred)
+    P_max = predict_merged(model, Xte, "max", only_topk=5)
+    P_mean = predict_merged(model, Xte, "mean", only_topk=5)
+    assert (P_max != model.predict(Xte, only_topk=5)).nnz == 0
+    assert P_mean.shape == P_max.shape and np.diff(P_mean.indptr).max() <= 5
+    # mean <= max, equal for a label with one copy in the beam
+    common = P_max.multiply(P_mean > 0)
+    assert (P_mean[common > 0] <= common[common > 0] + 1e-6).all()
+    # split positives: each true pair goes to exactly one copy of its label
+    M = route(matcher, tree, Xtr)
+    Yp = split_positives(Ytr, M, new.C[-1])
+    assert Yp.nnz == Ytr.nnz
+    copy_label = np.repeat(np.arange(new.n_labels), np.diff(smat.csr_matrix(new.C[-1]).indptr))
+    back = smat.csr_matrix((Yp.data, copy_label[Yp.indices], Yp.indptr), shape=Ytr.shape)
+    back.sum_duplicates()
+    assert (back != smat.csr_matrix(Ytr)).nnz == 0
+    split = train_split(Xtr, Yp, new, p.ranker, p.pred)
+    assert split.predict(Xte, only_topk=5).shape == (Xte.shape[0], Ytr.shape[1])
+    assert affinity(Ytr, M).shape == (Ytr.shape[1], tree.C[-1].shape[1])
+
+
+def test_overlapping_model_saves_and_loads(data, tmp_path):
+    Xtr, Ytr, Xte, _ = data
+    model = fit_rankers(Xtr, Ytr, _names(Ytr), _params({"max_copies": 2, "merge": "mean"}))
+    assert model.ranker.tree.C[-1].nnz > model.n_labels  # overlapping
+    model.save(tmp_path / "m")
+    back = XmcModel.load(tmp_path / "m")
+    assert back.method == "xr-linear-ld" and back.params == model.params
+    assert (back.ranker.tree.C[-1] != model.ranker.tree.C[-1]).nnz == 0
+    a, b = model.predict(Xte, topk=5), back.predict(Xte, topk=5)
+    assert (a != b).nnz == 0
+    meta = json.loads((tmp_path / "m" / "params.json").read_text())
+    assert meta["method"] == "xr-linear-ld" and meta["params"]["disentangle"]["max_copies"] == 2
+
+
+def test_cli_train_xr_linear_ld(tmp_path):
+    from xmc_core.cli import main
+    from xmc_core.synth import write_synth
+
+    write_synth(tmp_path / "d", SynthParams(n_labels=60, n_train=400, n_test=100, n_features=500,
+                                            ambiguous_frac=0.3))
+    params = json.dumps({"tree": {"max_leaf_size": 8}, "disentangle": {"max_copies": 2, "rounds": 1}})
+    assert main(["train", "--method", "xr-linear-ld", "--data", str(tmp_path / "d"), "--model",
+                 str(tmp_path / "m"), "--params", params]) == 0
+    model = XmcModel.load(tmp_path / "m")
+    assert model.method == "xr-linear-ld" and model.params.disentangle.max_copies == 2
+    # no params: the section's defaults
+    assert main(["train", "--method", "xr-linear-ld", "--data", str(tmp_path / "d"), "--model",
+                 str(tmp_path / "m2")]) == 0
+    assert XmcModel.load(tmp_path / "m2").params.disentangle == DisentangleParams()
+    # a disentangle section with the plain method, or an unknown method: usage errors
+    assert main(["train", "--method", "xr-linear", "--data", str(tmp_path / "d"), "--model",
+                 str(tmp_path / "m3"), "--params", params]) == 2
+    assert main(["train", "--method", "xr-linear-xx", "--data", str(tmp_path / "d"), "--model",
+                 str(tmp_path / "m3")]) == 2
+
+
+def test_disentangled_tree_asset(tmp_path):
+    from dagster import DagsterInstance, materialize
+
+    from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+    from xmc_assets.versions import code_version
+    from xmc_core.results_db import read_evaluation
+    from xmc_core.synth import write_synth
+
+    write_synth(tmp_path / "data" / "amb", SynthParams(n_labels=60, n_train=400, n_test=150, n_features=500,
+                                                       ambiguous_frac=0.3))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, ["amb"])
+    settings = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
+                                                   "disentangle": {"max_copies": 2}}))
+    resources = {
+        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": settings,
+    }
+    result = materialize(xr_linear_assets, instance=instance, resources=resources, partition_key="amb")
+    assert result.success
+    meta = result.asset_materializations_for_node("disentangled_tree")[0].metadata
+    assert meta["pass_through"].value is False and meta["copies_added"].value > 0
+    assert meta["matcher_recall_after"].value >= meta["matcher_recall_before"].value
+    tree = LabelTree.from_arrays(np.load(tmp_path / "artifacts" / "amb" / "disentangled_tree" / "tree.npz"))
+    model = XmcModel.load(tmp_path / "artifacts" / "amb" / "model")
+    assert model.method == "xr-linear-ld" and (model.ranker.tree.C[-1] != tree.C[-1]).nnz == 0
+    rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
+    assert set(rows["model"]) == {"xr-linear-ld"}
+    stored = json.loads(rows["params"][0])
+    assert stored["disentangle"]["max_copies"] == 2 and stored["disentangle"]["rounds"] == 1
+
+    # code versions: the disentangle section feeds disentangled_tree (and rankers only via merge)
+    plain = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8}}))
+    ranker_changed = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8}, "ranker": {"Cp": 2}}))
+    assert code_version(plain, "disentangled_tree") == code_version(ranker_changed, "disentangled_tree")
+    assert code_version(plain, "disentangled_tree") != code_version(settings, "disentangled_tree")
+    three = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8}, "disentangle": {"max_copies": 3}}))
+    assert code_version(three, "rankers") == code_version(settings, "rankers")
+    assert code_version(three, "disentangled_tree") != code_version(settings, "disentangled_tree")
+    merge_mean = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
+                                                     "disentangle": {"max_copies": 2, "merge": "mean"}}))
+    assert code_version(merge_mean, "disentangled_tree") == code_version(settings, "disentangled_tree")
+    assert code_version(merge_mean, "rankers") != code_version(settings, "rankers")
