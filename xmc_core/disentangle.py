@@ -25,12 +25,13 @@ max_copies = 1 or rounds = 0 leaves the tree unchanged, so the model is plain XR
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import scipy.sparse as smat
 
+from .params import ParamsBase
 from .tree import LabelTree
 from .xlinear import POST_PROCESSORS, PredParams, RankerParams, XLinearModel, _topk_flat, _with_bias
 
@@ -48,7 +49,7 @@ MERGES = ("max", "mean")
 
 
 @dataclass
-class DisentangleParams:
+class DisentangleParams(ParamsBase):
     """Settings of label disentanglement.
 
     max_copies: most leaf clusters a label may sit in (1..6; 1: plain XR-Linear).
@@ -86,13 +87,6 @@ class DisentangleParams:
     def active(self) -> bool:
         """Whether these settings can change the tree (else: plain XR-Linear)."""
         return self.max_copies > 1 and self.rounds > 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "DisentangleParams":
-        return cls(**(d or {}))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -140,6 +140,10 @@ class atomic_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
+        if self.path.exists() and _exchange(self.tmp, self.path):
+            # one atomic swap: the path always names a complete folder; tmp now holds the old one
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
         old = None
         if self.path.exists():
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
@@ -148,6 +152,19 @@ class atomic_dir:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
 class XmcModel:
