@@ -72,6 +72,26 @@ ROOT_AUTOMATION = CODE_CHANGED
 STAGE_AUTOMATION = AutomationCondition.eager() | CODE_CHANGED
 
 
+def stage_asset(deps: list, kinds: set[str], description: str, automation=STAGE_AUTOMATION, **extra):
+    """`@asset` with what every XR-Linear stage shares: dataset partitions, a code version derived
+    from the stage's settings section, one partition per backfill run, declarative automation."""
+
+    def decorate(fn):
+        return asset(
+            partitions_def=dataset_partitions,
+            deps=deps,
+            code_version=code_version(_DEFAULT_SETTINGS, fn.__name__),
+            backfill_policy=BACKFILL_POLICY,
+            automation_condition=automation,
+            group_name=GROUP,
+            kinds=kinds,
+            description=description,
+            **extra,
+        )(fn)
+
+    return decorate
+
+
 def _settings_metadata(context: AssetExecutionContext, xmc_settings: XmcSettings, name: str) -> dict:
     """Metadata `settings_hash` of the settings this step really ran with; a warning when they differ
     from those its code version was derived from (settings overridden in run config: staleness
@@ -90,14 +110,11 @@ def _corpus_info(artifacts: ArtifactStore, dataset: str) -> dict:
     return artifacts.read_json(dataset, "corpus", "corpus.json")
 
 
-@asset(
-    partitions_def=dataset_partitions,
-    code_version=code_version(_DEFAULT_SETTINGS, "corpus"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=ROOT_AUTOMATION,
-    group_name=GROUP,
+@stage_asset(
+    deps=[],
     kinds={"python", "parquet"},
     description="The dataset folder read once: label matrices Y, texts (or raw BoW X) and label names per split.",
+    automation=ROOT_AUTOMATION,
 )
 def corpus(
     context: AssetExecutionContext, data_root: DataRoot, artifacts: ArtifactStore, xmc_settings: XmcSettings
@@ -151,13 +168,8 @@ def corpus(
     return MaterializeResult(metadata=metadata)
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[corpus],
-    code_version=code_version(_DEFAULT_SETTINGS, "tfidf"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "scipy"},
     description="Features X per split: TF-IDF fitted on the training texts only, or l2-normalized BoW.",
 )
@@ -197,13 +209,8 @@ def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings
     return MaterializeResult(metadata=metadata)
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[tfidf],
-    code_version=code_version(_DEFAULT_SETTINGS, "label_embeddings"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "scipy"},
     description="PIFA label embeddings Z (L × D): the normalized sum of each label's training features.",
 )
@@ -229,13 +236,8 @@ def label_embeddings(
     })
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[label_embeddings],
-    code_version=code_version(_DEFAULT_SETTINGS, "label_tree"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "numpy"},
     description="Hierarchical balanced k-means label tree over the label embeddings.",
 )
@@ -261,13 +263,8 @@ def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_set
     })
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[label_tree],
-    code_version=code_version(_DEFAULT_SETTINGS, "disentangled_tree"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "numpy"},
     description=("Label disentanglement: labels copied into the leaf clusters where the first matcher routes "
                  "their documents (settings section `disentangle`); without it, the label tree unchanged."),
@@ -312,13 +309,8 @@ def disentangled_tree(
     })
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[disentangled_tree],
-    code_version=code_version(_DEFAULT_SETTINGS, "rankers"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "scipy"},
     description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster.",
 )
@@ -369,13 +361,8 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     })
 
 
-@asset(
-    partitions_def=dataset_partitions,
+@stage_asset(
     deps=[rankers],
-    code_version=code_version(_DEFAULT_SETTINGS, "metrics"),
-    backfill_policy=BACKFILL_POLICY,
-    automation_condition=STAGE_AUTOMATION,
-    group_name=GROUP,
     kinds={"python", "duckdb"},
     pool="duckdb",  # the only DuckDB writer; a pool limit of 1 serializes it across runs
     description="P/R/RP/nDCG/PSP@k of the saved model on the test split, appended to the DuckDB history.",
