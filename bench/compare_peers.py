@@ -32,7 +32,8 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     import scipy.sparse as smat
 
     from xmc_core.data import load_dataset
-    from xmc_core.tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
+    from xmc_core.sparse import l2_normalize_rows
+    from xmc_core.tfidf import TfidfParams, TfidfVectorizer
 
     files = {k: out / f"{k}.npz" for k in ("X.trn", "Y.trn", "X.tst", "Y.tst")}
     meta_file = out / "meta.json"

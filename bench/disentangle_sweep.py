@@ -33,7 +33,7 @@ def load(ds: str, out: Path):
 
     if ds == SYNTH:
         from xmc_core.synth import SynthParams, generate
-        from xmc_core.tfidf import l2_normalize_rows
+        from xmc_core.sparse import l2_normalize_rows
 
         Xtr, Ytr, Xte, Yte = generate(SynthParams(n_labels=2000, n_train=20000, n_test=4000, n_features=20000,
                                                   ambiguous_frac=0.3, seed=0))

@@ -13,7 +13,7 @@ def clustered_problem(n=600, n_labels=40, n_features=300, seed=0):
 
     Returns X (n × D float32 CSR, l2 rows), Y (n × L float32 CSR binary).
     """
-    from xmc_core.tfidf import l2_normalize_rows
+    from xmc_core.sparse import l2_normalize_rows
 
     rng = np.random.default_rng(seed)
     feats_per_label = n_features // n_labels

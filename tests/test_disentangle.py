@@ -25,7 +25,7 @@ from xmc_core.disentangle import (
 from xmc_core.label_embedding import pifa
 from xmc_core.model import XmcModel, XRLinearParams, fit_rankers
 from xmc_core.synth import SynthParams, generate, structure
-from xmc_core.tfidf import l2_normalize_rows
+from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tree import LabelTree, build_tree
 from xmc_core.xlinear import XLinearModel
 

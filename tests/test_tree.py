@@ -7,7 +7,7 @@ from xmc_core.tree import LabelTree, TreeParams, binary_codes, build_tree
 
 
 def _random_Z(L, D=200, seed=0):
-    from xmc_core.tfidf import l2_normalize_rows
+    from xmc_core.sparse import l2_normalize_rows
 
     return l2_normalize_rows(smat.random(L, D, density=0.05, random_state=seed, format="csr", dtype=np.float32))
 

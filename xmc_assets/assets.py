@@ -35,7 +35,8 @@ from xmc_core.data import load_dataset
 from xmc_core.disentangle import copy_stats, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
-from xmc_core.tfidf import TfidfVectorizer, l2_normalize_rows
+from xmc_core.sparse import l2_normalize_rows
+from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
 
 from .metadata import folder_bytes, frame_markdown, histogram_plot, label_frequency_plot, metrics_at_k_plot

@@ -48,6 +48,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .sparse import binarize
+
 __all__ = [
     "DataFormatError",
     "Split",
@@ -315,16 +317,6 @@ def _label_matrix(counts: np.ndarray, cols: np.ndarray, n_labels: int) -> sp.csr
         shape=(n, n_labels),
     )
     Y.has_sorted_indices = True
-    return Y
-
-
-def _binarize(Y: sp.spmatrix) -> sp.csr_matrix:
-    """csr float32 with explicit non-zeros set to 1.0, sorted, no duplicates."""
-    Y = sp.csr_matrix(Y)
-    Y.sum_duplicates()  # also sorts indices
-    Y.eliminate_zeros()
-    Y = Y.astype(np.float32)
-    Y.data[:] = 1.0
     return Y
 
 
@@ -766,7 +758,7 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
     n_features = None
     for s in raw_Y:
         v = raw_Y[s]
-        Y = _binarize(v) if isinstance(v, sp.spmatrix) else _label_matrix(v[0], v[1], L)
+        Y = binarize(v) if isinstance(v, sp.spmatrix) else _label_matrix(v[0], v[1], L)
         X = None
         if tfidf is not None:
             xf = _find(tfidf, f"X.{_PECOS_SPLIT[s]}.npz")
@@ -942,7 +934,7 @@ def write_xc(path, X, Y) -> None:
         raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}")
     X.sum_duplicates()  # also sorts indices
     X.eliminate_zeros()
-    Y = _binarize(Y)
+    Y = binarize(Y)
     n, F = X.shape
     L = Y.shape[1]
     if X.nnz and (not np.all(np.isfinite(X.data)) or X.data.min() < 0):

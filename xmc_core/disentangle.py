@@ -32,6 +32,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
+from .sparse import binarize
 from .tree import LabelTree
 from .xlinear import POST_PROCESSORS, PredParams, RankerParams, XLinearModel, _topk_flat, _with_bias
 
@@ -105,9 +106,7 @@ def train_matcher(X, Y, tree: LabelTree, ranker_params: RankerParams | None = No
     the leaf rankers."""
     if tree.depth < 2:
         raise ValueError("train_matcher: a one-level tree has no matcher")
-    Yc = smat.csr_matrix(smat.csr_matrix(Y, dtype=np.float32) @ tree.C[-1].tocsc())
-    Yc.data[:] = 1.0
-    Yc.eliminate_zeros()
+    Yc = binarize(smat.csr_matrix(Y, dtype=np.float32) @ tree.C[-1].tocsc())
     return XLinearModel.train(X, Yc, _matcher_tree(tree), ranker_params, pred_params)
 
 
@@ -159,8 +158,7 @@ def assign_copies(A: smat.spmatrix, C_leaf: smat.spmatrix, params: DisentanglePa
     cluster's additions to its room under the cap, highest shares first.
     """
     L, K = C_leaf.shape
-    C0 = smat.csr_matrix(C_leaf, dtype=np.float32)
-    C0.data[:] = 1.0
+    C0 = binarize(C_leaf)
     sizes0 = np.asarray(C0.sum(axis=0)).ravel().astype(np.int64)
     cap = int(math.floor(params.size_cap_factor * max(int(sizes0.max()) if K else 0, 1)))
     A = smat.csr_matrix(A, dtype=np.float64)
@@ -186,8 +184,7 @@ def assign_copies(A: smat.spmatrix, C_leaf: smat.spmatrix, params: DisentanglePa
     keep = rank < room[clu]
     lab, clu = lab[keep], clu[keep]
     extra = smat.csr_matrix((np.ones(len(lab), np.float32), (lab, clu)), shape=(L, K))
-    C = (C0 + extra).tocsc()
-    C.data[:] = 1.0
+    C = binarize(C0 + extra).tocsc()
     C.sort_indices()
     return C
 
@@ -197,9 +194,7 @@ def affinity(Y, M: smat.spmatrix) -> smat.csr_matrix:
     M = smat.csr_matrix(M, dtype=np.float32)
     s = np.asarray(M.sum(axis=1)).ravel()
     Mn = smat.diags(1.0 / np.maximum(s, 1e-30)).astype(np.float32) @ M
-    Yb = smat.csr_matrix(Y, dtype=np.float32)
-    Yb.data[:] = 1.0
-    return smat.csr_matrix(Yb.T.tocsr() @ Mn)
+    return smat.csr_matrix(binarize(Y).T.tocsr() @ Mn)
 
 
 def disentangle_tree(
@@ -265,14 +260,13 @@ def matcher_recall(model: XLinearModel, tree: LabelTree, X, Y, beam_size: int | 
         return 0.0
     L = tree.n_labels
     M = route(model, tree, X, beam_size)
-    M.data[:] = 1.0
+    M.data[:] = 1.0  # the beam's pattern: an entry whose score underflowed to 0 is still in it
     if tree.depth < 2:
         reach = smat.csr_matrix(np.ones((X.shape[0], L), np.float32))
     else:
         reach = M @ smat.csr_matrix(tree.C[-1]).T.tocsr()  # N × L: copies in the beam
     Yin = Y[:, :L] if Y.shape[1] > L else Y
-    Yin = smat.csr_matrix(Yin)
-    Yin.data[:] = 1.0
+    Yin = binarize(Yin)
     hit = Yin.multiply(reach > 0)
     return float(hit.nnz) / float((Y != 0).sum())
 
@@ -306,7 +300,7 @@ def predict_merged(model: XLinearModel, X, merge: str = "max", beam_size: int | 
     S = smat.csr_matrix(model._beam(Xb, beam_size, max(width, 1), post_processor, level_scores=True))
     matcher = XLinearModel(LabelTree(tree.C[:-1]), model.W[:-1], model.bias, pp)
     Mb = smat.csr_matrix(matcher._beam(Xb, beam_size, beam_size, post_processor, level_scores=True))
-    Mb.data[:] = 1.0
+    Mb.data[:] = 1.0  # the beam's pattern (see matcher_recall)
     count = smat.csr_matrix(Mb @ smat.csr_matrix(tree.C[-1]).T.tocsr())
     # count on S's pattern (every entry of S has at least one copy in the beam)
     S.sort_indices()

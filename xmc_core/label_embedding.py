@@ -12,7 +12,7 @@ import scipy.sparse as smat
 
 from .params import ParamsBase
 
-from .tfidf import l2_normalize_rows
+from .sparse import l2_normalize_rows
 
 __all__ = ["PifaParams", "pifa"]
 

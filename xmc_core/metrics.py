@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .sparse import binarize
+
 __all__ = [
     "MetricParams",
     "inverse_propensity",
@@ -52,14 +54,6 @@ class MetricParams:
 # --------------------------------------------------------------------------- helpers
 
 
-def _binary_csr(Y) -> sp.csr_matrix:
-    """Canonical binary CSR copy of ``Y`` (N, L): explicit zeros dropped, duplicates merged,
-    column indices sorted within rows, data all ones (float32)."""
-    Y = sp.csr_matrix(Y, copy=True)
-    Y.eliminate_zeros()
-    Y.sum_duplicates()  # also sorts indices
-    Y.data = np.ones(Y.nnz, dtype=np.float32)
-    return Y
 
 
 def _canonical_scores(S) -> sp.csr_matrix:
@@ -97,7 +91,7 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     Returns:
         (L,) float64 array of inverse propensities (each ≥ 1 when N ≥ e).
     """
-    Y = _binary_csr(Y_train)
+    Y = binarize(Y_train)
     n_train, n_labels = Y.shape
     n_pos = np.bincount(Y.indices, minlength=n_labels)  # (L,) N_l
     return inverse_propensity_from_counts(n_pos, n_train, A, B)
@@ -285,7 +279,7 @@ def ranking_metrics(
     ks = tuple(sorted({int(k) for k in params.ks}))
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {params.ks!r}")
-    Y = _binary_csr(Y_true)
+    Y = binarize(Y_true)
     if Y.shape != tuple(scores.shape):
         raise ValueError(f"Y_true shape {Y.shape} != scores shape {tuple(scores.shape)}")
     n_rows, n_labels = Y.shape
@@ -354,8 +348,8 @@ def set_metrics(Y_true, Y_pred_set) -> dict[str, float]:
         and ``macro_f1`` = mean over labels present in ``Y_true`` of
         2 TP_l / (|pred_l| + |true_l|).  Empty denominators give 0.
     """
-    Y = _binary_csr(Y_true)
-    P = _binary_csr(Y_pred_set)
+    Y = binarize(Y_true)
+    P = binarize(Y_pred_set)
     if Y.shape != P.shape:
         raise ValueError(f"Y_true shape {Y.shape} != Y_pred_set shape {P.shape}")
     n_labels = Y.shape[1]

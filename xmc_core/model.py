@@ -28,7 +28,8 @@ import scipy.sparse as smat
 
 from .disentangle import DisentangleParams, copy_stats, disentangle_tree, predict_merged, train_matcher
 from .label_embedding import PifaParams, pifa
-from .tfidf import TfidfParams, TfidfVectorizer, l2_normalize_rows
+from .sparse import l2_normalize_rows
+from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 

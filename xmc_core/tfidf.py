@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
+from .sparse import l2_normalize_rows
 
 __all__ = ["TfidfParams", "TfidfVectorizer"]
 
@@ -228,12 +229,3 @@ class TfidfVectorizer:
             raise ValueError(f"{folder}: vocab.txt has {len(vec.vocab)} terms but idf.npy {len(vec.idf)}")
         return vec
 
-
-def l2_normalize_rows(X: smat.csr_matrix) -> smat.csr_matrix:
-    """Rows scaled to unit l2 norm (zero rows stay zero). Returns float32 CSR."""
-    X = smat.csr_matrix(X, dtype=np.float32, copy=True)
-    sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
-    norms = np.sqrt(sq)
-    norms[norms == 0.0] = 1.0
-    X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
-    return X

@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
+from .sparse import binarize
 
 
 __all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes"]
@@ -100,9 +101,7 @@ class LabelTree:
         M = smat.csr_matrix(self.C[-1])
         for c in self.C[-2:t:-1]:
             M = M @ smat.csr_matrix(c)
-        M = smat.csr_matrix(M, dtype=np.float32)
-        M.data[:] = 1.0
-        return M
+        return binarize(M)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out = {"depth": np.array([self.depth])}

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
+from .sparse import binarize
 
 from .tree import LabelTree
 
@@ -420,13 +421,6 @@ def _with_bias(X: smat.csr_matrix, bias: float) -> smat.csr_matrix:
     return Xb
 
 
-def _binarize(M) -> smat.csr_matrix:
-    M = smat.csr_matrix(M, dtype=np.float32)
-    M.eliminate_zeros()
-    M.data[:] = 1.0
-    return M
-
-
 def _topk_flat(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, k: int):
     """Keep the k largest values per row of a flat (rows, cols, vals) list whose rows are grouped
     (non-decreasing). Returns (rows, cols, vals) sorted by row, then value descending.
@@ -513,7 +507,7 @@ class XLinearModel:
         if Y.shape[1] != tree.n_labels:
             raise ValueError(f"XLinearModel.train: Y has {Y.shape[1]} labels, the tree {tree.n_labels}")
         Xb = _with_bias(X, params.bias)
-        Y = _binarize(Y)
+        Y = binarize(Y)
         N = X.shape[0]
         threads = _resolve_threads(params.threads)
         man_beam = params.man_beam_size or pred_params.beam_size
@@ -521,18 +515,18 @@ class XLinearModel:
         for t, C in enumerate(tree.C):
             t0 = time.perf_counter()
             # Targets of each node at this level (the leaf level: labels themselves).
-            Y_t = Y if t == tree.depth - 1 else _binarize(Y @ tree.label_to_level(t))
+            Y_t = Y if t == tree.depth - 1 else binarize(Y @ tree.label_to_level(t))
             # Active (instance, parent) pairs: M_{t-1}.
             if t == 0:
                 active = smat.csc_matrix(np.ones((N, 1), np.float32))
             else:
                 parts = []
                 if "tfn" in params.negative_sampling:
-                    parts.append(_binarize(Y @ tree.label_to_level(t - 1)))
+                    parts.append(binarize(Y @ tree.label_to_level(t - 1)))
                 if "man" in params.negative_sampling:
                     partial = cls(LabelTree(tree.C[:t]), W, params.bias, pred_params)
-                    parts.append(_binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
-                active = _binarize(sum(parts[1:], parts[0])).tocsc()
+                    parts.append(binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
+                active = binarize(sum(parts[1:], parts[0])).tocsc()
             W_t = _train_level(Xb, Y_t, C, active, params, threads)
             W.append(W_t)
             if log is not None:
