@@ -185,9 +185,9 @@ def _node_block(Z, members: np.ndarray):
 def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1) -> np.ndarray:
     """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
 
-    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed), L >= 2**(depth+1)... or
-    at least 2 labels per node at every depth. Returns (L,) int64 codes; code >> (depth - d) is
-    the label's node at binary depth d; node sizes at every depth differ by at most one.
+    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed); every node needs at
+    least two labels at every depth (build_tree picks such a depth). Returns (L,) int64 codes;
+    code >> (depth - d) is the label's node at binary depth d; node sizes at every depth differ by at most one.
     Nodes of a depth are split independently (threads > 1 runs them concurrently).
     """
     L = Z.shape[0]
