@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a project virtual environment in .venv with xmc (editable) and test tools.
-# torch is not needed by XR-Linear; the "transformer" extra pins torch==2.13.0 (a plain "torch"
+# The "transformer" extra (XR-Transformer, XLGen) pins torch==2.13.0 (a plain "torch"
 # pulls GBs of CUDA wheels on these machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."

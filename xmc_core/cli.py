@@ -151,9 +151,9 @@ def cmd_train(args) -> dict:
 
 def cmd_predict(args) -> None:
     from .data import load_dataset
-    from .model import XmcModel
+    from .model import load_model
 
-    model = XmcModel.load(args.model)
+    model = load_model(args.model)
     if args.text is not None:
         inputs = [args.text]
     elif args.data:
@@ -176,9 +176,9 @@ def cmd_predict(args) -> None:
 def cmd_evaluate(args) -> dict:
     from .data import load_dataset
     from .metrics import MetricParams
-    from .model import XmcModel, evaluate_model
+    from .model import evaluate_model, load_model
 
-    model = XmcModel.load(args.model)
+    model = load_model(args.model)
     ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
     split = getattr(ds, args.split)
     if split is None:

@@ -33,7 +33,7 @@ from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
-__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "ModelFormatError", "atomic_dir", "train_xr_linear",
+__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "atomic_dir", "train_xr_linear",
            "fit_rankers", "evaluate_model", "Evaluation"]
 
 FORMAT_VERSION = 1
@@ -168,33 +168,19 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
-class XmcModel:
-    """A trained XR-Linear model: featurizer + label tree + rankers + label names.
+class LabelSpace:
+    """Label names and training label statistics shared by every model kind (XR-Linear,
+    XR-Transformer, XLGen): aligning an evaluation split's labels, PSP@k propensities, unseen
+    labels. Subclasses set `label_names`, `label_counts` and `n_train`."""
 
-    featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
-    vectors; rows are l2-normalized before scoring).
-    """
-
-    def __init__(self, params: XRLinearParams, label_names: list[str], ranker: XLinearModel,
-                 featurizer: TfidfVectorizer | None = None, method: str = "xr-linear",
-                 info: dict | None = None):
-        if len(label_names) != ranker.n_labels:
-            raise ValueError(f"XmcModel: {len(label_names)} label names for {ranker.n_labels} labels")
-        self.params = params
-        self.label_names = list(label_names)
-        self.ranker = ranker
-        self.featurizer = featurizer
-        self.method = method
-        self.info = dict(info or {})
-
-        self.label_counts: np.ndarray | None = None  # (L,) int64 training positives per label
-        self.n_train: int | None = None
+    label_names: list[str]
+    label_counts: np.ndarray | None = None  # (L,) int64 training positives per label
+    n_train: int | None = None
 
     @property
     def n_labels(self) -> int:
         return len(self.label_names)
 
-    # -- label statistics (propensity, tail buckets, alignment of evaluation data) -------------
     def set_label_counts(self, Y_train: smat.spmatrix) -> None:
         """Remember per-label training frequencies (for PSP@k and tail buckets)."""
         Y = smat.csc_matrix(Y_train)
@@ -238,6 +224,40 @@ class XmcModel:
             inside = used[~unseen]
             unseen[~unseen] = self.label_counts[inside] == 0
         return int(unseen.sum())
+
+
+    def save_label_counts(self, folder: Path) -> None:
+        if self.label_counts is not None:
+            np.save(folder / "label_counts.npy", self.label_counts)
+            (folder / "train_stats.json").write_text(json.dumps({"n_train": self.n_train}))
+
+    def load_label_counts(self, folder: Path) -> None:
+        if (folder / "label_counts.npy").is_file():
+            self.label_counts = np.load(folder / "label_counts.npy")
+            self.n_train = json.loads((folder / "train_stats.json").read_text())["n_train"]
+
+
+class XmcModel(LabelSpace):
+    """A trained XR-Linear model: featurizer + label tree + rankers + label names.
+
+    featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
+    vectors; rows are l2-normalized before scoring).
+    """
+
+    def __init__(self, params: XRLinearParams, label_names: list[str], ranker: XLinearModel,
+                 featurizer: TfidfVectorizer | None = None, method: str = "xr-linear",
+                 info: dict | None = None):
+        if len(label_names) != ranker.n_labels:
+            raise ValueError(f"XmcModel: {len(label_names)} label names for {ranker.n_labels} labels")
+        self.params = params
+        self.label_names = list(label_names)
+        self.ranker = ranker
+        self.featurizer = featurizer
+        self.method = method
+        self.info = dict(info or {})
+
+        self.label_counts: np.ndarray | None = None
+        self.n_train: int | None = None
 
     def featurize(self, texts_or_X) -> smat.csr_matrix:
         """N × D float32 CSR, l2-normalized rows, from raw texts or a feature matrix."""
@@ -291,10 +311,7 @@ class XmcModel:
             if self.featurizer is not None:
                 self.featurizer.save(tmp / "featurizer")
             self.ranker.save(tmp / "ranker")
-            if self.label_counts is not None:
-                np.save(tmp / "label_counts.npy", self.label_counts)
-                meta_extra = {"n_train": self.n_train}
-                (tmp / "train_stats.json").write_text(json.dumps(meta_extra))
+            self.save_label_counts(tmp)
         return path
 
     @classmethod
@@ -307,20 +324,7 @@ class XmcModel:
                 or unparsable).
         """
         path = Path(path)
-        meta_file = path / "params.json"
-        if not meta_file.is_file():
-            raise ModelFormatError(f"{path}: not a model folder (no params.json)")
-        try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelFormatError(_one_line(f"{meta_file}: unreadable model metadata ({e})")) from None
-        if not isinstance(meta, dict):
-            raise ModelFormatError(f"{meta_file}: unreadable model metadata (not a JSON object)")
-        version = meta.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelFormatError(
-                f"{meta_file}: model format version {version!r}, this xmc reads version {FORMAT_VERSION}; retrain the model"
-            )
+        meta = read_model_meta(path)
         try:
             with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
                 names = fh.read().split("\n")[:-1]
@@ -328,9 +332,7 @@ class XmcModel:
             ranker = XLinearModel.load(path / "ranker")
             model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
                         meta.get("method", "xr-linear"), meta.get("info"))
-            if (path / "label_counts.npy").is_file():
-                model.label_counts = np.load(path / "label_counts.npy")
-                model.n_train = json.loads((path / "train_stats.json").read_text())["n_train"]
+            model.load_label_counts(path)
         except ModelFormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
@@ -340,6 +342,48 @@ class XmcModel:
                 _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
             ) from None
         return model
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """params.json of a model folder, checked: a JSON object of this format version.
+
+    Raises ModelFormatError (one line naming the folder or file) otherwise.
+    """
+    path = Path(path)
+    meta_file = path / "params.json"
+    if not meta_file.is_file():
+        raise ModelFormatError(f"{path}: not a model folder (no params.json)")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(_one_line(f"{meta_file}: unreadable model metadata ({e})")) from None
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"{meta_file}: unreadable model metadata (not a JSON object)")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{meta_file}: model format version {version!r}, this xmc reads version {FORMAT_VERSION}; retrain the model"
+        )
+    return meta
+
+
+#: model kinds beyond XR-Linear: method → (module, class); imported only when such a model is loaded
+_MODEL_CLASSES = {
+    "xr-transformer": ("xmc_core.xtransformer", "XTransformerModel"),
+    "xlgen": ("xmc_core.xlgen", "XLGenModel"),
+}
+
+
+def load_model(path: str | Path):
+    """Load any model folder, dispatching on the method recorded in its params.json."""
+    meta = read_model_meta(path)
+    method = meta.get("method", METHOD_XR_LINEAR)
+    if method in _MODEL_CLASSES:
+        import importlib
+
+        module, name = _MODEL_CLASSES[method]
+        return getattr(importlib.import_module(module), name).load(path)
+    return XmcModel.load(path)
 
 
 def train_xr_linear(

