@@ -97,13 +97,32 @@ def _stdin_lines() -> list[str]:
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
-def cmd_train(args) -> dict:
+def _train_split(args):
+    """The train split of --data, checked to have documents and labels; (dataset, seconds)."""
     from .data import DataFormatError, load_dataset
+
+    t0 = time.perf_counter()
+    ds = load_dataset(args.data, splits=("train",), max_rows=args.max_rows)
+    load_s = time.perf_counter() - t0
+    files = ds.train.files or (str(args.data),)
+    if ds.train.n == 0:
+        raise DataFormatError(files[0], None, "documents", "the train split has no documents; nothing to train on")
+    if ds.train.Y.nnz == 0:
+        raise DataFormatError(files[-1], None, "label", "no train document has a label; nothing to train on")
+    return ds, load_s
+
+
+TRAIN_METHODS = ("xr-linear", "xr-linear-ld", "xr-transformer")
+
+
+def cmd_train(args) -> dict:
     from .model import METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD, XRLinearParams, train_xr_linear
 
+    if args.method == "xr-transformer":
+        return cmd_train_xr_transformer(args)
     methods = (METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD)
     if args.method not in methods:
-        raise UsageError(f"--method: {args.method!r} is not available (available: {', '.join(methods)})")
+        raise UsageError(f"--method: {args.method!r} is not available (available: {', '.join(TRAIN_METHODS)})")
     overrides = _load_params(args.params)
     if args.method == METHOD_XR_LINEAR_LD:
         if overrides.get("disentangle", {}) is None:
@@ -117,14 +136,7 @@ def cmd_train(args) -> dict:
         params = XRLinearParams().merged(overrides)
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
-    t0 = time.perf_counter()
-    ds = load_dataset(args.data, splits=("train",), max_rows=args.max_rows)
-    load_s = time.perf_counter() - t0
-    files = ds.train.files or (str(args.data),)
-    if ds.train.n == 0:
-        raise DataFormatError(files[0], None, "documents", "the train split has no documents; nothing to train on")
-    if ds.train.Y.nnz == 0:
-        raise DataFormatError(files[-1], None, "label", "no train document has a label; nothing to train on")
+    ds, load_s = _train_split(args)
     t0 = time.perf_counter()
     stages = []
 
@@ -146,6 +158,47 @@ def cmd_train(args) -> dict:
     model.save(args.model)
     return {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
             "n_labels": ds.n_labels, "n_features": model.ranker.n_features,
+            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+
+
+def cmd_train_xr_transformer(args) -> dict:
+    """`xmc train --method xr-transformer`: checkpoints after each fine-tuning level in
+    MODEL.checkpoint/, so a killed run resumes from its last finished level when started again."""
+    import shutil
+
+    overrides = _load_params(args.params)
+    if args.threads:
+        overrides.setdefault("ranker", {})["threads"] = args.threads
+        overrides.setdefault("finetune", {})["threads"] = args.threads
+    try:
+        from .xtransformer import XTransformerParams, train_with_checkpoints
+
+        params = XTransformerParams().merged(overrides)
+    except ImportError as e:
+        raise UsageError(f"--method xr-transformer needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--params: {e}") from None
+    ds, load_s = _train_split(args)
+    if ds.train.texts is None:
+        raise UsageError(f"--data {args.data}: xr-transformer reads raw texts; this dataset ({ds.layout}) has "
+                         "only feature vectors")
+    model_path = Path(args.model)
+    ckpt = model_path.with_name(model_path.name + ".checkpoint")
+
+    def log(rec):
+        if args.verbose or rec.get("stage") in ("finetune_level", "resume"):
+            print(json.dumps(rec, default=str), file=sys.stderr)
+
+    t0 = time.perf_counter()
+    model = train_with_checkpoints(ds.train.texts, ds.train.Y, ds.label_names, params, ckpt, log=log)
+    train_s = time.perf_counter() - t0
+    model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
+                       "train_s": train_s})
+    model.set_label_counts(ds.train.Y)
+    model.save(model_path)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
+            "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
             "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
 
 
@@ -239,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model on a dataset folder")
     p.add_argument("--method", default="xr-linear", choices=None,
-                   help="xr-linear, or xr-linear-ld (label disentanglement; settings in the params' "
-                        "`disentangle` section: max_copies, rounds, size_cap_factor, min_share, merge)")
+                   help="xr-linear; xr-linear-ld (label disentanglement; settings in the params' "
+                        "`disentangle` section: max_copies, rounds, size_cap_factor, min_share, merge); "
+                        "xr-transformer (raw texts; sections encoder, finetune besides XR-Linear's; resumes "
+                        "from MODEL.checkpoint/ after a kill)")
     p.add_argument("--data", required=True, help="dataset folder (raw text, XC BoW or PECOS xmc-base layout)")
     p.add_argument("--model", required=True, help="output model folder")
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")

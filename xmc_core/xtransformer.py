@@ -1,0 +1,558 @@
+"""XR-Transformer: a transformer encoder fine-tuned level by level on a label tree, then XR-Linear
+rankers on [TF-IDF ⊕ embedding] (Zhang et al., "Fast multi-resolution transformer fine-tuning
+for extreme multi-label text classification", NeurIPS 2021).
+
+Recipe (`train_xr_transformer`):
+
+1. TF-IDF features X (N × D float32 CSR, l2 rows), PIFA label embeddings Z = PIFA(X, Y) and a
+   *fine-tuning tree* from them (`FineTuneParams.nr_splits / max_leaf_size`: e.g. reuters-21578's
+   90 labels → levels [16, 90], eurlex57k → [4, 64, 1024, 4271]) — the resolutions of the
+   coarse-to-fine schedule.
+2. XR-Linear rankers on X over that tree (`xmc_core.xlinear`). They give, per level t, the TF-IDF
+   block of the joint ranker and the matcher-aware negatives (MAN: the level-(t-1) beam).
+3. Fine-tuning, t = 0 .. T-1, each level starting from the encoder and heads of the previous one:
+   the active (document, node) pairs are the children of the document's positive parents (TFN)
+   and of its beam at t-1 (MAN); each pair is scored by a linear ranker over [TF-IDF ⊕ φ(x)]
+
+       s_t(x, c) = α_t · w̃_c·x_tfidf + w_c·φ(x) + b_c
+
+   with the TF-IDF block w̃_c fixed at its XR-Linear solution (a convex optimum already; only its
+   gain α_t is learned), and φ (the encoder), w_c, b_c learned jointly under the squared hinge
+   Cp/Cn·max(0, 1 − y·s)². A child's head starts from its parent's.
+4. Embed all documents with the fine-tuned encoder (E: N × H float32, l2 rows), concatenate
+   X_cat = l2_rows([X ⊕ E]), build a refined PIFA tree on X_cat and train the final XR-Linear
+   rankers on it (the `tree` / `ranker` sections of the params). Prediction featurizes a text the
+   same way and runs beam search over those rankers: the encoder's and the TF-IDF scores meet in
+   one linear model over the concatenated features, as in the paper.
+
+No file path appears in the numerics: checkpoints pass through `FineTuneState` and a callback;
+`save_state` / `load_state` read and write them (after each level, for resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+from .encoder import EncoderParams, encode, load_encoder, pad_batch, pick_device, tokenize
+from .label_embedding import PifaParams, pifa
+from .model import (FORMAT_VERSION, LabelSpace, ModelFormatError, XRLinearParams, _one_line, atomic_dir,
+                    read_model_meta)
+from .params import ParamsBase
+from .sparse import binarize, l2_normalize_rows
+from .tfidf import TfidfParams, TfidfVectorizer
+from .tree import LabelTree, TreeParams, build_tree
+from .xlinear import PredParams, RankerParams, XLinearModel, _score_children, _with_bias
+
+__all__ = ["METHOD_XR_TRANSFORMER", "FineTuneParams", "XTransformerParams", "FineTuneState", "finetune_encoder",
+           "train_xr_transformer", "train_with_checkpoints", "checkpoint_key", "XTransformerModel", "concat_features",
+           "save_state", "load_state"]
+
+METHOD_XR_TRANSFORMER = "xr-transformer"
+
+
+@dataclass
+class FineTuneParams(ParamsBase):
+    """Coarse-to-fine fine-tuning of the encoder (defaults sized for 2 CPU cores).
+
+    nr_splits, max_leaf_size: the fine-tuning tree (its levels are the resolutions).
+    steps_per_level: optimizer steps at each level (0: no fine-tuning, pretrained encoder only).
+    batch_size: documents per step. max_length: tokens per document during fine-tuning.
+    encoder_lr, head_lr: AdamW learning rates of the encoder and of the level heads (w, b, α).
+    warmup: share of a level's steps with a linear warm-up (then linear decay to 0).
+    Cp, Cn: squared-hinge weights of positive and negative pairs.
+    negative_sampling: "tfn", "man" or "tfn+man" (the active pairs, as in the rankers).
+    man_beam_size: beam of the TF-IDF matcher that gives MAN negatives.
+    tfidf_gain_init: starting value of α, the learned gain of the TF-IDF block. On training
+        documents the TF-IDF rankers' scores are close to perfect (they were fit there), so
+        starting at α = 1 leaves the encoder almost no loss to learn from; at 0 the encoder learns
+        first and the joint ranker takes TF-IDF in as far as it helps.
+    seed: document sampling and head initialization. threads: torch CPU threads (0: default).
+    """
+
+    nr_splits: int = 16
+    max_leaf_size: int = 8
+    steps_per_level: int = 150
+    batch_size: int = 32
+    max_length: int = 128
+    encoder_lr: float = 1e-4
+    head_lr: float = 5e-3
+    warmup: float = 0.1
+    weight_decay: float = 0.01
+    Cp: float = 1.0
+    Cn: float = 1.0
+    negative_sampling: str = "tfn+man"
+    man_beam_size: int = 10
+    tfidf_gain_init: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.negative_sampling not in ("tfn", "man", "tfn+man"):
+            raise ValueError(f"FineTuneParams.negative_sampling: tfn, man or tfn+man, got {self.negative_sampling!r}")
+        for name in ("steps_per_level",):
+            if getattr(self, name) < 0:
+                raise ValueError(f"FineTuneParams.{name}: must be >= 0")
+        for name in ("batch_size", "max_length", "man_beam_size", "max_leaf_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FineTuneParams.{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class XTransformerParams:
+    """All settings of an XR-Transformer model (nested sections; round-trips JSON).
+
+    tfidf, pifa, tree, ranker, pred: as in XR-Linear; `tree` and `ranker` shape the refined tree
+    and final rankers on the concatenated features (the TF-IDF matcher of the fine-tuning stage
+    uses `ranker` too). encoder: which checkpoint and how texts are embedded. finetune: schedule.
+    """
+
+    tfidf: TfidfParams = field(default_factory=TfidfParams)
+    pifa: PifaParams = field(default_factory=PifaParams)
+    tree: TreeParams = field(default_factory=TreeParams)
+    ranker: RankerParams = field(default_factory=RankerParams)
+    pred: PredParams = field(default_factory=PredParams)
+    encoder: EncoderParams = field(default_factory=EncoderParams)
+    finetune: FineTuneParams = field(default_factory=FineTuneParams)
+
+    method = METHOD_XR_TRANSFORMER
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name).to_dict() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "XTransformerParams":
+        d = dict(d or {})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(d) - set(known)
+        if unknown:
+            raise ValueError(f"XTransformerParams: unknown section(s) {sorted(unknown)}; expected {sorted(known)}")
+        kwargs = {}
+        for name, sub in d.items():
+            if not isinstance(sub, dict):
+                raise ValueError(f"XTransformerParams.{name}: expected an object, got {sub!r}")
+            sub_cls = type(known[name].default_factory())
+            try:
+                kwargs[name] = sub_cls.from_dict(sub)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"XTransformerParams.{name}: {e}") from None
+        return cls(**kwargs)
+
+    def merged(self, overrides: dict | None) -> "XTransformerParams":
+        base = self.to_dict()
+        for section, values in (overrides or {}).items():
+            if not isinstance(values, dict):
+                raise ValueError(f"XTransformerParams: section {section!r} must be an object, got {values!r}")
+            base.setdefault(section, {}).update(values)
+        return XTransformerParams.from_dict(base)
+
+    def xr_linear(self) -> XRLinearParams:
+        return XRLinearParams(tfidf=self.tfidf, pifa=self.pifa, tree=self.tree, ranker=self.ranker, pred=self.pred)
+
+
+@dataclass
+class FineTuneState:
+    """What a finished level leaves for the next one (and for resume).
+
+    key: what the checkpoint belongs to (settings and data fingerprint, set by the caller); a
+    checkpoint of another key is not resumed.
+    levels_done: number of finished levels. encoder_state: the encoder's state_dict (torch
+    tensors, CPU). heads: per finished level t, {"W": H × K_t float32, "b": (K_t,), "alpha": ()}.
+    history: per finished level {"level", "n_nodes", "steps", "loss", "seconds", "active_pairs"}.
+    """
+
+    levels_done: int = 0
+    encoder_state: dict | None = None
+    heads: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    key: str = ""
+
+
+def save_state(state: FineTuneState, folder: str | Path) -> None:
+    """Write a checkpoint folder atomically (a crash leaves the previous checkpoint)."""
+    import torch
+
+    with atomic_dir(folder) as tmp:
+        torch.save(state.encoder_state, tmp / "encoder.pt")
+        arrays = {}
+        for t, h in enumerate(state.heads):
+            for k, v in h.items():
+                arrays[f"{k}{t}"] = np.asarray(v, dtype=np.float32)
+        np.savez(tmp / "heads.npz", **arrays)
+        (tmp / "state.json").write_text(json.dumps({"levels_done": state.levels_done, "history": state.history,
+                                                      "key": state.key}))
+
+
+def load_state(folder: str | Path, key: str | None = None) -> FineTuneState | None:
+    """The checkpoint in `folder`, or None when there is none (or it belongs to another key)."""
+    import torch
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return None
+    meta = json.loads((folder / "state.json").read_text())
+    if key is not None and meta.get("key") != key:
+        return None
+    with np.load(folder / "heads.npz") as arrs:
+        heads = [{k: arrs[f"{k}{t}"] for k in ("W", "b", "alpha")} for t in range(meta["levels_done"])]
+    enc = torch.load(folder / "encoder.pt", map_location="cpu", weights_only=True)
+    return FineTuneState(meta["levels_done"], enc, heads, meta["history"], meta.get("key", ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning
+# ---------------------------------------------------------------------------------------------
+def _active_pairs(Xb, Y, tree: LabelTree, matcher: XLinearModel, t: int, ft: FineTuneParams):
+    """Active (document, node) pairs of level t with their TF-IDF scores and targets.
+
+    Returns CSR matrices over N × K_t: S (float32 raw TF-IDF ranker scores) and P (1.0 where the
+    pair is positive), sharing one sparsity pattern.
+    """
+    N = Xb.shape[0]
+    C = tree.C[t]
+    Y_t = Y if t == tree.depth - 1 else binarize(Y @ tree.label_to_level(t))
+    if t == 0:
+        rows = np.arange(N, dtype=np.int64)
+        parents = np.zeros(N, dtype=np.int64)
+    else:
+        parts = []
+        if "tfn" in ft.negative_sampling:
+            parts.append(binarize(Y @ tree.label_to_level(t - 1)))
+        if "man" in ft.negative_sampling:
+            partial = XLinearModel(LabelTree(tree.C[:t]), matcher.W[:t], matcher.bias, matcher.pred_params)
+            parts.append(binarize(partial._beam(Xb, ft.man_beam_size, ft.man_beam_size, "l3-hinge",
+                                                level_scores=True)))
+        A = binarize(sum(parts[1:], parts[0])).tocsr()
+        A.sort_indices()
+        rows = np.repeat(np.arange(N, dtype=np.int64), np.diff(A.indptr))
+        parents = A.indices.astype(np.int64)
+    r, j, v = _score_children(Xb, matcher.W[t], C.indptr, rows, parents)
+    nodes = C.indices[j].astype(np.int64)
+    S = smat.csr_matrix((v.astype(np.float32), (r, nodes)), shape=(N, C.shape[0]))
+    S.sum_duplicates()  # a node is reached once per pair; duplicates cannot occur in a plain tree
+    S.sort_indices()
+    Yc = smat.csr_matrix(Y_t)
+    pos = np.asarray(Yc[np.repeat(np.arange(N), np.diff(S.indptr)), S.indices]).ravel() > 0
+    P = smat.csr_matrix((pos.astype(np.float32), S.indices, S.indptr), shape=S.shape)
+    return S, P
+
+
+def finetune_encoder(
+    encoder,
+    tokens: tuple[np.ndarray, np.ndarray],
+    X: smat.csr_matrix,
+    Y: smat.csr_matrix,
+    tree: LabelTree,
+    matcher: XLinearModel,
+    ft: FineTuneParams,
+    device: str = "cpu",
+    state: FineTuneState | None = None,
+    on_level: Callable[[FineTuneState], None] | None = None,
+    log: Callable[[dict], None] | None = None,
+    pad_id: int = 0,
+) -> FineTuneState:
+    """Fine-tune `encoder` (a TextEncoder, updated in place) coarse to fine over `tree`.
+
+    tokens: (flat ids, offsets) of the N training documents (`encoder.tokenize`). X: N × D float32
+    CSR (l2 rows). Y: N × L binary. matcher: XR-Linear on X over `tree`. state: a checkpoint to
+    resume from (its finished levels are skipped). on_level(state) runs after each level.
+    Returns the final state (heads of every level, history).
+    """
+    import torch
+
+    emit = log or (lambda rec: None)
+    state = state or FineTuneState()
+    if state.encoder_state is not None:
+        encoder.load_state_dict(state.encoder_state)
+    encoder.to(device)
+    Xb = _with_bias(X, matcher.bias)
+    Y = binarize(Y)
+    H = encoder.hidden_size
+    amp = device == "cuda"
+    for t in range(state.levels_done, tree.depth):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([ft.seed, t])
+        torch.manual_seed(ft.seed * 1009 + t)  # per level (dropout too): a resumed run repeats it exactly
+        S, P = _active_pairs(Xb, Y, tree, matcher, t, ft)
+        K = tree.C[t].shape[0]
+        # heads: a child starts from its parent (level 0: zeros)
+        if t == 0 or not state.heads:
+            W0 = np.zeros((H, K), np.float32)
+            b0 = np.zeros(K, np.float32)
+        else:
+            parent_of = np.asarray(tree.C[t].argmax(axis=1)).ravel()
+            prev = state.heads[t - 1]
+            W0, b0 = prev["W"][:, parent_of].copy(), prev["b"][parent_of].copy()
+        W_head = torch.nn.Parameter(torch.from_numpy(W0).to(device))
+        b_head = torch.nn.Parameter(torch.from_numpy(b0).to(device))
+        alpha = torch.nn.Parameter(torch.full((), float(ft.tfidf_gain_init), device=device))
+        docs = np.flatnonzero(np.diff(S.indptr) > 0)
+        steps = ft.steps_per_level
+        losses = []
+        if steps > 0 and len(docs) > 0:
+            encoder.train()
+            opt = torch.optim.AdamW([
+                {"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ft.encoder_lr,
+                 "weight_decay": ft.weight_decay},
+                {"params": [W_head, b_head, alpha], "lr": ft.head_lr, "weight_decay": 0.0},
+            ])
+            warm = max(1, int(round(ft.warmup * steps)))
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+            order = rng.permutation(docs)
+            pos_ptr = 0
+            for step in range(steps):
+                if pos_ptr + ft.batch_size > len(order):
+                    order, pos_ptr = rng.permutation(docs), 0
+                batch = order[pos_ptr:pos_ptr + ft.batch_size]
+                pos_ptr += ft.batch_size
+                ids, mask = pad_batch(tokens[0], tokens[1], batch, pad_id)
+                Sb, Pb = S[batch], P[batch]
+                r = torch.from_numpy(np.repeat(np.arange(len(batch)), np.diff(Sb.indptr))).to(device)
+                c = torch.from_numpy(Sb.indices.astype(np.int64)).to(device)
+                s_tf = torch.from_numpy(Sb.data).to(device)
+                y = torch.from_numpy(2.0 * Pb.data - 1.0).to(device)
+                cost = torch.where(y > 0, torch.full_like(y, ft.Cp), torch.full_like(y, ft.Cn))
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                    emb = encoder(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+                emb = emb.float()
+                s = alpha * s_tf + (emb[r] * W_head[:, c].T).sum(1) + b_head[c]
+                loss = (cost * torch.clamp(1.0 - y * s, min=0.0) ** 2).sum() / len(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if ft.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(encoder.parameters(), ft.grad_clip)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                if (step + 1) % 25 == 0 or step + 1 == steps:
+                    emit({"stage": "finetune_step", "level": t, "step": step + 1, "steps": steps,
+                          "loss": float(np.mean(losses[-25:])), "seconds": time.perf_counter() - t0})
+        rec = {"level": t, "n_nodes": int(K), "steps": steps, "active_pairs": int(S.nnz),
+               "loss_first": float(np.mean(losses[:10])) if losses else None,
+               "loss": float(np.mean(losses[-25:])) if losses else None,
+               "alpha": float(alpha.detach()), "seconds": time.perf_counter() - t0}
+        emit({"stage": "finetune_level", **rec})
+        state = FineTuneState(
+            levels_done=t + 1,
+            encoder_state={k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
+            heads=state.heads[:t] + [{"W": W_head.detach().cpu().numpy(), "b": b_head.detach().cpu().numpy(),
+                                      "alpha": np.float32(alpha.detach().cpu())}],
+            history=state.history[:t] + [rec],
+            key=state.key,
+        )
+        if on_level is not None:
+            on_level(state)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+def concat_features(X: smat.csr_matrix, E: np.ndarray) -> smat.csr_matrix:
+    """l2_rows([X ⊕ E]): N × (D + H) float32 CSR from TF-IDF rows X and embeddings E (N × H)."""
+    if X.shape[0] != E.shape[0]:
+        raise ValueError(f"concat_features: X has {X.shape[0]} rows, E has {E.shape[0]}")
+    Xc = smat.hstack([smat.csr_matrix(X, dtype=np.float32), smat.csr_matrix(E.astype(np.float32))], format="csr")
+    return l2_normalize_rows(Xc)
+
+
+class XTransformerModel(LabelSpace):
+    """A trained XR-Transformer: TF-IDF featurizer + fine-tuned encoder + rankers on [X ⊕ E].
+
+    Folder layout: params.json (method "xr-transformer"), labels.txt, featurizer/, encoder/
+    (a Hugging Face checkpoint: config, weights, tokenizer), ranker/ (XLinearModel on the
+    concatenated features), label_counts.npy.
+    """
+
+    method = METHOD_XR_TRANSFORMER
+
+    def __init__(self, params: XTransformerParams, label_names: Sequence[str], featurizer: TfidfVectorizer,
+                 tokenizer, encoder, ranker: XLinearModel, info: dict | None = None):
+        if len(label_names) != ranker.n_labels:
+            raise ValueError(f"XTransformerModel: {len(label_names)} label names for {ranker.n_labels} labels")
+        self.params = params
+        self.label_names = list(label_names)
+        self.featurizer = featurizer
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.ranker = ranker
+        self.info = dict(info or {})
+        self.label_counts = None
+        self.n_train = None
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """N × H float32 l2-normalized embeddings of raw texts."""
+        return encode(self.encoder, self.tokenizer, list(texts), self.params.encoder)
+
+    def featurize(self, texts) -> smat.csr_matrix:
+        if isinstance(texts, str):
+            texts = [texts]
+        if smat.issparse(texts) or isinstance(texts, np.ndarray):
+            raise ValueError("an XR-Transformer model reads raw texts, not feature vectors")
+        texts = list(texts)
+        return concat_features(self.featurizer.transform(texts), self.embed(texts))
+
+    def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
+                post_processor: str | None = None) -> smat.csr_matrix:
+        """Scores: N × L float32 CSR with at most topk entries per row."""
+        return self.ranker.predict(self.featurize(texts), beam_size=beam_size, only_topk=topk,
+                                   post_processor=post_processor)
+
+    def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
+        P = self.predict(texts, topk=topk, **kw)
+        out = []
+        for i in range(P.shape[0]):
+            a, b = P.indptr[i], P.indptr[i + 1]
+            order = np.argsort(-P.data[a:b], kind="stable")
+            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            meta = {"format_version": FORMAT_VERSION, "method": self.method, "n_labels": self.n_labels,
+                    "n_features": self.ranker.n_features, "has_text_featurizer": True,
+                    "params": self.params.to_dict(), "info": self.info}
+            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
+            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
+                fh.write("".join(f"{name}\n" for name in self.label_names))
+            self.featurizer.save(tmp / "featurizer")
+            self.encoder.save(tmp / "encoder")
+            self.tokenizer.save_pretrained(str(tmp / "encoder"))
+            self.ranker.save(tmp / "ranker")
+            self.save_label_counts(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "XTransformerModel":
+        path = Path(path)
+        meta = read_model_meta(path)
+        try:
+            params = XTransformerParams.from_dict(meta["params"])
+            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
+                names = fh.read().split("\n")[:-1]
+            featurizer = TfidfVectorizer.load(path / "featurizer")
+            tokenizer, encoder = load_encoder(params.encoder, checkpoint=path / "encoder")
+            ranker = XLinearModel.load(path / "ranker")
+            model = cls(params, names, featurizer, tokenizer, encoder, ranker, meta.get("info"))
+            model.load_label_counts(path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+            raise ModelFormatError(
+                _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
+            ) from None
+        return model
+
+
+def finetune_tree(Z, ft: FineTuneParams, seed: int = 0) -> LabelTree:
+    """The tree whose levels are the fine-tuning resolutions (from PIFA on TF-IDF)."""
+    return build_tree(Z, TreeParams(nr_splits=ft.nr_splits, max_leaf_size=ft.max_leaf_size, seed=seed))
+
+
+def train_xr_transformer(
+    texts: Sequence[str],
+    Y: smat.spmatrix,
+    label_names: Sequence[str],
+    params: XTransformerParams | None = None,
+    log: Callable[[dict], None] | None = None,
+    resume: FineTuneState | None = None,
+    on_level: Callable[[FineTuneState], None] | None = None,
+) -> XTransformerModel:
+    """TF-IDF → fine-tuning tree → TF-IDF matcher → fine-tuned encoder → refined tree → rankers.
+
+    texts: N raw documents. Y: N × L binary. resume / on_level: see `finetune_encoder`.
+    `log` receives {"stage", "seconds", ...} records (and per-step fine-tuning records).
+    """
+    import torch
+
+    params = params or XTransformerParams()
+    emit = log or (lambda rec: None)
+    texts = list(texts)
+    Y = binarize(Y)
+    if len(texts) != Y.shape[0]:
+        raise ValueError(f"train_xr_transformer: {len(texts)} texts for {Y.shape[0]} label rows")
+    ft = params.finetune
+    if ft.threads:
+        torch.set_num_threads(ft.threads)
+    torch.manual_seed(ft.seed)
+    device = pick_device(params.encoder.device)
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    featurizer = TfidfVectorizer(params.tfidf)
+    X = featurizer.fit_transform(texts)
+    emit({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1]})
+
+    t0 = time.perf_counter()
+    tree_ft = finetune_tree(pifa(X, Y, params.pifa), ft, seed=params.tree.seed)
+    matcher = XLinearModel.train(X, Y, tree_ft, params.ranker, params.pred)
+    emit({"stage": "tfidf_matcher", "seconds": time.perf_counter() - t0, "level_sizes": tree_ft.level_sizes()})
+
+    t0 = time.perf_counter()
+    tokenizer, encoder = load_encoder(params.encoder)
+    pad_id = tokenizer.pad_token_id or 0
+    state = resume
+    if ft.steps_per_level > 0:
+        tokens = tokenize(tokenizer, texts, ft.max_length)
+        state = finetune_encoder(encoder, tokens, X, Y, tree_ft, matcher, ft, device, state, on_level, log, pad_id)
+        encoder.load_state_dict(state.encoder_state)
+    emit({"stage": "finetune", "seconds": time.perf_counter() - t0, "device": device,
+          "levels": state.history if state else []})
+
+    t0 = time.perf_counter()
+    E = encode(encoder, tokenizer, texts, params.encoder, device)
+    emit({"stage": "embed", "seconds": time.perf_counter() - t0, "n_docs": len(texts)})
+
+    t0 = time.perf_counter()
+    Xc = concat_features(X, E)
+    tree = build_tree(pifa(Xc, Y, params.pifa), params.tree)
+    emit({"stage": "refined_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
+    t0 = time.perf_counter()
+    levels = []
+    ranker = XLinearModel.train(Xc, Y, tree, params.ranker, params.pred,
+                                log=lambda rec: (levels.append(rec), emit({"stage": "rankers_level", **rec})))
+    emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
+    encoder.to("cpu")
+    info = {"finetune": state.history if state else [], "device": device, "levels": levels,
+            "finetune_tree": tree_ft.level_sizes(), "train_s": time.perf_counter() - t_all}
+    return XTransformerModel(params, label_names, featurizer, tokenizer, encoder, ranker, info)
+
+
+def checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XTransformerParams) -> str:
+    """Fingerprint of what a fine-tuning checkpoint depends on: the settings and the training data."""
+    import hashlib
+
+    h = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True).encode())
+    Y = smat.csr_matrix(Y)
+    h.update(np.asarray(Y.indptr, np.int64).tobytes())
+    h.update(np.asarray(Y.indices, np.int64).tobytes())
+    for text in texts:
+        h.update(text.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def train_with_checkpoints(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
+                           params: XTransformerParams, checkpoint_dir: str | Path,
+                           log: Callable[[dict], None] | None = None) -> XTransformerModel:
+    """`train_xr_transformer` that writes a checkpoint after each fine-tuning level to
+    `checkpoint_dir` and, when a checkpoint of the same settings and data is there, resumes from
+    its last finished level. The caller removes the folder once the model is saved."""
+    emit = log or (lambda rec: None)
+    key = checkpoint_key(texts, Y, params)
+    state = load_state(checkpoint_dir, key)
+    if state is not None:
+        emit({"stage": "resume", "levels_done": state.levels_done, "checkpoint": str(checkpoint_dir)})
+    else:
+        state = FineTuneState(key=key)
+    return train_xr_transformer(texts, Y, label_names, params, log=log, resume=state,
+                                on_level=lambda st: save_state(st, checkpoint_dir))
