@@ -155,3 +155,46 @@ def test_cli_train_predict_evaluate(data, tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--data", str(d), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n_test"] == 8 and 0 <= ev["p@1"] <= 100
+
+
+def test_dagster_assets_materialize(data, tmp_path):
+    from dagster import DagsterInstance, materialize
+
+    from xmc_assets.assets import corpus, label_embeddings, tfidf
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
+    from xmc_assets.transformer_assets import xr_transformer_assets
+    from xmc_core.results_db import read_evaluation
+
+    texts, Y, names = data
+    root = tmp_path / "root"
+    d = root / "tiny"
+    d.mkdir(parents=True)
+    for split, rows in (("train", slice(0, 40)), ("test", slice(40, 48))):
+        (d / f"{split}_texts.txt").write_text("".join(t + "\n" for t in texts[rows]))
+        lab = Y[rows]
+        (d / f"{split}_labels.txt").write_text(
+            "".join(" ".join(names[j] for j in lab.indices[lab.indptr[i]:lab.indptr[i + 1]]) + "\n"
+                    for i in range(lab.shape[0])))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, ["tiny"])
+    xrt_params = {k: v for k, v in PARAMS.items()}
+    resources = {
+        "data_root": DataRoot(path=str(root), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": XmcSettings(),
+        "xrt_settings": XTransformerSettings(params_json=json.dumps(xrt_params)),
+    }
+    result = materialize([corpus, tfidf, label_embeddings, *xr_transformer_assets], instance=instance,
+                         resources=resources, partition_key="tiny")
+    assert result.success
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert {"xr_transformer/encoder", "xr_transformer/rankers", "xr_transformer/metrics"} <= done
+    meta = result.asset_materializations_for_node("xr_transformer__encoder")[0].metadata
+    assert [r.data["nodes"] for r in meta["finetune_levels"].value.records] == [2, 4, 8]
+    model = load_model(tmp_path / "artifacts" / "tiny" / "xr_transformer_model" / "model")
+    assert isinstance(model, XTransformerModel)
+    rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
+    assert set(rows["model"]) == {"xr-transformer"} and rows.height > 0
+    assert not (tmp_path / "artifacts" / "tiny" / "xr_transformer_encoder" / "checkpoint").exists()

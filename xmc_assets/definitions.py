@@ -6,6 +6,7 @@ from the environment when the code location loads:
 
     XMC_PARAMS='{"ranker": {"Cp": 2}}'   XRLinearParams overrides (JSON)
     XMC_MAX_ROWS=300                     read only the first N documents of each split
+    XMC_XRT_PARAMS='{"finetune": {"steps_per_level": 50}}'   XTransformerParams overrides (JSON)
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from .assets import xr_linear_assets, with_settings
 from .automation import build_automation_sensor, build_weekly_retrain_schedule
 from .checks import xr_linear_checks
 from .partitions import dataset_folders_sensor
-from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
+from .transformer_assets import with_xrt_settings, xr_transformer_assets
 
 JOB_NAME = "xr_linear_pipeline"
+XRT_JOB_NAME = "xr_transformer_pipeline"
+XRT_PARAMS_ENV = "XMC_XRT_PARAMS"
 PARAMS_ENV = "XMC_PARAMS"
 MAX_ROWS_ENV = "XMC_MAX_ROWS"
 
@@ -38,6 +42,7 @@ def default_resources(settings: XmcSettings | None = None) -> dict:
         "artifacts": ArtifactStore(),
         "evaluation_db": EvaluationDB(),
         "xmc_settings": settings or XmcSettings(),
+        "xrt_settings": XTransformerSettings(params_json=os.environ.get(XRT_PARAMS_ENV) or "{}"),
     }
 
 
@@ -49,6 +54,14 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
     settings.params()  # invalid settings fail at load, with the Failure's message
     assets = with_settings(xr_linear_assets, settings)
     keys = [a.key for a in assets]
+    all_resources = {**default_resources(settings), **(resources or {})}
+    xrt_assets = with_xrt_settings(xr_transformer_assets, settings, all_resources["xrt_settings"])
+    xrt_job = define_asset_job(
+        XRT_JOB_NAME,
+        selection=AssetSelection.assets(*xrt_assets),
+        description=("XR-Transformer: encoder → refined_tree → rankers → metrics (needs the XR-Linear job's "
+                     "corpus, tfidf and label_embeddings of the partition)."),
+    )
     job = define_asset_job(
         JOB_NAME,
         selection=AssetSelection.assets(*assets),  # partitioned by dataset like its assets; checks included
@@ -56,12 +69,12 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
                      "Launch a backfill over all datasets from the asset graph: 'Materialize all' → all partitions."),
     )
     return Definitions(
-        assets=assets,
+        assets=assets + xrt_assets,
         asset_checks=xr_linear_checks,
-        jobs=[job],
+        jobs=[job, xrt_job],
         schedules=[build_weekly_retrain_schedule(JOB_NAME, keys)],
         sensors=[dataset_folders_sensor, build_automation_sensor(keys)],
-        resources={**default_resources(settings), **(resources or {})},
+        resources=all_resources,
     )
 
 

@@ -214,3 +214,35 @@ class XmcSettings(ConfigurableResource):
             return XRLinearParams().merged(overrides)
         except (TypeError, ValueError) as e:
             raise Failure(description=f"XmcSettings.params_json: {e}") from None
+
+
+class XTransformerSettings(ConfigurableResource):
+    """Settings of the XR-Transformer assets (`xmc_assets.transformer_assets`).
+
+    params_json: XTransformerParams overrides as a JSON object, e.g.
+        '{"finetune": {"steps_per_level": 50}, "encoder": {"name": "/models/my-bert"}}'. The
+        `tfidf` and `pifa` sections come from XmcSettings (the `tfidf` asset is shared).
+    """
+
+    params_json: str = "{}"
+
+    def params(self, xmc: "XmcSettings"):
+        from xmc_core.xtransformer import XTransformerParams
+
+        try:
+            overrides = json.loads(self.params_json or "{}")
+        except json.JSONDecodeError as e:
+            raise Failure(description=f"XTransformerSettings.params_json: invalid JSON ({e.msg} at char {e.pos})") from None
+        if not isinstance(overrides, dict):
+            raise Failure(description="XTransformerSettings.params_json: expected a JSON object")
+        shared_sections = sorted({"tfidf", "pifa"} & set(overrides))
+        if shared_sections:
+            raise Failure(description=f"XTransformerSettings.params_json: {shared_sections} belong to XmcSettings "
+                                      "(the tfidf and label_embeddings assets are shared by both methods)")
+        shared = xmc.params()
+        try:
+            return (XTransformerParams()
+                    .merged({"tfidf": shared.tfidf.to_dict(), "pifa": shared.pifa.to_dict()})
+                    .merged(overrides))
+        except (TypeError, ValueError) as e:
+            raise Failure(description=f"XTransformerSettings.params_json: {e}") from None

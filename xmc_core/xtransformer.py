@@ -53,7 +53,7 @@ from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel, _score_children, _with_bias
 
 __all__ = ["METHOD_XR_TRANSFORMER", "FineTuneParams", "XTransformerParams", "FineTuneState", "finetune_encoder",
-           "train_xr_transformer", "train_with_checkpoints", "checkpoint_key", "XTransformerModel", "concat_features",
+           "train_xr_transformer", "train_with_checkpoints", "fit_encoder", "fit_concat_rankers", "checkpoint_key", "XTransformerModel", "concat_features",
            "save_state", "load_state"]
 
 METHOD_XR_TRANSFORMER = "xr-transformer"
@@ -458,6 +458,67 @@ def finetune_tree(Z, ft: FineTuneParams, seed: int = 0) -> LabelTree:
     return build_tree(Z, TreeParams(nr_splits=ft.nr_splits, max_leaf_size=ft.max_leaf_size, seed=seed))
 
 
+def fit_encoder(texts: Sequence[str], X: smat.csr_matrix, Y: smat.spmatrix, params: XTransformerParams,
+                log: Callable[[dict], None] | None = None, resume: FineTuneState | None = None,
+                on_level: Callable[[FineTuneState], None] | None = None, Z=None):
+    """Stages 1-3: fine-tuning tree from PIFA on X, TF-IDF matcher on it, level-by-level fine-tuning.
+
+    texts: N raw documents; X: their N × D float32 CSR TF-IDF rows (l2); Y: N × L binary.
+    Z: PIFA label embeddings of X when already computed (L × D). Returns (tokenizer, encoder,
+    state or None when steps_per_level is 0, the fine-tuning tree, device).
+    """
+    import torch
+
+    emit = log or (lambda rec: None)
+    ft = params.finetune
+    if ft.threads:
+        torch.set_num_threads(ft.threads)
+    torch.manual_seed(ft.seed)
+    device = pick_device(params.encoder.device)
+    t0 = time.perf_counter()
+    Z = pifa(X, Y, params.pifa) if Z is None else Z
+    tree_ft = finetune_tree(Z, ft, seed=params.tree.seed)
+    matcher = XLinearModel.train(X, Y, tree_ft, params.ranker, params.pred)
+    emit({"stage": "tfidf_matcher", "seconds": time.perf_counter() - t0, "level_sizes": tree_ft.level_sizes()})
+    t0 = time.perf_counter()
+    tokenizer, encoder = load_encoder(params.encoder)
+    state = resume
+    if ft.steps_per_level > 0:
+        tokens = tokenize(tokenizer, list(texts), ft.max_length)
+        state = finetune_encoder(encoder, tokens, X, binarize(Y), tree_ft, matcher, ft, device, state, on_level, log,
+                                 tokenizer.pad_token_id or 0)
+        encoder.load_state_dict(state.encoder_state)
+    else:
+        state = None
+    emit({"stage": "finetune", "seconds": time.perf_counter() - t0, "device": device,
+          "levels": state.history if state else []})
+    return tokenizer, encoder, state, tree_ft, device
+
+
+def fit_concat_rankers(X: smat.csr_matrix, E: np.ndarray, Y: smat.spmatrix, params: XTransformerParams,
+                       log: Callable[[dict], None] | None = None, tree: LabelTree | None = None):
+    """Stage 4: refined PIFA tree on X_cat = l2_rows([X ⊕ E]) (unless given) and XR-Linear rankers.
+
+    Returns (tree, XLinearModel over N × (D + H) features, per-level records).
+    """
+    emit = log or (lambda rec: None)
+    Xc = concat_features(X, E)
+    if tree is None:
+        t0 = time.perf_counter()
+        tree = build_tree(pifa(Xc, Y, params.pifa), params.tree)
+        emit({"stage": "refined_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
+    t0 = time.perf_counter()
+    levels: list[dict] = []
+
+    def level_log(rec):
+        levels.append(rec)
+        emit({"stage": "rankers_level", **rec})
+
+    ranker = XLinearModel.train(Xc, Y, tree, params.ranker, params.pred, log=level_log)
+    emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
+    return tree, ranker, levels
+
+
 def train_xr_transformer(
     texts: Sequence[str],
     Y: smat.spmatrix,
@@ -472,55 +533,22 @@ def train_xr_transformer(
     texts: N raw documents. Y: N × L binary. resume / on_level: see `finetune_encoder`.
     `log` receives {"stage", "seconds", ...} records (and per-step fine-tuning records).
     """
-    import torch
-
     params = params or XTransformerParams()
     emit = log or (lambda rec: None)
     texts = list(texts)
     Y = binarize(Y)
     if len(texts) != Y.shape[0]:
         raise ValueError(f"train_xr_transformer: {len(texts)} texts for {Y.shape[0]} label rows")
-    ft = params.finetune
-    if ft.threads:
-        torch.set_num_threads(ft.threads)
-    torch.manual_seed(ft.seed)
-    device = pick_device(params.encoder.device)
     t_all = time.perf_counter()
-
     t0 = time.perf_counter()
     featurizer = TfidfVectorizer(params.tfidf)
     X = featurizer.fit_transform(texts)
     emit({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1]})
-
-    t0 = time.perf_counter()
-    tree_ft = finetune_tree(pifa(X, Y, params.pifa), ft, seed=params.tree.seed)
-    matcher = XLinearModel.train(X, Y, tree_ft, params.ranker, params.pred)
-    emit({"stage": "tfidf_matcher", "seconds": time.perf_counter() - t0, "level_sizes": tree_ft.level_sizes()})
-
-    t0 = time.perf_counter()
-    tokenizer, encoder = load_encoder(params.encoder)
-    pad_id = tokenizer.pad_token_id or 0
-    state = resume
-    if ft.steps_per_level > 0:
-        tokens = tokenize(tokenizer, texts, ft.max_length)
-        state = finetune_encoder(encoder, tokens, X, Y, tree_ft, matcher, ft, device, state, on_level, log, pad_id)
-        encoder.load_state_dict(state.encoder_state)
-    emit({"stage": "finetune", "seconds": time.perf_counter() - t0, "device": device,
-          "levels": state.history if state else []})
-
+    tokenizer, encoder, state, tree_ft, device = fit_encoder(texts, X, Y, params, log, resume, on_level)
     t0 = time.perf_counter()
     E = encode(encoder, tokenizer, texts, params.encoder, device)
     emit({"stage": "embed", "seconds": time.perf_counter() - t0, "n_docs": len(texts)})
-
-    t0 = time.perf_counter()
-    Xc = concat_features(X, E)
-    tree = build_tree(pifa(Xc, Y, params.pifa), params.tree)
-    emit({"stage": "refined_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
-    t0 = time.perf_counter()
-    levels = []
-    ranker = XLinearModel.train(Xc, Y, tree, params.ranker, params.pred,
-                                log=lambda rec: (levels.append(rec), emit({"stage": "rankers_level", **rec})))
-    emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
+    _, ranker, levels = fit_concat_rankers(X, E, Y, params, log)
     encoder.to("cpu")
     info = {"finetune": state.history if state else [], "device": device, "levels": levels,
             "finetune_tree": tree_ft.level_sizes(), "train_s": time.perf_counter() - t_all}
