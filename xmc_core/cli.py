@@ -112,7 +112,7 @@ def _train_split(args):
     return ds, load_s
 
 
-TRAIN_METHODS = ("xr-linear", "xr-linear-ld", "xr-transformer")
+TRAIN_METHODS = ("xr-linear", "xr-linear-ld", "xr-transformer", "xlgen")
 
 
 def cmd_train(args) -> dict:
@@ -120,6 +120,8 @@ def cmd_train(args) -> dict:
 
     if args.method == "xr-transformer":
         return cmd_train_xr_transformer(args)
+    if args.method == "xlgen":
+        return cmd_train_xlgen(args)
     methods = (METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD)
     if args.method not in methods:
         raise UsageError(f"--method: {args.method!r} is not available (available: {', '.join(TRAIN_METHODS)})")
@@ -202,6 +204,39 @@ def cmd_train_xr_transformer(args) -> dict:
             "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
 
 
+def cmd_train_xlgen(args) -> dict:
+    """`xmc train --method xlgen`: a generative model (xmc_core.xlgen); --params holds XLGenParams
+    (e.g. '{"variant": "mcg", "pu_drop": 0.5}')."""
+    overrides = _load_params(args.params)
+    if args.threads:
+        overrides.setdefault("threads", args.threads)
+    try:
+        from .xlgen import XLGenParams, train_xlgen
+
+        params = XLGenParams.from_dict(overrides)
+    except ImportError as e:
+        raise UsageError(f"--method xlgen needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--params: {e}") from None
+    ds, load_s = _train_split(args)
+    if ds.train.texts is None:
+        raise UsageError(f"--data {args.data}: xlgen reads raw texts; this dataset ({ds.layout}) has only feature vectors")
+
+    def log(rec):
+        if args.verbose:
+            print(json.dumps(rec, default=str), file=sys.stderr)
+
+    t0 = time.perf_counter()
+    model = train_xlgen(ds.train.texts, ds.train.Y, ds.label_names, params, log=log)
+    train_s = time.perf_counter() - t0
+    model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
+                       "train_s": train_s})
+    model.save(args.model)
+    return {"model": str(args.model), "method": model.method, "variant": params.variant, "dataset": ds.name,
+            "n_train": ds.train.n, "n_labels": ds.n_labels, "device": model.info.get("device"),
+            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+
+
 def cmd_predict(args) -> None:
     from .data import load_dataset
     from .model import load_model
@@ -236,8 +271,16 @@ def cmd_evaluate(args) -> dict:
     split = getattr(ds, args.split)
     if split is None:
         raise UsageError(f"--data {args.data}: no {args.split} split")
-    _check_model_inputs(model, _split_inputs(split), args.model, args.data)
     mp = MetricParams(propensity_A=args.propensity_a, propensity_B=args.propensity_b)
+    if getattr(model, "method", None) == "xlgen":  # one decoding pass: ranking + set metrics
+        from .xlgen import evaluate_xlgen
+
+        if split.texts is None:
+            raise UsageError(f"--data {args.data}: the XLGen model {args.model} reads raw texts; this dataset has none")
+        ev, extra = evaluate_xlgen(model, split.texts, split.Y, ds.label_names, mp, args.topk, args.beam_size)
+        extra = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in extra.items()}
+        return {**ev.flat(), **extra, "model": str(args.model), "split": args.split}
+    _check_model_inputs(model, _split_inputs(split), args.model, args.data)
     ev = evaluate_model(model, _split_inputs(split), split.Y, ds.label_names, mp, args.topk, args.beam_size)
     return {**ev.flat(), "model": str(args.model), "split": args.split}
 

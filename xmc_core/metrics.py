@@ -35,6 +35,8 @@ __all__ = [
     "ranking_metrics",
     "metrics_table",
     "set_metrics",
+    "tail_bucket_metrics",
+    "topk_sets",
 ]
 
 # Upper bound on the number of float64 cells a dense working block may hold
@@ -371,3 +373,75 @@ def set_metrics(Y_true, Y_pred_set) -> dict[str, float]:
         "micro_f1": _ratio(2.0 * tp, n_pred + n_true),
         "macro_f1": 100.0 * float(f1_l.mean()) if f1_l.size else 0.0,
     }
+
+
+def topk_sets(scores, sizes) -> sp.csr_matrix:
+    """A ranking turned into label sets: the ``sizes[i]`` best labels of row ``i``.
+
+    XLGen's protocol for ranking models (docs/algorithms.md): the set of instance ``i`` is its
+    top-|y_i| labels, i.e. ``sizes = |y_i|`` (an oracle size; rows with size 0 get no labels).
+
+    Args:
+        scores: (N, L) scores, see :func:`topk_indices`.
+        sizes: (N,) non-negative ints.
+
+    Returns:
+        (N, L) float32 binary CSR (fewer than ``sizes[i]`` entries where the row has fewer scores).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    n_rows, n_labels = scores.shape
+    if sizes.shape[0] != n_rows:
+        raise ValueError(f"sizes has {sizes.shape[0]} entries, expected {n_rows}")
+    K = int(sizes.max()) if n_rows else 0
+    top = topk_indices(scores, K)  # (N, K)
+    keep = (np.arange(K)[None, :] < sizes[:, None]) & (top >= 0)
+    rows = np.nonzero(keep)[0]
+    out = sp.csr_matrix((np.ones(rows.shape[0], np.float32), (rows, top[keep])), shape=(n_rows, n_labels))
+    out.sort_indices()
+    return out
+
+
+def tail_bucket_metrics(
+    Y_true, Y_pred_set, train_counts, buckets: tuple[tuple[int, int], ...] = ((0, 0), (1, 1))
+) -> dict[str, float | int | None]:
+    """Set metrics restricted to tail labels, bucketed by training frequency (percent).
+
+    A bucket ``(lo, hi)`` holds the labels with ``lo <= train_counts[l] <= hi``; its name is
+    ``tail{lo}`` (or ``tail{lo}-{hi}``). Columns of ``Y_true`` beyond ``len(train_counts)``
+    (test labels the model never saw) count as seen 0 times. Per bucket:
+
+    * ``{name}_labels``: bucket labels present in ``Y_true``; ``{name}_support``: their positives;
+    * ``{name}_recall`` = TP / support, ``{name}_precision`` = TP / predictions of bucket labels,
+      ``{name}_f1`` = 2 TP / (predictions + support) (pooled over the bucket; None when the
+      denominator is 0).
+
+    Args:
+        Y_true: (N, L') ground truth; Y_pred_set: (N, L') predicted sets (nonzero = in the set).
+        train_counts: (L,) training positives per label, L <= L'.
+    """
+    Y = binarize(Y_true)
+    P = binarize(Y_pred_set)
+    if Y.shape != P.shape:
+        raise ValueError(f"Y_true shape {Y.shape} != Y_pred_set shape {P.shape}")
+    n_labels = Y.shape[1]
+    counts = np.zeros(n_labels, dtype=np.int64)
+    tc = np.asarray(train_counts, dtype=np.int64).reshape(-1)
+    if tc.shape[0] > n_labels:
+        raise ValueError(f"train_counts has {tc.shape[0]} entries for {n_labels} columns")
+    counts[: tc.shape[0]] = tc
+    TP = Y.multiply(P).tocsr()
+    TP.eliminate_zeros()
+    tp_l = np.bincount(TP.indices, minlength=n_labels)
+    true_l = np.bincount(Y.indices, minlength=n_labels)
+    pred_l = np.bincount(P.indices, minlength=n_labels)
+    out: dict[str, float | int | None] = {}
+    for lo, hi in buckets:
+        name = f"tail{lo}" if lo == hi else f"tail{lo}-{hi}"
+        inside = (counts >= lo) & (counts <= hi)
+        tp, sup, pred = int(tp_l[inside].sum()), int(true_l[inside].sum()), int(pred_l[inside].sum())
+        out[f"{name}_labels"] = int(np.count_nonzero(inside & (true_l > 0)))
+        out[f"{name}_support"] = sup
+        out[f"{name}_recall"] = 100.0 * tp / sup if sup else None
+        out[f"{name}_precision"] = 100.0 * tp / pred if pred else None
+        out[f"{name}_f1"] = 200.0 * tp / (pred + sup) if pred + sup else None
+    return out

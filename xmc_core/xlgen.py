@@ -1,0 +1,933 @@
+"""XLGen: extreme multi-label classification as label-sequence generation, optionally guided by
+label clusters (Jung et al., "Cluster-Guided Label Generation in Extreme Multi-Label
+Classification", EACL 2023).
+
+A seq2seq model reads a document and writes its labels, most frequent (in training) first, then
+an end token. Three variants (`XLGenParams.variant`):
+
+* ``base`` — text → labels.
+* ``bcl`` — as base, plus the ground-truth *cluster bit-vector* as an auxiliary training signal:
+  a K-way multi-label cluster classifier on the pooled encoder output (BCE, weight `bcl_weight`).
+  The pooled vector is the one that also starts the decoder (see below), so the auxiliary loss
+  shapes what the decoder starts from. Inference reads text only; the head is not used.
+* ``mcg`` — multitask cluster generation: the target is ``<c3> <c17> <sep> label label <eos>``;
+  the cluster segment is the task text → clusters, the label segment (teacher-forced on the gold
+  clusters) the task clusters → labels. Inference generates clusters first, then labels given
+  them; with `restrict_to_clusters` the labels may only come from the generated clusters.
+
+Label clusters (`label_clusters`): a label's embedding is the mean MiniLM embedding of its
+training documents (at most `cluster_docs_per_label` of them, sampled with `seed`); spherical
+k-means (FAISS) into K = `n_clusters` clusters. Labels without training documents use the
+embedding of their name instead.
+
+Design choices (why not a stock `EncoderDecoderModel` over word pieces):
+
+* **One decoder token per label.** Reuters-style label names are short identifiers ("earn",
+  "money-fx"); generating them word piece by word piece adds steps and needs a trie to stay valid.
+  With one token per label (and per cluster `<c0>` … `<cK-1>`) the decoder vocabulary is
+  ``[pad, bos, eos, sep] + K clusters + L labels``; constrained decoding is then a mask over that
+  small vocabulary, and the output softmax costs L + K + 4 instead of 30k. The label tokens are
+  initialized from the mean MiniLM word-piece embedding of the label's name (clusters: mean of their
+  labels), so names carry their meaning in; the output layer is tied to these embeddings.
+* **Tokens in frequency-rank order.** Label token ids follow the training-frequency rank, so the
+  training order "most frequent first" is "increasing token id". Decoding only allows a label whose
+  rank is above the last one emitted: valid label names only, never a repeat, and no beam slots
+  wasted on permutations of one set. Clusters likewise.
+* **Warm start from the local MiniLM checkpoint** (`xmc_core.encoder.resolve_checkpoint`, nothing
+  from a hub): the encoder is MiniLM; the decoder is a BERT decoder (causal self-attention +
+  cross-attention) whose self-attention and feed-forward weights are MiniLM's first
+  `decoder_layers` layers (cross-attention is new). A short decoder is enough for sequences of a
+  few tokens and keeps CPU training cheap. The decoder's first input (bos) adds a projection of the
+  mean-pooled encoder output, so the document summary is available from step one.
+* **PU setting** (`pu_drop`): each training document loses a share `pu_drop` of its labels
+  (`pu_drop_labels`, seeded; the count per document is rounded stochastically, so the share dropped
+  is `pu_drop` in expectation also for one-label documents). Documents left without labels are
+  skipped when training the generator (`skip_unlabeled`): in PU learning a missing label is not
+  evidence of absence, and "text → end" targets would teach the model to stop early.
+
+Shapes: N documents, L labels, K clusters, H = 384 hidden size, V = 4 + K + L decoder tokens.
+`predict` returns an N × L float32 CSR: the generated set's labels score in (1, 2], decreasing
+along the generated order; other labels that some finished beam generated score their beam
+posterior mass in [0, 1) (so P@k beyond the set's size still ranks something sensible, and
+`scores > 1` is exactly the generated set).
+
+torch/transformers are imported lazily; nothing here reads or writes paths except `save`/`load`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+from .encoder import DEFAULT_ENCODER, EncoderParams, pad_batch, pick_device, resolve_checkpoint, tokenize
+from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, atomic_dir, read_model_meta
+from .params import ParamsBase
+
+__all__ = ["METHOD_XLGEN", "VARIANTS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters", "pu_drop_labels",
+           "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix", "Generation", "SET_SCORE_FLOOR"]
+
+METHOD_XLGEN = "xlgen"
+VARIANTS = ("base", "bcl", "mcg")
+
+#: decoder token ids of the special tokens; clusters start at N_SPECIAL, labels after the clusters
+PAD, BOS, EOS, SEP = 0, 1, 2, 3
+N_SPECIAL = 4
+
+#: scores above this are the generated set (see `XLGenModel.predict`)
+SET_SCORE_FLOOR = 1.0
+
+
+@dataclass
+class XLGenParams(ParamsBase):
+    """All settings of an XLGen model (flat; round-trips JSON; unknown keys are errors).
+
+    Model and data:
+        variant: "base", "bcl" or "mcg" (see the module docstring).
+        n_clusters: K label clusters (bcl, mcg); clamped to the number of labels.
+        pu_drop: share of each training document's labels dropped (PU setting); 0 = full labels.
+        seed: seeds PU dropping, cluster sampling, k-means, initialization and batch order.
+        encoder: local checkpoint folder or installed model package (`xmc_core.encoder`).
+        max_length: word pieces kept per document (training and inference).
+        decoder_layers: decoder depth (initialized from the encoder checkpoint's first layers).
+    Training (AdamW, linear warm-up then linear decay):
+        steps, batch_size: optimizer steps and documents per step.
+        lr: learning rate of the pretrained weights; lr_new: of the new ones (label/cluster token
+            embeddings, cross-attention, projection, cluster head).
+        warmup: share of the steps spent warming up; weight_decay: AdamW decay.
+        freeze_word_embeddings: keep the encoder's 30k × H word-piece table fixed (a third of
+            MiniLM's weights; saves optimizer time, and few steps would not move it usefully).
+        bcl_weight: weight of the cluster bit-vector loss (variant bcl).
+        skip_unlabeled: leave documents without labels out of generator training.
+    Clustering:
+        cluster_docs_per_label: documents embedded per label for its mean embedding (0: all).
+        kmeans_iter: k-means iterations.
+    Decoding (beam search over the constrained label vocabulary):
+        beam_size, max_labels (labels per document), max_clusters (mcg: clusters per document),
+        min_labels (labels before the end token is allowed), restrict_to_clusters (mcg),
+        length_penalty (hypothesis score = log p / length^length_penalty; 0: plain log p),
+        eval_batch_size: documents per inference batch.
+    Machine:
+        device: "auto" (CUDA with bf16 autocast when present), "cpu" or "cuda".
+        threads: torch intra-op threads on CPU (0: leave torch's setting).
+    """
+
+    variant: str = "base"
+    n_clusters: int = 30
+    pu_drop: float = 0.0
+    seed: int = 0
+    encoder: str = DEFAULT_ENCODER
+    max_length: int = 64
+    decoder_layers: int = 2
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 1e-4
+    lr_new: float = 1e-3
+    warmup: float = 0.06
+    weight_decay: float = 0.01
+    freeze_word_embeddings: bool = True
+    bcl_weight: float = 1.0
+    skip_unlabeled: bool = True
+    cluster_docs_per_label: int = 32
+    kmeans_iter: int = 20
+    beam_size: int = 4
+    max_labels: int = 10
+    max_clusters: int = 4
+    min_labels: int = 1
+    restrict_to_clusters: bool = True
+    length_penalty: float = 0.0
+    eval_batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"XLGenParams.variant: one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if not 0.0 <= self.pu_drop < 1.0:
+            raise ValueError(f"XLGenParams.pu_drop: must be in [0, 1), got {self.pu_drop}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"XLGenParams.device: 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        for name in ("n_clusters", "max_length", "decoder_layers", "batch_size", "beam_size", "max_labels",
+                     "max_clusters", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"XLGenParams.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise ValueError(f"XLGenParams.max_length: must be >= 2, got {self.max_length}")
+        if self.steps < 0 or self.min_labels < 0 or self.cluster_docs_per_label < 0:
+            raise ValueError("XLGenParams: steps, min_labels and cluster_docs_per_label must be >= 0")
+
+    @property
+    def uses_clusters(self) -> bool:
+        return self.variant in ("bcl", "mcg")
+
+
+# --------------------------------------------------------------------------- label-side numerics
+
+
+def pu_drop_labels(Y: smat.spmatrix, frac: float, seed: int = 0) -> smat.csr_matrix:
+    """The PU setting: drop a share `frac` of each document's labels, seeded.
+
+    Document i with |y_i| labels loses floor(frac·|y_i| + u_i) of them (u_i ~ U[0, 1)), chosen
+    uniformly: the expected share dropped is `frac` for every document, one-label documents
+    included. Y: N × L CSR (nonzero = positive). Returns N × L float32 CSR (binary), sorted indices.
+    """
+    Y = smat.csr_matrix(Y, dtype=np.float32, copy=True)
+    Y.sum_duplicates()
+    Y.eliminate_zeros()
+    if frac <= 0.0 or Y.nnz == 0:
+        Y.data[:] = 1.0
+        return Y
+    rng = np.random.default_rng(seed)
+    n = Y.shape[0]
+    sizes = np.diff(Y.indptr).astype(np.int64)
+    n_drop = np.floor(frac * sizes + rng.random(n)).astype(np.int64)  # (N,)
+    rows = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    # rank of each entry within its row under a random key; the n_drop lowest ranks go
+    order = np.lexsort((rng.random(Y.nnz), rows))
+    rank = np.empty(Y.nnz, dtype=np.int64)
+    rank[order] = np.arange(Y.nnz, dtype=np.int64) - Y.indptr[:-1].astype(np.int64)[rows[order]]
+    keep = rank >= n_drop[rows]
+    out = smat.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], Y.indices[keep])), shape=Y.shape)
+    out.sort_indices()
+    return out
+
+
+def frequency_rank(counts: np.ndarray) -> np.ndarray:
+    """(L,) int64 rank of each label by decreasing count (ties: lower label id first); rank 0 is the
+    most frequent label."""
+    counts = np.asarray(counts)
+    order = np.lexsort((np.arange(len(counts)), -counts.astype(np.float64)))
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[order] = np.arange(len(counts), dtype=np.int64)
+    return rank
+
+
+def label_clusters(doc_emb: np.ndarray, Y: smat.spmatrix, n_clusters: int, seed: int = 0, niter: int = 20,
+                   fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherical k-means (FAISS) of label embeddings = mean embedding of each label's documents.
+
+    Args:
+        doc_emb: N × H float32 document embeddings.
+        Y: N × L label matrix of those documents (nonzero = positive).
+        n_clusters: K; clamped to L.
+        fallback: optional L × H embeddings for labels without documents (e.g. of their names);
+            without it such labels get a zero vector (and the cluster FAISS assigns it).
+    Returns:
+        assign (L,) int64 cluster id per label, centroids K × H float32 (unit rows), label_emb
+        L × H float32 (unit rows, zero for a label without documents or fallback).
+    """
+    import faiss
+
+    Yb = smat.csr_matrix(Y, dtype=np.float32, copy=True)
+    Yb.data[:] = 1.0
+    n_labels = Yb.shape[1]
+    counts = np.asarray(Yb.sum(axis=0)).ravel()  # (L,)
+    Z = np.asarray(Yb.T @ np.asarray(doc_emb, dtype=np.float32), dtype=np.float32)  # (L, H)
+    Z /= np.maximum(counts, 1.0)[:, None]
+    if fallback is not None:
+        empty = counts == 0
+        Z[empty] = np.asarray(fallback, dtype=np.float32)[empty]
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    Z = np.where(norms > 0, Z / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    k = int(min(max(n_clusters, 1), n_labels))
+    trainable = Z[np.linalg.norm(Z, axis=1) > 0]
+    if k == 1 or len(trainable) < k:
+        return np.zeros(n_labels, np.int64), np.zeros((k, Z.shape[1]), np.float32), Z
+    km = faiss.Kmeans(Z.shape[1], k, niter=niter, seed=int(seed), spherical=True, verbose=False,
+                      min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(trainable))
+    _, assign = km.index.search(np.ascontiguousarray(Z), 1)
+    return assign.ravel().astype(np.int64), np.asarray(km.centroids, dtype=np.float32), Z
+
+
+@dataclass
+class _Vocab:
+    """The decoder vocabulary: specials, clusters in frequency-rank order, labels in frequency-rank
+    order. label_rank (L,), cluster_rank (K,) (−1-free), label_cluster_rank (L,) cluster rank of
+    each label's cluster (−1 without clusters)."""
+
+    label_rank: np.ndarray
+    cluster_rank: np.ndarray | None
+    label_cluster: np.ndarray | None  # (L,) cluster id per label
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.label_rank)
+
+    @property
+    def n_clusters(self) -> int:
+        return 0 if self.cluster_rank is None else len(self.cluster_rank)
+
+    @property
+    def label_offset(self) -> int:
+        return N_SPECIAL + self.n_clusters
+
+    @property
+    def size(self) -> int:
+        return self.label_offset + self.n_labels
+
+    def label_token(self, labels: np.ndarray) -> np.ndarray:
+        return self.label_offset + self.label_rank[labels]
+
+    def cluster_token(self, clusters: np.ndarray) -> np.ndarray:
+        return N_SPECIAL + self.cluster_rank[clusters]
+
+    def rank_to_label(self) -> np.ndarray:
+        """(L,) label id of each rank."""
+        out = np.empty(self.n_labels, dtype=np.int64)
+        out[self.label_rank] = np.arange(self.n_labels)
+        return out
+
+    def rank_cluster_of_label_rank(self) -> np.ndarray:
+        """(L,) cluster rank of the label at each label rank."""
+        return self.cluster_rank[self.label_cluster[self.rank_to_label()]]
+
+
+def _make_vocab(counts: np.ndarray, label_cluster: np.ndarray | None) -> _Vocab:
+    label_rank = frequency_rank(counts)
+    if label_cluster is None:
+        return _Vocab(label_rank, None, None)
+    k = int(label_cluster.max()) + 1 if len(label_cluster) else 0
+    cluster_counts = np.bincount(label_cluster, weights=counts.astype(np.float64), minlength=k)
+    return _Vocab(label_rank, frequency_rank(cluster_counts), np.asarray(label_cluster, np.int64))
+
+
+def build_targets(Y: smat.spmatrix, vocab: _Vocab, variant: str) -> list[list[int]]:
+    """Decoder target per document (without bos): label tokens in rank order, then eos; for mcg the
+    rank-ordered cluster tokens of the document's labels and sep come first."""
+    Y = smat.csr_matrix(Y)
+    out = []
+    for i in range(Y.shape[0]):
+        labels = Y.indices[Y.indptr[i]:Y.indptr[i + 1]]
+        labels = labels[Y.data[Y.indptr[i]:Y.indptr[i + 1]] != 0]
+        seq: list[int] = []
+        if variant == "mcg" and len(labels):
+            clusters = np.unique(vocab.label_cluster[labels])
+            seq += sorted(vocab.cluster_token(clusters).tolist())
+            seq.append(SEP)
+        seq += sorted(vocab.label_token(labels).tolist())
+        seq.append(EOS)
+        out.append(seq)
+    return out
+
+
+# --------------------------------------------------------------------------- the torch module
+
+
+def _seq2seq_class():
+    import torch
+    from torch import nn
+
+    class _Seq2Seq(nn.Module):
+        """MiniLM encoder + short BERT decoder over the label/cluster token vocabulary.
+
+        encode(ids B×S, mask B×S) → (hidden B×S×H, pooled B×H); decode(hidden, mask, pooled,
+        tokens B×T) → logits B×T×V (tokens[:, 0] is bos); cluster_logits(pooled) → B×K (bcl).
+        """
+
+        def __init__(self, encoder, decoder, n_tokens: int, n_cluster_head: int):
+            super().__init__()
+            H = encoder.config.hidden_size
+            self.encoder = encoder
+            self.decoder = decoder
+            self.tokens = nn.Embedding(n_tokens, H)
+            self.out_bias = nn.Parameter(torch.zeros(n_tokens))
+            self.bos_proj = nn.Linear(H, H)
+            nn.init.zeros_(self.bos_proj.weight)
+            nn.init.zeros_(self.bos_proj.bias)
+            self.cluster_head = nn.Linear(H, n_cluster_head) if n_cluster_head else None
+
+        def encode(self, ids, mask):
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+            return hidden, pooled
+
+        def decode(self, hidden, mask, pooled, tokens):
+            x = self.tokens(tokens)
+            start = x[:, :1] + self.bos_proj(pooled).unsqueeze(1).to(x.dtype)
+            x = torch.cat([start, x[:, 1:]], dim=1)
+            h = self.decoder(inputs_embeds=x, encoder_hidden_states=hidden,
+                             encoder_attention_mask=mask).last_hidden_state
+            return h @ self.tokens.weight.T.to(h.dtype) + self.out_bias.to(h.dtype)
+
+        def cluster_logits(self, pooled):
+            return self.cluster_head(pooled)
+
+    return _Seq2Seq
+
+
+def _decoder_config(encoder_config, layers: int):
+    cfg = encoder_config.__class__.from_dict(encoder_config.to_dict())
+    cfg.is_decoder = True
+    cfg.add_cross_attention = True
+    cfg.num_hidden_layers = int(layers)
+    cfg.vocab_size = 1  # the decoder reads `inputs_embeds` from the label/cluster token table
+    return cfg
+
+
+def _build_module(encoder, n_tokens: int, n_cluster_head: int, decoder_layers: int, warm_start: bool):
+    """The seq2seq around `encoder` (a transformers BertModel); with warm_start the decoder's
+    self-attention/FFN/position weights come from the encoder's first layers."""
+    from transformers import BertModel
+
+    cfg = _decoder_config(encoder.config, min(decoder_layers, encoder.config.num_hidden_layers)
+                          if warm_start else decoder_layers)
+    decoder = BertModel(cfg, add_pooling_layer=False)
+    if warm_start:
+        state = {k: v for k, v in encoder.state_dict().items()
+                 if not k.startswith("pooler") and "word_embeddings" not in k}
+        state = {k: v for k, v in state.items()
+                 if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < cfg.num_hidden_layers}
+        decoder.load_state_dict(state, strict=False)
+    return _seq2seq_class()(encoder, decoder, n_tokens, n_cluster_head)
+
+
+def _init_token_embeddings(module, tokenizer, label_names: Sequence[str], vocab: _Vocab) -> None:
+    """Label tokens ← mean word-piece embedding of the name ("money-fx" → money, -, f, ##x);
+    clusters ← mean of their labels; bos ← [CLS], eos ← [SEP], sep ← [MASK], pad ← 0."""
+    import torch
+
+    words = module.encoder.embeddings.word_embeddings.weight.detach()
+    E = torch.zeros(vocab.size, words.shape[1])
+    label_vecs = torch.zeros(vocab.n_labels, words.shape[1])
+    for lid, name in enumerate(label_names):
+        pieces = tokenizer(str(name).replace("_", " "), add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+        label_vecs[lid] = words[pieces].mean(0)
+    E[torch.from_numpy(vocab.label_token(np.arange(vocab.n_labels)))] = label_vecs
+    for special, tok in ((BOS, tokenizer.cls_token_id), (EOS, tokenizer.sep_token_id), (SEP, tokenizer.mask_token_id)):
+        if tok is not None:
+            E[special] = words[tok]
+    if vocab.n_clusters:
+        for c in range(vocab.n_clusters):
+            members = np.flatnonzero(vocab.label_cluster == c)
+            if len(members):
+                E[N_SPECIAL + vocab.cluster_rank[c]] = label_vecs[torch.from_numpy(members)].mean(0)
+    with torch.no_grad():
+        module.tokens.weight.copy_(E)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _autocast(device: str):
+    import torch
+
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+
+
+def _pad_targets(seqs: Sequence[Sequence[int]]) -> np.ndarray:
+    """B × (1 + max len) int64: bos, the sequence, pad."""
+    width = 1 + max(len(s) for s in seqs)
+    out = np.full((len(seqs), width), PAD, dtype=np.int64)
+    out[:, 0] = BOS
+    for i, s in enumerate(seqs):
+        out[i, 1:1 + len(s)] = s
+    return out
+
+
+def _embed_for_clusters(text_encoder, tokenizer, texts, Y, params: XLGenParams, device: str,
+                        rng) -> tuple[np.ndarray, np.ndarray]:
+    """(N × H float32 embeddings, (N,) bool chosen): at most `cluster_docs_per_label` documents per
+    label are embedded (zero rows for the others); each label's mean runs over its chosen ones."""
+    from .encoder import encode
+
+    Yc = smat.csc_matrix(Y)
+    chosen = np.zeros(len(texts), dtype=bool)
+    for l in range(Yc.shape[1]):
+        docs = Yc.indices[Yc.indptr[l]:Yc.indptr[l + 1]]
+        if params.cluster_docs_per_label and len(docs) > params.cluster_docs_per_label:
+            docs = rng.choice(docs, size=params.cluster_docs_per_label, replace=False)
+        chosen[docs] = True
+    rows = np.flatnonzero(chosen)
+    emb = np.zeros((len(texts), text_encoder.hidden_size), dtype=np.float32)
+    ep = EncoderParams(name=params.encoder, max_length=params.max_length, batch_size=params.eval_batch_size,
+                       device=params.device)
+    emb[rows] = encode(text_encoder, tokenizer, [texts[i] for i in rows], ep, device=device)
+    return emb, chosen
+
+
+def cluster_labels(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
+                   params: XLGenParams | None = None, encoder=None) -> tuple[np.ndarray, dict]:
+    """XLGen's label clusters for training documents `texts` with labels Y (N × L; pass the labels
+    the model trains on, i.e. PU-dropped ones in the PU setting).
+
+    Embeds at most `params.cluster_docs_per_label` documents per label (and the label names, the
+    fallback of labels without documents) with the pretrained encoder, then `label_clusters`.
+    encoder: optional (tokenizer, TextEncoder) already loaded. Returns ((L,) int64 cluster id per
+    label, info dict: n_clusters, docs_embedded, cluster_sizes).
+    """
+    from .encoder import encode, load_encoder
+
+    params = params or XLGenParams()
+    device = pick_device(params.device)
+    if encoder is None:
+        encoder = load_encoder(EncoderParams(name=params.encoder, device=params.device),
+                               checkpoint=resolve_checkpoint(params.encoder))
+    tokenizer, text_encoder = encoder
+    rng = np.random.default_rng([params.seed, 1])
+    Y = smat.csr_matrix(Y)
+    emb, chosen = _embed_for_clusters(text_encoder, tokenizer, list(texts), Y, params, device, rng)
+    Ysub = smat.diags(chosen.astype(np.float32)) @ Y
+    names_emb = encode(text_encoder, tokenizer, [str(n).replace("_", " ") for n in label_names],
+                       EncoderParams(name=params.encoder, max_length=16, device=params.device), device=device)
+    clusters, _, _ = label_clusters(emb, Ysub, params.n_clusters, params.seed, params.kmeans_iter, fallback=names_emb)
+    sizes = np.bincount(clusters, minlength=int(clusters.max()) + 1)
+    return clusters, {"n_clusters": int(len(sizes)), "docs_embedded": int(chosen.sum()),
+                      "cluster_sizes": sizes.tolist()}
+
+
+def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
+                params: XLGenParams | None = None, log: Callable[[dict], None] | None = None,
+                clusters: np.ndarray | None = None) -> "XLGenModel":
+    """Train an XLGen model.
+
+    Args:
+        texts: N training documents.
+        Y: N × L label matrix (nonzero = positive), columns named `label_names`.
+        params: settings (variant, PU drop, clustering, optimizer, decoding).
+        log: receives {"stage": ..., "seconds": ..., ...} records (clusters, train progress).
+        clusters: optional (L,) int64 precomputed cluster id per label (from `cluster_labels` on the
+            same, PU-dropped, labels); computed here for bcl/mcg when None.
+    Returns:
+        An XLGenModel (label counts are those of the labels it trained on, i.e. after PU dropping).
+    """
+    import torch
+
+    from .encoder import load_encoder
+
+    params = params or XLGenParams()
+    emit = log or (lambda rec: None)
+    if len(texts) != Y.shape[0]:
+        raise ValueError(f"train_xlgen: {len(texts)} texts for {Y.shape[0]} label rows")
+    if len(label_names) != Y.shape[1]:
+        raise ValueError(f"train_xlgen: {len(label_names)} label names for {Y.shape[1]} label columns")
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    device = pick_device(params.device)
+    rng = np.random.default_rng(params.seed)
+    torch.manual_seed(params.seed)
+
+    n_pos_before = int(smat.csr_matrix(Y).count_nonzero())
+    Y = pu_drop_labels(Y, params.pu_drop, params.seed)  # binary copy (no drop when pu_drop is 0)
+    counts = np.diff(smat.csc_matrix(Y).indptr).astype(np.int64)  # (L,)
+    checkpoint = resolve_checkpoint(params.encoder)
+    tokenizer, text_encoder = load_encoder(EncoderParams(name=params.encoder, device=params.device),
+                                           checkpoint=checkpoint)
+
+    if params.uses_clusters and clusters is None:
+        t0 = time.perf_counter()
+        clusters, cinfo = cluster_labels(texts, Y, label_names, params, encoder=(tokenizer, text_encoder))
+        emit({"stage": "clusters", "seconds": time.perf_counter() - t0, **cinfo})
+    if not params.uses_clusters:
+        clusters = None
+    elif len(clusters) != Y.shape[1]:
+        raise ValueError(f"train_xlgen: {len(clusters)} cluster ids for {Y.shape[1]} labels")
+    else:
+        clusters = np.asarray(clusters, dtype=np.int64)
+    vocab = _make_vocab(counts, clusters)
+
+    module = _build_module(text_encoder.backbone, vocab.size, vocab.n_clusters if params.variant == "bcl" else 0,
+                           params.decoder_layers, warm_start=True)
+    _init_token_embeddings(module, tokenizer, label_names, vocab)
+    module.to(device)
+
+    t0 = time.perf_counter()
+    targets = build_targets(Y, vocab, params.variant)
+    doc_rows = np.arange(len(texts))
+    if params.skip_unlabeled:
+        doc_rows = doc_rows[np.diff(Y.indptr) > 0]
+    if len(doc_rows) == 0:
+        raise ValueError("train_xlgen: no training document has a label")
+    flat, offsets = tokenize(tokenizer, texts, params.max_length)
+    cluster_bits = None
+    if params.variant == "bcl":
+        C = smat.csr_matrix((np.ones(len(clusters), np.float32), (np.arange(len(clusters)), clusters)),
+                            shape=(len(clusters), vocab.n_clusters))
+        cluster_bits = (Y @ C).toarray() > 0  # (N, K)
+
+    if params.freeze_word_embeddings:
+        module.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    pretrained = [p for n, p in module.named_parameters()
+                  if p.requires_grad and (n.startswith("encoder.") or
+                                          (n.startswith("decoder.") and "crossattention" not in n))]
+    pretrained_ids = {id(p) for p in pretrained}
+    new = [p for p in module.parameters() if p.requires_grad and id(p) not in pretrained_ids]
+    opt = torch.optim.AdamW([{"params": pretrained, "lr": params.lr}, {"params": new, "lr": params.lr_new}],
+                            weight_decay=params.weight_decay)
+    warm = max(1, int(round(params.warmup * params.steps)))
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (params.steps - step) / max(1, params.steps - warm))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    pad_id = tokenizer.pad_token_id or 0
+    module.train()
+    order = rng.permutation(doc_rows)
+    cursor = 0
+    loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+    log_every = max(1, min(50, params.steps // 10 or 1))
+    for step in range(params.steps):
+        if cursor + params.batch_size > len(order):
+            order, cursor = rng.permutation(doc_rows), 0
+        rows = order[cursor:cursor + params.batch_size]
+        cursor += params.batch_size
+        ids, mask = pad_batch(flat, offsets, rows, pad_id)
+        tgt = torch.from_numpy(_pad_targets([targets[r] for r in rows])).to(device)
+        ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        with _autocast(device):
+            hidden, pooled = module.encode(ids, mask)
+            logits = module.decode(hidden, mask, pooled, tgt[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab.size), tgt[:, 1:].reshape(-1),
+                                                     ignore_index=PAD)
+            if cluster_bits is not None:
+                bits = torch.from_numpy(cluster_bits[rows].astype(np.float32)).to(device)
+                loss = loss + params.bcl_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+                    module.cluster_logits(pooled).float(), bits)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum += float(loss.detach())
+        loss_n += 1
+        if (step + 1) % log_every == 0 or step + 1 == params.steps:
+            emit({"stage": "train", "step": step + 1, "loss": loss_sum / loss_n,
+                  "seconds": time.perf_counter() - t0, "step_s": (time.perf_counter() - t_log) / loss_n})
+            loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+    module.eval()
+    model = XLGenModel(params, list(label_names), module, tokenizer, vocab,
+                       info={"train_docs": int(len(doc_rows)), "device": device, "train_positives": int(Y.nnz),
+                             "train_positives_before_pu": n_pos_before})
+    model.set_label_counts(Y)
+    emit({"stage": "train_done", "seconds": time.perf_counter() - t0})
+    return model
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class Generation:
+    """What one decoding pass gives: `sets[i]` the label ids of document i's best hypothesis in
+    generated order; `scores` N × L float32 CSR as described in `XLGenModel.predict`."""
+
+    sets: list[list[int]]
+    scores: smat.csr_matrix
+
+
+class XLGenModel(LabelSpace):
+    """A trained XLGen model: tokenizer + seq2seq module + the label/cluster token vocabulary.
+
+    Folder layout (`save` / `load`; loads without Dagster):
+
+        params.json            format_version, method "xlgen", params (XLGenParams), info,
+                               n_labels, n_clusters, decoder_layers
+        labels.txt             label names (line index = label id)
+        vocab.npz              label_rank (L,), cluster_rank (K,), label_cluster (L,)
+        encoder_config.json    the encoder's transformers config
+        weights.safetensors    the seq2seq module's state dict (float32)
+        tokenizer/             the encoder's tokenizer files
+        label_counts.npy, train_stats.json   training label counts (PSP@k, tail buckets)
+    """
+
+    method = METHOD_XLGEN
+
+    def __init__(self, params: XLGenParams, label_names: list[str], module, tokenizer, vocab: _Vocab,
+                 info: dict | None = None):
+        if len(label_names) != vocab.n_labels:
+            raise ValueError(f"XLGenModel: {len(label_names)} label names for {vocab.n_labels} label tokens")
+        self.params = params
+        self.label_names = list(label_names)
+        self.module = module
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.info = dict(info or {})
+        self.label_counts = None
+        self.n_train = None
+        self._device = None
+
+    @property
+    def featurizer(self):
+        """The tokenizer: this model reads raw texts (the CLI checks a text model has a featurizer)."""
+        return self.tokenizer
+
+    @property
+    def label_clusters(self) -> np.ndarray | None:
+        """(L,) int64 cluster id per label (bcl, mcg), None for base."""
+        return self.vocab.label_cluster
+
+    def _ready(self) -> str:
+        if self._device is None:
+            self._device = pick_device(self.params.device)
+            self.module.to(self._device)
+            self.module.eval()
+        return self._device
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _beam_search(self, hidden, mask, pooled, beam: int):
+        """Constrained beam search for one batch. Returns (tokens (B, W, T) int64 numpy,
+        scores (B, W) float64 numpy with -inf for dead hypotheses), hypotheses of a document sorted
+        by decreasing score."""
+        import torch
+
+        p, v = self.params, self.vocab
+        dev = hidden.device
+        B, W, V, K, L = hidden.shape[0], beam, v.size, v.n_clusters, v.n_labels
+        mcg = p.variant == "mcg" and K > 0
+        n = B * W
+        hidden = hidden.repeat_interleave(W, 0)
+        mask = mask.repeat_interleave(W, 0)
+        pooled = pooled.repeat_interleave(W, 0)
+        tokens = torch.full((n, 1), BOS, dtype=torch.long, device=dev)
+        score = torch.zeros(B, W, dtype=torch.float32, device=dev)
+        score[:, 1:] = -math.inf
+        phase = torch.full((n,), not mcg, dtype=torch.bool, device=dev)  # True: the label segment
+        last_c = torch.full((n,), -1, dtype=torch.long, device=dev)
+        last_l = torch.full((n,), -1, dtype=torch.long, device=dev)
+        n_c = torch.zeros(n, dtype=torch.long, device=dev)
+        n_l = torch.zeros(n, dtype=torch.long, device=dev)
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)
+        chosen = torch.zeros(n, max(K, 1), dtype=torch.bool, device=dev)
+        lab_rank = torch.arange(L, device=dev)
+        clu_rank = torch.arange(K, device=dev)
+        lab_clu = torch.from_numpy(v.rank_cluster_of_label_rank()).to(dev) if mcg else None
+        off = v.label_offset
+        steps = (p.max_clusters + 1 if mcg else 0) + p.max_labels + 1
+        rows = torch.arange(n, device=dev)
+        for _ in range(steps):
+            with _autocast(str(dev.type)):
+                logits = self.module.decode(hidden, mask, pooled, tokens)[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            allowed = torch.zeros(n, V, dtype=torch.bool, device=dev)
+            if mcg:
+                allowed[:, N_SPECIAL:N_SPECIAL + K] = ((~phase)[:, None] & (clu_rank[None] > last_c[:, None])
+                                                       & (n_c < p.max_clusters)[:, None])
+                allowed[:, SEP] = ~phase & (n_c >= 1)
+            l_ok = phase[:, None] & (lab_rank[None] > last_l[:, None]) & (n_l < p.max_labels)[:, None]
+            if mcg and p.restrict_to_clusters:
+                l_ok &= chosen[:, lab_clu]
+            allowed[:, off:] = l_ok
+            allowed[:, EOS] = phase & ((n_l >= p.min_labels) | ~l_ok.any(1))
+            logp = logp.masked_fill(~allowed, -math.inf)
+            logp[finished] = -math.inf
+            logp[finished, PAD] = 0.0
+            cand = (score.reshape(n, 1) + logp).reshape(B, W * V)
+            top_s, top_i = cand.topk(W, dim=1)  # (B, W)
+            src = (top_i // V + torch.arange(B, device=dev)[:, None] * W).reshape(n)
+            tok = (top_i % V).reshape(n)
+            tokens = torch.cat([tokens[src], tok[:, None]], dim=1)
+            phase, last_c, last_l, n_c, n_l = phase[src], last_c[src], last_l[src], n_c[src], n_l[src]
+            finished, chosen = finished[src], chosen[src]
+            score = top_s
+            is_c = (tok >= N_SPECIAL) & (tok < off)
+            is_l = tok >= off
+            if mcg:
+                c_idx = (tok - N_SPECIAL).clamp(0, K - 1)
+                chosen[rows, c_idx] |= is_c
+                last_c = torch.where(is_c, tok - N_SPECIAL, last_c)
+                n_c = n_c + is_c.long()
+                phase = phase | (tok == SEP)
+            last_l = torch.where(is_l, tok - off, last_l)
+            n_l = n_l + is_l.long()
+            finished = finished | (tok == EOS) | torch.isinf(score.reshape(n))
+            if bool(finished.all()):
+                break
+        final = score.double()
+        if p.length_penalty:
+            length = (tokens != PAD).sum(1).reshape(B, W).double() - 1.0  # generated tokens
+            final = final / length.clamp_min(1.0) ** p.length_penalty
+        order = torch.argsort(final, dim=1, descending=True, stable=True)
+        final = torch.gather(final, 1, order)
+        tokens = tokens.reshape(B, W, -1)[torch.arange(B, device=dev)[:, None], order]
+        return tokens.cpu().numpy(), final.cpu().numpy()
+
+    def generate(self, texts: Sequence[str], beam_size: int | None = None, topk: int | None = None) -> Generation:
+        """Decode `texts` (N strings): the best hypothesis' label set per document, and scores
+        (see `predict`), at most `topk` per row."""
+        import torch
+
+        if isinstance(texts, str):
+            texts = [texts]
+        if smat.issparse(texts) or isinstance(texts, np.ndarray):
+            raise ValueError("XLGen models read raw texts, not feature vectors")
+        texts = list(texts)
+        device = self._ready()
+        beam = int(beam_size or self.params.beam_size)
+        rank_to_label = self.vocab.rank_to_label()
+        off = self.vocab.label_offset
+        flat, offsets = tokenize(self.tokenizer, texts, self.params.max_length)
+        order = np.argsort(np.diff(offsets), kind="stable")
+        pad_id = self.tokenizer.pad_token_id or 0
+        sets: list[list[int]] = [[] for _ in texts]
+        rows_out, cols_out, vals_out = [], [], []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.params.eval_batch_size):
+                rows = order[start:start + self.params.eval_batch_size]
+                ids, mask = pad_batch(flat, offsets, rows, pad_id)
+                ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+                with _autocast(device):
+                    hidden, pooled = self.module.encode(ids, mask)
+                toks, scores = self._beam_search(hidden, mask, pooled, beam)
+                for b, doc in enumerate(rows):
+                    labels_of = [rank_to_label[toks[b, w][toks[b, w] >= off] - off] for w in range(toks.shape[1])]
+                    best = [int(x) for x in labels_of[0]]
+                    sets[doc] = best
+                    alive = np.isfinite(scores[b])
+                    weights = np.zeros_like(scores[b])
+                    if alive.any():
+                        s = scores[b][alive]
+                        weights[alive] = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+                    mass: dict[int, float] = {}
+                    for w in range(1, toks.shape[1]):
+                        for lab in labels_of[w]:
+                            mass[int(lab)] = mass.get(int(lab), 0.0) + float(weights[w])
+                    entries = [(lab, 1.0 + (len(best) - j) / len(best)) for j, lab in enumerate(best)]
+                    in_best = set(best)
+                    entries += [(lab, min(m, 0.999999)) for lab, m in mass.items() if lab not in in_best and m > 0]
+                    entries.sort(key=lambda e: -e[1])
+                    if topk is not None:
+                        entries = entries[:topk]
+                    rows_out += [doc] * len(entries)
+                    cols_out += [e[0] for e in entries]
+                    vals_out += [e[1] for e in entries]
+        P = smat.csr_matrix((np.asarray(vals_out, np.float32), (np.asarray(rows_out, np.int64),
+                                                                 np.asarray(cols_out, np.int64))),
+                            shape=(len(texts), self.n_labels))
+        P.sort_indices()
+        return Generation(sets, P)
+
+    def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
+                post_processor: str | None = None) -> smat.csr_matrix:
+        """N × L float32 CSR scores, at most `topk` per row: the generated set's labels score in
+        (1, 2], decreasing along the generated order (so the first generated label is P@1's); labels
+        only other finished beams generated score their share of the beams' posterior mass, in
+        [0, 1). `post_processor` is accepted for interface compatibility and ignored."""
+        return self.generate(texts, beam_size=beam_size, topk=topk).scores
+
+    def predict_sets(self, texts, beam_size: int | None = None) -> list[list[int]]:
+        """The generated label set per document: label ids in generated (frequency-rank) order."""
+        return self.generate(texts, beam_size=beam_size).sets
+
+    def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
+        """Per document, [(label name, score), ...] best first (as `XmcModel.predict_labels`)."""
+        P = self.predict(texts, topk=topk, beam_size=kw.get("beam_size"))
+        out = []
+        for i in range(P.shape[0]):
+            a, b = P.indptr[i], P.indptr[i + 1]
+            order = np.argsort(-P.data[a:b], kind="stable")
+            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        v = self.vocab
+        with atomic_dir(path) as tmp:
+            meta = {
+                "format_version": FORMAT_VERSION,
+                "method": METHOD_XLGEN,
+                "n_labels": self.n_labels,
+                "n_clusters": v.n_clusters,
+                "decoder_layers": int(self.module.decoder.config.num_hidden_layers),
+                "n_cluster_head": int(self.module.cluster_head.out_features) if self.module.cluster_head is not None else 0,
+                "params": self.params.to_dict(),
+                "info": self.info,
+            }
+            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
+            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
+                fh.write("".join(f"{name}\n" for name in self.label_names))
+            empty = np.zeros(0, np.int64)
+            np.savez(tmp / "vocab.npz", label_rank=v.label_rank,
+                     cluster_rank=v.cluster_rank if v.cluster_rank is not None else empty,
+                     label_cluster=v.label_cluster if v.label_cluster is not None else empty)
+            (tmp / "encoder_config.json").write_text(self.module.encoder.config.to_json_string())
+            state = {k: t.detach().float().contiguous().cpu() for k, t in self.module.state_dict().items()}
+            save_file(state, str(tmp / "weights.safetensors"))
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            self.save_label_counts(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "XLGenModel":
+        """Load a folder written by `save`. Raises ModelFormatError (one line naming the folder)
+        when it is missing, of another format version or method, or incomplete."""
+        path = Path(path)
+        meta = read_model_meta(path)
+        if meta.get("method") != METHOD_XLGEN:
+            raise ModelFormatError(f"{path}: not an XLGen model (method {meta.get('method')!r})")
+        try:
+            from safetensors.torch import load_file
+            from transformers import AutoTokenizer, BertConfig, BertModel
+
+            params = XLGenParams.from_dict(meta["params"])
+            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
+                names = fh.read().split("\n")[:-1]
+            with np.load(path / "vocab.npz") as z:
+                cr, lc = z["cluster_rank"], z["label_cluster"]
+                vocab = _Vocab(z["label_rank"], cr if len(cr) else None, lc if len(lc) else None)
+            enc_cfg = BertConfig.from_dict(json.loads((path / "encoder_config.json").read_text()))
+            encoder = BertModel(enc_cfg)
+            module = _build_module(encoder, vocab.size, int(meta.get("n_cluster_head", 0)),
+                                   int(meta["decoder_layers"]), warm_start=False)
+            module.load_state_dict(load_file(str(path / "weights.safetensors"), device="cpu"), strict=True)
+            module.eval()
+            tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
+            model = cls(params, names, module, tokenizer, vocab, meta.get("info"))
+            model.load_label_counts(path)
+        except ModelFormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
+            msg = " ".join(f"{path}: incomplete or corrupt XLGen model folder ({type(e).__name__}: {e})".split())
+            raise ModelFormatError(msg[:400] + "; retrain the model") from None
+        return model
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
+                   metric_params=None, topk: int = 10, beam_size: int | None = None):
+    """One decoding pass scored both ways: ranking metrics (as `evaluate_model`) and set metrics.
+
+    Returns (Evaluation, extra) where extra holds, in percent, micro_precision, micro_recall,
+    micro_f1, macro_f1 (over labels present in Y) of the generated sets, and the tail-bucket
+    metrics of labels seen 0 and 1 times in training (`metrics.tail_bucket_metrics`).
+    """
+    from .metrics import MetricParams, ranking_metrics, set_metrics, tail_bucket_metrics
+    from .model import Evaluation
+
+    mp = metric_params or MetricParams()
+    Ya = model.align_labels(Y, label_names)
+    t0 = time.perf_counter()
+    gen = model.generate(texts, beam_size=beam_size, topk=max(topk, max(mp.ks)))
+    predict_s = time.perf_counter() - t0
+    P = smat.csr_matrix((gen.scores.data, gen.scores.indices, gen.scores.indptr), shape=Ya.shape)
+    inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Ya.shape[1])
+    result = ranking_metrics(Ya, P, mp, inv_prop=inv_prop)
+    S = sets_matrix(gen.sets, Ya.shape[1])
+    extra = set_metrics(Ya, S)
+    counts = model.label_counts if model.label_counts is not None else np.zeros(model.n_labels, np.int64)
+    extra.update(tail_bucket_metrics(Ya, S, counts))
+    return Evaluation(result, int(Ya.shape[0]), predict_s, model.unseen_label_count(Ya)), extra
+
+
+def sets_matrix(sets: Sequence[Sequence[int]], n_cols: int) -> smat.csr_matrix:
+    """N × n_cols float32 binary CSR of label-id lists."""
+    indptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+    indices = np.fromiter((j for s in sets for j in s), dtype=np.int64, count=int(indptr[-1]))
+    M = smat.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), n_cols))
+    M.sum_duplicates()
+    M.data[:] = 1.0
+    return M
