@@ -83,6 +83,11 @@ def test_train_one_step_per_level_shapes_and_save_load(data, tmp_path):
     np.testing.assert_allclose(np.sqrt(Xc.multiply(Xc).sum(1)).A1, 1.0, rtol=1e-5)
     P = model.predict(texts[:6], topk=3)
     assert P.shape == (6, len(names)) and np.all(np.diff(P.indptr) == 3)
+    # the label level's head from fine-tuning joins the rankers' scores ("average" ensemble)
+    assert model.head["W"].shape == (384, len(names)) and model.head["b"].shape == (len(names),)
+    Pc = model.predict(texts[:6], topk=3, ensemble="concat-only")
+    assert Pc.shape == P.shape and np.all(np.diff(Pc.indptr) == 3)
+    assert not np.allclose(Pc.toarray(), P.toarray())
 
     model.set_label_counts(Y)
     model.save(tmp_path / "m")

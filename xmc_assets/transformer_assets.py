@@ -49,7 +49,7 @@ CODE_REVISIONS = {"encoder": "1", "refined_tree": "1", "rankers": "1", "metrics"
 SECTIONS = {
     "encoder": ("encoder", "finetune", "ranker", "pred"),
     "refined_tree": ("pifa", "tree"),
-    "rankers": ("ranker", "pred"),
+    "rankers": ("ranker", "pred", "ensemble"),
     "metrics": (),
 }
 _NON_RESULT_KEYS = {"threads", "device", "batch_size"}
@@ -108,7 +108,7 @@ ENCODER_DIR = "xr_transformer_encoder"
 def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings,
             xrt_settings: XTransformerSettings) -> MaterializeResult:
     from xmc_core.encoder import encode
-    from xmc_core.xtransformer import FineTuneState, checkpoint_key, fit_encoder, load_state, save_state
+    from xmc_core.xtransformer import FineTuneState, checkpoint_key, fit_encoder, label_head, load_state, save_state
 
     dataset = context.partition_key
     params = xrt_settings.params(xmc_settings)
@@ -152,6 +152,10 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     for name in SPLITS:
         artifacts.remove(dataset, ENCODER_DIR, f"E_{name}.npy")
     artifacts.write_arrays(dataset, ENCODER_DIR, "E.npz", embeddings)
+    head = label_head(state)
+    artifacts.remove(dataset, ENCODER_DIR, "head.npz")
+    if head is not None:
+        artifacts.write_arrays(dataset, ENCODER_DIR, "head.npz", head)
     history = state.history if state else []
     artifacts.write_json(dataset, ENCODER_DIR, "finetune.json", {"history": history, "device": device,
                                                                   "finetune_tree": tree_ft.level_sizes()})
@@ -235,10 +239,13 @@ def xrt_rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
     tokenizer, enc = load_encoder(params.encoder, checkpoint=artifacts.existing(dataset, ENCODER_DIR, "encoder"))
     featurizer = TfidfVectorizer.load(artifacts.existing(dataset, "tfidf", "featurizer"))
     ft_info = artifacts.read_json(dataset, ENCODER_DIR, "finetune.json")
+    head_file = artifacts.path(dataset, ENCODER_DIR, "head.npz")
+    head = artifacts.read_arrays(dataset, ENCODER_DIR, "head.npz") if head_file.is_file() else None
     model = XTransformerModel(params, info["label_names"], featurizer, tokenizer, enc, ranker,
                               info={"dataset": dataset, "run_id": context.run.run_id, "levels": levels,
                                     "finetune": ft_info["history"], "device": ft_info["device"],
-                                    "finetune_tree": ft_info["finetune_tree"], "rankers_train_s": train_s})
+                                    "finetune_tree": ft_info["finetune_tree"], "rankers_train_s": train_s},
+                              head=head)
     model.set_label_counts(Y)
     model_dir = model.save(artifacts.path(dataset, "xr_transformer_model", "model"))
     return MaterializeResult(metadata={
