@@ -83,9 +83,9 @@ def test_train_one_step_per_level_shapes_and_save_load(data, tmp_path):
     np.testing.assert_allclose(np.sqrt(Xc.multiply(Xc).sum(1)).A1, 1.0, rtol=1e-5)
     P = model.predict(texts[:6], topk=3)
     assert P.shape == (6, len(names)) and np.all(np.diff(P.indptr) == 3)
-    # the label level's head from fine-tuning joins the rankers' scores ("average" ensemble)
+    # the label level's head from fine-tuning can join the rankers' scores ("average" ensemble)
     assert model.head["W"].shape == (384, len(names)) and model.head["b"].shape == (len(names),)
-    Pc = model.predict(texts[:6], topk=3, ensemble="concat-only")
+    Pc = model.predict(texts[:6], topk=3, ensemble="average")
     assert Pc.shape == P.shape and np.all(np.diff(Pc.indptr) == 3)
     assert not np.allclose(Pc.toarray(), P.toarray())
 

@@ -115,10 +115,11 @@ class EnsembleParams(ParamsBase):
         list and the head's `head_topk` labels, (1 − weight)·ranker score + weight·σ(w_l·φ(x) + b_l),
         where w_l, b_l is the label level's head from fine-tuning (PECOS's "average" ensemble of
         the concat model and the transformer). Models without fine-tuning have no head and use
-        the rankers alone.
+        the rankers alone. Default "concat-only": on reuters-21578 "average" measured P@1/3/5
+        93.87 / 37.33 / 23.21 against 94.63 / 38.01 / 23.72 for the rankers alone.
     """
 
-    method: str = "average"
+    method: str = "concat-only"
     weight: float = 0.5
     head_topk: int = 20
 
