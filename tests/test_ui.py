@@ -22,6 +22,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
+# with several groups the global lineage shows one box per group; a group's page shows its assets
+GROUPS = {"xr_linear": ASSETS, "xr_transformer": ["encoder", "refined_tree", "rankers", "metrics"]}
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
 pytestmark = pytest.mark.skipif(
@@ -106,14 +108,22 @@ def _chromium(url: str, tmp_path: Path, *extra: str) -> subprocess.CompletedProc
 
 
 def test_asset_graph_page_names_every_asset(dagster_dev, tmp_path):
-    url = f"{dagster_dev}/asset-groups"  # the global asset lineage graph
+    url = f"{dagster_dev}/asset-groups"  # the global asset lineage graph: one box per group
     shot = tmp_path / "graph.png"
     proc = _chromium(url, tmp_path, f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
     print(f"\nscreenshot of {url}: {shot}")
-
     dom = _chromium(url, tmp_path, "--dump-dom")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    missing = [name for name in ASSETS if name not in dom.stdout]
-    assert not missing, f"asset graph page does not name {missing}; page text starts:\n{dom.stdout[:2000]}"
+    assert all(group in dom.stdout for group in GROUPS), dom.stdout[:2000]
     assert "Join the Dagster community" not in dom.stdout
+
+    for group, names in GROUPS.items():
+        url = f"{dagster_dev}/locations/xmc/asset-groups/{group}"
+        shot = tmp_path / f"{group}.png"
+        _chromium(url, tmp_path, f"--screenshot={shot}")
+        print(f"screenshot of {url}: {shot}")
+        dom = _chromium(url, tmp_path, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        missing = [name for name in names if name not in dom.stdout]
+        assert not missing, f"{group} graph page does not name {missing}; page text starts:\n{dom.stdout[:2000]}"
