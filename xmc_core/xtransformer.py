@@ -457,24 +457,23 @@ class XTransformerModel(LabelSpace):
         """N × H float32 l2-normalized embeddings of raw texts."""
         return encode(self.encoder, self.tokenizer, list(texts), self.params.encoder)
 
-    def featurize(self, texts) -> smat.csr_matrix:
-        if isinstance(texts, str):
-            texts = [texts]
-        if smat.issparse(texts) or isinstance(texts, np.ndarray):
-            raise ValueError("an XR-Transformer model reads raw texts, not feature vectors")
-        texts = list(texts)
-        return concat_features(self.featurizer.transform(texts), self.embed(texts))
-
-    def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
-                post_processor: str | None = None, ensemble: str | None = None) -> smat.csr_matrix:
-        """Scores: N × L float32 CSR with at most topk entries per row (see `EnsembleParams`)."""
+    def features(self, texts) -> tuple[smat.csr_matrix, np.ndarray]:
+        """(X_cat, E) of raw texts: N × (D + H) float32 CSR [TF-IDF ⊕ embedding], N × H embeddings."""
         if isinstance(texts, str):
             texts = [texts]
         if smat.issparse(texts) or isinstance(texts, np.ndarray):
             raise ValueError("an XR-Transformer model reads raw texts, not feature vectors")
         texts = list(texts)
         E = self.embed(texts)
-        Xc = concat_features(self.featurizer.transform(texts), E)
+        return concat_features(self.featurizer.transform(texts), E), E
+
+    def featurize(self, texts) -> smat.csr_matrix:
+        return self.features(texts)[0]
+
+    def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
+                post_processor: str | None = None, ensemble: str | None = None) -> smat.csr_matrix:
+        """Scores: N × L float32 CSR with at most topk entries per row (see `EnsembleParams`)."""
+        Xc, E = self.features(texts)
         return self.predict_features(Xc, E, topk, beam_size, post_processor, ensemble)
 
     def predict_features(self, Xc: smat.csr_matrix, E: np.ndarray, topk: int | None = None,
