@@ -14,8 +14,8 @@ present in the test split), micro P/R, P@1/3/5, and the tail buckets of labels s
 (the setting's) training labels.
 
 Rows go to the DuckDB `evaluation` table after each model (model `xlgen-<variant>` or `xr-linear`,
-suffix `-pu` in the PU setting; set metrics with k = 0; setting, pu_drop, train_s, threads and the
-settings in `params`). `--run-id` appends to an earlier run (e.g. the PU half run later); the table
+suffix `-pu` in the PU setting; set metrics with k = 0; setting, pu_drop, train_s (wall), train_cpu_s
+(process CPU seconds: the honest cost on a shared machine), threads and the settings in `params`). `--run-id` appends to an earlier run (e.g. the PU half run later); the table
 printed at the end is read back from DuckDB for the whole run id.
 """
 
@@ -57,7 +57,8 @@ def print_table(db, run_id: str) -> None:
     cols = [("micro_f1", 0, "miF1"), ("macro_f1", 0, "maF1"), ("micro_precision", 0, "miP"), ("micro_recall", 0, "miR"),
             ("p", 1, "P@1"), ("p", 3, "P@3"), ("p", 5, "P@5"), ("tail0_recall", 0, "t0 R"), ("tail0_support", 0, "t0 n"),
             ("tail1_recall", 0, "t1 R"), ("tail1_f1", 0, "t1 F1"), ("tail1_support", 0, "t1 n")]
-    header = f"{'model':<16} {'setting':<7} " + " ".join(f"{c[2]:>6}" for c in cols) + f" {'train_s':>8} {'threads':>7}"
+    header = (f"{'model':<16} {'setting':<7} " + " ".join(f"{c[2]:>6}" for c in cols)
+              + f" {'train_s':>8} {'cpu_s':>7} {'thr':>3}")
     print(header)
     print("-" * len(header))
     for model in order:
@@ -67,7 +68,7 @@ def print_table(db, run_id: str) -> None:
             v = cell.get((model, metric, k))
             vals.append(f"{'-':>6}" if v is None else (f"{int(v):>6d}" if metric.endswith(("_support", "_labels")) else f"{v:6.2f}"))
         print(f"{model:<16} {p.get('setting', ''):<7} " + " ".join(vals)
-              + f" {p.get('train_s', float('nan')):8.0f} {p.get('threads', ''):>7}")
+              + f" {p.get('train_s', float('nan')):8.0f} {p.get('train_cpu_s', float('nan')):7.0f} {p.get('threads', ''):>3}")
     _ = pl
 
 
@@ -127,9 +128,9 @@ def main(argv=None) -> int:
         print(f"[{setting}] {Ytr.nnz} training positives (of {ds.train.Y.nnz})", flush=True)
         if not args.no_xr_linear:
             params = XRLinearParams().merged({"ranker": {"threads": args.threads}, "tree": {"threads": args.threads}})
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model = train_xr_linear(Ytr, ds.label_names, params, texts=ds.train.texts)
-            train_s = time.perf_counter() - t0
+            train_s, train_cpu_s = time.perf_counter() - t0, time.process_time() - c0
             model.set_label_counts(Ytr)
             t0 = time.perf_counter()
             P = model.predict(test_texts, topk=10)
@@ -139,27 +140,30 @@ def main(argv=None) -> int:
             S = topk_sets(P, np.diff(Yte.indptr))  # top-|y_i| labels as the set
             sets = {**set_metrics(Yte, S), **tail_bucket_metrics(Yte, S, counts)}
             record("xr-linear" + suffix, setting, ranking, sets,
-                   {"train_s": train_s, "predict_s": predict_s, "sets": "top-|y|", "xr_linear": params.to_dict()})
-        clusters, cluster_s = None, 0.0
+                   {"train_s": train_s, "train_cpu_s": train_cpu_s, "predict_s": predict_s, "sets": "top-|y|",
+                    "xr_linear": params.to_dict()})
+        clusters, cluster_s, cluster_cpu_s = None, 0.0, 0.0
         for variant in args.variants:
             params = XLGenParams.from_dict({**overrides, "variant": variant, "pu_drop": drop, "seed": args.seed,
                                             "threads": args.threads})
             if params.uses_clusters and clusters is None:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 clusters, cinfo = cluster_labels(ds.train.texts, Ytr, ds.label_names, params)
-                cluster_s = time.perf_counter() - t0
+                cluster_s, cluster_cpu_s = time.perf_counter() - t0, time.process_time() - c0
                 print(f"  clusters: {cinfo['n_clusters']} from {cinfo['docs_embedded']} docs in {cluster_s:.0f}s; "
                       f"sizes {sorted(cinfo['cluster_sizes'], reverse=True)}", flush=True)
             log_rows = []
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model = train_xlgen(ds.train.texts, ds.train.Y, ds.label_names, params,
                                 log=log_rows.append, clusters=clusters if params.uses_clusters else None)
             train_s = time.perf_counter() - t0 + (cluster_s if params.uses_clusters else 0.0)
+            train_cpu_s = time.process_time() - c0 + (cluster_cpu_s if params.uses_clusters else 0.0)
             assert (model.label_counts == counts).all()  # trained on the same dropped labels
             ev, extra = evaluate_xlgen(model, test_texts, Yte, ds.label_names, mp)
             losses = [r["loss"] for r in log_rows if r.get("stage") == "train"]
             record(f"xlgen-{variant}" + suffix, setting, ev.metrics, extra,
-                   {"train_s": train_s, "cluster_s": cluster_s if params.uses_clusters else 0.0,
+                   {"train_s": train_s, "train_cpu_s": train_cpu_s,
+                    "cluster_s": cluster_s if params.uses_clusters else 0.0,
                     "predict_s": ev.predict_s, "variant": variant, "xlgen": params.to_dict(),
                     "final_loss": losses[-1] if losses else None, "device": model.info.get("device")})
             if args.save:

@@ -98,12 +98,17 @@ class XLGenParams(ParamsBase):
         max_length: word pieces kept per document (training and inference).
         decoder_layers: decoder depth (initialized from the encoder checkpoint's first layers).
     Training (AdamW, linear warm-up then linear decay):
-        steps, batch_size: optimizer steps and documents per step.
+        steps, batch_size: optimizer steps and documents per step. CPU defaults (1000 × 32, 64
+            word pieces, first 2 encoder layers frozen): about 0.9 s a step on 2 cores, so one
+            variant on Reuters (7,770 documents, about 4 epochs) trains in about 15 minutes and is
+            scored in 2 more. On Reuters, macro F1 still rose from 200 to 400 steps (24 → 40).
         lr: learning rate of the pretrained weights; lr_new: of the new ones (label/cluster token
             embeddings, cross-attention, projection, cluster head).
         warmup: share of the steps spent warming up; weight_decay: AdamW decay.
-        freeze_word_embeddings: keep the encoder's 30k × H word-piece table fixed (a third of
+        freeze_word_embeddings: keep the encoder's 30k × H word-piece table fixed (half of
             MiniLM's weights; saves optimizer time, and few steps would not move it usefully).
+        freeze_layers: also keep the embeddings and the encoder's first n layers fixed (no
+            backward pass through them: a cheaper step on CPU).
         bcl_weight: weight of the cluster bit-vector loss (variant bcl).
         skip_unlabeled: leave documents without labels out of generator training.
     Clustering:
@@ -126,13 +131,14 @@ class XLGenParams(ParamsBase):
     encoder: str = DEFAULT_ENCODER
     max_length: int = 64
     decoder_layers: int = 2
-    steps: int = 600
+    steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
     lr_new: float = 1e-3
     warmup: float = 0.06
     weight_decay: float = 0.01
     freeze_word_embeddings: bool = True
+    freeze_layers: int = 2
     bcl_weight: float = 1.0
     skip_unlabeled: bool = True
     cluster_docs_per_label: int = 32
@@ -160,8 +166,8 @@ class XLGenParams(ParamsBase):
                 raise ValueError(f"XLGenParams.{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_length < 2:
             raise ValueError(f"XLGenParams.max_length: must be >= 2, got {self.max_length}")
-        if self.steps < 0 or self.min_labels < 0 or self.cluster_docs_per_label < 0:
-            raise ValueError("XLGenParams: steps, min_labels and cluster_docs_per_label must be >= 0")
+        if min(self.steps, self.min_labels, self.cluster_docs_per_label, self.freeze_layers) < 0:
+            raise ValueError("XLGenParams: steps, min_labels, cluster_docs_per_label and freeze_layers must be >= 0")
 
     @property
     def uses_clusters(self) -> bool:
@@ -555,6 +561,11 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
 
     if params.freeze_word_embeddings:
         module.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    if params.freeze_layers:
+        frozen = [module.encoder.embeddings, *module.encoder.encoder.layer[:params.freeze_layers]]
+        for part in frozen:
+            for w in part.parameters():
+                w.requires_grad_(False)
     pretrained = [p for n, p in module.named_parameters()
                   if p.requires_grad and (n.startswith("encoder.") or
                                           (n.startswith("decoder.") and "crossattention" not in n))]
