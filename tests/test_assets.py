@@ -20,6 +20,8 @@ SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()  # the repo-relat
 REUTERS = "reuters-21578"
 ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"}
 XRT_ASSET_NAMES = {f"xr_transformer/{n}" for n in ("encoder", "refined_tree", "rankers", "metrics")}
+XLGEN_ASSET_NAMES = {"xlgen_label_clusters"} | {f"xlgen_{v}_{kind}" for v in ("base", "bcl", "mcg")
+                                                for kind in ("model", "metrics")}
 
 
 def _run(tmp_path: Path, data_root: Path, dataset: str, max_rows: int | None = None):
@@ -42,7 +44,7 @@ def _materialized(result) -> set[str]:
 def test_definitions_load():
     Definitions.validate_loadable(defs)
     assert defs.resolve_job_def(JOB_NAME).partitions_def == dataset_partitions
-    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == ASSET_NAMES | XRT_ASSET_NAMES
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == ASSET_NAMES | XRT_ASSET_NAMES | XLGEN_ASSET_NAMES
     for spec in defs.resolve_all_asset_specs():
         assert spec.code_version, spec.key
         assert spec.partitions_def == dataset_partitions

@@ -23,7 +23,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
 # with several groups the global lineage shows one box per group; a group's page shows its assets
-GROUPS = {"xr_linear": ASSETS, "xr_transformer": ["encoder", "refined_tree", "rankers", "metrics"]}
+GROUPS = {"xr_linear": ASSETS, "xr_transformer": ["encoder", "refined_tree", "rankers", "metrics"],
+          "xlgen": ["xlgen_label_clusters", "xlgen_base_model", "xlgen_mcg_metrics"]}
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
 
 pytestmark = pytest.mark.skipif(

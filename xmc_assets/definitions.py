@@ -7,6 +7,7 @@ from the environment when the code location loads:
     XMC_PARAMS='{"ranker": {"Cp": 2}}'   XRLinearParams overrides (JSON)
     XMC_MAX_ROWS=300                     read only the first N documents of each split
     XMC_XRT_PARAMS='{"finetune": {"steps_per_level": 50}}'   XTransformerParams overrides (JSON)
+    XMC_XLGEN_PARAMS='{"steps": 300, "pu_drop": 0.5}'       XLGenParams overrides (JSON)
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from .automation import build_automation_sensor, build_weekly_retrain_schedule
 from .checks import xr_linear_checks
 from .partitions import dataset_folders_sensor
 from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
+from .generative import GENERATIVE_ASSETS, XLGenSettings, with_xlgen_settings
 from .transformer_assets import with_xrt_settings, xr_transformer_assets
 
 JOB_NAME = "xr_linear_pipeline"
 XRT_JOB_NAME = "xr_transformer_pipeline"
 XRT_PARAMS_ENV = "XMC_XRT_PARAMS"
+XLGEN_JOB_NAME = "xlgen_pipeline"
+XLGEN_PARAMS_ENV = "XMC_XLGEN_PARAMS"
 PARAMS_ENV = "XMC_PARAMS"
 MAX_ROWS_ENV = "XMC_MAX_ROWS"
 
@@ -43,6 +47,7 @@ def default_resources(settings: XmcSettings | None = None) -> dict:
         "evaluation_db": EvaluationDB(),
         "xmc_settings": settings or XmcSettings(),
         "xrt_settings": XTransformerSettings(params_json=os.environ.get(XRT_PARAMS_ENV) or "{}"),
+        "xlgen_settings": XLGenSettings(params_json=os.environ.get(XLGEN_PARAMS_ENV) or "{}"),
     }
 
 
@@ -62,6 +67,12 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
         description=("XR-Transformer: encoder → refined_tree → rankers → metrics (needs the XR-Linear job's "
                      "corpus, tfidf and label_embeddings of the partition)."),
     )
+    xlgen_assets = with_xlgen_settings(GENERATIVE_ASSETS, all_resources["xlgen_settings"])
+    xlgen_job = define_asset_job(
+        XLGEN_JOB_NAME,
+        selection=AssetSelection.assets(*xlgen_assets),
+        description="XLGen: label clusters, then model and metrics per variant (base, bcl, mcg); needs `corpus`.",
+    )
     job = define_asset_job(
         JOB_NAME,
         selection=AssetSelection.assets(*assets),  # partitioned by dataset like its assets; checks included
@@ -69,9 +80,9 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
                      "Launch a backfill over all datasets from the asset graph: 'Materialize all' → all partitions."),
     )
     return Definitions(
-        assets=assets + xrt_assets,
+        assets=assets + xrt_assets + xlgen_assets,
         asset_checks=xr_linear_checks,
-        jobs=[job, xrt_job],
+        jobs=[job, xrt_job, xlgen_job],
         schedules=[build_weekly_retrain_schedule(JOB_NAME, keys)],
         sensors=[dataset_folders_sensor, build_automation_sensor(keys)],
         resources=all_resources,
