@@ -4,6 +4,7 @@
     .venv/bin/python bench/xlgen_reuters.py [--data ../shared/data/reuters-21578] [--variants base bcl mcg]
         [--settings full pu] [--no-xr-linear] [--threads 2] [--params '{"steps": 600}'] [--pu-drop 0.5]
         [--db data/xmc.duckdb] [--run-id ID] [--max-rows N] [--test-rows N] [--save DIR]
+    .venv/bin/python bench/xlgen_reuters.py --table-only --run-id ID      # print a stored run again
 
 Per setting ("full": the training labels as given; "pu": `pu_drop` of each training document's
 labels dropped, seeded): the label clusters are computed once (with the setting's labels) and
@@ -43,16 +44,20 @@ def metric_rows(ranking: dict, sets: dict) -> list[dict]:
 
 
 def print_table(db, run_id: str) -> None:
-    import polars as pl
-
     from xmc_core.results_db import read_evaluation
 
     df = read_evaluation(db, run_id)
     if df.is_empty():
         print("no rows")
         return
-    order = list(dict.fromkeys(df["model"].to_list()))
     params = {r["model"]: json.loads(r["params"]) for r in df.select("model", "params").unique("model").iter_rows(named=True)}
+    kinds = ["xr-linear", "xlgen-base", "xlgen-bcl", "xlgen-mcg"]
+
+    def sort_key(model: str):  # full before pu; XR-Linear, then base, bcl, mcg
+        kind = model[:-3] if model.endswith("-pu") else model
+        return (params[model].get("setting") == "pu", kinds.index(kind) if kind in kinds else len(kinds), model)
+
+    order = sorted(params, key=sort_key)
     cell = {(r["model"], r["metric"], r["k"]): r["value"] for r in df.iter_rows(named=True)}
     cols = [("micro_f1", 0, "miF1"), ("macro_f1", 0, "maF1"), ("micro_precision", 0, "miP"), ("micro_recall", 0, "miR"),
             ("p", 1, "P@1"), ("p", 3, "P@3"), ("p", 5, "P@5"), ("tail0_recall", 0, "t0 R"), ("tail0_support", 0, "t0 n"),
@@ -69,7 +74,6 @@ def print_table(db, run_id: str) -> None:
             vals.append(f"{'-':>6}" if v is None else (f"{int(v):>6d}" if metric.endswith(("_support", "_labels")) else f"{v:6.2f}"))
         print(f"{model:<16} {p.get('setting', ''):<7} " + " ".join(vals)
               + f" {p.get('train_s', float('nan')):8.0f} {p.get('train_cpu_s', float('nan')):7.0f} {p.get('threads', ''):>3}")
-    _ = pl
 
 
 def main(argv=None) -> int:
@@ -87,7 +91,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rows", type=int, default=None, help="first N documents of each split (quick runs)")
     ap.add_argument("--test-rows", type=int, default=None, help="score only the first N test documents")
     ap.add_argument("--save", default=None, help="save the XLGen model folders under this folder")
+    ap.add_argument("--table-only", action="store_true", help="only print the table of --run-id from --db")
     args = ap.parse_args(argv)
+    if args.table_only:
+        if not args.run_id:
+            ap.error("--table-only needs --run-id")
+        sys.path.insert(0, str(REPO))
+        print_table(args.db, args.run_id)
+        return 0
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(REPO))
