@@ -223,3 +223,33 @@ def test_encoder_name_is_a_local_folder_or_package_never_a_hub(tmp_path):
     (local / "config.json").unlink()
     with pytest.raises(EncoderError, match="config.json"):
         resolve_checkpoint(str(local))
+
+
+def test_projection_and_coarse_levels_only(data, tmp_path):
+    """concat.embed_dim projects the embeddings (stored, reloaded, same scores); finetune.max_levels
+    fine-tunes the coarse levels only and leaves no label head."""
+    from xmc_core.xtransformer import fit_projection, project
+
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(200, 12)).astype(np.float32) * np.geomspace(10, 0.1, 12).astype(np.float32)
+    proj = fit_projection(E, 3)
+    Pe = project(E, proj)
+    assert Pe.shape == (200, 3) and np.allclose(np.linalg.norm(Pe, axis=1), 1.0, atol=1e-5)
+    # the top direction is the axis of largest variance, with a fixed sign
+    assert abs(proj["components"][0, 0]) > 0.99 and proj["components"][0, 0] > 0
+    assert project(E, None) is E
+    with pytest.raises(ValueError, match="d must be"):
+        fit_projection(E, 13)
+
+    texts, Y, names = data
+    params = XTransformerParams().merged({**PARAMS, "concat": {"embed_dim": 8},
+                                          "finetune": {**PARAMS["finetune"], "max_levels": 2}})
+    records = []
+    model = train_xr_transformer(texts, Y, names, params, log=records.append)
+    assert [r["n_nodes"] for r in records if r["stage"] == "finetune_level"] == [2, 4]
+    assert model.head is None
+    assert model.ranker.n_features == model.featurizer.n_features + 8
+    before = model.predict(texts[:5], topk=3).toarray()
+    loaded = load_model(model.save(tmp_path / "m"))
+    assert loaded.projection is not None and loaded.projection["components"].shape == (384, 8)
+    np.testing.assert_allclose(loaded.predict(texts[:5], topk=3).toarray(), before, atol=1e-5)

@@ -48,8 +48,8 @@ MODEL_NAME = "xr-transformer"
 CODE_REVISIONS = {"encoder": "1", "refined_tree": "1", "rankers": "1", "metrics": "1"}
 SECTIONS = {
     "encoder": ("encoder", "finetune", "ranker", "pred"),
-    "refined_tree": ("pifa", "tree"),
-    "rankers": ("ranker", "pred", "ensemble"),
+    "refined_tree": ("pifa", "tree", "concat"),
+    "rankers": ("ranker", "pred", "ensemble", "concat"),
     "metrics": (),
 }
 _NON_RESULT_KEYS = {"threads", "device", "batch_size"}
@@ -152,7 +152,7 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     for name in SPLITS:
         artifacts.remove(dataset, ENCODER_DIR, f"E_{name}.npy")
     artifacts.write_arrays(dataset, ENCODER_DIR, "E.npz", embeddings)
-    head = label_head(state)
+    head = label_head(state, Y.shape[1])
     artifacts.remove(dataset, ENCODER_DIR, "head.npz")
     if head is not None:
         artifacts.write_arrays(dataset, ENCODER_DIR, "head.npz", head)
@@ -198,13 +198,13 @@ def refined_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_s
                  xrt_settings: XTransformerSettings) -> MaterializeResult:
     from xmc_core.label_embedding import pifa
     from xmc_core.tree import build_tree
-    from xmc_core.xtransformer import concat_features
+    from xmc_core.xtransformer import concat_train_features
 
     dataset = context.partition_key
     params = xrt_settings.params(xmc_settings)
     X, E, Y = _concat_train(artifacts, dataset)
     t0 = time.perf_counter()
-    tree = build_tree(pifa(concat_features(X, E), Y, params.pifa), params.tree)
+    tree = build_tree(pifa(concat_train_features(X, E, params.concat)[0], Y, params.pifa), params.tree)
     artifacts.write_arrays(dataset, "xr_transformer_refined_tree", "tree.npz", tree.to_arrays())
     sizes = tree.leaf_cluster_sizes()
     return MaterializeResult(metadata={
@@ -234,7 +234,7 @@ def xrt_rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
     X, E, Y = _concat_train(artifacts, dataset)
     tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "xr_transformer_refined_tree", "tree.npz"))
     t0 = time.perf_counter()
-    _, ranker, levels = fit_concat_rankers(X, E, Y, params, tree=tree)
+    _, ranker, levels, projection = fit_concat_rankers(X, E, Y, params, tree=tree)
     train_s = time.perf_counter() - t0
     tokenizer, enc = load_encoder(params.encoder, checkpoint=artifacts.existing(dataset, ENCODER_DIR, "encoder"))
     featurizer = TfidfVectorizer.load(artifacts.existing(dataset, "tfidf", "featurizer"))
@@ -245,7 +245,7 @@ def xrt_rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
                               info={"dataset": dataset, "run_id": context.run.run_id, "levels": levels,
                                     "finetune": ft_info["history"], "device": ft_info["device"],
                                     "finetune_tree": ft_info["finetune_tree"], "rankers_train_s": train_s},
-                              head=head)
+                              head=head, projection=projection)
     model.set_label_counts(Y)
     model_dir = model.save(artifacts.path(dataset, "xr_transformer_model", "model"))
     return MaterializeResult(metadata={

@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as smat
 
-from .encoder import EncoderParams, encode, load_encoder, pad_batch, pick_device, tokenize
+from .encoder import EncoderParams, autocast, encode, load_encoder, pad_batch, pick_device, tokenize
 from .label_embedding import PifaParams, pifa
 from .model import (FORMAT_VERSION, LabelSpace, ModelFormatError, XRLinearParams, _one_line, atomic_dir,
                     read_model_meta)
@@ -54,7 +54,7 @@ from .xlinear import PredParams, RankerParams, XLinearModel, _score_children, _w
 
 __all__ = ["METHOD_XR_TRANSFORMER", "FineTuneParams", "EnsembleParams", "label_head", "XTransformerParams", "FineTuneState", "finetune_encoder",
            "train_xr_transformer", "train_with_checkpoints", "fit_encoder", "fit_concat_rankers", "checkpoint_key", "XTransformerModel", "concat_features",
-           "save_state", "load_state"]
+           "save_state", "load_state", "ConcatParams", "fit_projection", "project", "concat_train_features"]
 
 METHOD_XR_TRANSFORMER = "xr-transformer"
 
@@ -75,6 +75,13 @@ class FineTuneParams(ParamsBase):
         documents the TF-IDF rankers' scores are close to perfect (they were fit there), so
         starting at α = 1 leaves the encoder almost no loss to learn from; at 0 the encoder learns
         first and the joint ranker takes TF-IDF in as far as it helps.
+    max_doc_labels: documents with more labels than this are not sampled for fine-tuning (0: no
+        limit); they stay in the rankers' training. Generic titles such as yso-finna-en's
+        "Abstract." (3,083 labels) would otherwise put thousands of positive pairs into one batch.
+    max_levels: fine-tune on the first max_levels levels of the tree only (0: all, down to the
+        labels). On large label sets the coarse levels carry most of the gain for a fraction of
+        the cost: the TF-IDF matcher is trained on those levels only, and the model has no label
+        head (the "average" ensemble then falls back to the rankers).
     seed: document sampling and head initialization. threads: torch CPU threads (0: default).
     """
 
@@ -93,13 +100,15 @@ class FineTuneParams(ParamsBase):
     man_beam_size: int = 10
     tfidf_gain_init: float = 0.0
     grad_clip: float = 1.0
+    max_doc_labels: int = 100
+    max_levels: int = 0
     seed: int = 0
     threads: int = 0
 
     def __post_init__(self):
         if self.negative_sampling not in ("tfn", "man", "tfn+man"):
             raise ValueError(f"FineTuneParams.negative_sampling: tfn, man or tfn+man, got {self.negative_sampling!r}")
-        for name in ("steps_per_level",):
+        for name in ("steps_per_level", "max_doc_labels", "max_levels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"FineTuneParams.{name}: must be >= 0")
         for name in ("batch_size", "max_length", "man_beam_size", "max_leaf_size"):
@@ -131,6 +140,47 @@ class EnsembleParams(ParamsBase):
 
 
 @dataclass
+class ConcatParams(ParamsBase):
+    """How the embedding block joins the TF-IDF block in the final rankers' features.
+
+    embed_dim: 0 keeps all H embedding dimensions; d > 0 projects the embeddings on their top d
+        principal directions (fitted on the training embeddings, stored in the model) and
+        l2-normalizes them again before the concatenation. The block is dense, so it sets the
+        rankers' cost: on short texts (yso-finna-en: 21 TF-IDF nonzeros per title) 384 dense
+        columns make the features 19× larger; d = 64 keeps them at about 4×.
+    """
+
+    embed_dim: int = 0
+
+    def __post_init__(self):
+        if self.embed_dim < 0:
+            raise ValueError(f"ConcatParams.embed_dim: must be >= 0, got {self.embed_dim}")
+
+
+def fit_projection(E: np.ndarray, d: int) -> dict:
+    """Top-d principal directions of the rows of E (N × H float32): {"mean": (H,), "components": H × d}."""
+    E = np.asarray(E, dtype=np.float64)
+    if not 0 < d <= E.shape[1]:
+        raise ValueError(f"fit_projection: d must be in 1..{E.shape[1]}, got {d}")
+    mean = E.mean(axis=0)
+    cov = (E - mean).T @ (E - mean) / max(1, E.shape[0] - 1)
+    vals, vecs = np.linalg.eigh(cov)  # ascending
+    components = vecs[:, ::-1][:, :d]
+    # a fixed sign per direction (largest |entry| positive), so refits give the same features
+    flip = np.sign(components[np.abs(components).argmax(axis=0), np.arange(d)])
+    return {"mean": mean.astype(np.float32), "components": (components * flip).astype(np.float32)}
+
+
+def project(E: np.ndarray, projection: dict | None) -> np.ndarray:
+    """E (N × H) on the projection's directions, rows l2-normalized (N × d float32); E itself when None."""
+    if projection is None:
+        return E
+    P = (np.asarray(E, np.float32) - projection["mean"]) @ projection["components"]
+    norms = np.linalg.norm(P, axis=1, keepdims=True)
+    return (P / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+@dataclass
 class XTransformerParams:
     """All settings of an XR-Transformer model (nested sections; round-trips JSON).
 
@@ -138,6 +188,7 @@ class XTransformerParams:
     and final rankers on the concatenated features (the TF-IDF matcher of the fine-tuning stage
     uses `ranker` too). encoder: which checkpoint and how texts are embedded. finetune: schedule.
     ensemble: how prediction combines the rankers with the fine-tuned label head.
+    concat: the embedding block of the rankers' features (all dimensions or a PCA projection).
     """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
@@ -150,6 +201,7 @@ class XTransformerParams:
     encoder: EncoderParams = field(default_factory=EncoderParams)
     finetune: FineTuneParams = field(default_factory=FineTuneParams)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
+    concat: ConcatParams = field(default_factory=ConcatParams)
 
     method = METHOD_XR_TRANSFORMER
 
@@ -286,12 +338,14 @@ def finetune_encoder(
     on_level: Callable[[FineTuneState], None] | None = None,
     log: Callable[[dict], None] | None = None,
     pad_id: int = 0,
+    precision: str = "auto",
 ) -> FineTuneState:
     """Fine-tune `encoder` (a TextEncoder, updated in place) coarse to fine over `tree`.
 
     tokens: (flat ids, offsets) of the N training documents (`encoder.tokenize`). X: N × D float32
     CSR (l2 rows). Y: N × L binary. matcher: XR-Linear on X over `tree`. state: a checkpoint to
     resume from (its finished levels are skipped). on_level(state) runs after each level.
+    precision: EncoderParams.precision (bfloat16 autocast or not).
     Returns the final state (heads of every level, history).
     """
     import torch
@@ -304,7 +358,6 @@ def finetune_encoder(
     Xb = _with_bias(X, matcher.bias)
     Y = binarize(Y)
     H = encoder.hidden_size
-    amp = device == "cuda"
     for t in range(state.levels_done, tree.depth):
         t0 = time.perf_counter()
         rng = np.random.default_rng([ft.seed, t])
@@ -323,6 +376,8 @@ def finetune_encoder(
         b_head = torch.nn.Parameter(torch.from_numpy(b0).to(device))
         alpha = torch.nn.Parameter(torch.full((), float(ft.tfidf_gain_init), device=device))
         docs = np.flatnonzero(np.diff(S.indptr) > 0)
+        if ft.max_doc_labels > 0:
+            docs = docs[np.diff(Y.indptr)[docs] <= ft.max_doc_labels]
         steps = ft.steps_per_level
         losses = []
         if steps > 0 and len(docs) > 0:
@@ -349,7 +404,7 @@ def finetune_encoder(
                 s_tf = torch.from_numpy(Sb.data).to(device)
                 y = torch.from_numpy(2.0 * Pb.data - 1.0).to(device)
                 cost = torch.where(y > 0, torch.full_like(y, ft.Cp), torch.full_like(y, ft.Cn))
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
+                with autocast(device, precision):
                     emb = encoder(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
                 emb = emb.float()
                 s = alpha * s_tf + (emb[r] * W_head[:, c].T).sum(1) + b_head[c]
@@ -391,6 +446,13 @@ def concat_features(X: smat.csr_matrix, E: np.ndarray) -> smat.csr_matrix:
         raise ValueError(f"concat_features: X has {X.shape[0]} rows, E has {E.shape[0]}")
     Xc = smat.hstack([smat.csr_matrix(X, dtype=np.float32), smat.csr_matrix(E.astype(np.float32))], format="csr")
     return l2_normalize_rows(Xc)
+
+
+def concat_train_features(X: smat.csr_matrix, E: np.ndarray, concat: ConcatParams):
+    """(X_cat, projection): the rankers' training features and the fitted projection (None when
+    `concat.embed_dim` is 0 or not below the embedding width)."""
+    projection = fit_projection(E, concat.embed_dim) if 0 < concat.embed_dim < E.shape[1] else None
+    return concat_features(X, project(E, projection)), projection
 
 
 def _average_with_head(P: smat.csr_matrix, E: np.ndarray, head: dict, weight: float, head_topk: int,
@@ -436,7 +498,8 @@ class XTransformerModel(LabelSpace):
     method = METHOD_XR_TRANSFORMER
 
     def __init__(self, params: XTransformerParams, label_names: Sequence[str], featurizer: TfidfVectorizer,
-                 tokenizer, encoder, ranker: XLinearModel, info: dict | None = None, head: dict | None = None):
+                 tokenizer, encoder, ranker: XLinearModel, info: dict | None = None, head: dict | None = None,
+                 projection: dict | None = None):
         if len(label_names) != ranker.n_labels:
             raise ValueError(f"XTransformerModel: {len(label_names)} label names for {ranker.n_labels} labels")
         self.params = params
@@ -450,6 +513,7 @@ class XTransformerModel(LabelSpace):
             raise ValueError(f"XTransformerModel: head scores {np.asarray(head['W']).shape[1]} labels, "
                              f"the model has {len(self.label_names)}")
         self.head = head  # {"W": H × L float32, "b": (L,) float32}: the label level's head, or None
+        self.projection = projection  # {"mean": (H,), "components": H × d}: see ConcatParams, or None
         self.label_counts = None
         self.n_train = None
 
@@ -465,7 +529,7 @@ class XTransformerModel(LabelSpace):
             raise ValueError("an XR-Transformer model reads raw texts, not feature vectors")
         texts = list(texts)
         E = self.embed(texts)
-        return concat_features(self.featurizer.transform(texts), E), E
+        return concat_features(self.featurizer.transform(texts), project(E, self.projection)), E
 
     def featurize(self, texts) -> smat.csr_matrix:
         return self.features(texts)[0]
@@ -513,6 +577,8 @@ class XTransformerModel(LabelSpace):
             if self.head is not None:
                 np.savez(tmp / "head.npz", W=np.asarray(self.head["W"], np.float32),
                          b=np.asarray(self.head["b"], np.float32))
+            if self.projection is not None:
+                np.savez(tmp / "projection.npz", **self.projection)
             self.save_label_counts(tmp)
         return path
 
@@ -531,7 +597,11 @@ class XTransformerModel(LabelSpace):
             if (path / "head.npz").is_file():
                 with np.load(path / "head.npz") as z:
                     head = {"W": z["W"], "b": z["b"]}
-            model = cls(params, names, featurizer, tokenizer, encoder, ranker, meta.get("info"), head)
+            projection = None
+            if (path / "projection.npz").is_file():
+                with np.load(path / "projection.npz") as z:
+                    projection = {"mean": z["mean"], "components": z["components"]}
+            model = cls(params, names, featurizer, tokenizer, encoder, ranker, meta.get("info"), head, projection)
             model.load_label_counts(path)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
             raise ModelFormatError(
@@ -565,15 +635,20 @@ def fit_encoder(texts: Sequence[str], X: smat.csr_matrix, Y: smat.spmatrix, para
     t0 = time.perf_counter()
     Z = pifa(X, Y, params.pifa) if Z is None else Z
     tree_ft = finetune_tree(Z, ft, seed=params.tree.seed)
-    matcher = XLinearModel.train(X, Y, tree_ft, params.ranker, params.pred)
+    Y_ft = Y
+    if 0 < ft.max_levels < tree_ft.depth:
+        # the first max_levels levels only: their last level's nodes play the labels
+        Y_ft = binarize(Y @ tree_ft.label_to_level(ft.max_levels - 1))
+        tree_ft = LabelTree(tree_ft.C[:ft.max_levels])
+    matcher = XLinearModel.train(X, Y_ft, tree_ft, params.ranker, params.pred)
     emit({"stage": "tfidf_matcher", "seconds": time.perf_counter() - t0, "level_sizes": tree_ft.level_sizes()})
     t0 = time.perf_counter()
     tokenizer, encoder = load_encoder(params.encoder)
     state = resume
     if ft.steps_per_level > 0:
         tokens = tokenize(tokenizer, list(texts), ft.max_length)
-        state = finetune_encoder(encoder, tokens, X, binarize(Y), tree_ft, matcher, ft, device, state, on_level, log,
-                                 tokenizer.pad_token_id or 0)
+        state = finetune_encoder(encoder, tokens, X, binarize(Y_ft), tree_ft, matcher, ft, device, state, on_level, log,
+                                 tokenizer.pad_token_id or 0, params.encoder.precision)
         encoder.load_state_dict(state.encoder_state)
     else:
         state = None
@@ -584,12 +659,12 @@ def fit_encoder(texts: Sequence[str], X: smat.csr_matrix, Y: smat.spmatrix, para
 
 def fit_concat_rankers(X: smat.csr_matrix, E: np.ndarray, Y: smat.spmatrix, params: XTransformerParams,
                        log: Callable[[dict], None] | None = None, tree: LabelTree | None = None):
-    """Stage 4: refined PIFA tree on X_cat = l2_rows([X ⊕ E]) (unless given) and XR-Linear rankers.
+    """Stage 4: refined PIFA tree on X_cat = l2_rows([X ⊕ project(E)]) (unless given) and XR-Linear rankers.
 
-    Returns (tree, XLinearModel over N × (D + H) features, per-level records).
+    Returns (tree, XLinearModel over N × (D + d) features, per-level records, projection or None).
     """
     emit = log or (lambda rec: None)
-    Xc = concat_features(X, E)
+    Xc, projection = concat_train_features(X, E, params.concat)
     if tree is None:
         t0 = time.perf_counter()
         tree = build_tree(pifa(Xc, Y, params.pifa), params.tree)
@@ -603,7 +678,7 @@ def fit_concat_rankers(X: smat.csr_matrix, E: np.ndarray, Y: smat.spmatrix, para
 
     ranker = XLinearModel.train(Xc, Y, tree, params.ranker, params.pred, log=level_log)
     emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
-    return tree, ranker, levels
+    return tree, ranker, levels, projection
 
 
 def train_xr_transformer(
@@ -635,19 +710,23 @@ def train_xr_transformer(
     t0 = time.perf_counter()
     E = encode(encoder, tokenizer, texts, params.encoder, device)
     emit({"stage": "embed", "seconds": time.perf_counter() - t0, "n_docs": len(texts)})
-    _, ranker, levels = fit_concat_rankers(X, E, Y, params, log)
+    _, ranker, levels, projection = fit_concat_rankers(X, E, Y, params, log)
     encoder.to("cpu")
     info = {"finetune": state.history if state else [], "device": device, "levels": levels,
             "finetune_tree": tree_ft.level_sizes(), "train_s": time.perf_counter() - t_all}
-    return XTransformerModel(params, label_names, featurizer, tokenizer, encoder, ranker, info, label_head(state))
+    return XTransformerModel(params, label_names, featurizer, tokenizer, encoder, ranker, info,
+                             label_head(state, Y.shape[1]), projection)
 
 
-def label_head(state: FineTuneState | None) -> dict | None:
+def label_head(state: FineTuneState | None, n_labels: int | None = None) -> dict | None:
     """The label level's head {"W": H × L, "b": (L,)} of a finished fine-tuning (the fine-tuning
-    tree's last level is the labels themselves), or None without fine-tuning."""
+    tree's last level is the labels themselves), or None without fine-tuning or when the last
+    fine-tuned level is not the labels (`FineTuneParams.max_levels`; its width is not n_labels)."""
     if state is None or not state.heads:
         return None
     last = state.heads[-1]
+    if n_labels is not None and np.asarray(last["W"]).shape[1] != n_labels:
+        return None
     return {"W": np.asarray(last["W"], np.float32), "b": np.asarray(last["b"], np.float32)}
 
 
