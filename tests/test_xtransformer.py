@@ -253,3 +253,13 @@ def test_projection_and_coarse_levels_only(data, tmp_path):
     loaded = load_model(model.save(tmp_path / "m"))
     assert loaded.projection is not None and loaded.projection["components"].shape == (384, 8)
     np.testing.assert_allclose(loaded.predict(texts[:5], topk=3).toarray(), before, atol=1e-5)
+
+
+def test_pretrained_only_skips_matcher_and_head(data):
+    texts, Y, names = data
+    params = XTransformerParams().merged({**PARAMS, "finetune": {**PARAMS["finetune"], "steps_per_level": 0}})
+    records = []
+    model = train_xr_transformer(texts, Y, names, params, log=records.append)
+    assert not [r for r in records if r["stage"] == "finetune_level"]
+    assert model.head is None and model.info["finetune"] == []
+    assert model.predict(texts[:4], topk=2).shape == (4, len(names))
