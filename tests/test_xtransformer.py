@@ -263,3 +263,12 @@ def test_pretrained_only_skips_matcher_and_head(data):
     assert not [r for r in records if r["stage"] == "finetune_level"]
     assert model.head is None and model.info["finetune"] == []
     assert model.predict(texts[:4], topk=2).shape == (4, len(names))
+
+
+def test_encoder_precision_setting():
+    from xmc_core.encoder import EncoderParams, use_bf16
+
+    assert use_bf16("cuda") and not use_bf16("cpu")  # auto: bf16 on CUDA only, results CPU-independent
+    assert use_bf16("cpu", "bf16") and not use_bf16("cuda", "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        EncoderParams(precision="fp16")
