@@ -19,7 +19,8 @@ Recipe (`train_xr_transformer`):
    with the TF-IDF block w̃_c fixed at its XR-Linear solution (a convex optimum already; only its
    gain α_t is learned), and φ (the encoder), w_c, b_c learned jointly under the squared hinge
    Cp/Cn·max(0, 1 − y·s)². A child's head starts from its parent's.
-4. Embed all documents with the fine-tuned encoder (E: N × H float32, l2 rows), concatenate
+4. Embed all documents with the fine-tuned encoder (E: N × H float32, l2 rows; optionally
+   projected on its top `concat.embed_dim` principal directions), concatenate
    X_cat = l2_rows([X ⊕ E]), build a refined PIFA tree on X_cat and train the final XR-Linear
    rankers on it (the `tree` / `ranker` sections of the params). Prediction featurizes a text the
    same way and runs beam search over those rankers: the encoder's and the TF-IDF scores meet in
