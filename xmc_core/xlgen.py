@@ -67,7 +67,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as smat
 
-from .encoder import DEFAULT_ENCODER, EncoderParams, pad_batch, pick_device, resolve_checkpoint, tokenize
+from .encoder import DEFAULT_ENCODER, EncoderParams, autocast, pad_batch, pick_device, resolve_checkpoint, tokenize
 from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, atomic_dir, read_model_meta
 from .params import ParamsBase
 
@@ -423,12 +423,6 @@ def _init_token_embeddings(module, tokenizer, label_names: Sequence[str], vocab:
 # --------------------------------------------------------------------------- training
 
 
-def _autocast(device: str):
-    import torch
-
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device == "cuda")
-
-
 def _pad_targets(seqs: Sequence[Sequence[int]]) -> np.ndarray:
     """B × (1 + max len) int64: bos, the sequence, pad."""
     width = 1 + max(len(s) for s in seqs)
@@ -595,7 +589,7 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         ids, mask = pad_batch(flat, offsets, rows, pad_id)
         tgt = torch.from_numpy(_pad_targets([targets[r] for r in rows])).to(device)
         ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-        with _autocast(device):
+        with autocast(device):
             hidden, pooled = module.encode(ids, mask)
             logits = module.decode(hidden, mask, pooled, tgt[:, :-1])
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab.size), tgt[:, 1:].reshape(-1),
@@ -716,7 +710,7 @@ class XLGenModel(LabelSpace):
         steps = (p.max_clusters + 1 if mcg else 0) + p.max_labels + 1
         rows = torch.arange(n, device=dev)
         for _ in range(steps):
-            with _autocast(str(dev.type)):
+            with autocast(str(dev.type)):
                 logits = self.module.decode(hidden, mask, pooled, tokens)[:, -1].float()
             logp = torch.log_softmax(logits, dim=-1)
             allowed = torch.zeros(n, V, dtype=torch.bool, device=dev)
@@ -786,7 +780,7 @@ class XLGenModel(LabelSpace):
                 rows = order[start:start + self.params.eval_batch_size]
                 ids, mask = pad_batch(flat, offsets, rows, pad_id)
                 ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-                with _autocast(device):
+                with autocast(device):
                     hidden, pooled = self.module.encode(ids, mask)
                 toks, scores = self._beam_search(hidden, mask, pooled, beam)
                 for b, doc in enumerate(rows):

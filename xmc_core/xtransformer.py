@@ -391,7 +391,7 @@ def finetune_encoder(
         b_head = torch.nn.Parameter(torch.from_numpy(b0).to(device))
         alpha = torch.nn.Parameter(torch.full((), float(ft.tfidf_gain_init), device=device))
         losses = []
-        if steps > 0 and batches:
+        if batches:  # empty without steps or without an eligible document
             encoder.train()
             opt = torch.optim.AdamW([
                 {"params": [p for p in encoder.parameters() if p.requires_grad], "lr": ft.encoder_lr,
