@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     overrides.setdefault("ranker", {})["threads"] = args.threads
     overrides.setdefault("tree", {})["threads"] = args.threads
     overrides.setdefault("pred", {})["beam_size"] = args.beam_size
+    overrides["pred"]["threads"] = args.threads
     params = XRLinearParams().merged(overrides)
     names = [str(i) for i in range(Ytr.shape[1])]
     t0 = time.perf_counter()

@@ -5,7 +5,14 @@ from scipy.optimize import minimize
 
 from xmc_core.label_embedding import pifa
 from xmc_core.tree import TreeParams, build_tree
-from xmc_core.xlinear import POST_PROCESSORS, PredParams, RankerParams, XLinearModel, solve_squared_hinge
+from xmc_core.xlinear import (
+    POST_PROCESSORS,
+    PredParams,
+    RankerParams,
+    XLinearModel,
+    solve_squared_hinge,
+    solve_squared_hinge_dcd,
+)
 
 
 def test_solver_closed_form_one_feature():
@@ -39,6 +46,37 @@ def test_solver_matches_generic_optimizer_on_all_columns():
 
         ref = minimize(f, np.zeros(15), jac=g, method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 5000}).x
         np.testing.assert_allclose(W[:, k], ref, atol=1e-3)
+
+
+def test_dcd_solver_reaches_the_same_optimum():
+    # the dual coordinate descent solves the primal problem of the Newton solver: same minimizer,
+    # whatever the thread split of the columns
+    rng = np.random.default_rng(0)
+    X = smat.random(80, 15, density=0.3, random_state=1, format="csr", dtype=np.float32)
+    Ypos = rng.random((80, 4)) < 0.3
+    W_newton = solve_squared_hinge(X, Ypos, Cp=2.0, Cn=0.5, eps=1e-7, max_iter=100, cg_max_iter=100, cg_eps=1e-3)
+    W1 = solve_squared_hinge_dcd(X, Ypos, Cp=2.0, Cn=0.5, eps=1e-6, max_iter=10_000, threads=1)
+    W2 = solve_squared_hinge_dcd(X, Ypos, Cp=2.0, Cn=0.5, eps=1e-6, max_iter=10_000, threads=2)
+    assert W1.dtype == np.float32 and W1.shape == (15, 4)
+    np.testing.assert_allclose(W1, W_newton, atol=1e-3)
+    np.testing.assert_array_equal(W1, W2)
+    # closed form: n identical positives with x = 1, Cp = 3  →  w = 6n / (1 + 6n)
+    n = 7
+    W = solve_squared_hinge_dcd(smat.csr_matrix(np.ones((n, 1), np.float32)), np.ones((n, 1), bool), Cp=3.0,
+                                eps=1e-9, max_iter=10_000)
+    assert W[0, 0] == pytest.approx(6 * n / (1 + 6 * n), rel=1e-5)
+
+
+def test_dcd_and_newton_rankers_agree(toy):
+    X, Y = toy
+    tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
+    tops = []
+    for solver in ("dcd", "newton"):
+        model = XLinearModel.train(X, Y, tree, RankerParams(solver=solver, threads=2))
+        tops.append(np.asarray(model.predict(X, only_topk=1).argmax(axis=1)).ravel())
+    assert (tops[0] == tops[1]).mean() > 0.95
+    with pytest.raises(ValueError, match="solver"):
+        RankerParams(solver="sgd")
 
 
 def _exhaustive_scores(model: XLinearModel, X, post_processor):

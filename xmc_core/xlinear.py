@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as smat
 
+from . import kernels
 from .params import ParamsBase
 from .sparse import binarize
 
@@ -46,6 +47,7 @@ __all__ = [
     "XLinearModel",
     "POST_PROCESSORS",
     "solve_squared_hinge",
+    "solve_squared_hinge_dcd",
 ]
 
 
@@ -60,10 +62,16 @@ class RankerParams(ParamsBase):
     bias: value of the appended constant feature (0 disables the bias term).
     threshold: weights with |w| below it are pruned to zero.
     negative_sampling: "tfn", "man" or "tfn+man".
-    max_iter: Newton iterations; eps: stop when ||g|| <= eps * ||g_0|| per classifier.
-    cg_max_iter, cg_eps: conjugate-gradient iterations and relative tolerance per Newton step.
-        (eps 1e-4 / cg_eps 0.1 measured against PECOS: looser settings, 1e-3 / 0.3, train ~1.7×
-        faster on eurlex57k but lose ~0.1-0.2 P@1 there.)
+    solver: "dcd" (dual coordinate descent with shrinking, liblinear's L2R_L2LOSS_SVC_DUAL and
+        PECOS's default; compiled, `kernels.dcd_squared_hinge`) or "newton" (batched primal
+        Newton-CG in numpy, `solve_squared_hinge`).
+    max_iter, eps (dcd): passes over a block's instances, and the stop when the spread of the
+        projected gradient is <= eps (PECOS: 100, 0.1).
+    newton_max_iter, newton_eps (newton): Newton iterations; stop when ||g|| <= eps * ||g_0||.
+    cg_max_iter, cg_eps (newton): conjugate-gradient iterations and relative tolerance per Newton
+        step. (newton_eps 1e-4 / cg_eps 0.1 measured against PECOS: looser settings, 1e-3 / 0.3,
+        train ~1.7× faster on eurlex57k but lose ~0.1-0.2 P@1 there.)
+    seed: instance order of the coordinate descent (dcd).
     man_beam_size: beam of the matcher that selects MAN negatives (None: PredParams.beam_size).
     threads: worker threads (-1: all cores).
     """
@@ -73,14 +81,20 @@ class RankerParams(ParamsBase):
     bias: float = 1.0
     threshold: float = 0.1
     negative_sampling: str = "tfn"
-    max_iter: int = 20
-    eps: float = 1e-4
+    solver: str = "dcd"
+    max_iter: int = 100
+    eps: float = 0.1
+    newton_max_iter: int = 20
+    newton_eps: float = 1e-4
     cg_max_iter: int = 30
     cg_eps: float = 0.1
     man_beam_size: int | None = None
     threads: int = -1
+    seed: int = 0
 
     def __post_init__(self):
+        if self.solver not in ("dcd", "newton"):
+            raise ValueError(f"RankerParams.solver: expected dcd or newton, got {self.solver!r}")
         if self.negative_sampling not in ("tfn", "man", "tfn+man"):
             raise ValueError(
                 f"RankerParams.negative_sampling: expected tfn, man or tfn+man, got {self.negative_sampling!r}"
@@ -94,11 +108,13 @@ class RankerParams(ParamsBase):
 
 @dataclass
 class PredParams(ParamsBase):
-    """Prediction settings: beam width per level, labels kept at the end, score post-processor."""
+    """Prediction settings: beam width per level, labels kept at the end, score post-processor,
+    worker threads for batch scoring (-1: all cores)."""
 
     beam_size: int = 10
     only_topk: int = 20
     post_processor: str = "l3-hinge"
+    threads: int = -1
 
     def __post_init__(self):
         if self.beam_size < 1 or self.only_topk < 1:
@@ -138,6 +154,16 @@ POST_PROCESSORS: dict[str, tuple[Callable, str, float]] = {
 for _p in range(1, 5):
     POST_PROCESSORS[f"l{_p}-hinge"] = (_lp_hinge(_p), _MUL, 1.0)
     POST_PROCESSORS[f"log-l{_p}-hinge"] = (_log_lp_hinge(_p), _ADD, 0.0)
+
+
+# (code, power) of each post-processor for the compiled beam step (`kernels.select_topk`)
+_PP_CODES: dict[str, tuple[int, float]] = {
+    "noop": (kernels.PP_NOOP, 1.0),
+    "sigmoid": (kernels.PP_SIGMOID, 1.0),
+    "log-sigmoid": (kernels.PP_LOG_SIGMOID, 1.0),
+    **{f"l{p}-hinge": (kernels.PP_LP_HINGE, float(p)) for p in range(1, 5)},
+    **{f"log-l{p}-hinge": (kernels.PP_LOG_LP_HINGE, float(p)) for p in range(1, 5)},
+}
 
 
 def _combine(kind: str, child: np.ndarray, parent: np.ndarray) -> np.ndarray:
@@ -190,6 +216,46 @@ def solve_squared_hinge(
     finally:
         if pool is not None:
             pool.shutdown()
+
+
+def solve_squared_hinge_dcd(
+    X: smat.csr_matrix,
+    Ypos: np.ndarray,
+    Cp: float = 1.0,
+    Cn: float = 1.0,
+    eps: float = 0.1,
+    max_iter: int = 100,
+    threads: int = 1,
+    seed: int = 0,
+    stats: list | None = None,
+) -> np.ndarray:
+    """The problem of `solve_squared_hinge` by dual coordinate descent (one column at a time).
+
+    X: n × d float32 CSR (bias column included). Ypos: n × K bool. Returns W: d × K float32.
+    Columns are split over `threads` (the compiled loop releases the GIL). `stats`, when given,
+    receives arrays of coordinate visits per column (n per full pass).
+    """
+    n, d = X.shape
+    K = Ypos.shape[1]
+    if n == 0 or K == 0:
+        return np.zeros((d, K), np.float32)
+    X = smat.csr_matrix(X, dtype=np.float32)
+    Y8 = np.ascontiguousarray(Ypos, dtype=np.uint8)
+    indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
+
+    def solve(cols):
+        visits = np.zeros(len(cols), np.int64)
+        W = kernels.dcd_squared_hinge(indptr, indices, X.data, d, Y8, cols, float(Cp), float(Cn),
+                                      float(eps), int(max_iter), int(seed), visits)
+        if stats is not None:
+            stats.append(visits)
+        return W
+
+    if threads <= 1 or K == 1:
+        return solve(np.arange(K, dtype=np.int64))
+    parts = np.array_split(np.arange(K, dtype=np.int64), min(threads, K))
+    with ThreadPoolExecutor(len(parts)) as ex:
+        return np.hstack(list(ex.map(solve, parts)))
 
 
 def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, pool) -> np.ndarray:
@@ -566,31 +632,47 @@ class XLinearModel:
         Returns N × K_last (level_scores=True: the last level's nodes, copies not merged) or N × L
         (labels, copies merged by max).
         """
-        transform, kind, root = POST_PROCESSORS[post_processor]
+        _, kind, root = POST_PROCESSORS[post_processor]
+        code, power = _PP_CODES[post_processor]
+        combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+        threads = _resolve_threads(self.pred_params.threads)
         N = Xb.shape[0]
-        rows = np.arange(N, dtype=np.int64)
-        parents = np.zeros(N, dtype=np.int64)
-        pscores = np.full(N, root, dtype=np.float32)
         depth = self.tree.depth
-        for t in range(depth):
-            C, W_t = self.tree.C[t], self.W[t]
-            r, j, v = _score_children(Xb, W_t, C.indptr, rows, parents)
-            parent_of_child = np.repeat(np.arange(len(rows)), np.diff(C.indptr)[parents])
-            v = _combine(kind, transform(v).astype(np.float32), pscores[parent_of_child])
-            nodes = C.indices[j].astype(np.int64)
-            last = t == depth - 1
-            if last and not level_scores and C.nnz > C.shape[0]:
-                # a label with copies in several clusters (disentangled tree): keep its max
-                order = np.lexsort((-v, nodes, r))
-                r, nodes, v = r[order], nodes[order], v[order]
-                first = np.ones(len(r), bool)
-                first[1:] = (r[1:] != r[:-1]) | (nodes[1:] != nodes[:-1])
-                r, nodes, v = r[first], nodes[first], v[first]
-            k = only_topk if last else beam_size
-            rows, parents, pscores = _topk_flat(r, nodes, v, N, k)
         n_cols = self.tree.C[-1].shape[0]  # labels, or the last level's nodes of a partial tree
-        out = smat.csr_matrix((pscores, (rows, parents)), shape=(N, n_cols), dtype=np.float32)
-        out.sum_duplicates()
+        # Rows go through in batches so the flat (pair, child) score arrays stay bounded.
+        widest = max(int(np.diff(C.indptr).max(initial=0)) for C in self.tree.C)
+        batch = max(1024, (1 << 25) // max(1, beam_size * widest))
+        parts = []
+        for lo in range(0, N, batch):
+            Xs = Xb[lo:min(N, lo + batch)]
+            n = Xs.shape[0]
+            rows = np.arange(n, dtype=np.int64)
+            parents = np.zeros(n, dtype=np.int64)
+            pscores = np.full(n, root, dtype=np.float32)
+            row_ptr = np.arange(n + 1, dtype=np.int64)
+            for t in range(depth):
+                C, W_t = self.tree.C[t], self.W[t]
+                last = t == depth - 1
+                k = only_topk if last else beam_size
+                n_child = np.diff(C.indptr)[parents]
+                pair_start = np.zeros(len(parents), np.int64)
+                np.cumsum(n_child[:-1], out=pair_start[1:])
+                raw = _score_raw(Xs, W_t, C.indptr, rows, parents, pair_start, int(n_child.sum()), threads)
+                top_node = np.empty((n, k), np.int64)
+                top_score = np.empty((n, k), np.float32)
+                merge = last and not level_scores and C.nnz > C.shape[0]
+                kernels.select_topk(row_ptr, parents, pscores, pair_start, C.indptr.astype(np.int64),
+                                    C.indices.astype(np.int64), raw, code, power, combine, k, merge,
+                                    top_node, top_score)
+                keep = top_node >= 0
+                counts = keep.sum(axis=1)
+                rows = np.repeat(np.arange(n, dtype=np.int64), counts)
+                parents, pscores = top_node[keep], top_score[keep]
+                row_ptr = np.zeros(n + 1, np.int64)
+                np.cumsum(counts, out=row_ptr[1:])
+            parts.append(smat.csr_matrix((pscores, parents, row_ptr), shape=(n, n_cols), dtype=np.float32))
+        out = smat.vstack(parts, format="csr") if parts else smat.csr_matrix((0, n_cols), dtype=np.float32)
+        out.sort_indices()
         return out
 
     # -- persistence ------------------------------------------------------------------------
@@ -613,36 +695,61 @@ class XLinearModel:
         return cls(tree, W, meta["bias"], PredParams.from_dict(meta["pred_params"]))
 
 
-def _score_children(Xb, W_t, indptr, rows, parents):
+def _level_chunks(W_t: smat.csc_matrix, indptr: np.ndarray):
+    """W_t regrouped by parent for beam scoring: each parent's children columns as a
+    row-compressed chunk over the features where any child has a weight (see
+    `kernels.score_pairs`). Built once per weight matrix and kept on it."""
+    key = (id(indptr), len(indptr), W_t.nnz)
+    cached = getattr(W_t, "_xmc_chunks", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    chunks = kernels.build_chunks(np.asarray(indptr, np.int64), W_t.indptr.astype(np.int64),
+                                  W_t.indices.astype(np.int64), W_t.data.astype(np.float32, copy=False),
+                                  W_t.shape[0])
+    chunks = (*chunks, np.diff(indptr).astype(np.int64))
+    W_t._xmc_chunks = (key, chunks)
+    return chunks
+
+
+def _score_children(Xb, W_t, indptr, rows, parents, threads: int = 1):
     """Raw scores of every child of each (row, parent) pair.
 
     Xb: N × (D+1) CSR. W_t: (D+1) × nnz(C) CSC in children-contiguous order. rows, parents: the
     beam as flat arrays. Returns flat (row, column j of W_t, raw score) in the order of the
-    pairs, each pair's children consecutive. Work is grouped by parent: one sparse product per
-    parent present in the beam.
+    pairs, each pair's children consecutive.
     """
+    rows = np.asarray(rows, np.int64)
+    parents = np.asarray(parents, np.int64)
     n_child = np.diff(indptr)[parents]
     total = int(n_child.sum())
+    pair_start = np.zeros(len(parents), np.int64)
+    np.cumsum(n_child[:-1], out=pair_start[1:])
     out_r = np.repeat(rows, n_child)
-    pair_start = np.concatenate([[0], np.cumsum(n_child)[:-1]])
     out_j = np.repeat(indptr[parents] - pair_start, n_child) + np.arange(total)
+    return out_r, out_j, _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads)
+
+
+def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
+    """The raw scores of `_score_children` alone (float32, length total), pair q's children at
+    pair_start[q]:. The compiled kernel scores the pairs grouped by parent, in threads."""
+    rows_all, row_ptr, local, vals, rows_off, n_child_of = _level_chunks(W_t, indptr)
     out_v = np.empty(total, np.float32)
+    x_indptr, x_indices = Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64)
     order = np.argsort(parents, kind="stable")
-    sp = parents[order]
-    bounds = np.flatnonzero(np.diff(sp)) + 1
-    groups = np.split(order, bounds)
-    for g in groups:
-        if len(g) == 0:
-            continue
-        p = parents[g[0]]
-        a, b = indptr[p], indptr[p + 1]
-        if b == a:
-            continue
-        block = Xb[rows[g]] @ W_t[:, a:b]
-        block = block.toarray() if smat.issparse(block) else np.asarray(block)
-        dest = (pair_start[g][:, None] + np.arange(b - a)[None, :]).ravel()
-        out_v[dest] = block.ravel()
-    return out_r, out_j, out_v
+
+    def run(sl):
+        slot = np.full(Xb.shape[1], -1, np.int64)
+        kernels.score_pairs(x_indptr, x_indices, Xb.data, rows, parents, pair_start, order[sl],
+                            rows_all, row_ptr, local, vals, rows_off, n_child_of, slot, out_v)
+
+    n_pairs = len(rows)
+    if threads > 1 and n_pairs >= 4096:
+        bounds = np.linspace(0, n_pairs, threads + 1).astype(int)
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(run, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
+    elif n_pairs:
+        run(slice(0, n_pairs))
+    return out_v
 
 
 def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat.csc_matrix:
@@ -666,10 +773,14 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
         used = np.unique(Xp.indices)
         Xp = smat.csr_matrix((Xp.data, np.searchsorted(used, Xp.indices), Xp.indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
-        Wp = solve_squared_hinge(
-            Xp, Ypos, params.Cp, params.Cn, params.max_iter, params.eps, params.cg_max_iter, params.cg_eps,
-            threads=inner_threads,
-        )
+        if params.solver == "dcd":
+            Wp = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
+                                         threads=inner_threads, seed=params.seed + p)
+        else:
+            Wp = solve_squared_hinge(
+                Xp, Ypos, params.Cp, params.Cn, params.newton_max_iter, params.newton_eps, params.cg_max_iter,
+                params.cg_eps, threads=inner_threads,
+            )
         r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
         return p, (used[r], a + k, Wp[r, k])
 

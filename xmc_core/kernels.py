@@ -1,0 +1,294 @@
+"""Compiled inner loops (numba) for the linear rankers: dual coordinate descent and beam scoring.
+
+These are the two places where the work is a loop over single instances (a coordinate-descent
+update touches one row of X; a beam step scores one (instance, parent) pair), which no
+vectorized array expression expresses without materializing far more than it computes. Everything
+here takes and returns plain arrays (CSR as indptr/indices/data) and releases the GIL, so callers
+run them in threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = ["dcd_squared_hinge", "score_pairs"]
+
+
+@njit(nogil=True, cache=True)
+def _xorshift(state):
+    x = state[0]
+    x ^= (x << np.uint64(13)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    x ^= x >> np.uint64(7)
+    x ^= (x << np.uint64(17)) & np.uint64(0xFFFFFFFFFFFFFFFF)
+    state[0] = x
+    return x
+
+
+@njit(nogil=True, cache=True)
+def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps, max_iter, seed, visits):
+    """One-vs-rest L2-regularized squared-hinge SVMs by dual coordinate descent with shrinking
+    (Hsieh et al. 2008, the liblinear L2R_L2LOSS_SVC_DUAL solver), one column of Ypos at a time.
+
+    indptr, indices, data: n × n_features CSR (float32 data, sorted indices not required).
+    Ypos: n × K uint8 (1 = positive). cols: the columns of Ypos to solve (int64).
+    Stops a column when max(PG) - min(PG) over the active instances is <= eps, or after
+    max_iter passes. Returns W: n_features × len(cols) float32; visits[kk] (out) counts the
+    coordinate updates examined for column kk.
+    """
+    n = indptr.shape[0] - 1
+    K = cols.shape[0]
+    W = np.zeros((n_features, K), np.float32)
+    sqnorm = np.zeros(n, np.float64)
+    for i in range(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += data[p] * data[p]
+        sqnorm[i] = s
+    diag_p = 0.5 / Cp
+    diag_n = 0.5 / Cn
+    w = np.zeros(n_features, np.float64)
+    alpha = np.zeros(n, np.float64)
+    index = np.empty(n, np.int64)
+    state = np.empty(1, np.uint64)
+    for kk in range(K):
+        k = cols[kk]
+        w[:] = 0.0
+        alpha[:] = 0.0
+        for i in range(n):
+            index[i] = i
+        state[0] = np.uint64(seed * 2654435761 + k * 40503 + 1)
+        active = n
+        pg_max_old = np.inf
+        pg_min_old = -np.inf
+        it = 0
+        while it < max_iter:
+            pg_max = -np.inf
+            pg_min = np.inf
+            for s in range(active):
+                j = s + np.int64(_xorshift(state) % np.uint64(active - s))
+                tmp = index[s]
+                index[s] = index[j]
+                index[j] = tmp
+            s = 0
+            visits[kk] += active
+            while s < active:
+                i = index[s]
+                yi = 1.0 if Ypos[i, k] else -1.0
+                di = diag_p if Ypos[i, k] else diag_n
+                wx = 0.0
+                for p in range(indptr[i], indptr[i + 1]):
+                    wx += w[indices[p]] * data[p]
+                G = yi * wx - 1.0 + alpha[i] * di
+                PG = 0.0
+                if alpha[i] == 0.0:
+                    if G > pg_max_old:
+                        active -= 1
+                        tmp = index[s]
+                        index[s] = index[active]
+                        index[active] = tmp
+                        continue
+                    elif G < 0.0:
+                        PG = G
+                else:
+                    PG = G
+                if PG > pg_max:
+                    pg_max = PG
+                if PG < pg_min:
+                    pg_min = PG
+                if abs(PG) > 1e-12:
+                    old = alpha[i]
+                    new = old - G / (sqnorm[i] + di)
+                    if new < 0.0:
+                        new = 0.0
+                    alpha[i] = new
+                    step = (new - old) * yi
+                    for p in range(indptr[i], indptr[i + 1]):
+                        w[indices[p]] += step * data[p]
+                s += 1
+            it += 1
+            if pg_max - pg_min <= eps:
+                if active == n:
+                    break
+                # converged on the shrunk set: check once more on all instances
+                active = n
+                pg_max_old = np.inf
+                pg_min_old = -np.inf
+                continue
+            pg_max_old = pg_max if pg_max > 0.0 else np.inf
+            pg_min_old = pg_min if pg_min < 0.0 else -np.inf
+        for f in range(n_features):
+            W[f, kk] = w[f]
+    return W
+
+
+@njit(nogil=True, cache=True)
+def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
+                rows_all, row_ptr_all, cols_all, vals_all, rows_off, n_child, slot, out):
+    """Raw scores of every child of each (instance, parent) pair of a beam step.
+
+    x_*: the instances, CSR. Pair q scores instance pair_rows[q] against the chunk
+    pair_chunks[q] (a parent's children as a row-compressed block over the features where some child has a weight; all chunks concatenated: chunk c's rows
+    at rows_off[c]:rows_off[c+1], row a's entries at row_ptr_all[a]:row_ptr_all[a+1] of
+    cols_all/vals_all) and writes n_child[c] scores to out[pair_out[q]:]. Pairs are visited in
+    `order`, which groups them by chunk: a chunk's rows are scattered once into `slot` (a
+    length-n_features int64 scratch array of -1, left as it was found), so a feature's weights
+    are found in O(1). Cost: the chunks' rows once, plus nnz(x) lookups per pair.
+    """
+    cur = -1
+    for qq in range(order.shape[0]):
+        q = order[qq]
+        c = pair_chunks[q]
+        if c != cur:
+            if cur >= 0:
+                for a in range(rows_off[cur], rows_off[cur + 1]):
+                    slot[rows_all[a]] = -1
+            for a in range(rows_off[c], rows_off[c + 1]):
+                slot[rows_all[a]] = a
+            cur = c
+        i = pair_rows[q]
+        o = pair_out[q]
+        for t in range(n_child[c]):
+            out[o + t] = 0.0
+        for p in range(x_indptr[i], x_indptr[i + 1]):
+            a = slot[x_indices[p]]
+            if a < 0:
+                continue
+            xv = x_data[p]
+            for e in range(row_ptr_all[a], row_ptr_all[a + 1]):
+                out[o + cols_all[e]] += xv * vals_all[e]
+    if cur >= 0:
+        for a in range(rows_off[cur], rows_off[cur + 1]):
+            slot[rows_all[a]] = -1
+    return out
+
+
+# post-processor codes for `select_topk`: transform and how it combines with the parent's score
+PP_NOOP, PP_SIGMOID, PP_LOG_SIGMOID, PP_LP_HINGE, PP_LOG_LP_HINGE = 0, 1, 2, 3, 4
+COMBINE_MUL, COMBINE_ADD, COMBINE_NOOP = 0, 1, 2
+
+
+@njit(nogil=True, cache=True)
+def _transform(v, code, power):
+    if code == PP_SIGMOID:
+        return 1.0 / (1.0 + np.exp(-v))
+    if code == PP_LOG_SIGMOID:
+        return -np.logaddexp(0.0, -v)
+    if code == PP_LP_HINGE or code == PP_LOG_LP_HINGE:
+        m = 1.0 - v
+        if m < 0.0:
+            m = 0.0
+        h = m ** power
+        return np.exp(-h) if code == PP_LP_HINGE else -h
+    return v
+
+
+@njit(nogil=True, cache=True)
+def select_topk(row_pair_ptr, pair_parent, pair_pscore, pair_start, child_ptr, child_node, raw,
+                code, power, combine, k, merge_copies, top_node, top_score):
+    """Per row of a beam step: transform its children's raw scores, combine each with its parent's
+    score, and keep the k best nodes (sorted, best first; -1 pads).
+
+    row_pair_ptr: the row's pairs are row_pair_ptr[r]:row_pair_ptr[r+1]. Pair q's children are
+    child_node[child_ptr[p]:child_ptr[p+1]] (p = pair_parent[q]) with raw scores at
+    raw[pair_start[q]:]. merge_copies: a node met twice in a row (a label with copies in several
+    clusters) keeps its best score once. top_node (n × k int64), top_score (n × k float32): out.
+    """
+    n = row_pair_ptr.shape[0] - 1
+    for r in range(n):
+        cnt = 0
+        for q in range(row_pair_ptr[r], row_pair_ptr[r + 1]):
+            p = pair_parent[q]
+            ps = pair_pscore[q]
+            base = pair_start[q]
+            a = child_ptr[p]
+            for t in range(child_ptr[p + 1] - a):
+                s = _transform(raw[base + t], code, power)
+                if combine == COMBINE_MUL:
+                    s = s * ps
+                elif combine == COMBINE_ADD:
+                    s = s + ps
+                node = child_node[a + t]
+                pos = -1
+                if merge_copies:
+                    for u in range(cnt):
+                        if top_node[r, u] == node:
+                            pos = u
+                            break
+                    if pos >= 0:
+                        if s <= top_score[r, pos]:
+                            continue
+                if pos < 0:
+                    if cnt < k:
+                        pos = cnt
+                        cnt += 1
+                    elif s > top_score[r, k - 1]:
+                        pos = k - 1
+                    else:
+                        continue
+                # move up from pos while the one above scores lower
+                while pos > 0 and top_score[r, pos - 1] < s:
+                    top_score[r, pos] = top_score[r, pos - 1]
+                    top_node[r, pos] = top_node[r, pos - 1]
+                    pos -= 1
+                top_score[r, pos] = s
+                top_node[r, pos] = node
+        for u in range(cnt, k):
+            top_node[r, u] = -1
+            top_score[r, u] = 0.0
+
+
+@njit(nogil=True, cache=True)
+def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
+    """Regroup a level's weights by parent for `score_pairs`.
+
+    c_indptr: parent p's children are columns c_indptr[p]:c_indptr[p+1] of W (CSC: w_indptr,
+    w_indices, w_data). Returns (rows_all, row_ptr_all, cols_all, vals_all, rows_off): for each
+    parent, the features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all,
+    in first-seen order), each with its (child, weight) entries.
+    """
+    n_parents = c_indptr.shape[0] - 1
+    mark = np.full(n_features, -1, np.int64)
+    rows_off = np.zeros(n_parents + 1, np.int64)
+    for p in range(n_parents):
+        m = 0
+        for c in range(c_indptr[p], c_indptr[p + 1]):
+            for e in range(w_indptr[c], w_indptr[c + 1]):
+                f = w_indices[e]
+                if mark[f] != p:
+                    mark[f] = p
+                    m += 1
+        rows_off[p + 1] = rows_off[p] + m
+    n_rows = rows_off[n_parents]
+    nnz = w_indptr[w_indptr.shape[0] - 1]
+    rows_all = np.empty(n_rows, np.int64)
+    row_ptr = np.zeros(n_rows + 1, np.int64)
+    cols_all = np.empty(nnz, np.int32)
+    vals_all = np.empty(nnz, np.float32)
+    slot = np.full(n_features, -1, np.int64)
+    for p in range(n_parents):
+        lo = rows_off[p]
+        m = lo
+        for c in range(c_indptr[p], c_indptr[p + 1]):
+            for e in range(w_indptr[c], w_indptr[c + 1]):
+                f = w_indices[e]
+                if slot[f] < 0:
+                    slot[f] = m
+                    rows_all[m] = f
+                    m += 1
+                row_ptr[slot[f] + 1] += 1
+        # row_ptr holds counts for this parent's rows; entries of parent p start where p-1's end
+        start = row_ptr[lo]
+        for a in range(lo, m):
+            start += row_ptr[a + 1]
+            row_ptr[a + 1] = start
+        fill = row_ptr[lo:m].copy()
+        for c in range(c_indptr[p], c_indptr[p + 1]):
+            for e in range(w_indptr[c], w_indptr[c + 1]):
+                a = slot[w_indices[e]]
+                cols_all[fill[a - lo]] = c - c_indptr[p]
+                vals_all[fill[a - lo]] = w_data[e]
+                fill[a - lo] += 1
+        for a in range(lo, m):
+            slot[rows_all[a]] = -1
+    return rows_all, row_ptr, cols_all, vals_all, rows_off
