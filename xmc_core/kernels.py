@@ -48,15 +48,20 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
     diag_p = 0.5 / Cp
     diag_n = 0.5 / Cn
     w = np.zeros(n_features, np.float64)
-    alpha = np.zeros(n, np.float64)
+    # per instance (alpha, Q_ii + D_ii, y, D_ii) side by side: one cache line per visited instance
+    st = np.empty((n, 4), np.float64)
     index = np.empty(n, np.int64)
     state = np.empty(1, np.uint64)
     for kk in range(K):
         k = cols[kk]
         w[:] = 0.0
-        alpha[:] = 0.0
         for i in range(n):
             index[i] = i
+            pos = Ypos[i, k] != 0
+            st[i, 0] = 0.0
+            st[i, 1] = sqnorm[i] + (diag_p if pos else diag_n)
+            st[i, 2] = 1.0 if pos else -1.0
+            st[i, 3] = diag_p if pos else diag_n
         state[0] = np.uint64(seed * 2654435761 + k * 40503 + 1)
         active = n
         pg_max_old = np.inf
@@ -74,14 +79,17 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
             visits[kk] += active
             while s < active:
                 i = index[s]
-                yi = 1.0 if Ypos[i, k] else -1.0
-                di = diag_p if Ypos[i, k] else diag_n
+                alpha_i = st[i, 0]
+                qd = st[i, 1]
+                yi = st[i, 2]
+                lo = indptr[i]
+                hi = indptr[i + 1]
                 wx = 0.0
-                for p in range(indptr[i], indptr[i + 1]):
+                for p in range(lo, hi):
                     wx += w[indices[p]] * data[p]
-                G = yi * wx - 1.0 + alpha[i] * di
+                G = yi * wx - 1.0 + alpha_i * st[i, 3]
                 PG = 0.0
-                if alpha[i] == 0.0:
+                if alpha_i == 0.0:
                     if G > pg_max_old:
                         active -= 1
                         tmp = index[s]
@@ -97,13 +105,12 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
                 if PG < pg_min:
                     pg_min = PG
                 if abs(PG) > 1e-12:
-                    old = alpha[i]
-                    new = old - G / (sqnorm[i] + di)
+                    new = alpha_i - G / qd
                     if new < 0.0:
                         new = 0.0
-                    alpha[i] = new
-                    step = (new - old) * yi
-                    for p in range(indptr[i], indptr[i + 1]):
+                    st[i, 0] = new
+                    step = (new - alpha_i) * yi
+                    for p in range(lo, hi):
                         w[indices[p]] += step * data[p]
                 s += 1
             it += 1
@@ -292,3 +299,105 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
         for a in range(lo, m):
             slot[rows_all[a]] = -1
     return rows_all, row_ptr, cols_all, vals_all, rows_off
+
+
+@njit(nogil=True, cache=True)
+def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
+    """Balanced spherical 2-means of the rows `members` (m >= 2) of a CSR matrix.
+
+    colmap: int64 scratch of length n_columns filled with -1 (left so): the members' columns are
+    renumbered through it, so the work is O(nnz of the members), whatever the width. i0: the
+    first seed (a position in members). See `_balanced_2means_local`; returns (m,) int64 sides.
+    """
+    m = members.shape[0]
+    lptr = np.zeros(m + 1, np.int64)
+    for r in range(m):
+        i = members[r]
+        lptr[r + 1] = lptr[r] + indptr[i + 1] - indptr[i]
+    lind = np.empty(lptr[m], np.int64)
+    ldat = np.empty(lptr[m], np.float32)
+    used = np.empty(lptr[m], np.int64)
+    n_cols = 0
+    for r in range(m):
+        i = members[r]
+        q = lptr[r]
+        for p in range(indptr[i], indptr[i + 1]):
+            f = indices[p]
+            if colmap[f] < 0:
+                colmap[f] = n_cols
+                used[n_cols] = f
+                n_cols += 1
+            lind[q] = colmap[f]
+            ldat[q] = data[p]
+            q += 1
+    for c in range(n_cols):
+        colmap[used[c]] = -1
+    return _balanced_2means_local(lptr, lind, ldat, n_cols, i0, max_iter)
+
+
+@njit(nogil=True, cache=True)
+def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
+    """Balanced spherical 2-means of the rows of one CSR block (m × n_cols, m >= 2).
+
+    Seeds: row i0 and the row least similar to it. Each round ranks the rows by
+    <z, c0> - <z, c1> and gives the first ceil(m/2) (stable order, lower index first on ties) to
+    side 0; centroids are the normalized sums of each side. Stops when the sides repeat or after
+    max_iter rounds. Returns (m,) int64 sides.
+    """
+    m = indptr.shape[0] - 1
+    n_left = (m + 1) // 2
+    cd = np.zeros(n_cols, np.float64)  # c0 - c1: the ranking needs only the difference
+    for p in range(indptr[i0], indptr[i0 + 1]):
+        cd[indices[p]] = data[p]
+    sims = np.empty(m, np.float64)
+    for i in range(m):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += data[p] * cd[indices[p]]
+        sims[i] = s
+    i1 = np.argmin(sims)
+    if i1 == i0:
+        i1 = (i0 + 1) % m
+    for p in range(indptr[i1], indptr[i1 + 1]):
+        cd[indices[p]] -= data[p]
+    total = np.zeros(n_cols, np.float64)
+    for i in range(m):
+        for p in range(indptr[i], indptr[i + 1]):
+            total[indices[p]] += data[p]
+    side = np.full(m, -1, np.int64)
+    new_side = np.empty(m, np.int64)
+    sum0 = np.zeros(n_cols, np.float64)
+    for _ in range(max_iter):
+        for i in range(m):
+            s = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                s += data[p] * cd[indices[p]]
+            sims[i] = -s
+        order = np.argsort(sims, kind="mergesort")
+        for r in range(m):
+            new_side[order[r]] = 0 if r < n_left else 1
+        same = True
+        for i in range(m):
+            if new_side[i] != side[i]:
+                same = False
+                break
+        if same:
+            break
+        side[:] = new_side
+        sum0[:] = 0.0
+        for i in range(m):
+            if side[i] == 0:
+                for p in range(indptr[i], indptr[i + 1]):
+                    sum0[indices[p]] += data[p]
+        n0 = 0.0
+        n1 = 0.0
+        for f in range(n_cols):
+            a = sum0[f]
+            b = total[f] - a
+            n0 += a * a
+            n1 += b * b
+        n0 = np.sqrt(n0) if n0 > 0 else 1.0
+        n1 = np.sqrt(n1) if n1 > 0 else 1.0
+        for f in range(n_cols):
+            cd[f] = sum0[f] / n0 - (total[f] - sum0[f]) / n1
+    return side

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 import os
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as smat
 
+from . import kernels
 from .params import ParamsBase
 from .sparse import binarize
 
@@ -131,21 +133,19 @@ class LabelTree:
 
 
 def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
-    """Balanced spherical 2-means of one node's labels. Zn: m × d (CSR with compressed columns,
-    or dense), m >= 2. Returns (m,) int64 sides, 0 for the first ceil(m/2) by similarity margin."""
+    """Balanced spherical 2-means of one node's labels. Zn: m × d dense, m >= 2 (sparse
+    embeddings go through `kernels.balanced_2means`, the same rounds compiled). Returns (m,)
+    int64 sides, 0 for the first ceil(m/2) by similarity margin."""
     m = Zn.shape[0]
     n_left = (m + 1) // 2
     rng = np.random.default_rng(seed)
-    sparse = smat.issparse(Zn)
-    ZnT = Zn.T.tocsr() if sparse else None
     # Seeds: a random label, then the label least similar to it (a far pair splits along the
     # node's main direction; two random seeds made trees, and P@1, vary much more by seed).
     i0 = int(rng.integers(m))
-    z0 = Zn[i0].toarray().ravel() if sparse else Zn[i0]
-    i1 = int(np.argmin(np.asarray(Zn @ z0).ravel()))
+    i1 = int(np.argmin(Zn @ Zn[i0]))
     if i1 == i0:
         i1 = (i0 + 1) % m
-    cen = np.asarray(Zn[[i0, i1]].toarray().T, dtype=np.float32) if sparse else np.ascontiguousarray(Zn[[i0, i1]].T)
+    cen = np.ascontiguousarray(Zn[[i0, i1]].T)
     side = None
     for _ in range(max_iter):
         sims = np.asarray(Zn @ cen)
@@ -158,28 +158,11 @@ def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
         side = new_side
         onehot = np.zeros((m, 2), np.float32)
         onehot[np.arange(m), side] = 1.0
-        cen = np.asarray(ZnT @ onehot) if sparse else Zn.T @ onehot
+        cen = Zn.T @ onehot
         norms = np.linalg.norm(cen, axis=0)
         norms[norms == 0] = 1.0
         cen = (cen / norms).astype(np.float32)
     return side
-
-
-def _node_block(Z, members: np.ndarray):
-    """Rows `members` of Z; for CSR, columns compressed to those used (so work is O(nnz))."""
-    if not smat.issparse(Z):
-        return Z[members]
-    Zn = Z[members]
-    D = Z.shape[1]
-    if Zn.nnz * 8 >= D:
-        # linear-time remap (a sort of all nonzeros would dominate the tree build)
-        used = np.flatnonzero(np.bincount(Zn.indices, minlength=D))
-        remap = np.empty(D, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        local = remap[Zn.indices]
-    else:
-        used, local = np.unique(Zn.indices, return_inverse=True)
-    return smat.csr_matrix((Zn.data, local.astype(np.int64), Zn.indptr), shape=(len(members), len(used)))
 
 
 def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1) -> np.ndarray:
@@ -191,8 +174,14 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
     Nodes of a depth are split independently (threads > 1 runs them concurrently).
     """
     L = Z.shape[0]
-    if smat.issparse(Z):
+    sparse = smat.issparse(Z)
+    if sparse:
         Z = smat.csr_matrix(Z, dtype=np.float32)
+        Z = smat.csr_matrix((Z.data, Z.indices.astype(np.int64), Z.indptr.astype(np.int64)), shape=Z.shape)
+        # column-renumbering scratch, one per concurrent split
+        colmaps = queue.SimpleQueue()
+        for _ in range(max(1, threads)):
+            colmaps.put(np.full(Z.shape[1], -1, np.int64))
     else:
         Z = np.ascontiguousarray(Z, dtype=np.float32)
     node = np.zeros(L, dtype=np.int64)
@@ -207,7 +196,13 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
             members = order[bounds[n]:bounds[n + 1]]
             if len(members) < 2:
                 return members, np.zeros(len(members), np.int64)
-            return members, _split_node(_node_block(Z, members), int(seeds[n]), max_iter)
+            if sparse:
+                colmap = colmaps.get()
+                i0 = int(np.random.default_rng(int(seeds[n])).integers(len(members)))
+                side = kernels.balanced_2means(Z.indptr, Z.indices, Z.data, members, colmap, i0, max_iter)
+                colmaps.put(colmap)
+                return members, side
+            return members, _split_node(Z[members], int(seeds[n]), max_iter)
 
         if threads > 1 and n_nodes > 1:
             with ThreadPoolExecutor(threads) as ex:
