@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--beam-size", type=int, default=10)
     ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
+    ap.add_argument("--save-ranker", default=None, help="also save the trained XLinearModel folder here")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     P = model.predict(Xte, topk=10)
     predict_s = time.perf_counter() - t0
     res = ranking_metrics(Yte, P)
+    if args.save_ranker:
+        model.ranker.save(args.save_ranker)
     out = {
         "peer": "xmc", "train_s": round(train_s, 4), "predict_s": round(predict_s, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),

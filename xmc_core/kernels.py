@@ -26,19 +26,25 @@ def _xorshift(state):
 
 
 @njit(nogil=True, cache=True)
-def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps, max_iter, seed, visits):
+def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps, max_iter, seed, threshold,
+                      visits):
     """One-vs-rest L2-regularized squared-hinge SVMs by dual coordinate descent with shrinking
     (Hsieh et al. 2008, the liblinear L2R_L2LOSS_SVC_DUAL solver), one column of Ypos at a time.
 
     indptr, indices, data: n × n_features CSR (float32 data, sorted indices not required).
     Ypos: n × K uint8 (1 = positive). cols: the columns of Ypos to solve (int64).
     Stops a column when max(PG) - min(PG) over the active instances is <= eps, or after
-    max_iter passes. Returns W: n_features × len(cols) float32; visits[kk] (out) counts the
-    coordinate updates examined for column kk.
+    max_iter passes. Returns the weights as triplets (feature, kk, value) with |value| >=
+    threshold (threshold 0: the nonzeros), kk the position in `cols`, so no dense
+    n_features × K matrix is made; visits[kk] (out) counts the coordinate updates examined.
     """
     n = indptr.shape[0] - 1
     K = cols.shape[0]
-    W = np.zeros((n_features, K), np.float32)
+    cap = max(16, n_features)
+    out_f = np.empty(cap, np.int64)
+    out_k = np.empty(cap, np.int64)
+    out_v = np.empty(cap, np.float32)
+    nnz = 0
     sqnorm = np.zeros(n, np.float64)
     for i in range(n):
         s = 0.0
@@ -71,7 +77,8 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
             pg_max = -np.inf
             pg_min = np.inf
             for s in range(active):
-                j = s + np.int64(_xorshift(state) % np.uint64(active - s))
+                # uniform in [s, active) by multiply-shift (no division in the hot loop)
+                j = s + np.int64(((_xorshift(state) >> np.uint64(32)) * np.uint64(active - s)) >> np.uint64(32))
                 tmp = index[s]
                 index[s] = index[j]
                 index[j] = tmp
@@ -125,8 +132,32 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
             pg_max_old = pg_max if pg_max > 0.0 else np.inf
             pg_min_old = pg_min if pg_min < 0.0 else -np.inf
         for f in range(n_features):
-            W[f, kk] = w[f]
-    return W
+            v = w[f]
+            if v != 0.0 and abs(v) >= threshold:
+                if nnz == cap:
+                    cap *= 2
+                    out_f = _grow_i(out_f, cap)
+                    out_k = _grow_i(out_k, cap)
+                    out_v = _grow_f(out_v, cap)
+                out_f[nnz] = f
+                out_k[nnz] = kk
+                out_v[nnz] = v
+                nnz += 1
+    return out_f[:nnz].copy(), out_k[:nnz].copy(), out_v[:nnz].copy()
+
+
+@njit(nogil=True, cache=True)
+def _grow_i(a, cap):
+    b = np.empty(cap, a.dtype)
+    b[:a.shape[0]] = a
+    return b
+
+
+@njit(nogil=True, cache=True)
+def _grow_f(a, cap):
+    b = np.empty(cap, a.dtype)
+    b[:a.shape[0]] = a
+    return b
 
 
 @njit(nogil=True, cache=True)
@@ -302,24 +333,24 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
 
 
 @njit(nogil=True, cache=True)
-def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
-    """Balanced spherical 2-means of the rows `members` (m >= 2) of a CSR matrix.
+def gather_rows(indptr, indices, data, rows, colmap):
+    """Rows `rows` of a CSR matrix with their columns renumbered 0.. in order of first use.
 
-    colmap: int64 scratch of length n_columns filled with -1 (left so): the members' columns are
-    renumbered through it, so the work is O(nnz of the members), whatever the width. i0: the
-    first seed (a position in members). See `_balanced_2means_local`; returns (m,) int64 sides.
+    colmap: int64 scratch of length n_columns filled with -1 (left so). Returns (indptr,
+    indices (int32), data, used): used[j] is the original column of local column j. O(nnz of the
+    rows), whatever the width of the matrix.
     """
-    m = members.shape[0]
+    m = rows.shape[0]
     lptr = np.zeros(m + 1, np.int64)
     for r in range(m):
-        i = members[r]
+        i = rows[r]
         lptr[r + 1] = lptr[r] + indptr[i + 1] - indptr[i]
-    lind = np.empty(lptr[m], np.int64)
+    lind = np.empty(lptr[m], np.int32)
     ldat = np.empty(lptr[m], np.float32)
     used = np.empty(lptr[m], np.int64)
     n_cols = 0
     for r in range(m):
-        i = members[r]
+        i = rows[r]
         q = lptr[r]
         for p in range(indptr[i], indptr[i + 1]):
             f = indices[p]
@@ -332,6 +363,19 @@ def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
             q += 1
     for c in range(n_cols):
         colmap[used[c]] = -1
+    return lptr, lind, ldat, used[:n_cols].copy()
+
+
+@njit(nogil=True, cache=True)
+def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
+    """Balanced spherical 2-means of the rows `members` (m >= 2) of a CSR matrix.
+
+    colmap: int64 scratch of length n_columns filled with -1 (left so): the members' columns are
+    renumbered through it, so the work is O(nnz of the members), whatever the width. i0: the
+    first seed (a position in members). See `_balanced_2means_local`; returns (m,) int64 sides.
+    """
+    lptr, lind, ldat, used = gather_rows(indptr, indices, data, members, colmap)
+    n_cols = used.shape[0]
     return _balanced_2means_local(lptr, lind, ldat, n_cols, i0, max_iter)
 
 

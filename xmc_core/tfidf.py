@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import chain
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -105,6 +106,93 @@ class TfidfVectorizer:
         self.params = params or TfidfParams()
         self.vocab: dict[str, int] | None = None
         self.idf: np.ndarray | None = None
+        self._index = None  # token-id lookup tables of the word fast path, built on demand
+
+    # -- word uni/bigrams: token ids, n-grams as integer pairs (no n-gram strings built) -----------
+    def _fast(self) -> bool:
+        p = self.params
+        return p.analyzer == "word" and p.ngram_range[1] <= 2
+
+    def _token_lists(self, texts: Iterable[str]):
+        findall = _TOKEN_RE.findall
+        if self.params.lowercase:
+            toks = [findall(t.lower()) for t in texts]
+        else:
+            toks = [findall(t) for t in texts]
+        lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
+        return list(chain.from_iterable(toks)), lens
+
+    def _fast_terms(self, tok_ids: np.ndarray, lens: np.ndarray, n_tok: int):
+        """(doc ids, term keys) of every uni/bigram occurrence: a unigram's key is its token id,
+        a bigram's -1 - (a * n_tok + b) (negative, so the two never collide). Tokens with id -1
+        (unknown) drop out, and so do the bigrams that contain them."""
+        lo, hi = self.params.ngram_range
+        doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+        docs, keys = [], []
+        if lo == 1:
+            ok = tok_ids >= 0
+            docs.append(doc[ok])
+            keys.append(tok_ids[ok])
+        if hi == 2:
+            a, b = tok_ids[:-1], tok_ids[1:]
+            ok = (doc[1:] == doc[:-1]) & (a >= 0) & (b >= 0)
+            docs.append(doc[:-1][ok])
+            keys.append(-1 - (a[ok] * n_tok + b[ok]))
+        return np.concatenate(docs), np.concatenate(keys)
+
+    def _fit_fast(self, texts):
+        flat, lens = self._token_lists(texts)
+        tokens: dict[str, int] = {}
+        sd = tokens.setdefault
+        tok_ids = np.fromiter([sd(t, len(tokens)) for t in flat], dtype=np.int64, count=len(flat))
+        n_tok = len(tokens)
+        doc_ids, keys = self._fast_terms(tok_ids, lens, n_tok)
+        uniq, term_ids = np.unique(keys, return_inverse=True)
+        names = list(tokens)
+
+        def name(key):
+            if key >= 0:
+                return names[key]
+            a, b = divmod(-1 - int(key), n_tok)
+            return names[a] + " " + names[b]
+
+        return doc_ids, term_ids.astype(np.int64), len(lens), uniq, name
+
+    def _build_index(self):
+        """Lookup tables of the fitted vocabulary for the fast path: token → id, unigram column
+        per token id, and the bigram keys (sorted) with their columns."""
+        tokens: dict[str, int] = {}
+        sd = tokens.setdefault
+        uni, bi = [], []
+        for term, col in self.vocab.items():
+            parts = term.split(" ")
+            ids = [sd(t, len(tokens)) for t in parts]
+            (uni if len(ids) == 1 else bi).append((ids, col))
+        n_tok = max(len(tokens), 1)
+        uni_col = np.full(n_tok, -1, np.int64)
+        for ids, col in uni:
+            uni_col[ids[0]] = col
+        bkeys = np.array([a * n_tok + b for (a, b), _ in bi], dtype=np.int64)
+        bcols = np.array([col for _, col in bi], dtype=np.int64)
+        order = np.argsort(bkeys)
+        self._index = (tokens, n_tok, uni_col, bkeys[order], bcols[order])
+        return self._index
+
+    def _count_fast(self, texts):
+        tokens, n_tok, uni_col, bkeys, bcols = self._index or self._build_index()
+        flat, lens = self._token_lists(texts)
+        get = tokens.get
+        tok_ids = np.fromiter([get(t, -1) for t in flat], dtype=np.int64, count=len(flat))
+        doc_ids, keys = self._fast_terms(tok_ids, lens, n_tok)
+        cols = np.full(len(keys), -1, np.int64)
+        u = keys >= 0
+        cols[u] = uni_col[keys[u]]
+        if len(bkeys):
+            bk = -1 - keys[~u]
+            pos = np.minimum(np.searchsorted(bkeys, bk), len(bkeys) - 1)
+            cols[~u] = np.where(bkeys[pos] == bk, bcols[pos], -1)
+        ok = cols >= 0
+        return doc_ids[ok], cols[ok], len(lens)
 
     # -- tokenization -------------------------------------------------------------------------
     def _terms(self, text: str) -> list[str]:
@@ -154,11 +242,17 @@ class TfidfVectorizer:
     def fit_transform(self, texts: Sequence[str]) -> smat.csr_matrix:
         """Fit on `texts` (N strings) and return X (N × D float32 CSR)."""
         p = self.params
-        raw_vocab: dict[str, int] = {}
-        doc_ids, term_ids, n_docs = self._count(texts, raw_vocab, grow=True)
+        self._index = None
+        if self._fast():
+            doc_ids, term_ids, n_docs, uniq, name = self._fit_fast(texts)
+            n_terms = len(uniq)
+        else:
+            raw_vocab: dict[str, int] = {}
+            doc_ids, term_ids, n_docs = self._count(texts, raw_vocab, grow=True)
+            n_terms = len(raw_vocab)
         if n_docs == 0:
             raise ValueError("TfidfVectorizer.fit: no documents")
-        tf = self._tf_matrix(doc_ids, term_ids, n_docs, len(raw_vocab))
+        tf = self._tf_matrix(doc_ids, term_ids, n_docs, n_terms)
         df = np.bincount(tf.indices, minlength=tf.shape[1])
         keep = df >= p.min_df
         if p.max_df_ratio < 1.0:
@@ -171,11 +265,14 @@ class TfidfVectorizer:
         if len(kept) == 0:
             raise ValueError(
                 f"TfidfVectorizer.fit: no term occurs in >= min_df={p.min_df} documents "
-                f"({n_docs} documents, {len(raw_vocab)} distinct terms)"
+                f"({n_docs} documents, {n_terms} distinct terms)"
             )
-        terms = np.empty(len(raw_vocab), dtype=object)
-        terms[list(raw_vocab.values())] = list(raw_vocab.keys())
-        self.vocab = {t: i for i, t in enumerate(terms[kept])}
+        if self._fast():
+            self.vocab = {name(uniq[j]): i for i, j in enumerate(kept)}
+        else:
+            terms = np.empty(len(raw_vocab), dtype=object)
+            terms[list(raw_vocab.values())] = list(raw_vocab.keys())
+            self.vocab = {t: i for i, t in enumerate(terms[kept])}
         self.idf = (np.log((1.0 + n_docs) / (1.0 + df[kept])) + 1.0).astype(np.float32)
         return self._weight(tf[:, kept])
 
@@ -183,7 +280,10 @@ class TfidfVectorizer:
         """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows."""
         if self.vocab is None:
             raise RuntimeError("TfidfVectorizer.transform called before fit")
-        doc_ids, term_ids, n_docs = self._count(texts, self.vocab, grow=False)
+        if self._fast():
+            doc_ids, term_ids, n_docs = self._count_fast(texts)
+        else:
+            doc_ids, term_ids, n_docs = self._count(texts, self.vocab, grow=False)
         return self._weight(self._tf_matrix(doc_ids, term_ids, n_docs, len(self.vocab)))
 
     def _weight(self, tf: smat.csr_matrix) -> smat.csr_matrix:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,35 +228,50 @@ def solve_squared_hinge_dcd(
     max_iter: int = 100,
     threads: int = 1,
     seed: int = 0,
+    threshold: float | None = None,
     stats: list | None = None,
-) -> np.ndarray:
+):
     """The problem of `solve_squared_hinge` by dual coordinate descent (one column at a time).
 
-    X: n × d float32 CSR (bias column included). Ypos: n × K bool. Returns W: d × K float32.
+    X: n × d float32 CSR (bias column included; indices need not be sorted). Ypos: n × K bool.
+    Returns W: d × K float32 (dense); with a `threshold`, the pruned weights as triplets
+    (rows, cols, values) with |value| >= threshold instead, and no dense matrix is made.
     Columns are split over `threads` (the compiled loop releases the GIL). `stats`, when given,
     receives arrays of coordinate visits per column (n per full pass).
     """
     n, d = X.shape
     K = Ypos.shape[1]
-    if n == 0 or K == 0:
-        return np.zeros((d, K), np.float32)
     X = smat.csr_matrix(X, dtype=np.float32)
     Y8 = np.ascontiguousarray(Ypos, dtype=np.uint8)
-    indptr, indices = X.indptr.astype(np.int64), X.indices.astype(np.int32)
+    indptr, indices = np.asarray(X.indptr, np.int64), np.asarray(X.indices, np.int32)
+    thr = 0.0 if threshold is None else float(threshold)
 
     def solve(cols):
         visits = np.zeros(len(cols), np.int64)
-        W = kernels.dcd_squared_hinge(indptr, indices, X.data, d, Y8, cols, float(Cp), float(Cn),
-                                      float(eps), int(max_iter), int(seed), visits)
+        f, kk, v = kernels.dcd_squared_hinge(indptr, indices, X.data, d, Y8, cols, float(Cp), float(Cn),
+                                             float(eps), int(max_iter), int(seed), thr, visits)
         if stats is not None:
             stats.append(visits)
-        return W
+        return f, cols[kk], v
 
-    if threads <= 1 or K == 1:
-        return solve(np.arange(K, dtype=np.int64))
-    parts = np.array_split(np.arange(K, dtype=np.int64), min(threads, K))
-    with ThreadPoolExecutor(len(parts)) as ex:
-        return np.hstack(list(ex.map(solve, parts)))
+    if n == 0 or K == 0:
+        parts = []
+    elif threads <= 1 or K == 1:
+        parts = [solve(np.arange(K, dtype=np.int64))]
+    else:
+        chunks = np.array_split(np.arange(K, dtype=np.int64), min(threads, K))
+        with ThreadPoolExecutor(len(chunks)) as ex:
+            parts = list(ex.map(solve, chunks))
+    if parts:
+        r, c, v = (np.concatenate(x) for x in zip(*parts))
+    else:
+        r = c = np.zeros(0, np.int64)
+        v = np.zeros(0, np.float32)
+    if threshold is not None:
+        return r, c, v
+    W = np.zeros((d, K), np.float32)
+    W[r, c] = v
+    return W
 
 
 def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, pool) -> np.ndarray:
@@ -729,6 +745,19 @@ def _score_children(Xb, W_t, indptr, rows, parents, threads: int = 1):
     return out_r, out_j, _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads)
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, n: int) -> np.ndarray:
+    """A per-thread int64 array of at least n entries, all -1 (the kernels that take one leave it
+    so): one allocation per thread, not one per call (a one-row request would pay it per level)."""
+    arr = getattr(_SCRATCH, name, None)
+    if arr is None or len(arr) < n:
+        arr = np.full(n, -1, np.int64)
+        setattr(_SCRATCH, name, arr)
+    return arr
+
+
 def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     """The raw scores of `_score_children` alone (float32, length total), pair q's children at
     pair_start[q]:. The compiled kernel scores the pairs grouped by parent, in threads."""
@@ -738,7 +767,7 @@ def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     order = np.argsort(parents, kind="stable")
 
     def run(sl):
-        slot = np.full(Xb.shape[1], -1, np.int64)
+        slot = _scratch("slot", Xb.shape[1])
         kernels.score_pairs(x_indptr, x_indices, Xb.data, rows, parents, pair_start, order[sl],
                             rows_all, row_ptr, local, vals, rows_off, n_child_of, slot, out_v)
 
@@ -759,6 +788,7 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
     active = smat.csc_matrix(active)
     n_parents = C.shape[1]
     D1 = Xb.shape[1]
+    Xb_indptr, Xb_indices = Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64)
     # Few parents (the top level has one): spend the threads inside each block's products.
     inner_threads = max(1, threads // n_parents)
 
@@ -769,18 +799,20 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
         inst = active.indices[active.indptr[p]:active.indptr[p + 1]]
         if len(inst) == 0:
             return p, None
-        Xp = Xb[inst]
-        used = np.unique(Xp.indices)
-        Xp = smat.csr_matrix((Xp.data, np.searchsorted(used, Xp.indices), Xp.indptr), shape=(len(inst), len(used)))
+        # the block's rows, its columns renumbered to those used (first use order)
+        indptr, indices, data, used = kernels.gather_rows(Xb_indptr, Xb_indices, Xb.data, inst.astype(np.int64),
+                                                          _scratch("colmap", D1))
+        Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
         if params.solver == "dcd":
-            Wp = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
-                                         threads=inner_threads, seed=params.seed + p)
-        else:
-            Wp = solve_squared_hinge(
-                Xp, Ypos, params.Cp, params.Cn, params.newton_max_iter, params.newton_eps, params.cg_max_iter,
-                params.cg_eps, threads=inner_threads,
-            )
+            r, k, v = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
+                                              threads=inner_threads, seed=params.seed + p,
+                                              threshold=params.threshold)
+            return p, (used[r], a + k, v)
+        Wp = solve_squared_hinge(
+            Xp, Ypos, params.Cp, params.Cn, params.newton_max_iter, params.newton_eps, params.cg_max_iter,
+            params.cg_eps, threads=inner_threads,
+        )
         r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
         return p, (used[r], a + k, Wp[r, k])
 

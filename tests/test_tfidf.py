@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import scipy.sparse as smat
+
+from xmc_core.tfidf import TfidfParams, TfidfVectorizer
+
+WORDS = ["apple", "fruit", "computer", "device", "tax", "law", "court", "price", "oil", "grain", "Apple", "ÉTÉ"]
+
+
+def _corpus(n, seed):
+    rng = np.random.default_rng(seed)
+    docs = []
+    for _ in range(n):
+        k = int(rng.integers(0, 12))
+        docs.append(" ".join(rng.choice(WORDS, size=k)) + ("." if k % 3 == 0 else ""))
+    return docs
+
+
+def _by_term(vec: TfidfVectorizer, X: smat.csr_matrix) -> dict:
+    """Matrix entries keyed by (row, term), so two vectorizers' column orders don't matter."""
+    names = {i: t for t, i in vec.vocab.items()}
+    C = X.tocoo()
+    return {(int(r), names[int(c)]): float(v) for r, c, v in zip(C.row, C.col, C.data)}
+
+
+def _generic(params) -> TfidfVectorizer:
+    vec = TfidfVectorizer(params)
+    vec._fast = lambda: False  # the string n-gram path
+    return vec
+
+
+@pytest.mark.parametrize("params", [
+    TfidfParams(),
+    TfidfParams(ngram_range=(1, 1), sublinear_tf=False),
+    TfidfParams(ngram_range=(2, 2), min_df=1),
+    TfidfParams(lowercase=False, norm=None),
+])
+def test_word_fast_path_equals_string_ngrams(params):
+    train, test = _corpus(300, 0), _corpus(80, 1) + ["zebra apple", ""]
+    fast, slow = TfidfVectorizer(params), _generic(params)
+    Xf, Xs = fast.fit_transform(train), slow.fit_transform(train)
+    assert set(fast.vocab) == set(slow.vocab)
+    a, b = _by_term(fast, Xf), _by_term(slow, Xs)
+    assert a.keys() == b.keys()
+    assert all(abs(a[k] - b[k]) < 1e-6 for k in a)
+    Tf, Ts = fast.transform(test), slow.transform(test)
+    a, b = _by_term(fast, Tf), _by_term(slow, Ts)
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-6 for k in a)
+    assert Tf.shape == (len(test), len(fast.vocab)) and Tf[len(test) - 1].nnz == 0
+
+
+def test_tfidf_values_by_hand():
+    docs = ["a1 b2 a1", "a1 c3", "b2 c3"]
+    vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 1), min_df=1, sublinear_tf=True, norm=None))
+    X = vec.fit_transform(docs)
+    idf = lambda df: np.log(4.0 / (1.0 + df)) + 1.0  # smooth idf, N = 3
+    assert X[0, vec.vocab["a1"]] == pytest.approx((1 + np.log(2)) * idf(2), rel=1e-6)
+    assert X[0, vec.vocab["b2"]] == pytest.approx(idf(2), rel=1e-6)
+    assert X[1, vec.vocab["c3"]] == pytest.approx(idf(2), rel=1e-6)
+    assert X.dtype == np.float32 and X.has_sorted_indices
+    Xn = TfidfVectorizer(TfidfParams(min_df=1)).fit_transform(docs)
+    np.testing.assert_allclose(np.asarray(Xn.multiply(Xn).sum(axis=1)).ravel(), 1.0, rtol=1e-6)
+
+
+def test_bigram_kept_when_its_unigrams_are_not(tmp_path):
+    # max_df drops the frequent unigrams; their bigram is rarer and stays, and transform finds it
+    docs = ["oil price up", "oil price down", "oil tax", "price law", "grain court"] * 2
+    params = TfidfParams(min_df=2, max_df_ratio=0.5)
+    vec = TfidfVectorizer(params)
+    vec.fit_transform(docs)
+    assert "oil price" in vec.vocab and "oil" not in vec.vocab and "price" not in vec.vocab
+    X = vec.transform(["the oil price today"])
+    assert X[0, vec.vocab["oil price"]] > 0
+    vec.save(tmp_path / "f")
+    again = TfidfVectorizer.load(tmp_path / "f")
+    assert (again.transform(docs) != vec.transform(docs)).nnz == 0
