@@ -243,7 +243,8 @@ def solve_squared_hinge_dcd(
     K = Ypos.shape[1]
     X = smat.csr_matrix(X, dtype=np.float32)
     Y8 = np.ascontiguousarray(Ypos, dtype=np.uint8)
-    indptr, indices = np.asarray(X.indptr, np.int64), np.asarray(X.indices, np.int32)
+    # unsigned column ids: the compiled loop then needs no negative-index wraparound per access
+    indptr, indices = np.asarray(X.indptr, np.int64), np.asarray(X.indices, np.int32).view(np.uint32)
     thr = 0.0 if threshold is None else float(threshold)
 
     def solve(cols):
