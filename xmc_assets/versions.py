@@ -26,11 +26,11 @@ from .resources import XmcSettings
 #: Code revision of each asset: bump it when the asset's code changes what it writes.
 CODE_REVISIONS = {
     "corpus": "1",
-    "tfidf": "1",
+    "tfidf": "2",
     "label_embeddings": "1",
-    "label_tree": "1",
-    "disentangled_tree": "1",
-    "rankers": "1",
+    "label_tree": "2",
+    "disentangled_tree": "2",
+    "rankers": "2",
     "metrics": "1",
 }
 
