@@ -1,18 +1,35 @@
-"""Compiled inner loops (numba) for the linear rankers: dual coordinate descent and beam scoring.
+"""Compiled inner loops (numba): the rankers' dual coordinate descent, the beam step, the tree's
+balanced 2-means, and the row gather they share.
 
-These are the two places where the work is a loop over single instances (a coordinate-descent
-update touches one row of X; a beam step scores one (instance, parent) pair), which no
-vectorized array expression expresses without materializing far more than it computes. Everything
-here takes and returns plain arrays (CSR as indptr/indices/data) and releases the GIL, so callers
-run them in threads.
+These are the places where the work is a loop over single instances (a coordinate-descent update
+touches one row of X; a beam step scores one (instance, parent) pair; a 2-means round ranks one
+label at a time), which no vectorized array expression expresses without materializing far more
+than it computes. Everything here takes and returns plain arrays (CSR as indptr/indices/data, of
+any integer type) and releases the GIL, so callers run them in threads.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
 
-__all__ = ["dcd_squared_hinge", "score_pairs"]
+__all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "build_chunks", "gather_rows",
+           "balanced_2means", "scratch"]
+
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, n: int) -> np.ndarray:
+    """A per-thread int64 array of at least n entries, all -1, for the kernels that take one
+    (`slot` of score_pairs, `colmap` of gather_rows / balanced_2means) and leave it so: one
+    allocation per thread, not one per call (a one-row request would pay it per level)."""
+    arr = getattr(_SCRATCH, name, None)
+    if arr is None or len(arr) < n:
+        arr = np.full(n, -1, np.int64)
+        setattr(_SCRATCH, name, arr)
+    return arr
 
 
 @njit(nogil=True, cache=True)
@@ -136,9 +153,9 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
             if v != 0.0 and abs(v) >= threshold:
                 if nnz == cap:
                     cap *= 2
-                    out_f = _grow_i(out_f, cap)
-                    out_k = _grow_i(out_k, cap)
-                    out_v = _grow_f(out_v, cap)
+                    out_f = _grow(out_f, cap)
+                    out_k = _grow(out_k, cap)
+                    out_v = _grow(out_v, cap)
                 out_f[nnz] = f
                 out_k[nnz] = kk
                 out_v[nnz] = v
@@ -147,14 +164,8 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
 
 
 @njit(nogil=True, cache=True)
-def _grow_i(a, cap):
-    b = np.empty(cap, a.dtype)
-    b[:a.shape[0]] = a
-    return b
-
-
-@njit(nogil=True, cache=True)
-def _grow_f(a, cap):
+def _grow(a, cap):
+    """a copied into a new array of cap entries (compiled once per dtype)."""
     b = np.empty(cap, a.dtype)
     b[:a.shape[0]] = a
     return b

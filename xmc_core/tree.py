@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -132,16 +131,20 @@ class LabelTree:
         return cls([smat.csc_matrix(np.ones((n_leaves, 1), np.float32)), C_leaf])
 
 
+def _first_seed(seed: int, m: int) -> int:
+    """A node's first 2-means seed: a random one of its m labels. The second is the label least
+    similar to it (a far pair splits along the node's main direction; two random seeds made trees,
+    and P@1, vary much more by seed)."""
+    return int(np.random.default_rng(seed).integers(m))
+
+
 def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
     """Balanced spherical 2-means of one node's labels. Zn: m × d dense, m >= 2 (sparse
     embeddings go through `kernels.balanced_2means`, the same rounds compiled). Returns (m,)
     int64 sides, 0 for the first ceil(m/2) by similarity margin."""
     m = Zn.shape[0]
     n_left = (m + 1) // 2
-    rng = np.random.default_rng(seed)
-    # Seeds: a random label, then the label least similar to it (a far pair splits along the
-    # node's main direction; two random seeds made trees, and P@1, vary much more by seed).
-    i0 = int(rng.integers(m))
+    i0 = _first_seed(seed, m)
     i1 = int(np.argmin(Zn @ Zn[i0]))
     if i1 == i0:
         i1 = (i0 + 1) % m
@@ -177,11 +180,6 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
     sparse = smat.issparse(Z)
     if sparse:
         Z = smat.csr_matrix(Z, dtype=np.float32)
-        Z = smat.csr_matrix((Z.data, Z.indices.astype(np.int64), Z.indptr.astype(np.int64)), shape=Z.shape)
-        # column-renumbering scratch, one per concurrent split
-        colmaps = queue.SimpleQueue()
-        for _ in range(max(1, threads)):
-            colmaps.put(np.full(Z.shape[1], -1, np.int64))
     else:
         Z = np.ascontiguousarray(Z, dtype=np.float32)
     node = np.zeros(L, dtype=np.int64)
@@ -197,11 +195,9 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
             if len(members) < 2:
                 return members, np.zeros(len(members), np.int64)
             if sparse:
-                colmap = colmaps.get()
-                i0 = int(np.random.default_rng(int(seeds[n])).integers(len(members)))
-                side = kernels.balanced_2means(Z.indptr, Z.indices, Z.data, members, colmap, i0, max_iter)
-                colmaps.put(colmap)
-                return members, side
+                return members, kernels.balanced_2means(
+                    Z.indptr, Z.indices, Z.data, members, kernels.scratch("colmap", Z.shape[1]),
+                    _first_seed(int(seeds[n]), len(members)), max_iter)
             return members, _split_node(Z[members], int(seeds[n]), max_iter)
 
         if threads > 1 and n_nodes > 1:

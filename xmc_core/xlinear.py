@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -165,14 +164,6 @@ _PP_CODES: dict[str, tuple[int, float]] = {
     **{f"l{p}-hinge": (kernels.PP_LP_HINGE, float(p)) for p in range(1, 5)},
     **{f"log-l{p}-hinge": (kernels.PP_LOG_LP_HINGE, float(p)) for p in range(1, 5)},
 }
-
-
-def _combine(kind: str, child: np.ndarray, parent: np.ndarray) -> np.ndarray:
-    if kind == _MUL:
-        return child * parent
-    if kind == _ADD:
-        return child + parent
-    return child
 
 
 # ---------------------------------------------------------------------------------------------
@@ -746,30 +737,16 @@ def _score_children(Xb, W_t, indptr, rows, parents, threads: int = 1):
     return out_r, out_j, _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads)
 
 
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, n: int) -> np.ndarray:
-    """A per-thread int64 array of at least n entries, all -1 (the kernels that take one leave it
-    so): one allocation per thread, not one per call (a one-row request would pay it per level)."""
-    arr = getattr(_SCRATCH, name, None)
-    if arr is None or len(arr) < n:
-        arr = np.full(n, -1, np.int64)
-        setattr(_SCRATCH, name, arr)
-    return arr
-
-
 def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     """The raw scores of `_score_children` alone (float32, length total), pair q's children at
     pair_start[q]:. The compiled kernel scores the pairs grouped by parent, in threads."""
     rows_all, row_ptr, local, vals, rows_off, n_child_of = _level_chunks(W_t, indptr)
     out_v = np.empty(total, np.float32)
-    x_indptr, x_indices = Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64)
     order = np.argsort(parents, kind="stable")
 
     def run(sl):
-        slot = _scratch("slot", Xb.shape[1])
-        kernels.score_pairs(x_indptr, x_indices, Xb.data, rows, parents, pair_start, order[sl],
+        slot = kernels.scratch("slot", Xb.shape[1])
+        kernels.score_pairs(Xb.indptr, Xb.indices, Xb.data, rows, parents, pair_start, order[sl],
                             rows_all, row_ptr, local, vals, rows_off, n_child_of, slot, out_v)
 
     n_pairs = len(rows)
@@ -789,7 +766,6 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
     active = smat.csc_matrix(active)
     n_parents = C.shape[1]
     D1 = Xb.shape[1]
-    Xb_indptr, Xb_indices = Xb.indptr.astype(np.int64), Xb.indices.astype(np.int64)
     # Few parents (the top level has one): spend the threads inside each block's products.
     inner_threads = max(1, threads // n_parents)
 
@@ -801,8 +777,8 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
         if len(inst) == 0:
             return p, None
         # the block's rows, its columns renumbered to those used (first use order)
-        indptr, indices, data, used = kernels.gather_rows(Xb_indptr, Xb_indices, Xb.data, inst.astype(np.int64),
-                                                          _scratch("colmap", D1))
+        indptr, indices, data, used = kernels.gather_rows(Xb.indptr, Xb.indices, Xb.data, inst,
+                                                          kernels.scratch("colmap", D1))
         Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
         if params.solver == "dcd":
