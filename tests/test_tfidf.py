@@ -74,3 +74,29 @@ def test_bigram_kept_when_its_unigrams_are_not(tmp_path):
     vec.save(tmp_path / "f")
     again = TfidfVectorizer.load(tmp_path / "f")
     assert (again.transform(docs) != vec.transform(docs)).nnz == 0
+
+
+def test_polars_tokens_equal_python_regex_on_every_assigned_code_point():
+    """The fast path tokenizes in polars (Rust regex); the documented token rule is Python's
+    (?u)\\b\\w\\w+\\b after str.lower(). Each assigned code point is tried inside a word, doubled,
+    and after a letter, so both \\w membership and lowercasing are covered."""
+    import re
+    import unicodedata
+
+    import polars as pl
+
+    from xmc_core.tfidf import _TOKEN_PATTERN_RS
+
+    cps = [c for c in range(0x110000) if unicodedata.category(chr(c)) not in ("Cn", "Cs")]
+    texts = [f"x{chr(c)}x {chr(c)}{chr(c)} Q{chr(c)}" for c in cps]
+    pat = re.compile(r"(?u)\b\w\w+\b")
+    ours = pl.Series(texts).str.to_lowercase().str.extract_all(_TOKEN_PATTERN_RS).to_list()
+    bad = [hex(c) for c, t, o in zip(cps, texts, ours) if pat.findall(t.lower()) != o]
+    assert not bad, f"{len(bad)} code points tokenize differently, e.g. {bad[:10]}"
+
+
+def test_columns_do_not_depend_on_document_order_of_first_use():
+    docs = _corpus(200, 3)
+    a = TfidfVectorizer(TfidfParams(min_df=1)).fit(docs)
+    b = TfidfVectorizer(TfidfParams(min_df=1)).fit(docs[::-1])
+    assert a.vocab == b.vocab  # tokens are numbered in sorted order, bigrams by their first token

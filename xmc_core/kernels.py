@@ -16,7 +16,8 @@ import numpy as np
 from numba import njit
 
 __all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "build_chunks", "gather_rows",
-           "balanced_2means", "scratch"]
+           "balanced_2means", "scratch", "bigram_ids", "ngram_terms", "lookup_terms",
+           "count_terms", "tfidf_weight", "remap_columns"]
 
 _SCRATCH = threading.local()
 
@@ -456,3 +457,194 @@ def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
         for f in range(n_cols):
             cd[f] = sum0[f] / n0 - (total[f] - sum0[f]) / n1
     return side
+
+
+# -- TF-IDF counting: token ids in, CSR counts out ------------------------------------------------
+@njit(nogil=True, cache=True)
+def bigram_ids(tok, doc_ptr, n_tok):
+    """Number the distinct bigrams of a tokenized corpus in O(n): positions are bucketed by their
+    first token (a stable counting sort), then each bucket numbers its second tokens with a
+    marker array. Ids follow (first token, second token): they depend on the token ids only,
+    not on the order documents come in.
+
+    tok: (n,) int64 token ids in [0, n_tok), -1 for none; doc_ptr: (n_docs + 1,) int64.
+    Returns bid (n,) int64 (the id of the bigram starting at each position, -1 where none),
+    pair_a, pair_b (n_bigrams,) int64: the two token ids of each bigram.
+    """
+    n = tok.shape[0]
+    start = np.zeros(n_tok + 1, np.int64)
+    n_docs = doc_ptr.shape[0] - 1
+    for d in range(n_docs):
+        for p in range(doc_ptr[d], doc_ptr[d + 1] - 1):
+            if tok[p] >= 0 and tok[p + 1] >= 0:
+                start[tok[p] + 1] += 1
+    for a in range(n_tok):
+        start[a + 1] += start[a]
+    order = np.empty(start[n_tok], np.int64)
+    fill = start[:n_tok].copy()
+    for d in range(n_docs):
+        for p in range(doc_ptr[d], doc_ptr[d + 1] - 1):
+            a = tok[p]
+            if a >= 0 and tok[p + 1] >= 0:
+                order[fill[a]] = p
+                fill[a] += 1
+    bid = np.full(n, -1, np.int64)
+    mark = np.full(n_tok, -1, np.int64)
+    local = np.empty(n_tok, np.int64)
+    pair_a = np.empty(start[n_tok], np.int64)
+    pair_b = np.empty(start[n_tok], np.int64)
+    nid = 0
+    for a in range(n_tok):
+        n0 = nid
+        for q in range(start[a], start[a + 1]):
+            b = tok[order[q] + 1]
+            if mark[b] != a:
+                mark[b] = a
+                pair_a[nid] = a
+                pair_b[nid] = b
+                nid += 1
+        if nid > n0 + 1:
+            pair_b[n0:nid].sort()
+        for i in range(n0, nid):
+            local[pair_b[i]] = i
+        for q in range(start[a], start[a + 1]):
+            p = order[q]
+            bid[p] = local[tok[p + 1]]
+    return bid, pair_a[:nid].copy(), pair_b[:nid].copy()
+
+
+@njit(nogil=True, cache=True)
+def ngram_terms(tok, doc_ptr, bid, use_uni, use_bi, n_uni):
+    """Term id of every uni/bigram occurrence, grouped by document: (T, t_ptr). A unigram's term
+    is its token id, a bigram's n_uni + its id in `bid`; tokens and bigrams with id -1 drop out."""
+    n_docs = doc_ptr.shape[0] - 1
+    t_ptr = np.zeros(n_docs + 1, np.int64)
+    T = np.empty(2 * tok.shape[0], np.int64)
+    k = 0
+    for d in range(n_docs):
+        for p in range(doc_ptr[d], doc_ptr[d + 1]):
+            if use_uni and tok[p] >= 0:
+                T[k] = tok[p]
+                k += 1
+            if use_bi and bid[p] >= 0:
+                T[k] = n_uni + bid[p]
+                k += 1
+        t_ptr[d + 1] = k
+    return T[:k].copy(), t_ptr
+
+
+@njit(nogil=True, cache=True)
+def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols):
+    """Columns of a fitted vocabulary for every uni/bigram occurrence, grouped by document:
+    (T, t_ptr). uni_col: column of each token's unigram (-1: not in the vocabulary); bkeys
+    (sorted) / bcols: a * n_tok + b of each vocabulary bigram and its column."""
+    n_docs = doc_ptr.shape[0] - 1
+    t_ptr = np.zeros(n_docs + 1, np.int64)
+    T = np.empty(2 * tok.shape[0], np.int64)
+    nb = bkeys.shape[0]
+    k = 0
+    for d in range(n_docs):
+        e = doc_ptr[d + 1]
+        for p in range(doc_ptr[d], e):
+            a = tok[p]
+            if a < 0:
+                continue
+            if use_uni and uni_col[a] >= 0:
+                T[k] = uni_col[a]
+                k += 1
+            if use_bi and nb > 0 and p + 1 < e and tok[p + 1] >= 0:
+                key = a * n_tok + tok[p + 1]
+                i = np.searchsorted(bkeys, key)
+                if i < nb and bkeys[i] == key:
+                    T[k] = bcols[i]
+                    k += 1
+        t_ptr[d + 1] = k
+    return T[:k].copy(), t_ptr
+
+
+@njit(nogil=True, cache=True)
+def count_terms(T, t_ptr, newcol):
+    """Per-document term counts as CSR (indptr, indices int32 sorted, counts float32); T's ids
+    are renumbered by `newcol` first (-1 drops a term; pass an empty array to keep ids)."""
+    n_docs = t_ptr.shape[0] - 1
+    remap = newcol.shape[0] > 0
+    indptr = np.zeros(n_docs + 1, np.int64)
+    for d in range(n_docs):
+        seg = T[t_ptr[d]:t_ptr[d + 1]]
+        if remap:
+            for i in range(seg.shape[0]):
+                seg[i] = newcol[seg[i]]
+        seg.sort()
+        u = 0
+        prev = -1
+        for i in range(seg.shape[0]):
+            if seg[i] >= 0 and seg[i] != prev:
+                u += 1
+                prev = seg[i]
+        indptr[d + 1] = indptr[d] + u
+    indices = np.empty(indptr[n_docs], np.int32)
+    counts = np.zeros(indptr[n_docs], np.float32)
+    for d in range(n_docs):
+        q = indptr[d] - 1
+        prev = -1
+        for i in range(t_ptr[d], t_ptr[d + 1]):
+            t = T[i]
+            if t < 0:
+                continue
+            if t != prev:
+                q += 1
+                indices[q] = t
+                prev = t
+            counts[q] += 1.0
+    return indptr, indices, counts
+
+
+@njit(nogil=True, cache=True)
+def tfidf_weight(indptr, indices, data, idf, sublinear, l2):
+    """In place: data ← (1 + ln tf if sublinear else tf) · idf[column], rows scaled to unit l2
+    norm when l2 (empty and all-zero rows stay zero)."""
+    for d in range(indptr.shape[0] - 1):
+        s = 0.0
+        for p in range(indptr[d], indptr[d + 1]):
+            v = data[p]
+            if sublinear:
+                v = 1.0 + np.log(v)
+            v *= idf[indices[p]]
+            data[p] = v
+            s += v * v
+        if l2 and s > 0.0:
+            inv = 1.0 / np.sqrt(s)
+            for p in range(indptr[d], indptr[d + 1]):
+                data[p] *= inv
+
+
+@njit(nogil=True, cache=True)
+def remap_columns(indptr, indices, data, newcol):
+    """CSR with column j renamed newcol[j] (-1: dropped); each row's indices sorted again."""
+    n = indptr.shape[0] - 1
+    out_ptr = np.zeros(n + 1, np.int64)
+    for d in range(n):
+        u = 0
+        for p in range(indptr[d], indptr[d + 1]):
+            if newcol[indices[p]] >= 0:
+                u += 1
+        out_ptr[d + 1] = out_ptr[d] + u
+    out_ind = np.empty(out_ptr[n], np.int32)
+    out_dat = np.empty(out_ptr[n], data.dtype)
+    for d in range(n):
+        q0 = out_ptr[d]
+        q = q0
+        ordered = True
+        for p in range(indptr[d], indptr[d + 1]):
+            c = newcol[indices[p]]
+            if c >= 0:
+                if q > q0 and c < out_ind[q - 1]:
+                    ordered = False
+                out_ind[q] = c
+                out_dat[q] = data[p]
+                q += 1
+        if not ordered:  # a monotone newcol keeps sorted rows sorted: no sort then
+            o = np.argsort(out_ind[q0:q])
+            out_ind[q0:q] = out_ind[q0:q][o]
+            out_dat[q0:q] = out_dat[q0:q][o]
+    return out_ptr, out_ind, out_dat

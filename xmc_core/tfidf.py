@@ -9,8 +9,9 @@ model predicts on new raw text without its training corpus.
 from __future__ import annotations
 
 import json
+import os
 import re
-from itertools import chain
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -19,12 +20,17 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
-from .sparse import l2_normalize_rows
+from . import kernels
 
 __all__ = ["TfidfParams", "TfidfVectorizer"]
 
 # A token is a run of two or more word characters (the usual bag-of-words convention).
 _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
+# The same tokens in Rust's regex syntax (polars): Python's \w is a letter, a number or "_", and
+# `\b\w\w+\b` matches exactly the maximal runs of two or more of them. Equal for every code point
+# Python's Unicode database assigns (a test checks them all); polars' newer Unicode also knows
+# letters Python does not yet.
+_TOKEN_PATTERN_RS = r"[\p{L}\p{N}_]{2,}"
 
 
 @dataclass
@@ -94,19 +100,6 @@ def _char_terms(tokens: list[str], lo: int, hi: int) -> list[str]:
     return terms
 
 
-def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct keys, each key's index among them): numpy's unique with return_inverse,
-    by polars' dense rank (multi-threaded; np.unique's sort dominated a fit on long texts)."""
-    if len(keys) == 0:
-        return keys, np.zeros(0, np.int64)
-    import polars as pl
-
-    inv = pl.Series(keys).rank("dense").to_numpy().astype(np.int64) - 1
-    uniq = np.empty(int(inv.max()) + 1, keys.dtype)
-    uniq[inv] = keys
-    return uniq, inv
-
-
 class TfidfVectorizer:
     """Word / character n-gram TF-IDF, fitted on training text only.
 
@@ -121,91 +114,119 @@ class TfidfVectorizer:
         self.idf: np.ndarray | None = None
         self._index = None  # token-id lookup tables of the word fast path, built on demand
 
-    # -- word uni/bigrams: token ids, n-grams as integer pairs (no n-gram strings built) -----------
+    # -- word uni/bigrams: tokens in polars, n-grams as integer pairs (no n-gram strings built) ---
     def _fast(self) -> bool:
         p = self.params
         return p.analyzer == "word" and p.ngram_range[1] <= 2
 
-    def _token_lists(self, texts: Iterable[str]):
-        findall = _TOKEN_RE.findall
-        if self.params.lowercase:
-            toks = [findall(t.lower()) for t in texts]
-        else:
-            toks = [findall(t) for t in texts]
-        lens = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
-        return list(chain.from_iterable(toks)), lens
+    def _token_series(self, texts):
+        """(every token of every text in order as a polars String Series, tokens per text):
+        lowercasing and the token regex run in polars (Rust, multi-threaded)."""
+        import polars as pl
 
-    def _fast_terms(self, tok_ids: np.ndarray, lens: np.ndarray, n_tok: int):
-        """(doc ids, term keys) of every uni/bigram occurrence: a unigram's key is its token id,
-        a bigram's -1 - (a * n_tok + b) (negative, so the two never collide). Tokens with id -1
-        (unknown) drop out, and so do the bigrams that contain them."""
-        lo, hi = self.params.ngram_range
-        doc = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-        docs, keys = [], []
-        if lo == 1:
-            ok = tok_ids >= 0
-            docs.append(doc[ok])
-            keys.append(tok_ids[ok])
-        if hi == 2:
-            a, b = tok_ids[:-1], tok_ids[1:]
-            ok = (doc[1:] == doc[:-1]) & (a >= 0) & (b >= 0)
-            docs.append(doc[:-1][ok])
-            keys.append(-1 - (a[ok] * n_tok + b[ok]))
-        return np.concatenate(docs), np.concatenate(keys)
+        s = pl.Series("text", list(texts), dtype=pl.String)
+        if self.params.lowercase:
+            s = s.str.to_lowercase()
+        toks = s.str.extract_all(_TOKEN_PATTERN_RS)
+        lens = toks.list.len().fill_null(0).to_numpy().astype(np.int64)
+        # explode turns an empty list into one null: drop those
+        return toks.explode().drop_nulls().rename("tok"), lens
+
+    @staticmethod
+    def _token_ids(flat, tokens) -> np.ndarray:
+        """Id of each token of `flat` in the String Series `tokens` (its row number), -1 if absent."""
+        import polars as pl
+
+        table = pl.DataFrame({"tok": tokens, "id": np.arange(len(tokens), dtype=np.int64)})
+        found = pl.DataFrame({"tok": flat}).join(table, on="tok", how="left", maintain_order="left")
+        return found["id"].fill_null(-1).to_numpy()
 
     def _fit_fast(self, texts):
-        flat, lens = self._token_lists(texts)
-        tokens: dict[str, int] = {}
-        sd = tokens.setdefault
-        tok_ids = np.fromiter([sd(t, len(tokens)) for t in flat], dtype=np.int64, count=len(flat))
+        """Counts of every uni/bigram of `texts`: (tf CSR, names), names(term ids) → strings."""
+        flat, lens = self._token_series(texts)
+        tokens = flat.unique().sort()  # sorted, so that ids do not depend on threads
         n_tok = len(tokens)
-        doc_ids, keys = self._fast_terms(tok_ids, lens, n_tok)
-        uniq, term_ids = _factorize(keys)
-        names = list(tokens)
+        tok = self._token_ids(flat, tokens)
+        doc_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        lo, hi = self.params.ngram_range
+        n_uni = n_tok if lo == 1 else 0
+        if hi == 2:
+            bid, pair_a, pair_b = kernels.bigram_ids(tok, doc_ptr, n_tok)
+        else:
+            bid, pair_a, pair_b = np.full(len(tok), -1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        T, t_ptr = kernels.ngram_terms(tok, doc_ptr, bid, lo == 1, hi == 2, n_uni)
+        del bid
+        tf = self._count_terms(T, t_ptr, n_uni + len(pair_a))
 
-        def name(key):
-            if key >= 0:
-                return names[key]
-            a, b = divmod(-1 - int(key), n_tok)
-            return names[a] + " " + names[b]
+        def names(term_ids: np.ndarray) -> list[str]:
+            import polars as pl
 
-        return doc_ids, term_ids.astype(np.int64), len(lens), uniq, name
+            uni = term_ids < n_uni
+            out = np.empty(len(term_ids), dtype=object)
+            out[uni] = tokens.gather(term_ids[uni]).to_numpy()
+            j = term_ids[~uni] - n_uni
+            bi = pl.select(pl.concat_str([tokens.gather(pair_a[j]), pl.lit(" "), tokens.gather(pair_b[j])]))
+            out[~uni] = bi.to_series().to_numpy()
+            return out.tolist()
+
+        return tf, names
+
+    @classmethod
+    def _count_terms(cls, T, t_ptr, n_terms) -> smat.csr_matrix:
+        """Term counts per document (CSR), documents cut into blocks counted in threads."""
+        n_docs = len(t_ptr) - 1
+        blocks = min(os.cpu_count() or 1, 8) if len(T) > 1_000_000 else 1
+        cuts = np.linspace(0, n_docs, blocks + 1).astype(np.int64)
+        no_remap = np.zeros(0, np.int64)
+
+        def run(i):
+            a, b = cuts[i], cuts[i + 1]
+            return kernels.count_terms(T[t_ptr[a]:t_ptr[b]], t_ptr[a:b + 1] - t_ptr[a], no_remap)
+
+        with ThreadPoolExecutor(blocks) as ex:
+            parts = list(ex.map(run, range(blocks)))
+        if blocks == 1:
+            return cls._csr(*parts[0], n_terms)
+        offsets = np.cumsum([0] + [part[0][-1] for part in parts[:-1]])
+        indptr = np.concatenate([[0]] + [part[0][1:] + off for part, off in zip(parts, offsets)])
+        return cls._csr(indptr, np.concatenate([part[1] for part in parts]),
+                        np.concatenate([part[2] for part in parts]), n_terms)
+
+    @staticmethod
+    def _csr(indptr, indices, data, n_cols) -> smat.csr_matrix:
+        X = smat.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, n_cols))
+        X.has_sorted_indices = True
+        return X
 
     def _build_index(self):
-        """Lookup tables of the fitted vocabulary for the fast path: token → id, unigram column
-        per token id, and the bigram keys (sorted) with their columns."""
-        tokens: dict[str, int] = {}
-        sd = tokens.setdefault
-        uni, bi = [], []
-        for term, col in self.vocab.items():
-            parts = term.split(" ")
-            ids = [sd(t, len(tokens)) for t in parts]
-            (uni if len(ids) == 1 else bi).append((ids, col))
+        """Lookup tables of the fitted vocabulary for the fast path: the vocabulary's tokens
+        (sorted), unigram column per token id, and the bigram keys (sorted) with their columns."""
+        import polars as pl
+
+        terms = pl.Series("term", list(self.vocab), dtype=pl.String)
+        cols = np.fromiter(self.vocab.values(), dtype=np.int64, count=len(self.vocab))
+        parts = terms.str.split_exact(" ", 1).struct.unnest()
+        first, second = parts["field_0"], parts["field_1"]
+        bi = second.is_not_null().to_numpy()
+        tokens = pl.concat([first, second.drop_nulls()]).unique().sort()
         n_tok = max(len(tokens), 1)
+        a = self._token_ids(first, tokens)
         uni_col = np.full(n_tok, -1, np.int64)
-        for ids, col in uni:
-            uni_col[ids[0]] = col
-        bkeys = np.array([a * n_tok + b for (a, b), _ in bi], dtype=np.int64)
-        bcols = np.array([col for _, col in bi], dtype=np.int64)
+        uni_col[a[~bi]] = cols[~bi]
+        b = self._token_ids(second.filter(pl.Series(bi)), tokens)
+        bkeys = a[bi] * n_tok + b
         order = np.argsort(bkeys)
-        self._index = (tokens, n_tok, uni_col, bkeys[order], bcols[order])
+        self._index = (tokens, n_tok, uni_col, bkeys[order], cols[bi][order])
         return self._index
 
-    def _count_fast(self, texts):
+    def _count_fast(self, texts) -> smat.csr_matrix:
         tokens, n_tok, uni_col, bkeys, bcols = self._index or self._build_index()
-        flat, lens = self._token_lists(texts)
-        get = tokens.get
-        tok_ids = np.fromiter([get(t, -1) for t in flat], dtype=np.int64, count=len(flat))
-        doc_ids, keys = self._fast_terms(tok_ids, lens, n_tok)
-        cols = np.full(len(keys), -1, np.int64)
-        u = keys >= 0
-        cols[u] = uni_col[keys[u]]
-        if len(bkeys):
-            bk = -1 - keys[~u]
-            pos = np.minimum(np.searchsorted(bkeys, bk), len(bkeys) - 1)
-            cols[~u] = np.where(bkeys[pos] == bk, bcols[pos], -1)
-        ok = cols >= 0
-        return doc_ids[ok], cols[ok], len(lens)
+        flat, lens = self._token_series(texts)
+        tok = self._token_ids(flat, tokens)
+        doc_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        lo, hi = self.params.ngram_range
+        T, t_ptr = kernels.lookup_terms(tok, doc_ptr, n_tok, lo == 1, hi == 2, uni_col, bkeys, bcols)
+        return self._count_terms(T, t_ptr, len(self.vocab))
 
     # -- tokenization -------------------------------------------------------------------------
     def _terms(self, text: str) -> list[str]:
@@ -257,59 +278,53 @@ class TfidfVectorizer:
         p = self.params
         self._index = None
         if self._fast():
-            doc_ids, term_ids, n_docs, uniq, name = self._fit_fast(texts)
-            n_terms = len(uniq)
+            tf, names = self._fit_fast(texts)
         else:
             raw_vocab: dict[str, int] = {}
-            doc_ids, term_ids, n_docs = self._count(texts, raw_vocab, grow=True)
-            n_terms = len(raw_vocab)
+            tf = self._tf_matrix(*self._count(texts, raw_vocab, grow=True), len(raw_vocab))
+        n_docs, n_terms = tf.shape
         if n_docs == 0:
             raise ValueError("TfidfVectorizer.fit: no documents")
-        tf = self._tf_matrix(doc_ids, term_ids, n_docs, n_terms)
         df = np.bincount(tf.indices, minlength=tf.shape[1])
         keep = df >= p.min_df
         if p.max_df_ratio < 1.0:
             keep &= df <= p.max_df_ratio * n_docs
         kept = np.flatnonzero(keep)
-        if p.max_features is not None and len(kept) > p.max_features:
-            # highest df first; ties by first appearance (stable sort) for determinism
-            order = np.argsort(-df[kept], kind="stable")[: p.max_features]
-            kept = np.sort(kept[order])
         if len(kept) == 0:
             raise ValueError(
                 f"TfidfVectorizer.fit: no term occurs in >= min_df={p.min_df} documents "
                 f"({n_docs} documents, {n_terms} distinct terms)"
             )
+        if p.max_features is not None and len(kept) > p.max_features:
+            # highest df first; ties by column order, for determinism
+            kept = np.sort(kept[np.argsort(-df[kept], kind="stable")[: p.max_features]])
         if self._fast():
-            self.vocab = {name(uniq[j]): i for i, j in enumerate(kept)}
+            kept_names = names(kept)
         else:
             terms = np.empty(len(raw_vocab), dtype=object)
             terms[list(raw_vocab.values())] = list(raw_vocab.keys())
-            self.vocab = {t: i for i, t in enumerate(terms[kept])}
+            kept_names = terms[kept].tolist()
+        self.vocab = dict(zip(kept_names, range(len(kept))))
         self.idf = (np.log((1.0 + n_docs) / (1.0 + df[kept])) + 1.0).astype(np.float32)
-        return self._weight(tf[:, kept])
+        newcol = np.full(n_terms, -1, np.int64)
+        newcol[kept] = np.arange(len(kept))
+        return self._weight(self._csr(*kernels.remap_columns(tf.indptr, tf.indices, tf.data, newcol), len(kept)))
 
     def transform(self, texts: Sequence[str]) -> smat.csr_matrix:
         """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows."""
         if self.vocab is None:
             raise RuntimeError("TfidfVectorizer.transform called before fit")
         if self._fast():
-            doc_ids, term_ids, n_docs = self._count_fast(texts)
+            tf = self._count_fast(texts)
         else:
-            doc_ids, term_ids, n_docs = self._count(texts, self.vocab, grow=False)
-        return self._weight(self._tf_matrix(doc_ids, term_ids, n_docs, len(self.vocab)))
+            tf = self._tf_matrix(*self._count(texts, self.vocab, grow=False), len(self.vocab))
+        return self._weight(tf)
 
     def _weight(self, tf: smat.csr_matrix) -> smat.csr_matrix:
-        X = tf.astype(np.float32, copy=True)
-        if self.params.sublinear_tf:
-            np.log(X.data, out=X.data)
-            X.data += 1.0
-        X = X @ smat.diags(self.idf, format="csr", dtype=np.float32)
-        X = smat.csr_matrix(X, dtype=np.float32)
-        if self.params.norm == "l2":
-            X = l2_normalize_rows(X)
-        X.sort_indices()
-        return X
+        """tf counts (float32 CSR, sorted indices) → TF-IDF, in place."""
+        kernels.tfidf_weight(tf.indptr, tf.indices, tf.data, self.idf, self.params.sublinear_tf,
+                             self.params.norm == "l2")
+        return tf
 
     @property
     def n_features(self) -> int:
