@@ -174,17 +174,19 @@ def _grow(a, cap):
 
 @njit(nogil=True, cache=True)
 def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
-                rows_all, row_ptr_all, cols_all, vals_all, rows_off, n_child, slot, out):
+                rows_all, row_span, entries, rows_off, n_child, slot, out):
     """Raw scores of every child of each (instance, parent) pair of a beam step.
 
-    x_*: the instances, CSR. Pair q scores instance pair_rows[q] against the chunk
-    pair_chunks[q] (a parent's children as a row-compressed block over the features where some child has a weight; all chunks concatenated: chunk c's rows
-    at rows_off[c]:rows_off[c+1], row a's entries at row_ptr_all[a]:row_ptr_all[a+1] of
-    cols_all/vals_all) and writes n_child[c] scores to out[pair_out[q]:]. Pairs are visited in
-    `order`, which groups them by chunk: a chunk's rows are scattered once into `slot` (a
+    x_*: the instances, CSR. Pair q scores instance pair_rows[q] against chunk pair_chunks[q] (a
+    parent's children as a row-compressed block over the features where some child has a weight,
+    see `build_chunks`) and writes n_child[c] scores to out[pair_out[q]:]. Pairs are visited in
+    `order`, which groups them by chunk: a chunk's row spans are scattered once into `slot` (a
     length-n_features int64 scratch array of -1, left as it was found), so a feature's weights
-    are found in O(1). Cost: the chunks' rows once, plus nnz(x) lookups per pair.
+    are found with one lookup, and its (child, weight) entries lie side by side in one array:
+    two memory accesses per matched feature. Cost: the chunks' rows once, plus nnz(x) lookups
+    per pair.
     """
+    vals = entries.view(np.float32)
     cur = -1
     for qq in range(order.shape[0]):
         q = order[qq]
@@ -194,19 +196,21 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 for a in range(rows_off[cur], rows_off[cur + 1]):
                     slot[rows_all[a]] = -1
             for a in range(rows_off[c], rows_off[c + 1]):
-                slot[rows_all[a]] = a
+                slot[rows_all[a]] = row_span[a]
             cur = c
         i = pair_rows[q]
         o = pair_out[q]
         for t in range(n_child[c]):
             out[o + t] = 0.0
         for p in range(x_indptr[i], x_indptr[i + 1]):
-            a = slot[x_indices[p]]
-            if a < 0:
+            span = slot[x_indices[p]]
+            if span < 0:
                 continue
             xv = x_data[p]
-            for e in range(row_ptr_all[a], row_ptr_all[a + 1]):
-                out[o + cols_all[e]] += xv * vals_all[e]
+            e0 = 2 * (span >> _SPAN_BITS)
+            e1 = e0 + 2 * (span & _SPAN_MASK)
+            for e in range(e0, e1, 2):
+                out[o + entries[e]] += xv * vals[e + 1]
     if cur >= 0:
         for a in range(rows_off[cur], rows_off[cur + 1]):
             slot[rows_all[a]] = -1
@@ -288,19 +292,27 @@ def select_topk(row_pair_ptr, pair_parent, pair_pscore, pair_start, child_ptr, c
             top_score[r, u] = 0.0
 
 
+# a chunk row's entries as one int64: first entry << _SPAN_BITS | number of entries
+_SPAN_BITS = 24
+_SPAN_MASK = (1 << _SPAN_BITS) - 1
+
+
 @njit(nogil=True, cache=True)
 def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
     """Regroup a level's weights by parent for `score_pairs`.
 
     c_indptr: parent p's children are columns c_indptr[p]:c_indptr[p+1] of W (CSC: w_indptr,
-    w_indices, w_data). Returns (rows_all, row_ptr_all, cols_all, vals_all, rows_off): for each
-    parent, the features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all,
-    in first-seen order), each with its (child, weight) entries.
+    w_indices, w_data). Returns (rows_all, row_span, entries, rows_off): for each parent, the
+    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, in first-seen
+    order); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1] (int32,
+    the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
     """
     n_parents = c_indptr.shape[0] - 1
     mark = np.full(n_features, -1, np.int64)
     rows_off = np.zeros(n_parents + 1, np.int64)
     for p in range(n_parents):
+        if c_indptr[p + 1] - c_indptr[p] > _SPAN_MASK:
+            raise ValueError("build_chunks: a parent has more than 2**24 children")
         m = 0
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
@@ -313,8 +325,8 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
     nnz = w_indptr[w_indptr.shape[0] - 1]
     rows_all = np.empty(n_rows, np.int64)
     row_ptr = np.zeros(n_rows + 1, np.int64)
-    cols_all = np.empty(nnz, np.int32)
-    vals_all = np.empty(nnz, np.float32)
+    entries = np.empty(2 * nnz, np.int32)
+    vals = entries.view(np.float32)
     slot = np.full(n_features, -1, np.int64)
     for p in range(n_parents):
         lo = rows_off[p]
@@ -336,12 +348,14 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
                 a = slot[w_indices[e]]
-                cols_all[fill[a - lo]] = c - c_indptr[p]
-                vals_all[fill[a - lo]] = w_data[e]
+                q = fill[a - lo]
+                entries[2 * q] = c - c_indptr[p]
+                vals[2 * q + 1] = w_data[e]
                 fill[a - lo] += 1
         for a in range(lo, m):
             slot[rows_all[a]] = -1
-    return rows_all, row_ptr, cols_all, vals_all, rows_off
+    row_span = (row_ptr[:n_rows] << _SPAN_BITS) | (row_ptr[1:] - row_ptr[:n_rows])
+    return rows_all, row_span, entries, rows_off
 
 
 @njit(nogil=True, cache=True)

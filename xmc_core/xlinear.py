@@ -669,9 +669,18 @@ class XLinearModel:
                 top_node = np.empty((n, k), np.int64)
                 top_score = np.empty((n, k), np.float32)
                 merge = last and not level_scores and C.nnz > C.shape[0]
-                kernels.select_topk(row_ptr, parents, pscores, pair_start, C.indptr.astype(np.int64),
-                                    C.indices.astype(np.int64), raw, code, power, combine, k, merge,
-                                    top_node, top_score)
+                c_ptr, c_node = C.indptr.astype(np.int64), C.indices.astype(np.int64)
+
+                def select(r0, r1):
+                    kernels.select_topk(row_ptr[r0:r1 + 1], parents, pscores, pair_start, c_ptr, c_node, raw,
+                                        code, power, combine, k, merge, top_node[r0:r1], top_score[r0:r1])
+
+                if threads > 1 and n >= 2048:
+                    cuts = np.linspace(0, n, threads + 1).astype(np.int64)
+                    with ThreadPoolExecutor(threads) as ex:
+                        list(ex.map(select, cuts[:-1], cuts[1:]))
+                else:
+                    select(0, n)
                 keep = top_node >= 0
                 counts = keep.sum(axis=1)
                 rows = np.repeat(np.arange(n, dtype=np.int64), counts)
@@ -682,6 +691,14 @@ class XLinearModel:
         out = smat.vstack(parts, format="csr") if parts else smat.csr_matrix((0, n_cols), dtype=np.float32)
         out.sort_indices()
         return out
+
+    def prepare(self) -> "XLinearModel":
+        """Build every level's beam-search layout now (`kernels.build_chunks`: the weights
+        regrouped per parent), not on the first predict call. `load` does it; PECOS does the same
+        when it loads a model for prediction. Returns self."""
+        for C, W_t in zip(self.tree.C, self.W):
+            _level_chunks(W_t, C.indptr)
+        return self
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -694,13 +711,16 @@ class XLinearModel:
         (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, folder: str | Path) -> "XLinearModel":
+    def load(cls, folder: str | Path, prepare: bool = True) -> "XLinearModel":
+        """The model saved in `folder`, ready to predict (prepare=False: the beam-search layout is
+        built on the first predict call instead)."""
         folder = Path(folder)
         meta = json.loads((folder / "ranker.json").read_text())
         with np.load(folder / "tree.npz") as arrs:
             tree = LabelTree.from_arrays(arrs)
         W = [smat.load_npz(folder / f"W{t}.npz").tocsc() for t in range(meta["depth"])]
-        return cls(tree, W, meta["bias"], PredParams.from_dict(meta["pred_params"]))
+        model = cls(tree, W, meta["bias"], PredParams.from_dict(meta["pred_params"]))
+        return model.prepare() if prepare else model
 
 
 def _level_chunks(W_t: smat.csc_matrix, indptr: np.ndarray):
@@ -740,14 +760,14 @@ def _score_children(Xb, W_t, indptr, rows, parents, threads: int = 1):
 def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     """The raw scores of `_score_children` alone (float32, length total), pair q's children at
     pair_start[q]:. The compiled kernel scores the pairs grouped by parent, in threads."""
-    rows_all, row_ptr, local, vals, rows_off, n_child_of = _level_chunks(W_t, indptr)
+    rows_all, row_span, entries, rows_off, n_child_of = _level_chunks(W_t, indptr)
     out_v = np.empty(total, np.float32)
     order = np.argsort(parents, kind="stable")
 
     def run(sl):
         slot = kernels.scratch("slot", Xb.shape[1])
         kernels.score_pairs(Xb.indptr, Xb.indices, Xb.data, rows, parents, pair_start, order[sl],
-                            rows_all, row_ptr, local, vals, rows_off, n_child_of, slot, out_v)
+                            rows_all, row_span, entries, rows_off, n_child_of, slot, out_v)
 
     n_pairs = len(rows)
     if threads > 1 and n_pairs >= 4096:
