@@ -55,7 +55,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     stages = {}
     model = fit_rankers(Xtr, Ytr, names, params,
-                        log=lambda r: stages.__setitem__(r["stage"], round(r.get("seconds", 0), 3)))
+                        log=lambda r: stages.__setitem__(r["stage"] + (f"_{r['level']}" if "level" in r else ""),
+                                                       round(r.get("seconds", 0), 3)))
     train_s = time.perf_counter() - t0
     # The beam-search layout (weights regrouped per parent) is built outside both timings, as
     # PECOS's side of the bench saves and re-loads its model for prediction (is_predict_only)

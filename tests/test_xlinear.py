@@ -67,6 +67,27 @@ def test_dcd_solver_reaches_the_same_optimum():
     assert W[0, 0] == pytest.approx(6 * n / (1 + 6 * n), rel=1e-5)
 
 
+def test_dcd_lanes_solve_each_column_as_alone():
+    # 21 columns: groups of 8 columns share each visit of a row (the last group has 5); every
+    # column still reaches its own optimum, with or without shrinking making lanes drop out at
+    # different passes, and the result does not depend on the threads (groups are whole)
+    rng = np.random.default_rng(3)
+    X = smat.random(120, 30, density=0.25, random_state=4, format="csr", dtype=np.float32)
+    Ypos = rng.random((120, 21)) < rng.uniform(0.02, 0.5, size=21)
+    W_newton = solve_squared_hinge(X, Ypos, Cp=1.0, Cn=1.0, eps=1e-5, max_iter=100, cg_max_iter=100, cg_eps=1e-3)
+    W_single = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, lanes=False)
+    W1 = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, threads=1)
+    W3 = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, threads=3)
+    np.testing.assert_allclose(W1, W_newton, atol=1e-3)
+    np.testing.assert_allclose(W1, W_single, atol=1e-3)
+    np.testing.assert_array_equal(W1, W3)
+    # at PECOS's stopping rule (eps 0.1) the lanes stop where a column alone would, roughly
+    v_single, v_lanes = [], []
+    solve_squared_hinge_dcd(X, Ypos, stats=v_single, lanes=False)
+    solve_squared_hinge_dcd(X, Ypos, stats=v_lanes)
+    assert 0.5 < np.concatenate(v_lanes).sum() / np.concatenate(v_single).sum() < 2.0
+
+
 def test_dcd_and_newton_rankers_agree(toy):
     X, Y = toy
     tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))

@@ -221,6 +221,7 @@ def solve_squared_hinge_dcd(
     seed: int = 0,
     threshold: float | None = None,
     stats: list | None = None,
+    lanes: bool = True,
 ):
     """The problem of `solve_squared_hinge` by dual coordinate descent (one column at a time).
 
@@ -240,18 +241,30 @@ def solve_squared_hinge_dcd(
 
     def solve(cols):
         visits = np.zeros(len(cols), np.int64)
-        f, kk, v = kernels.dcd_squared_hinge(indptr, indices, X.data, d, Y8, cols, float(Cp), float(Cn),
-                                             float(eps), int(max_iter), int(seed), thr, visits)
+        args = (indptr, indices, X.data, d, Y8, cols, float(Cp), float(Cn), float(eps), int(max_iter), int(seed),
+                thr, visits)
+        if width > 1:
+            f, kk, v = kernels.dcd_squared_hinge_lanes(*args, width)
+        else:
+            f, kk, v = kernels.dcd_squared_hinge(*args)
         if stats is not None:
             stats.append(visits)
         return f, cols[kk], v
 
+    # Columns go through the solver LANES (8) at a time when there are at least 16: one visit of
+    # a row serves the whole group (1.3-2× faster per column, measured on eurlex57k, yso-finna-en
+    # and the synthetic sets). Fewer columns go one at a time, so that threads still share them.
+    # Groups (threads get whole groups) depend on K alone, so a column's solution does not depend
+    # on the threads. Thread parallelism at a level with one parent is then K / 8 groups.
+    width = kernels.LANES if lanes and K >= 2 * kernels.LANES else 1
+    n_groups = -(-K // width)
     if n == 0 or K == 0:
         parts = []
-    elif threads <= 1 or K == 1:
+    elif threads <= 1 or n_groups == 1:
         parts = [solve(np.arange(K, dtype=np.int64))]
     else:
-        chunks = np.array_split(np.arange(K, dtype=np.int64), min(threads, K))
+        chunks = [np.arange(g[0] * width, min((g[-1] + 1) * width, K), dtype=np.int64)
+                  for g in np.array_split(np.arange(n_groups), min(threads, n_groups))]
         with ThreadPoolExecutor(len(chunks)) as ex:
             parts = list(ex.map(solve, chunks))
     if parts:
