@@ -30,7 +30,7 @@ CODE_REVISIONS = {
     "label_embeddings": "1",
     "label_tree": "2",
     "disentangled_tree": "2",
-    "rankers": "2",
+    "rankers": "3",
     "metrics": "1",
 }
 
