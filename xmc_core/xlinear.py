@@ -229,7 +229,8 @@ def solve_squared_hinge_dcd(
     Returns W: d × K float32 (dense); with a `threshold`, the pruned weights as triplets
     (rows, cols, values) with |value| >= threshold instead, and no dense matrix is made.
     Columns are split over `threads` (the compiled loop releases the GIL). `stats`, when given,
-    receives arrays of coordinate visits per column (n per full pass).
+    receives arrays of coordinate visits per column (n per full pass). `lanes` False solves every
+    column alone (`kernels.dcd_squared_hinge`), never 8 at a time.
     """
     n, d = X.shape
     K = Ypos.shape[1]
