@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import polars as pl
 import scipy.sparse as smat
 
 from .params import ParamsBase
@@ -122,8 +123,6 @@ class TfidfVectorizer:
     def _token_series(self, texts):
         """(every token of every text in order as a polars String Series, tokens per text):
         lowercasing and the token regex run in polars (Rust, multi-threaded)."""
-        import polars as pl
-
         s = pl.Series("text", list(texts), dtype=pl.String)
         if self.params.lowercase:
             s = s.str.to_lowercase()
@@ -135,8 +134,6 @@ class TfidfVectorizer:
     @staticmethod
     def _token_ids(flat, tokens) -> np.ndarray:
         """Id of each token of `flat` in the String Series `tokens` (its row number), -1 if absent."""
-        import polars as pl
-
         table = pl.DataFrame({"tok": tokens, "id": np.arange(len(tokens), dtype=np.int64)})
         found = pl.DataFrame({"tok": flat}).join(table, on="tok", how="left", maintain_order="left")
         return found["id"].fill_null(-1).to_numpy()
@@ -159,8 +156,6 @@ class TfidfVectorizer:
         tf = self._count_terms(T, t_ptr, n_uni + len(pair_a))
 
         def names(term_ids: np.ndarray) -> list[str]:
-            import polars as pl
-
             uni = term_ids < n_uni
             out = np.empty(len(term_ids), dtype=object)
             out[uni] = tokens.gather(term_ids[uni]).to_numpy()
@@ -201,8 +196,6 @@ class TfidfVectorizer:
     def _build_index(self):
         """Lookup tables of the fitted vocabulary for the fast path: the vocabulary's tokens
         (sorted), unigram column per token id, and the bigram keys (sorted) with their columns."""
-        import polars as pl
-
         terms = pl.Series("term", list(self.vocab), dtype=pl.String)
         cols = np.fromiter(self.vocab.values(), dtype=np.int64, count=len(self.vocab))
         parts = terms.str.split_exact(" ", 1).struct.unnest()
