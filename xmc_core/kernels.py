@@ -44,6 +44,49 @@ def _xorshift(state):
 
 
 @njit(nogil=True, cache=True)
+def _row_sqnorms(indptr, data):
+    """Squared l2 norm of each CSR row (float64)."""
+    n = indptr.shape[0] - 1
+    sqnorm = np.zeros(n, np.float64)
+    for i in range(n):
+        s = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            s += data[p] * data[p]
+        sqnorm[i] = s
+    return sqnorm
+
+
+@njit(nogil=True, cache=True)
+def _shuffle(index, active, state):
+    """index[:active] in a uniformly random order (Fisher-Yates on the xorshift stream)."""
+    for s in range(active):
+        # uniform in [s, active) by multiply-shift (no division in the hot loop)
+        j = s + np.int64(((_xorshift(state) >> np.uint64(32)) * np.uint64(active - s)) >> np.uint64(32))
+        tmp = index[s]
+        index[s] = index[j]
+        index[j] = tmp
+
+
+@njit(nogil=True, cache=True)
+def _emit_weights(w, kk, threshold, out_f, out_k, out_v, nnz):
+    """Append the entries of weight vector w with w != 0 and |w| >= threshold as triplets
+    (feature, kk, value) at out_*[nnz:], growing the buffers; returns them and the new nnz."""
+    for f in range(w.shape[0]):
+        v = w[f]
+        if v != 0.0 and abs(v) >= threshold:
+            if nnz == out_f.shape[0]:
+                cap = 2 * out_f.shape[0]
+                out_f = _grow(out_f, cap)
+                out_k = _grow(out_k, cap)
+                out_v = _grow(out_v, cap)
+            out_f[nnz] = f
+            out_k[nnz] = kk
+            out_v[nnz] = v
+            nnz += 1
+    return out_f, out_k, out_v, nnz
+
+
+@njit(nogil=True, cache=True)
 def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps, max_iter, seed, threshold,
                       visits):
     """One-vs-rest L2-regularized squared-hinge SVMs by dual coordinate descent with shrinking
@@ -63,12 +106,7 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
     out_k = np.empty(cap, np.int64)
     out_v = np.empty(cap, np.float32)
     nnz = 0
-    sqnorm = np.zeros(n, np.float64)
-    for i in range(n):
-        s = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            s += data[p] * data[p]
-        sqnorm[i] = s
+    sqnorm = _row_sqnorms(indptr, data)
     diag_p = 0.5 / Cp
     diag_n = 0.5 / Cn
     w = np.zeros(n_features, np.float64)
@@ -88,18 +126,13 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
             st[i, 3] = diag_p if pos else diag_n
         state[0] = np.uint64(seed * 2654435761 + k * 40503 + 1)
         active = n
+        # only a lower bound on alpha (squared hinge): shrinking needs the upper PG bound alone
         pg_max_old = np.inf
-        pg_min_old = -np.inf
         it = 0
         while it < max_iter:
             pg_max = -np.inf
             pg_min = np.inf
-            for s in range(active):
-                # uniform in [s, active) by multiply-shift (no division in the hot loop)
-                j = s + np.int64(((_xorshift(state) >> np.uint64(32)) * np.uint64(active - s)) >> np.uint64(32))
-                tmp = index[s]
-                index[s] = index[j]
-                index[j] = tmp
+            _shuffle(index, active, state)
             s = 0
             visits[kk] += active
             while s < active:
@@ -145,22 +178,9 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
                 # converged on the shrunk set: check once more on all instances
                 active = n
                 pg_max_old = np.inf
-                pg_min_old = -np.inf
                 continue
             pg_max_old = pg_max if pg_max > 0.0 else np.inf
-            pg_min_old = pg_min if pg_min < 0.0 else -np.inf
-        for f in range(n_features):
-            v = w[f]
-            if v != 0.0 and abs(v) >= threshold:
-                if nnz == cap:
-                    cap *= 2
-                    out_f = _grow(out_f, cap)
-                    out_k = _grow(out_k, cap)
-                    out_v = _grow(out_v, cap)
-                out_f[nnz] = f
-                out_k[nnz] = kk
-                out_v[nnz] = v
-                nnz += 1
+        out_f, out_k, out_v, nnz = _emit_weights(w, kk, threshold, out_f, out_k, out_v, nnz)
     return out_f[:nnz].copy(), out_k[:nnz].copy(), out_v[:nnz].copy()
 
 
@@ -577,22 +597,18 @@ def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols):
 
 
 @njit(nogil=True, cache=True)
-def count_terms(T, t_ptr, newcol):
-    """Per-document term counts as CSR (indptr, indices int32 sorted, counts float32); T's ids
-    are renumbered by `newcol` first (-1 drops a term; pass an empty array to keep ids)."""
+def count_terms(T, t_ptr):
+    """Per-document term counts as CSR (indptr, indices int32 sorted, counts float32) from the
+    term ids (>= 0) of each document's occurrences, T[t_ptr[d]:t_ptr[d+1]] (sorted in place)."""
     n_docs = t_ptr.shape[0] - 1
-    remap = newcol.shape[0] > 0
     indptr = np.zeros(n_docs + 1, np.int64)
     for d in range(n_docs):
         seg = T[t_ptr[d]:t_ptr[d + 1]]
-        if remap:
-            for i in range(seg.shape[0]):
-                seg[i] = newcol[seg[i]]
         seg.sort()
         u = 0
         prev = -1
         for i in range(seg.shape[0]):
-            if seg[i] >= 0 and seg[i] != prev:
+            if seg[i] != prev:
                 u += 1
                 prev = seg[i]
         indptr[d + 1] = indptr[d] + u
@@ -603,8 +619,6 @@ def count_terms(T, t_ptr, newcol):
         prev = -1
         for i in range(t_ptr[d], t_ptr[d + 1]):
             t = T[i]
-            if t < 0:
-                continue
             if t != prev:
                 q += 1
                 indices[q] = t
@@ -687,12 +701,7 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
     out_k = np.empty(cap, np.int64)
     out_v = np.empty(cap, np.float32)
     nnz = 0
-    sqnorm = np.zeros(n, np.float64)
-    for i in range(n):
-        s = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            s += data[p] * data[p]
-        sqnorm[i] = s
+    sqnorm = _row_sqnorms(indptr, data)
     diag_p = 0.5 / Cp
     diag_n = 0.5 / Cn
     w = np.zeros((n_features, LANES), np.float64)
@@ -702,7 +711,6 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
     live = np.zeros(LANES, np.bool_)
     it = np.zeros(LANES, np.int64)
     pg_max_old = np.zeros(LANES, np.float64)
-    pg_min_old = np.zeros(LANES, np.float64)
     pg_max = np.zeros(LANES, np.float64)
     pg_min = np.zeros(LANES, np.float64)
     wx = np.zeros(LANES, np.float64)
@@ -725,7 +733,6 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
             n_act[l] = n if l < m else 0
             it[l] = 0
             pg_max_old[l] = np.inf
-            pg_min_old[l] = -np.inf
         state[0] = np.uint64(seed * 2654435761 + cols[g0] * 40503 + 1)
         active = n  # instances active in some lane: index[:active]
         n_live = m
@@ -735,11 +742,7 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
                 pg_min[l] = np.inf
                 if live[l]:
                     visits[g0 + l] += n_act[l]
-            for s in range(active):
-                j = s + np.int64(((_xorshift(state) >> np.uint64(32)) * np.uint64(active - s)) >> np.uint64(32))
-                tmp = index[s]
-                index[s] = index[j]
-                index[j] = tmp
+            _shuffle(index, active, state)
             s = 0
             while s < active:
                 i = index[s]
@@ -832,10 +835,8 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
                         n_act[l] = n
                         active = n
                         pg_max_old[l] = np.inf
-                        pg_min_old[l] = -np.inf
                 else:
                     pg_max_old[l] = pg_max[l] if pg_max[l] > 0.0 else np.inf
-                    pg_min_old[l] = pg_min[l] if pg_min[l] < 0.0 else -np.inf
                 if done or it[l] >= max_iter:
                     live[l] = False
                     n_live -= 1
@@ -843,16 +844,5 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
                     for i in range(n):
                         yv[i, l] = 0.0
         for l in range(m):
-            for f in range(n_features):
-                v = w[f, l]
-                if v != 0.0 and abs(v) >= threshold:
-                    if nnz == cap:
-                        cap *= 2
-                        out_f = _grow(out_f, cap)
-                        out_k = _grow(out_k, cap)
-                        out_v = _grow(out_v, cap)
-                    out_f[nnz] = f
-                    out_k[nnz] = g0 + l
-                    out_v[nnz] = v
-                    nnz += 1
+            out_f, out_k, out_v, nnz = _emit_weights(w[:, l], g0 + l, threshold, out_f, out_k, out_v, nnz)
     return out_f[:nnz].copy(), out_k[:nnz].copy(), out_v[:nnz].copy()

@@ -121,15 +121,17 @@ class TfidfVectorizer:
         return p.analyzer == "word" and p.ngram_range[1] <= 2
 
     def _token_series(self, texts):
-        """(every token of every text in order as a polars String Series, tokens per text):
-        lowercasing and the token regex run in polars (Rust, multi-threaded)."""
+        """(every token of every text in order as a polars String Series, doc_ptr): text d's
+        tokens are flat[doc_ptr[d]:doc_ptr[d+1]]. Lowercasing and the token regex run in polars
+        (Rust, multi-threaded)."""
         s = pl.Series("text", list(texts), dtype=pl.String)
         if self.params.lowercase:
             s = s.str.to_lowercase()
         toks = s.str.extract_all(_TOKEN_PATTERN_RS)
-        lens = toks.list.len().fill_null(0).to_numpy().astype(np.int64)
+        doc_ptr = np.zeros(len(toks) + 1, np.int64)
+        np.cumsum(toks.list.len().fill_null(0).to_numpy(), out=doc_ptr[1:])
         # explode turns an empty list into one null: drop those
-        return toks.explode().drop_nulls().rename("tok"), lens
+        return toks.explode().drop_nulls().rename("tok"), doc_ptr
 
     @staticmethod
     def _token_ids(flat, tokens) -> np.ndarray:
@@ -140,11 +142,10 @@ class TfidfVectorizer:
 
     def _fit_fast(self, texts):
         """Counts of every uni/bigram of `texts`: (tf CSR, names), names(term ids) → strings."""
-        flat, lens = self._token_series(texts)
+        flat, doc_ptr = self._token_series(texts)
         tokens = flat.unique().sort()  # sorted, so that ids do not depend on threads
         n_tok = len(tokens)
         tok = self._token_ids(flat, tokens)
-        doc_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         lo, hi = self.params.ngram_range
         n_uni = n_tok if lo == 1 else 0
         if hi == 2:
@@ -171,17 +172,16 @@ class TfidfVectorizer:
         """Term counts per document (CSR), documents cut into blocks counted in threads."""
         n_docs = len(t_ptr) - 1
         blocks = min(os.cpu_count() or 1, 8) if len(T) > 1_000_000 else 1
+        if blocks == 1:
+            return cls._csr(*kernels.count_terms(T, t_ptr), n_terms)
         cuts = np.linspace(0, n_docs, blocks + 1).astype(np.int64)
-        no_remap = np.zeros(0, np.int64)
 
         def run(i):
             a, b = cuts[i], cuts[i + 1]
-            return kernels.count_terms(T[t_ptr[a]:t_ptr[b]], t_ptr[a:b + 1] - t_ptr[a], no_remap)
+            return kernels.count_terms(T[t_ptr[a]:t_ptr[b]], t_ptr[a:b + 1] - t_ptr[a])
 
         with ThreadPoolExecutor(blocks) as ex:
             parts = list(ex.map(run, range(blocks)))
-        if blocks == 1:
-            return cls._csr(*parts[0], n_terms)
         offsets = np.cumsum([0] + [part[0][-1] for part in parts[:-1]])
         indptr = np.concatenate([[0]] + [part[0][1:] + off for part, off in zip(parts, offsets)])
         return cls._csr(indptr, np.concatenate([part[1] for part in parts]),
@@ -214,9 +214,8 @@ class TfidfVectorizer:
 
     def _count_fast(self, texts) -> smat.csr_matrix:
         tokens, n_tok, uni_col, bkeys, bcols = self._index or self._build_index()
-        flat, lens = self._token_series(texts)
+        flat, doc_ptr = self._token_series(texts)
         tok = self._token_ids(flat, tokens)
-        doc_ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         lo, hi = self.params.ngram_range
         T, t_ptr = kernels.lookup_terms(tok, doc_ptr, n_tok, lo == 1, hi == 2, uni_col, bkeys, bcols)
         return self._count_terms(T, t_ptr, len(self.vocab))

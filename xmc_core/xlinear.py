@@ -683,10 +683,9 @@ class XLinearModel:
                 top_node = np.empty((n, k), np.int64)
                 top_score = np.empty((n, k), np.float32)
                 merge = last and not level_scores and C.nnz > C.shape[0]
-                c_ptr, c_node = C.indptr.astype(np.int64), C.indices.astype(np.int64)
 
                 def select(r0, r1):
-                    kernels.select_topk(row_ptr[r0:r1 + 1], parents, pscores, pair_start, c_ptr, c_node, raw,
+                    kernels.select_topk(row_ptr[r0:r1 + 1], parents, pscores, pair_start, C.indptr, C.indices, raw,
                                         code, power, combine, k, merge, top_node[r0:r1], top_score[r0:r1])
 
                 if threads > 1 and n >= 2048:
@@ -745,8 +744,7 @@ def _level_chunks(W_t: smat.csc_matrix, indptr: np.ndarray):
     cached = getattr(W_t, "_xmc_chunks", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    chunks = kernels.build_chunks(np.asarray(indptr, np.int64), W_t.indptr.astype(np.int64),
-                                  W_t.indices.astype(np.int64), W_t.data.astype(np.float32, copy=False),
+    chunks = kernels.build_chunks(indptr, W_t.indptr, W_t.indices, W_t.data.astype(np.float32, copy=False),
                                   W_t.shape[0])
     chunks = (*chunks, np.diff(indptr).astype(np.int64))
     W_t._xmc_chunks = (key, chunks)
