@@ -74,7 +74,7 @@ def test_dcd_lanes_solve_each_column_as_alone():
     rng = np.random.default_rng(3)
     X = smat.random(120, 30, density=0.25, random_state=4, format="csr", dtype=np.float32)
     Ypos = rng.random((120, 21)) < rng.uniform(0.02, 0.5, size=21)
-    W_newton = solve_squared_hinge(X, Ypos, Cp=1.0, Cn=1.0, eps=1e-5, max_iter=100, cg_max_iter=100, cg_eps=1e-3)
+    W_newton = solve_squared_hinge(X, Ypos, Cp=1.0, Cn=1.0, eps=1e-7, max_iter=100, cg_max_iter=100, cg_eps=1e-3)
     W_single = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, lanes=False)
     W1 = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, threads=1)
     W3 = solve_squared_hinge_dcd(X, Ypos, eps=1e-6, max_iter=10_000, threads=3)

@@ -426,6 +426,34 @@ def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
 
 
 @njit(nogil=True, cache=True)
+def _first_k_stable(v, k, side):
+    """side[i] = 0 for the k smallest values of v, 1 for the rest, ties going to the lower index:
+    the first k of a stable ascending sort, found in O(m) by a partition (a sort costs
+    O(m log m) per 2-means round, and the top nodes hold all the labels)."""
+    m = v.shape[0]
+    if k <= 0:
+        side[:] = 1
+        return
+    if k >= m:
+        side[:] = 0
+        return
+    t = np.partition(v, k - 1)[k - 1]  # the k-th smallest value
+    fill = k
+    for i in range(m):
+        if v[i] < t:
+            fill -= 1
+    for i in range(m):
+        x = v[i]
+        if x < t:
+            side[i] = 0
+        elif x == t and fill > 0:
+            side[i] = 0
+            fill -= 1
+        else:
+            side[i] = 1
+
+
+@njit(nogil=True, cache=True)
 def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
     """Balanced spherical 2-means of the rows of one CSR block (m × n_cols, m >= 2).
 
@@ -463,9 +491,7 @@ def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
             for p in range(indptr[i], indptr[i + 1]):
                 s += data[p] * cd[indices[p]]
             sims[i] = -s
-        order = np.argsort(sims, kind="mergesort")
-        for r in range(m):
-            new_side[order[r]] = 0 if r < n_left else 1
+        _first_k_stable(sims, n_left, new_side)
         same = True
         for i in range(m):
             if new_side[i] != side[i]:

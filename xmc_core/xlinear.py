@@ -328,6 +328,9 @@ def _solve_primal(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_eps, threads, 
                 break
             Hp = p + 2.0 * (XaT @ (Dm * (Xa @ p)))
             pHp = np.einsum("ij,ij->j", p, Hp, dtype=np.float64)
+            # H is positive definite: pHp <= 0 is float32 rounding at a converged column (asked
+            # for a tiny eps), where a step of rr / pHp would blow up into inf/NaN.
+            live &= pHp > 0
             alpha = np.where(live, rr / np.maximum(pHp, 1e-30), 0.0).astype(np.float32)
             s += alpha * p
             r -= alpha * Hp
@@ -469,6 +472,7 @@ def _solve_squared_hinge_gram(X, Ypos, Cp, Cn, max_iter, eps, cg_max_iter, cg_ep
             Hph = ph + 2.0 * (Dm * pt)
             Hpt = pt + 2.0 * (G @ (Dm * pt))
             pHp = dot(ph, Hpt)
+            live &= pHp > 0  # as in the primal CG: rounding at a converged column
             alpha = np.where(live, rr / np.maximum(pHp, 1e-30), 0.0).astype(np.float32)
             sh += alpha * ph
             st += alpha * pt
