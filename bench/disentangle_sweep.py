@@ -2,15 +2,19 @@
 """Label disentanglement sweep: max_copies = 1..6 against plain XR-Linear, same features.
 
     .venv/bin/python bench/disentangle_sweep.py [--datasets delicious bibtex synthetic-ambiguous]
-        [--copies 1 2 3 4 5 6] [--rounds 1] [--merge max] [--threads 2] [--params '{...}']
+        [--copies 1 2 3 4 5 6] [--seeds 0 1 2] [--beams 3 5] [--rounds 1] [--merge max]
+        [--threads 2] [--params '{...}']
 
 Real datasets read bench/out/data/<ds>/{X,Y}.{trn,tst}.npz (written by bench/compare_peers.py);
-`synthetic-ambiguous` is generated (xmc_core.synth, ambiguous_frac 0.3). Per dataset: plain
-XR-Linear, then xr-linear-ld per max_copies (the same PIFA tree; train_s covers PIFA + tree +
-first matcher + reassignment + rankers). Prints P@1/3/5, the final model's matcher recall on the
-test split (share of true (doc, label) pairs with a cluster of the label in the beam), copies added
-and train seconds; appends rows to the DuckDB `benchmark` table (bench="disentangle",
-max_copies/rounds in `extra`).
+`synthetic-ambiguous` is generated (xmc_core.synth, ambiguous_frac 0.3). Per dataset and seed
+(the tree's and the rankers' seed): plain XR-Linear, then xr-linear-ld per max_copies (the same
+PIFA tree; train_s covers PIFA + tree + first matcher + reassignment + rankers). The table shows
+means over the seeds: P@1/3/5, the spread of P@1 over seeds, the final model's matcher recall on
+the test split (share of true (doc, label) pairs with a cluster of the label in the beam), P@1 and
+recall at the extra beam widths, and P@1 with a beam as wide as the widest level ("P@1 all": every
+label scored, so recall 100%; the most that added reach alone could give), copies added and train
+seconds. Every (seed, config) appends a row to the DuckDB `benchmark` table (bench="disentangle";
+max_copies, rounds, seed and the per-beam numbers in `extra`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def main(argv=None) -> int:
     ap.add_argument("--copies", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--merge", default="max", choices=["max", "mean"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="tree and ranker seeds; the table shows means over them (plain and LD share a seed's tree)")
+    ap.add_argument("--beams", nargs="+", type=int, default=[3, 5],
+                    help="extra beam widths at which P@1 and matcher recall are also measured")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--params", default="{}", help="extra XRLinearParams overrides (JSON), e.g. a disentangle section")
     ap.add_argument("--no-baseline", action="store_true")
@@ -60,6 +68,8 @@ def main(argv=None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(REPO))
+    import numpy as np
+
     from xmc_core.disentangle import matcher_recall
     from xmc_core.label_embedding import pifa
     from xmc_core.metrics import ranking_metrics
@@ -69,56 +79,90 @@ def main(argv=None) -> int:
 
     run_id = f"disentangle-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     extra_params = json.loads(args.params)
-    header = (f"{'dataset':<20} {'method':<13} {'copies':>6} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} "
-              f"{'recall':>7} {'added':>6} {'train_s':>8} {'x_plain':>7}")
-    print(header)
-    print("-" * len(header), flush=True)
+    beams = sorted(set(args.beams))
     rows = []
     for ds in args.datasets:
         Xtr, Ytr, Xte, Yte = load(ds, Path(args.out))
         names = [str(i) for i in range(Ytr.shape[1])]
         configs = ([] if args.no_baseline else [None]) + list(args.copies)
-        base = None
-        for copies in configs:
-            ov = {"ranker": {"threads": args.threads}, "tree": {"threads": args.threads}, **extra_params}
-            if copies is not None:
-                ov["disentangle"] = {**extra_params.get("disentangle", {}), "max_copies": copies,
-                                     "rounds": args.rounds, "merge": args.merge}
-            else:
-                ov.pop("disentangle", None)
-            params = XRLinearParams().merged(ov)
-            t0 = time.perf_counter()
-            Z = pifa(Xtr, Ytr, params.pifa)
-            tree = build_tree(Z, params.tree)
-            model = fit_rankers(Xtr, Ytr, names, params, tree=tree)
-            train_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            P = model.predict(Xte, topk=10)
-            predict_s = time.perf_counter() - t0
-            res = ranking_metrics(Yte, P)
-            rec = 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xte, Yte)
-            added = model.info.get("disentangle", {}).get("copies_added", 0)
-            p = [res["p"][k] for k in (1, 3, 5)]
-            if copies is None:
-                base = {"p1": p[0], "train_s": train_s}
-            d1 = p[0] - base["p1"] if base else float("nan")
-            ratio = train_s / base["train_s"] if base else float("nan")
-            print(f"{ds:<20} {model.method:<13} {('-' if copies is None else copies):>6} {p[0]:6.2f} {p[1]:6.2f} "
-                  f"{p[2]:6.2f} {d1:+6.2f} {rec:7.2f} {added:6d} {train_s:8.2f} {ratio:7.2f}", flush=True)
-            rows.append({
-                "run_id": run_id, "bench": "disentangle", "dataset": ds, "system": model.method,
-                "threads": args.threads, "n_labels": int(Ytr.shape[1]), "n_train": int(Ytr.shape[0]),
-                "n_test": int(Yte.shape[0]), "train_s": train_s, "predict_s": predict_s, "p1": p[0], "p3": p[1],
-                "p5": p[2],
-                "extra": {"max_copies": copies if copies is not None else 1,
-                          "rounds": args.rounds if copies is not None else 0,
-                          "merge": args.merge, "matcher_recall": rec, "copies_added": added,
-                          "disentangle": model.info.get("disentangle"), "params": params.to_dict(),
-                          "train_x_plain": ratio},
-            })
+        per_config: dict = {}
+        for seed in args.seeds:
+            for copies in configs:
+                ov = {**extra_params,
+                      "ranker": {**extra_params.get("ranker", {}), "threads": args.threads, "seed": seed},
+                      "tree": {**extra_params.get("tree", {}), "threads": args.threads, "seed": seed}}
+                if copies is not None:
+                    ov["disentangle"] = {**extra_params.get("disentangle", {}), "max_copies": copies,
+                                         "rounds": args.rounds, "merge": args.merge}
+                else:
+                    ov.pop("disentangle", None)
+                params = XRLinearParams().merged(ov)
+                t0 = time.perf_counter()
+                Z = pifa(Xtr, Ytr, params.pifa)
+                tree = build_tree(Z, params.tree)
+                model = fit_rankers(Xtr, Ytr, names, params, tree=tree)
+                train_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                P = model.predict(Xte, topk=10)
+                predict_s = time.perf_counter() - t0
+                res = ranking_metrics(Yte, P)
+                beam = params.pred.beam_size
+                rec = 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xte, Yte)
+                # the recall ceiling: a beam as wide as the widest level scores every label
+                full = max(model.ranker.tree.level_sizes()[:-1] or [1])
+                at_beam = {}
+                for b in [*beams, full]:
+                    Pb = model.predict(Xte, topk=10, beam_size=b)
+                    at_beam[b] = {"p1": ranking_metrics(Yte, Pb)["p"][1],
+                                  "recall": 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xte, Yte, b)}
+                added = model.info.get("disentangle", {}).get("copies_added", 0)
+                p = [res["p"][k] for k in (1, 3, 5)]
+                per_config.setdefault(copies, []).append(
+                    {"p": p, "recall": rec, "train_s": train_s, "added": added,
+                     "at": [at_beam[b]["p1"] for b in beams] + [at_beam[full]["p1"]],
+                     "rec_at": [at_beam[b]["recall"] for b in beams]})
+                rows.append({
+                    "run_id": run_id, "bench": "disentangle", "dataset": ds, "system": model.method,
+                    "threads": args.threads, "n_labels": int(Ytr.shape[1]), "n_train": int(Ytr.shape[0]),
+                    "n_test": int(Yte.shape[0]), "train_s": train_s, "predict_s": predict_s, "p1": p[0],
+                    "p3": p[1], "p5": p[2],
+                    "extra": {"max_copies": copies if copies is not None else 1,
+                              "rounds": args.rounds if copies is not None else 0, "seed": seed,
+                              "merge": args.merge, "matcher_recall": rec, "copies_added": added,
+                              "beam_size": beam, "full_beam": full,
+                              "at_beam": {str(b): v for b, v in at_beam.items()},
+                              "disentangle": model.info.get("disentangle"), "params": params.to_dict()},
+                })
+        print_table(ds, per_config, beams, len(args.seeds))
     n = append_benchmark(args.db, rows)
     print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id})")
     return 0
+
+
+def print_table(ds: str, per_config: dict, beams: list[int], n_seeds: int) -> None:
+    """Means over seeds; dP@1 and x_plain against the plain rows (None) when present, and the
+    spread (max - min over seeds) of P@1."""
+    import numpy as np
+
+    cols = " ".join(f"{'P@1 b' + str(b):>8} {'rec b' + str(b):>7}" for b in beams)
+    header = (f"{ds} ({n_seeds} seed{'s' if n_seeds > 1 else ''}; means)\n"
+              f"{'copies':>6} {'P@1':>6} {'±':>5} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'recall':>7} {cols} "
+              f"{'P@1 all':>7} {'added':>6} {'train_s':>8} {'x_plain':>7}")
+    print("\n" + header)
+    print("-" * len(header.splitlines()[-1]))
+    base = per_config.get(None)
+    for copies, runs in per_config.items():
+        p = np.mean([r["p"] for r in runs], axis=0)
+        p1s = [r["p"][0] for r in runs]
+        at = np.mean([r["at"] for r in runs], axis=0)
+        rec_at = np.mean([r["rec_at"] for r in runs], axis=0)
+        train_s = float(np.mean([r["train_s"] for r in runs]))
+        d1 = p[0] - np.mean([r["p"][0] for r in base]) if base else float("nan")
+        ratio = train_s / np.mean([r["train_s"] for r in base]) if base else float("nan")
+        extra = " ".join(f"{a:8.2f} {r:7.2f}" for a, r in zip(at[:-1], rec_at))
+        print(f"{('-' if copies is None else copies):>6} {p[0]:6.2f} {max(p1s) - min(p1s):5.2f} {p[1]:6.2f} {p[2]:6.2f} "
+              f"{d1:+6.2f} {np.mean([r['recall'] for r in runs]):7.2f} {extra} {at[-1]:7.2f} "
+              f"{int(np.mean([r['added'] for r in runs])):6d} {train_s:8.2f} {ratio:7.2f}", flush=True)
 
 
 if __name__ == "__main__":
