@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -78,8 +77,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), "--train-X", str(files["X.trn"]),
                    "--train-Y", str(files["Y.trn"]), "--test-X", str(d / "X.tst.npz"), "--test-Y",
                    str(files["Y.tst"]), "--threads", str(args.threads)]
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+            # ours_run.py sets the BLAS/OpenMP thread variables itself
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             r = json.loads(out.strip().splitlines()[-1])
             detail = r["train_detail_s"]
             tree_s = detail.get("label_tree", 0.0)

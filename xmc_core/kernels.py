@@ -68,6 +68,13 @@ def _shuffle(index, active, state):
 
 
 @njit(nogil=True, cache=True)
+def _triplet_buffers(n_features):
+    """Empty (feature, column, value) buffers for `_emit_weights`, sized for one dense column."""
+    cap = max(16, n_features)
+    return np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float32)
+
+
+@njit(nogil=True, cache=True)
 def _emit_weights(w, kk, threshold, out_f, out_k, out_v, nnz):
     """Append the entries of weight vector w with w != 0 and |w| >= threshold as triplets
     (feature, kk, value) at out_*[nnz:], growing the buffers; returns them and the new nnz."""
@@ -101,10 +108,7 @@ def dcd_squared_hinge(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps
     """
     n = indptr.shape[0] - 1
     K = cols.shape[0]
-    cap = max(16, n_features)
-    out_f = np.empty(cap, np.int64)
-    out_k = np.empty(cap, np.int64)
-    out_v = np.empty(cap, np.float32)
+    out_f, out_k, out_v = _triplet_buffers(n_features)
     nnz = 0
     sqnorm = _row_sqnorms(indptr, data)
     diag_p = 0.5 / Cp
@@ -722,10 +726,7 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
     """
     n = indptr.shape[0] - 1
     K = cols.shape[0]
-    cap = max(16, n_features)
-    out_f = np.empty(cap, np.int64)
-    out_k = np.empty(cap, np.int64)
-    out_v = np.empty(cap, np.float32)
+    out_f, out_k, out_v = _triplet_buffers(n_features)
     nnz = 0
     sqnorm = _row_sqnorms(indptr, data)
     diag_p = 0.5 / Cp
