@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/disentangle_sweep.py [--datasets delicious bibtex synthetic-ambiguous]
         [--copies 1 2 3 4 5 6] [--seeds 0 1 2] [--beams 3 5] [--rounds 1] [--merge max]
-        [--threads 2] [--params '{...}']
+        [--threads 2] [--params '{...}'] [--flat] [--ceiling-max-beam 128]
 
 Real datasets read bench/out/data/<ds>/{X,Y}.{trn,tst}.npz (written by bench/compare_peers.py);
 `synthetic-ambiguous` is generated (xmc_core.synth, ambiguous_frac 0.3). Per dataset and seed
@@ -13,7 +13,10 @@ means over the seeds: P@1/3/5, the spread of P@1 over seeds, the final model's m
 the test split (share of true (doc, label) pairs with a cluster of the label in the beam), P@1 and
 recall at the extra beam widths, and P@1 with a beam as wide as the widest level ("P@1 all": every
 label scored, so recall 100%; the most that added reach alone could give), copies added and train
-seconds. Every (seed, config) appends a row to the DuckDB `benchmark` table (bench="disentangle";
+seconds. `--flat` adds a one-level model per seed (every label scored by its one-vs-all ranker, no
+matcher factor: what a label tree costs or gives against no tree at all; system "xr-linear-flat").
+"P@1 all" is skipped (NaN) where the widest level is wider than --ceiling-max-beam (yso-finna-en:
+256 clusters, 25k labels per document). Every (seed, config) appends a row to the DuckDB `benchmark` table (bench="disentangle";
 max_copies, rounds, seed and the per-beam numbers in `extra`).
 """
 
@@ -62,6 +65,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--params", default="{}", help="extra XRLinearParams overrides (JSON), e.g. a disentangle section")
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--flat", action="store_true",
+                    help="also train a one-level (flat one-vs-all) model per seed, as a reference")
+    ap.add_argument("--ceiling-max-beam", type=int, default=128,
+                    help="skip 'P@1 all' where the widest level is wider than this")
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     args = ap.parse_args(argv)
@@ -84,14 +91,17 @@ def main(argv=None) -> int:
     for ds in args.datasets:
         Xtr, Ytr, Xte, Yte = load(ds, Path(args.out))
         names = [str(i) for i in range(Ytr.shape[1])]
-        configs = ([] if args.no_baseline else [None]) + list(args.copies)
+        configs = ([] if args.no_baseline else [None]) + (["flat"] if args.flat else []) + list(args.copies)
         per_config: dict = {}
         for seed in args.seeds:
             for copies in configs:
                 ov = {**extra_params,
                       "ranker": {**extra_params.get("ranker", {}), "threads": args.threads, "seed": seed},
                       "tree": {**extra_params.get("tree", {}), "threads": args.threads, "seed": seed}}
-                if copies is not None:
+                if copies == "flat":  # one leaf holding every label: a one-level tree
+                    ov["tree"]["max_leaf_size"] = int(Ytr.shape[1])
+                    ov.pop("disentangle", None)
+                elif copies is not None:
                     ov["disentangle"] = {**extra_params.get("disentangle", {}), "max_copies": copies,
                                          "rounds": args.rounds, "merge": args.merge}
                 else:
@@ -112,6 +122,9 @@ def main(argv=None) -> int:
                 full = max(model.ranker.tree.level_sizes()[:-1] or [1])
                 at_beam = {}
                 for b in [*beams, full]:
+                    if b == full and b > args.ceiling_max_beam and b not in beams:
+                        at_beam[b] = {"p1": float("nan"), "recall": 100.0}
+                        continue
                     Pb = model.predict(Xte, topk=10, beam_size=b)
                     at_beam[b] = {"p1": ranking_metrics(Yte, Pb)["p"][1],
                                   "recall": 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xte, Yte, b)}
@@ -122,12 +135,14 @@ def main(argv=None) -> int:
                      "at": [at_beam[b]["p1"] for b in beams] + [at_beam[full]["p1"]],
                      "rec_at": [at_beam[b]["recall"] for b in beams]})
                 rows.append({
-                    "run_id": run_id, "bench": "disentangle", "dataset": ds, "system": model.method,
+                    "run_id": run_id, "bench": "disentangle", "dataset": ds,
+                    "system": "xr-linear-flat" if copies == "flat" else model.method,
                     "threads": args.threads, "n_labels": int(Ytr.shape[1]), "n_train": int(Ytr.shape[0]),
                     "n_test": int(Yte.shape[0]), "train_s": train_s, "predict_s": predict_s, "p1": p[0],
                     "p3": p[1], "p5": p[2],
-                    "extra": {"max_copies": copies if copies is not None else 1,
-                              "rounds": args.rounds if copies is not None else 0, "seed": seed,
+                    "extra": {"max_copies": copies if isinstance(copies, int) else 1,
+                              "rounds": args.rounds if isinstance(copies, int) else 0, "seed": seed,
+                              "flat": copies == "flat",
                               "merge": args.merge, "matcher_recall": rec, "copies_added": added,
                               "beam_size": beam, "full_beam": full,
                               "at_beam": {str(b): v for b, v in at_beam.items()},
