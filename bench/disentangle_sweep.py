@@ -16,8 +16,9 @@ label scored, so recall 100%; the most that added reach alone could give), copie
 seconds. `--flat` adds a one-level model per seed (every label scored by its one-vs-all ranker, no
 matcher factor: what a label tree costs or gives against no tree at all; system "xr-linear-flat").
 "P@1 all" is skipped (NaN) where the widest level is wider than --ceiling-max-beam (yso-finna-en:
-256 clusters, 25k labels per document). Every (seed, config) appends a row to the DuckDB `benchmark` table (bench="disentangle";
-max_copies, rounds, seed and the per-beam numbers in `extra`).
+256 clusters, 25k labels per document). Every (seed, config) appends a row to the DuckDB
+`benchmark` table (bench="disentangle"; max_copies, rounds, seed and the per-beam numbers in
+`extra`).
 """
 
 from __future__ import annotations
@@ -98,14 +99,12 @@ def main(argv=None) -> int:
                 ov = {**extra_params,
                       "ranker": {**extra_params.get("ranker", {}), "threads": args.threads, "seed": seed},
                       "tree": {**extra_params.get("tree", {}), "threads": args.threads, "seed": seed}}
+                ov.pop("disentangle", None)
                 if copies == "flat":  # one leaf holding every label: a one-level tree
                     ov["tree"]["max_leaf_size"] = int(Ytr.shape[1])
-                    ov.pop("disentangle", None)
                 elif copies is not None:
                     ov["disentangle"] = {**extra_params.get("disentangle", {}), "max_copies": copies,
                                          "rounds": args.rounds, "merge": args.merge}
-                else:
-                    ov.pop("disentangle", None)
                 params = XRLinearParams().merged(ov)
                 t0 = time.perf_counter()
                 Z = pifa(Xtr, Ytr, params.pifa)

@@ -59,7 +59,7 @@ class DisentangleParams(ParamsBase):
         leaf) labels after reassignment. 2.0 by default: where the matcher limits reach the cap
         binds (yso-finna-en: at 1.5 nearly every leaf fills to it), and 2.0 against 1.5 adds
         recall and P@1 there (yso-finna-en recall 66.7 → 70.4 → 72.7%, P@1 37.20 → 37.45 → 37.67;
-        eurlex57k P@1 −0.13 → +0.12) for training 1.4–2.1× plain XR-Linear's (1.2–1.8× at 1.5).
+        eurlex57k P@1 −0.13 → +0.12) for training 1.4–2.3× plain XR-Linear's (1.2–2.0× at 1.5).
     min_share: an extra copy only in a cluster that receives at least this share of the label's
         routing mass (the matcher's beam scores over the label's training documents).
     merge: how prediction combines a label's copies: "max" (best copy) or "mean" (mean over the
