@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 import scipy.sparse as smat
 
@@ -14,6 +15,7 @@ from xmc_core.disentangle import (
     DisentangleParams,
     affinity,
     assign_copies,
+    copy_table,
     disentangle_tree,
     matcher_recall,
     predict_merged,
@@ -111,6 +113,42 @@ def test_ambiguous_labels_get_copies_within_the_cap_and_recall_rises(data):
     # and the model retrained on the overlapping tree keeps at least the plain model's recall
     ld = XLinearModel.train(Xtr, Ytr, new, p.ranker, p.pred)
     assert matcher_recall(ld, new, Xte, Yte) >= before - 0.005
+
+
+def test_copy_table_names_where_each_copied_label_sits(data):
+    Xtr, Ytr, _, _ = data
+    p = _params()
+    tree = build_tree(pifa(Xtr, Ytr, p.pifa), p.tree)
+    matcher = train_matcher(Xtr, Ytr, tree, p.ranker, p.pred)
+    d = DisentangleParams(max_copies=3)
+    new, A = disentangle_tree(Xtr, Ytr, tree, matcher, d, p.ranker, p.pred, return_affinity=True)
+    assert (new.C[-1] != disentangle_tree(Xtr, Ytr, tree, matcher, d, p.ranker, p.pred).C[-1]).nnz == 0
+    table = copy_table(A, tree, new, _names(Ytr))
+    copies = np.diff(smat.csr_matrix(new.C[-1]).indptr)
+    ids = table["label_id"].to_numpy()
+    # one row per label with copies; its clusters are its clusters in the tree, the original first
+    assert sorted(ids.tolist()) == np.flatnonzero(copies > 1).tolist()
+    orig = smat.csr_matrix(tree.C[-1])
+    for row in table.iter_rows(named=True):
+        l = row["label_id"]
+        assert row["label"] == str(l) and row["copies"] == copies[l] == len(row["clusters"]) == len(row["signatures"])
+        assert sorted(row["clusters"]) == sorted(new.C[-1].tocsr()[l].indices.tolist())
+        assert row["clusters"][0] == orig.indices[orig.indptr[l]]
+        assert row["shares"][1:] == sorted(row["shares"][1:], reverse=True) and sum(row["shares"]) <= 1 + 1e-9
+        assert min(row["shares"][1:]) >= d.min_share - 1e-9
+    # every training document has a beam, so the routed documents are the label's documents
+    counts = np.asarray((Ytr != 0).sum(axis=0)).ravel()
+    assert np.allclose(table["train_docs"].to_numpy(), counts[ids], atol=0.01)
+    via = table["docs_via_copies"].to_numpy()
+    assert (np.diff(via) <= 0).all() and (via > 0).all()
+    # the labels whose copies carry the most documents are mostly the two-topic ones (30% of all)
+    amb = structure(SYNTH).ambiguous
+    assert amb[ids[:20]].mean() >= 0.6
+    # unchanged tree: no affinity, and a shape check at the boundary
+    same, none = disentangle_tree(Xtr, Ytr, tree, matcher, DisentangleParams(max_copies=1), return_affinity=True)
+    assert same is tree and none is None
+    with pytest.raises(ValueError, match="label names"):
+        copy_table(A, tree, new, _names(Ytr)[:-1])
 
 
 def test_assign_copies_cap_and_threshold():
@@ -217,6 +255,10 @@ def test_disentangled_tree_asset(tmp_path):
     meta = result.asset_materializations_for_node("disentangled_tree")[0].metadata
     assert meta["pass_through"].value is False and meta["copies_added"].value > 0
     assert meta["matcher_recall_after"].value >= meta["matcher_recall_before"].value
+    # the copies table: a file with one row per copied label, its first rows in the UI
+    copies = pl.read_parquet(meta["copies_file"].value)
+    assert copies.height == meta["labels_with_copies"].value > 0
+    assert copies["label"][0] in meta["copied_labels"].value and "added clusters" in meta["copied_labels"].value
     tree = LabelTree.from_arrays(np.load(tmp_path / "artifacts" / "amb" / "disentangled_tree" / "tree.npz"))
     model = XmcModel.load(tmp_path / "artifacts" / "amb" / "model")
     assert model.method == "xr-linear-ld" and (model.ranker.tree.C[-1] != tree.C[-1]).nnz == 0
@@ -237,3 +279,12 @@ def test_disentangled_tree_asset(tmp_path):
                                                      "disentangle": {"max_copies": 2, "merge": "mean"}}))
     assert code_version(merge_mean, "disentangled_tree") == code_version(settings, "disentangled_tree")
     assert code_version(merge_mean, "rankers") != code_version(settings, "rankers")
+
+    # the settings lose their disentangle section: the tree passes through and the copies table of
+    # the earlier run, which describes a tree that is gone, is removed
+    resources["xmc_settings"] = plain
+    again = materialize(xr_linear_assets, instance=instance, resources=resources, partition_key="amb",
+                        selection=["disentangled_tree"])
+    assert again.success
+    assert again.asset_materializations_for_node("disentangled_tree")[0].metadata["pass_through"].value is True
+    assert not (tmp_path / "artifacts" / "amb" / "disentangled_tree" / "copies.parquet").exists()

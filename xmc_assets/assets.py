@@ -32,14 +32,21 @@ from dagster import (
 )
 
 from xmc_core.data import load_dataset
-from xmc_core.disentangle import copy_stats, disentangle_tree, matcher_recall, train_matcher
+from xmc_core.disentangle import copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
 from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
 
-from .metadata import folder_bytes, frame_markdown, histogram_plot, label_frequency_plot, metrics_at_k_plot
+from .metadata import (
+    copies_markdown,
+    folder_bytes,
+    frame_markdown,
+    histogram_plot,
+    label_frequency_plot,
+    metrics_at_k_plot,
+)
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
 from .versions import code_version, settings_hash
@@ -279,6 +286,7 @@ def disentangled_tree(
     d = params.disentangle
     t0 = time.perf_counter()
     metadata: dict = {}
+    copies = None
     if d is None or not d.active or tree.depth < 2:
         final = tree
         metadata["pass_through"] = True
@@ -287,7 +295,8 @@ def disentangled_tree(
         X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
         Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
         matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
-        final = disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred)
+        final, A = disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred, return_affinity=True)
+        copies = copy_table(A, tree, final, info["label_names"])
         metadata["pass_through"] = False
         if "test" in info["splits"]:
             Xt = artifacts.read_sparse(dataset, "tfidf", "X_test.npz")
@@ -296,7 +305,13 @@ def disentangled_tree(
             metadata["matcher_recall_before"] = matcher_recall(matcher, tree, Xt, Yt)
             metadata["matcher_recall_after"] = matcher_recall(matcher, final, Xt, Yt)
     seconds = time.perf_counter() - t0
+    # a copies table left by an earlier run would describe a tree that is gone
+    artifacts.remove(dataset, "disentangled_tree", "copies.parquet")
     artifacts.write_arrays(dataset, "disentangled_tree", "tree.npz", final.to_arrays())
+    if copies is not None:
+        path = artifacts.write_frame(dataset, "disentangled_tree", "copies.parquet", copies)
+        metadata["copies_file"] = MetadataValue.path(str(path))
+        metadata["copied_labels"] = MetadataValue.md(copies_markdown(copies))
     stats = copy_stats(tree, final)
     sizes = final.leaf_cluster_sizes()
     return MaterializeResult(metadata={

@@ -27,6 +27,24 @@ def frame_markdown(df, floatfmt: str = ".2f") -> str:
     return markdown_table(df.columns, df.rows(), floatfmt)
 
 
+def copies_markdown(copies, top: int = 20) -> str:
+    """The first `top` rows of a `copy_table` (labels whose copies carry the most training
+    documents): each cluster named by its signature, with the share of the label's routing mass
+    that lands there."""
+    if copies.height == 0:
+        return "(no label got a copy)"
+
+    def where(sigs, shares):
+        return "; ".join(f"{sig} ({share:.2f})".replace("|", "\\|") for sig, share in zip(sigs, shares))
+
+    rows = [(r["label"].replace("|", "\\|"), round(r["train_docs"]), where(r["signatures"][:1], r["shares"][:1]),
+             where(r["signatures"][1:], r["shares"][1:]), round(r["docs_via_copies"]))
+            for r in copies.head(top).iter_rows(named=True)]
+    header = ("label", "train docs", "original cluster (share)", "added clusters (share)", "docs via copies")
+    note = f"\n\n{copies.height} labels have copies; clusters named by their most frequent labels."
+    return markdown_table(header, rows) + note
+
+
 def png_markdown(fig, alt: str) -> MetadataValue:
     """A matplotlib figure embedded as a base64 PNG (kept small: metadata lives in the event log)."""
     import matplotlib.pyplot as plt

@@ -152,13 +152,19 @@ class ArtifactStore(ConfigurableResource):
         with np.load(self.existing(dataset, asset, name)) as z:
             return {k: z[k] for k in z.files}
 
-    # texts and small JSON --------------------------------------------------------------------
-    def write_texts(self, dataset: str, asset: str, name: str, texts: list[str]) -> Path:
-        frame = pl.DataFrame({"text": list(texts)}, schema={"text": pl.Utf8})
+    # tables, texts and small JSON -------------------------------------------------------------
+    def write_frame(self, dataset: str, asset: str, name: str, frame: pl.DataFrame) -> Path:
         return _atomic_write(self.path(dataset, asset, name), frame.write_parquet)
 
+    def read_frame(self, dataset: str, asset: str, name: str) -> pl.DataFrame:
+        return pl.read_parquet(self.existing(dataset, asset, name))
+
+    def write_texts(self, dataset: str, asset: str, name: str, texts: list[str]) -> Path:
+        frame = pl.DataFrame({"text": list(texts)}, schema={"text": pl.Utf8})
+        return self.write_frame(dataset, asset, name, frame)
+
     def read_texts(self, dataset: str, asset: str, name: str) -> list[str]:
-        return pl.read_parquet(self.existing(dataset, asset, name))["text"].to_list()
+        return self.read_frame(dataset, asset, name)["text"].to_list()
 
     def write_json(self, dataset: str, asset: str, name: str, obj) -> Path:
         data = json.dumps(obj, indent=2, default=str).encode()

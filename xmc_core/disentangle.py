@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import polars as pl
 import scipy.sparse as smat
 
 from .params import ParamsBase
@@ -42,6 +43,7 @@ __all__ = [
     "route",
     "disentangle_tree",
     "copy_stats",
+    "copy_table",
     "matcher_recall",
     "predict_merged",
 ]
@@ -206,7 +208,8 @@ def disentangle_tree(
     ranker_params: RankerParams | None = None,
     pred_params: PredParams | None = None,
     log: Callable[[dict], None] | None = None,
-) -> LabelTree:
+    return_affinity: bool = False,
+) -> LabelTree | tuple[LabelTree, smat.csr_matrix]:
     """The overlapping tree: `tree` with C[-1] given extra copies per label (internal levels
     unchanged).
 
@@ -214,11 +217,13 @@ def disentangle_tree(
     first matcher — a trained XLinearModel of `tree` (full, or from `train_matcher`). Round 1 routes
     X through it (beam = pred beam_size); each further round trains a matcher on the current
     overlapping tree (`ranker_params`, `pred_params`) and reassigns from the initial tree with its
-    routing. `log` gets one dict per round (copies, cluster sizes).
+    routing. `log` gets one dict per round (copies, cluster sizes). `return_affinity`: also return
+    the last round's affinity A (L × K float32 CSR, see `affinity`; None when the tree is returned
+    unchanged), the input of `copy_table`.
     """
     params = params or DisentangleParams()
     if not params.active or tree.depth < 2:
-        return tree
+        return (tree, None) if return_affinity else tree
     pred_params = pred_params or model.pred_params
     current = tree
     matcher = model
@@ -231,7 +236,7 @@ def disentangle_tree(
         current = LabelTree([*tree.C[:-1], C_leaf])
         if log is not None:
             log({"round": r + 1, **copy_stats(tree, current)})
-    return current
+    return (current, A) if return_affinity else current
 
 
 def copy_stats(before: LabelTree, after: LabelTree) -> dict:
@@ -246,6 +251,70 @@ def copy_stats(before: LabelTree, after: LabelTree) -> dict:
         "leaf_size_max_after": int(s1.max()),
         "leaf_size_mean_after": float(s1.mean()),
     }
+
+
+def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_names,
+               signature_size: int = 3) -> pl.DataFrame:
+    """Where each label with copies sits, and why: one row per label that `after` gives more than
+    one leaf cluster.
+
+    A: the affinity (L × K) the copies were assigned from (`disentangle_tree(return_affinity=True)`);
+    before / after: the initial and the overlapping tree; label_names: L names. A cluster is named
+    by its signature: its `signature_size` original labels with the most routed training documents.
+
+    Columns: label_id (int64), label (str), train_docs (float64: the label's routed training
+    documents, Σ_k A[l, k]), copies (int32), clusters (list[int64]: the original cluster first,
+    then the added ones by share), shares (list[float64]: the share of the label's routing mass
+    that lands on each of those clusters), signatures (list[str]), share_original (float64),
+    docs_via_copies (float64: train_docs × the added clusters' shares, the documents the copies
+    are there for). Sorted by docs_via_copies, largest first.
+    """
+    L, K = after.C[-1].shape
+    if len(label_names) != L or A.shape != (L, K) or before.C[-1].shape != (L, K):
+        raise ValueError(f"copy_table: shapes disagree: A {A.shape}, before {before.C[-1].shape}, "
+                         f"after {(L, K)}, {len(label_names)} label names")
+    A = smat.csr_matrix(A, dtype=np.float64)
+    docs = np.asarray(A.sum(axis=1)).ravel()
+    share = smat.diags(1.0 / np.maximum(docs, 1e-30)) @ A
+    C0 = binarize(smat.csr_matrix(before.C[-1]))
+    C1 = smat.csr_matrix(binarize(after.C[-1]))
+    n_copies = np.diff(C1.indptr)
+    coo = C1.tocoo()
+    lab, clu = coo.row.astype(np.int64), coo.col.astype(np.int64)
+    multi = n_copies[lab] > 1
+    lab, clu = lab[multi], clu[multi]
+    sh = np.asarray(share[lab, clu]).ravel() if len(lab) else np.zeros(0)
+    orig = np.asarray(C0[lab, clu]).ravel() > 0 if len(lab) else np.zeros(0, bool)
+    # signatures: each cluster's original labels with the most routed documents
+    c0 = smat.csc_matrix(C0)
+    members, member_cluster = c0.indices.astype(np.int64), np.repeat(np.arange(K), np.diff(c0.indptr))
+    order, rank = _rank_within(member_cluster, docs[members])
+    top = rank < signature_size
+    names = np.asarray(label_names, dtype=object)
+    sig = (pl.DataFrame({"cluster": member_cluster[order][top], "name": names[members[order][top]].tolist()},
+                        schema={"cluster": pl.Int64, "name": pl.Utf8})
+           .group_by("cluster", maintain_order=True).agg(pl.col("name").str.join(" · ").alias("signature")))
+    long = (pl.DataFrame({"label_id": lab, "cluster": clu, "share": sh, "original": orig},
+                         schema={"label_id": pl.Int64, "cluster": pl.Int64, "share": pl.Float64,
+                                 "original": pl.Boolean})
+            .join(sig, on="cluster", how="left")
+            .sort(["label_id", "original", "share", "cluster"], descending=[False, True, True, False]))
+    out = (long.group_by("label_id", maintain_order=True)
+           .agg(pl.col("cluster").alias("clusters"), pl.col("share").alias("shares"),
+                pl.col("signature").alias("signatures"),
+                pl.col("share").filter(pl.col("original")).sum().alias("share_original"),
+                pl.col("share").filter(~pl.col("original")).sum().alias("added_share")))
+    ids = out["label_id"].to_numpy()
+    out = out.with_columns(
+        pl.Series("label", names[ids].tolist(), dtype=pl.Utf8),
+        pl.Series("train_docs", docs[ids], dtype=pl.Float64),
+        pl.Series("copies", n_copies[ids].astype(np.int32), dtype=pl.Int32),
+    ).with_columns((pl.col("train_docs") * pl.col("added_share")).alias("docs_via_copies"))
+    # A sums float32 beam shares: document counts to 2 decimals, not float32 noise
+    out = out.with_columns(pl.col("train_docs", "docs_via_copies").round(2))
+    return (out.select("label_id", "label", "train_docs", "copies", "clusters", "shares", "signatures",
+                       "share_original", "docs_via_copies")
+            .sort(["docs_via_copies", "label_id"], descending=[True, False]))
 
 
 # ---------------------------------------------------------------------------------------------
