@@ -101,6 +101,29 @@ def test_raw_text_fixture(tmp_path):
     assert ds.dev is None
 
 
+def test_label_titles_from_label_names_tsv(tmp_path):
+    root = _raw_fixture(tmp_path / "toy")
+    assert load_dataset(root).label_titles is None
+    # header, rows in any order, extra columns ignored, an id the dataset lacks skipped, "e" untitled
+    _write(root / "label_names.tsv", "id\ttitle\tparents\nb\tsecond  label\t7\na\tfirst\n\nzz\tnot here\n"
+           "d\tfourth\nc\tthird\n")
+    ds = load_dataset(root)
+    assert ds.label_names == ["a", "b", "c", "d", "e"]
+    assert ds.label_titles == ["first", "second label", "third", "fourth", "e"]
+    # bad rows name the file, the line and the field
+    for content, line, field in (("id\ttitle\na first\n", 2, "title"), ("id\ttitle\na\tx\nb\t \n", 3, "title"),
+                                 ("id\ttitle\na\tx\nb\ty\na\tz\n", 4, "label")):
+        _write(root / "label_names.tsv", content)
+        _assert_names(_raise_format(root), root / "label_names.tsv", line, field)
+
+
+@pytest.mark.skipif(not (SHARED / "eurlex57k").is_dir(), reason="shared eurlex57k data not available")
+def test_eurlex_label_titles_are_eurovoc_terms():
+    ds = load_dataset(SHARED / "eurlex57k", splits=("train",), max_rows=5)
+    titles = dict(zip(ds.label_names, ds.label_titles))
+    assert ds.n_labels == 4271 and titles["3"] == "adhesive" and titles["4"] == "State trading"
+
+
 def test_raw_text_without_label_map_uses_union(tmp_path):
     ds = load_dataset(_raw_fixture(tmp_path / "toy", label_map=False))
     assert ds.label_names == ["a", "b", "c", "d"]

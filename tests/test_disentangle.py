@@ -149,6 +149,11 @@ def test_copy_table_names_where_each_copied_label_sits(data):
     assert same is tree and none is None
     with pytest.raises(ValueError, match="label names"):
         copy_table(A, tree, new, _names(Ytr)[:-1])
+    # titles for people: in the title column and in the cluster signatures, the names stay ids
+    titled = copy_table(A, tree, new, _names(Ytr), [f"label {i}" for i in range(Ytr.shape[1])])
+    assert titled["label"].to_list() == table["label"].to_list()
+    assert titled["title"].to_list() == ["label " + n for n in table["label"].to_list()]
+    assert all(s.startswith("label ") for sigs in titled["signatures"].to_list() for s in sigs)
 
 
 def test_assign_copies_cap_and_threshold():
@@ -240,6 +245,9 @@ def test_disentangled_tree_asset(tmp_path):
 
     write_synth(tmp_path / "data" / "amb", SynthParams(n_labels=60, n_train=400, n_test=150, n_features=500,
                                                        ambiguous_frac=0.3))
+    # titles for people, as eurlex57k and yso-finna-en have them
+    (tmp_path / "data" / "amb" / "label_names.tsv").write_text(
+        "label_id\ttitle\n" + "".join(f"{i}\tsubject {i}\n" for i in range(60)))
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(dataset_partitions.name, ["amb"])
     settings = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
@@ -258,7 +266,9 @@ def test_disentangled_tree_asset(tmp_path):
     # the copies table: a file with one row per copied label, its first rows in the UI
     copies = pl.read_parquet(meta["copies_file"].value)
     assert copies.height == meta["labels_with_copies"].value > 0
-    assert copies["label"][0] in meta["copied_labels"].value and "added clusters" in meta["copied_labels"].value
+    assert copies["title"][0] == f"subject {copies['label'][0]}"
+    assert f"{copies['title'][0]} ({copies['label'][0]})" in meta["copied_labels"].value
+    assert "added clusters" in meta["copied_labels"].value
     tree = LabelTree.from_arrays(np.load(tmp_path / "artifacts" / "amb" / "disentangled_tree" / "tree.npz"))
     model = XmcModel.load(tmp_path / "artifacts" / "amb" / "model")
     assert model.method == "xr-linear-ld" and (model.ranker.tree.C[-1] != tree.C[-1]).nnz == 0

@@ -149,7 +149,7 @@ def corpus(
     artifacts.write_json(dataset, "corpus", "corpus.json", {
         "dataset": dataset, "source": str(folder), "layout": ds.layout, "splits": list(present),
         "has_texts": has_texts, "n_features": ds.n_features, "max_rows": xmc_settings.max_rows,
-        "label_names": ds.label_names,
+        "label_names": ds.label_names, "label_titles": ds.label_titles,
     })
 
     Y = ds.train.Y
@@ -296,7 +296,8 @@ def disentangled_tree(
         Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
         matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
         final, A = disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred, return_affinity=True)
-        copies = copy_table(A, tree, final, info["label_names"])
+        # corpus.json written before label titles existed has none: the table then uses names
+        copies = copy_table(A, tree, final, info["label_names"], info.get("label_titles"))
         metadata["pass_through"] = False
         if "test" in info["splits"]:
             Xt = artifacts.read_sparse(dataset, "tfidf", "X_test.npz")

@@ -37,7 +37,11 @@ def copies_markdown(copies, top: int = 20) -> str:
     def where(sigs, shares):
         return "; ".join(f"{sig} ({share:.2f})".replace("|", "\\|") for sig, share in zip(sigs, shares))
 
-    rows = [(r["label"].replace("|", "\\|"), round(r["train_docs"]), where(r["signatures"][:1], r["shares"][:1]),
+    def label(r):
+        text = r["label"] if r["title"] == r["label"] else f"{r['title']} ({r['label']})"
+        return text.replace("|", "\\|")
+
+    rows = [(label(r), round(r["train_docs"]), where(r["signatures"][:1], r["shares"][:1]),
              where(r["signatures"][1:], r["shares"][1:]), round(r["docs_via_copies"]))
             for r in copies.head(top).iter_rows(named=True)]
     header = ("label", "train docs", "original cluster (share)", "added clusters (share)", "docs via copies")

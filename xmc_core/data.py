@@ -26,6 +26,11 @@ Three on-disk layouts are recognised from the content of a dataset folder
     optional TF-IDF features ``tfidf-*/X.trn.npz`` (``tfidf-attnxml`` is
     preferred when there are several).
 
+Any layout may add ``label_names.tsv``: a header line, then ``id<TAB>title[<TAB>...]``
+per label (the id as the splits name the label: a ``label_map.txt`` entry, a label name, or
+the 0-based id of xc-bow), e.g. EUROVOC concept ``1309`` titled "import".  The titles are for
+people (tables, plots); labels stay identified by their names.
+
 Every malformed input raises :class:`DataFormatError`, whose one-line message
 names the file, the 1-based line (when there is one), the field and the
 problem.
@@ -138,6 +143,8 @@ class Dataset:
         train: the training split (always present).
         test, dev: optional splits.
         n_features: F for layouts with a feature matrix, else None.
+        label_titles: list[str] of length L from ``label_names.tsv`` (a label
+            without a row there keeps its name), or None without that file.
     """
 
     name: str
@@ -147,6 +154,7 @@ class Dataset:
     test: Split | None = None
     dev: Split | None = None
     n_features: int | None = None
+    label_titles: list[str] | None = None
 
     @property
     def n_labels(self) -> int:
@@ -276,6 +284,30 @@ def _read_name_list(path: Path, *, unique: bool) -> list[str]:
                 )
             seen[s] = i
     return names
+
+
+def _read_label_titles(path: Path, label_names: list[str]) -> list[str]:
+    """Titles of the labels from ``label_names.tsv`` (header, then id<TAB>title[<TAB>...]); rows
+    of ids the dataset does not have are skipped, labels without a row keep their name."""
+    lines = _read_text_lines(path)
+    titles: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise DataFormatError(path, i, "title", "expected label id<TAB>title, found no tab")
+        label, title = fields[0].strip(), " ".join(fields[1].split())
+        if not label:
+            raise DataFormatError(path, i, "label", "empty label id")
+        if not title:
+            raise DataFormatError(path, i, "title", f"empty title for label {label!r}")
+        if label in seen:
+            raise DataFormatError(path, i, "label", f"duplicate label id {label!r} (first on line {seen[label]})")
+        seen[label] = i
+        titles[label] = title
+    return [titles.get(name, name) for name in label_names]
 
 
 # --------------------------------------------------------------------------- #
@@ -819,6 +851,7 @@ def load_dataset(
     layout = detect_layout(root)
     ordered = tuple(s for s in _SPLIT_NAMES if s in splits)
     label_names, parts, n_features = _LOADERS[layout](root, ordered, max_rows)
+    titles_path = _find(root, "label_names.tsv")
     return Dataset(
         name=root.resolve().name,
         layout=layout,
@@ -827,6 +860,7 @@ def load_dataset(
         test=parts.get("test"),
         dev=parts.get("dev"),
         n_features=n_features,
+        label_titles=_read_label_titles(titles_path, label_names) if titles_path is not None else None,
     )
 
 

@@ -253,16 +253,19 @@ def copy_stats(before: LabelTree, after: LabelTree) -> dict:
     }
 
 
-def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_names,
+def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_names, label_titles=None,
                signature_size: int = 3) -> pl.DataFrame:
     """Where each label with copies sits, and why: one row per label that `after` gives more than
     one leaf cluster.
 
     A: the affinity (L × K) the copies were assigned from (`disentangle_tree(return_affinity=True)`);
-    before / after: the initial and the overlapping tree; label_names: L names. A cluster is named
-    by its signature: its `signature_size` original labels with the most routed training documents.
+    before / after: the initial and the overlapping tree; label_names: L names; label_titles: L
+    titles for people (`Dataset.label_titles`), or None. A cluster is named by its signature: the
+    titles (else names) of its `signature_size` original labels with the most routed training
+    documents.
 
-    Columns: label_id (int64), label (str), train_docs (float64: the label's routed training
+    Columns: label_id (int64), label (str), title (str: the label's title, else its name),
+    train_docs (float64: the label's routed training
     documents, Σ_k A[l, k]), copies (int32), clusters (list[int64]: the original cluster first,
     then the added ones by share), shares (list[float64]: the share of the label's routing mass
     that lands on each of those clusters), signatures (list[str]), share_original (float64),
@@ -270,9 +273,10 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     are there for). Sorted by docs_via_copies, largest first.
     """
     L, K = after.C[-1].shape
-    if len(label_names) != L or A.shape != (L, K) or before.C[-1].shape != (L, K):
+    label_titles = label_names if label_titles is None else label_titles
+    if len(label_names) != L or len(label_titles) != L or A.shape != (L, K) or before.C[-1].shape != (L, K):
         raise ValueError(f"copy_table: shapes disagree: A {A.shape}, before {before.C[-1].shape}, "
-                         f"after {(L, K)}, {len(label_names)} label names")
+                         f"after {(L, K)}, {len(label_names)} label names, {len(label_titles)} titles")
     A = smat.csr_matrix(A, dtype=np.float64)
     docs = np.asarray(A.sum(axis=1)).ravel()
     share = smat.diags(1.0 / np.maximum(docs, 1e-30)) @ A
@@ -291,7 +295,8 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     order, rank = _rank_within(member_cluster, docs[members])
     top = rank < signature_size
     names = np.asarray(label_names, dtype=object)
-    sig = (pl.DataFrame({"cluster": member_cluster[order][top], "name": names[members[order][top]].tolist()},
+    titles = np.asarray(label_titles, dtype=object)
+    sig = (pl.DataFrame({"cluster": member_cluster[order][top], "name": titles[members[order][top]].tolist()},
                         schema={"cluster": pl.Int64, "name": pl.Utf8})
            .group_by("cluster", maintain_order=True).agg(pl.col("name").str.join(" · ").alias("signature")))
     long = (pl.DataFrame({"label_id": lab, "cluster": clu, "share": sh, "original": orig},
@@ -307,12 +312,13 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     ids = out["label_id"].to_numpy()
     out = out.with_columns(
         pl.Series("label", names[ids].tolist(), dtype=pl.Utf8),
+        pl.Series("title", titles[ids].tolist(), dtype=pl.Utf8),
         pl.Series("train_docs", docs[ids], dtype=pl.Float64),
         pl.Series("copies", n_copies[ids].astype(np.int32), dtype=pl.Int32),
     ).with_columns((pl.col("train_docs") * pl.col("added_share")).alias("docs_via_copies"))
     # A sums float32 beam shares: document counts to 2 decimals, not float32 noise
     out = out.with_columns(pl.col("train_docs", "docs_via_copies").round(2))
-    return (out.select("label_id", "label", "train_docs", "copies", "clusters", "shares", "signatures",
+    return (out.select("label_id", "label", "title", "train_docs", "copies", "clusters", "shares", "signatures",
                        "share_original", "docs_via_copies")
             .sort(["docs_via_copies", "label_id"], descending=[True, False]))
 
