@@ -265,12 +265,12 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     documents.
 
     Columns: label_id (int64), label (str), title (str: the label's title, else its name),
-    train_docs (float64: the label's routed training
-    documents, Σ_k A[l, k]), copies (int32), clusters (list[int64]: the original cluster first,
-    then the added ones by share), shares (list[float64]: the share of the label's routing mass
-    that lands on each of those clusters), signatures (list[str]), share_original (float64),
-    docs_via_copies (float64: train_docs × the added clusters' shares, the documents the copies
-    are there for). Sorted by docs_via_copies, largest first.
+    train_docs (float64: the label's routed training documents, Σ_k A[l, k]), copies (int32),
+    clusters (list[int64]: the original cluster first, then the added ones by share), shares
+    (list[float64]: the share of the label's routing mass that lands on each of those clusters),
+    signatures (list[str]), share_original (float64), docs_via_copies (float64: train_docs × the
+    added clusters' shares, the documents the copies are there for). Sorted by docs_via_copies,
+    largest first.
     """
     L, K = after.C[-1].shape
     label_titles = label_names if label_titles is None else label_titles
@@ -279,7 +279,6 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
                          f"after {(L, K)}, {len(label_names)} label names, {len(label_titles)} titles")
     A = smat.csr_matrix(A, dtype=np.float64)
     docs = np.asarray(A.sum(axis=1)).ravel()
-    share = smat.diags(1.0 / np.maximum(docs, 1e-30)) @ A
     C0 = binarize(smat.csr_matrix(before.C[-1]))
     C1 = smat.csr_matrix(binarize(after.C[-1]))
     n_copies = np.diff(C1.indptr)
@@ -287,7 +286,7 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     lab, clu = coo.row.astype(np.int64), coo.col.astype(np.int64)
     multi = n_copies[lab] > 1
     lab, clu = lab[multi], clu[multi]
-    sh = np.asarray(share[lab, clu]).ravel() if len(lab) else np.zeros(0)
+    sh = np.asarray(A[lab, clu]).ravel() / np.maximum(docs[lab], 1e-30) if len(lab) else np.zeros(0)
     orig = np.asarray(C0[lab, clu]).ravel() > 0 if len(lab) else np.zeros(0, bool)
     # signatures: each cluster's original labels with the most routed documents
     c0 = smat.csc_matrix(C0)
