@@ -1,6 +1,6 @@
 """Label disentanglement (issue 4): plain XR-Linear at max_copies=1 / rounds=0, copies on a set with
 ambiguous labels within the size cap, matcher recall not lower, mean merging, an overlapping model
-saved and loaded, `xmc train --method xr-linear-ld`, and the Dagster asset."""
+saved and loaded, `xmc train --method xr-linear-ld`, the Dagster asset and its checks."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from xmc_core.disentangle import (
     copy_table,
     disentangle_tree,
     matcher_recall,
+    overlap_violations,
     predict_merged,
     route,
     split_positives,
@@ -103,6 +104,9 @@ def test_ambiguous_labels_get_copies_within_the_cap_and_recall_rises(data):
     assert (copies > 1).sum() >= 10
     cap = int(1.5 * tree.leaf_cluster_sizes().max())
     assert new.leaf_cluster_sizes().max() <= cap
+    # the same contract, as the blocking asset check reads it
+    assert overlap_violations(tree, new, d) == {"internal_levels_changed": 0, "labels_changed": 0, "originals_lost": 0,
+                                                "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap}
     # the ambiguous labels (two contexts) get copies more often than the others
     amb = structure(SYNTH).ambiguous
     assert (copies[amb] > 1).mean() > (copies[~amb] > 1).mean()
@@ -113,6 +117,41 @@ def test_ambiguous_labels_get_copies_within_the_cap_and_recall_rises(data):
     # and the model retrained on the overlapping tree keeps at least the plain model's recall
     ld = XLinearModel.train(Xtr, Ytr, new, p.ranker, p.pred)
     assert matcher_recall(ld, new, Xte, Yte) >= before - 0.005
+
+
+def test_overlap_violations_name_what_an_overlapping_tree_breaks():
+    # 8 labels in 4 leaves of 2; with max_copies 2 and cap floor(1.5 × 2) = 3
+    tree = LabelTree.from_leaf_assignment(np.array([0, 0, 1, 1, 2, 2, 3, 3]), 4)
+    d = DisentangleParams(max_copies=2, size_cap_factor=1.5)
+
+    def with_leaf(pairs, base=tree):
+        C = smat.lil_matrix(base.C[-1])
+        for l, k, v in pairs:
+            C[l, k] = v
+        return LabelTree([*base.C[:-1], C.tocsc()])
+
+    clean = {"internal_levels_changed": 0, "labels_changed": 0, "originals_lost": 0,
+             "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": 3}
+    sound = with_leaf([(0, 1, 1), (2, 0, 1)])
+    assert overlap_violations(tree, sound, d) == clean
+    # a label moved (its original cluster lost), a label in three leaves, a leaf of four
+    assert overlap_violations(tree, with_leaf([(0, 0, 0), (0, 1, 1)]), d)["originals_lost"] == 1
+    assert overlap_violations(tree, with_leaf([(0, 1, 1), (0, 2, 1)]), d)["labels_over_max_copies"] == 1
+    assert overlap_violations(tree, with_leaf([(2, 0, 1), (4, 0, 1)]), d)["clusters_over_cap"] == 1
+    # internal levels and the label set are the tree's
+    def three_levels(parent_of_leaf):
+        C1 = smat.csc_matrix((np.ones(4, np.float32), (np.arange(4), parent_of_leaf)), shape=(4, 2))
+        return LabelTree([smat.csc_matrix(np.ones((2, 1), np.float32)), C1, tree.C[-1]])
+
+    deep = three_levels([0, 0, 1, 1])
+    assert overlap_violations(deep, three_levels([0, 1, 0, 1]), d)["internal_levels_changed"] == 1
+    assert overlap_violations(tree, deep, d)["internal_levels_changed"] == 2  # level 0 differs, one more level
+    fewer = LabelTree.from_leaf_assignment(np.array([0, 0, 1, 1, 2, 2, 3]), 4)
+    assert overlap_violations(tree, fewer, d) == {**clean, "labels_changed": 1}
+    # without a disentangle section (or with one that cannot act) the tree must be the label tree
+    for none in (None, DisentangleParams(max_copies=1), DisentangleParams(rounds=0)):
+        assert overlap_violations(tree, tree, none) == {**clean, "cap": 2}
+        assert overlap_violations(tree, sound, none)["labels_over_max_copies"] == 2
 
 
 def test_copy_table_names_where_each_copied_label_sits(data):
@@ -237,6 +276,7 @@ def test_disentangled_tree_asset(tmp_path):
     from dagster import DagsterInstance, materialize
 
     from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.checks import xr_linear_checks
     from xmc_assets.partitions import dataset_partitions
     from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
     from xmc_assets.versions import code_version
@@ -258,8 +298,12 @@ def test_disentangled_tree_asset(tmp_path):
         "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
         "xmc_settings": settings,
     }
-    result = materialize(xr_linear_assets, instance=instance, resources=resources, partition_key="amb")
+    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
+                         partition_key="amb")
     assert result.success
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["copies_within_bounds"].passed and checks["copies_added"].passed
+    assert checks["copies_within_bounds"].metadata["originals_lost"].value == 0
     meta = result.asset_materializations_for_node("disentangled_tree")[0].metadata
     assert meta["pass_through"].value is False and meta["copies_added"].value > 0
     assert meta["matcher_recall_after"].value >= meta["matcher_recall_before"].value
@@ -298,3 +342,72 @@ def test_disentangled_tree_asset(tmp_path):
     assert again.success
     assert again.asset_materializations_for_node("disentangled_tree")[0].metadata["pass_through"].value is True
     assert not (tmp_path / "artifacts" / "amb" / "disentangled_tree" / "copies.parquet").exists()
+
+
+def test_blocking_check_stops_rankers_on_an_overlapping_tree_that_lost_a_label(tmp_path, monkeypatch):
+    """A reassignment that drops a label's original cluster (a bug the check exists for) fails the
+    blocking `copies_within_bounds` check, and the rankers are not trained on that tree."""
+    from dagster import DagsterInstance, materialize
+
+    import xmc_core.disentangle as ld
+    from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.checks import xr_linear_checks
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+    from xmc_core.synth import write_synth
+
+    write_synth(tmp_path / "data" / "amb", SynthParams(n_labels=60, n_train=400, n_test=150, n_features=500,
+                                                       ambiguous_frac=0.3))
+    good_assign = ld.assign_copies
+
+    def moves_label_0(A, C_leaf, params):
+        C = smat.lil_matrix(good_assign(A, C_leaf, params))
+        k = int(smat.csr_matrix(C_leaf)[0].indices[0])
+        C[0, k] = 0
+        C[0, (k + 1) % C.shape[1]] = 1
+        return C.tocsc()
+
+    monkeypatch.setattr(ld, "assign_copies", moves_label_0)
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, ["amb"])
+    resources = {
+        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
+                                                            "disentangle": {"max_copies": 2}})),
+    }
+    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
+                         partition_key="amb", raise_on_error=False)
+    assert not result.success
+    check = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}["copies_within_bounds"]
+    assert not check.passed and "originals lost: 1" in check.description
+    assert not result.asset_materializations_for_node("rankers")
+    assert not (tmp_path / "artifacts" / "amb" / "model").exists()
+
+
+def test_disentangle_on_a_one_level_tree_warns_that_it_does_nothing(tmp_path):
+    from dagster import AssetCheckSeverity, DagsterInstance, materialize
+
+    from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.checks import xr_linear_checks
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+    from xmc_core.synth import write_synth
+
+    write_synth(tmp_path / "data" / "flat", SynthParams(n_labels=30, n_train=200, n_test=60, n_features=300))
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, ["flat"])
+    resources = {
+        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": XmcSettings(params_json=json.dumps({"disentangle": {"max_copies": 3}})),  # 30 labels ≤ 100
+    }
+    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
+                         partition_key="flat")
+    assert result.success  # a warning does not stop the run
+    checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    assert checks["copies_within_bounds"].passed
+    added = checks["copies_added"]
+    assert not added.passed and added.severity == AssetCheckSeverity.WARN and "one level" in added.description

@@ -37,7 +37,8 @@ DATASET = "tiny"
 ORDER = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
 KEYS = [AssetKey(name) for name in ORDER]
 BASE = {"tree": {"max_leaf_size": 8}}  # 60 labels → a real two-level tree of 8 leaves
-CHECKS = {"no_empty_label_rows", "every_label_in_tree", "leaf_cluster_sizes", "p1_no_regression"}
+CHECKS = {"no_empty_label_rows", "every_label_in_tree", "leaf_cluster_sizes", "copies_within_bounds", "copies_added",
+          "p1_no_regression"}
 
 
 @pytest.fixture

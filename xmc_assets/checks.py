@@ -4,6 +4,12 @@
 * `label_tree`  `every_label_in_tree`: each label sits in exactly one leaf cluster.
 * `label_tree`  `leaf_cluster_sizes`: leaf clusters hold at most `max_leaf_size` labels and are
                 balanced (largest − smallest <= 1, as balanced 2-means splits give).
+* `disentangled_tree` `copies_within_bounds` (blocking): the overlapping tree keeps the label
+                tree's internal levels and every label's original leaf cluster, gives no label more
+                than `max_copies` leaf clusters and no leaf cluster more than the size cap; without a
+                `disentangle` section it is the label tree itself.
+* `disentangled_tree` `copies_added` (WARN): a `disentangle` section that added no copy (a
+                one-level tree, or no label's routing met `min_share` / the cap) is a no-op.
 * `metrics`     `p1_no_regression` (blocking): P@1 of the run is not more than
                 `XmcSettings.p1_margin` points below the last accepted run of the dataset in
                 DuckDB (`accepted_runs`); when it passes, the run becomes the accepted one.
@@ -22,9 +28,10 @@ from dagster import (
 )
 
 from xmc_core import results_db
+from xmc_core.disentangle import copy_stats, overlap_violations
 from xmc_core.tree import LabelTree
 
-from .assets import SPLITS, corpus, label_tree, metrics
+from .assets import SPLITS, corpus, disentangled_tree, label_tree, metrics
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB, XmcSettings
 
@@ -112,6 +119,64 @@ def label_tree_leaf_sizes(
     )
 
 
+def _trees(artifacts: ArtifactStore, dataset: str) -> tuple[LabelTree, LabelTree]:
+    after = LabelTree.from_arrays(artifacts.read_arrays(dataset, "disentangled_tree", "tree.npz"))
+    return _tree(artifacts, dataset), after
+
+
+@asset_check(
+    asset=disentangled_tree,
+    name="copies_within_bounds",
+    partitions_def=dataset_partitions,
+    blocking=True,
+    description=("Blocking: the overlapping tree keeps the label tree's internal levels and each label's original "
+                 "leaf cluster; no label in more than max_copies leaves, no leaf over the size cap "
+                 "(without a disentangle section: the label tree unchanged)."),
+)
+def disentangled_tree_copies_within_bounds(
+    context: AssetCheckExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings
+) -> AssetCheckResult:
+    before, after = _trees(artifacts, context.partition_key)
+    d = xmc_settings.params().disentangle
+    broken = overlap_violations(before, after, d)
+    cap = broken.pop("cap")
+    bad = {k: v for k, v in broken.items() if v}
+    max_copies = d.max_copies if d is not None and d.active else 1
+    return AssetCheckResult(
+        passed=not bad,
+        description=(f"leaf clusters <= {cap} labels, labels in <= {max_copies} leaves, originals kept"
+                     if not bad else "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in bad.items())),
+        metadata={**broken, "cap": cap, "max_copies": max_copies,
+                  "leaf_size_max_after": int(after.leaf_cluster_sizes().max())},
+    )
+
+
+@asset_check(
+    asset=disentangled_tree,
+    name="copies_added",
+    partitions_def=dataset_partitions,
+    description="A warning when a disentangle section is set but added no copy (a one-level tree, or none qualified).",
+)
+def disentangled_tree_copies_added(
+    context: AssetCheckExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings
+) -> AssetCheckResult:
+    before, after = _trees(artifacts, context.partition_key)
+    d = xmc_settings.params().disentangle
+    stats = copy_stats(before, after)
+    if d is None or not d.active:
+        why, passed = "no disentangle section (or max_copies 1 / rounds 0): the label tree passes through", True
+    elif before.depth < 2:
+        why, passed = "the label tree has one level: every label is always reachable, copies cannot be added", False
+    elif stats["copies_added"] == 0:
+        why, passed = (f"no label's routing met min_share {d.min_share} in a cluster with room under the cap",
+                       False)
+    else:
+        why, passed = f"{stats['copies_added']} copies for {stats['labels_with_copies']} labels", True
+    return AssetCheckResult(passed=passed, severity=AssetCheckSeverity.WARN, description=why,
+                            metadata={"copies_added": stats["copies_added"],
+                                      "labels_with_copies": stats["labels_with_copies"], "depth": before.depth})
+
+
 def _run_p1(db_path, dataset: str, run_id: str) -> tuple[str, float] | None:
     """(run_id, P@1) of this run for the dataset, else of the dataset's latest evaluated run."""
     runs = results_db.list_runs(db_path, dataset=dataset)
@@ -168,5 +233,7 @@ xr_linear_checks = [
     corpus_no_empty_label_rows,
     label_tree_every_label,
     label_tree_leaf_sizes,
+    disentangled_tree_copies_within_bounds,
+    disentangled_tree_copies_added,
     metrics_p1_no_regression,
 ]

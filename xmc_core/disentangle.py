@@ -44,6 +44,7 @@ __all__ = [
     "disentangle_tree",
     "copy_stats",
     "copy_table",
+    "overlap_violations",
     "matcher_recall",
     "predict_merged",
 ]
@@ -320,6 +321,38 @@ def copy_table(A: smat.spmatrix, before: LabelTree, after: LabelTree, label_name
     return (out.select("label_id", "label", "title", "train_docs", "copies", "clusters", "shares", "signatures",
                        "share_original", "docs_via_copies")
             .sort(["docs_via_copies", "label_id"], descending=[True, False]))
+
+
+def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleParams | None) -> dict:
+    """What an overlapping tree breaks of the stage's contract with `before` (the plain tree it was
+    made from) and `params` (None: no disentangle section, `after` must be `before`).
+
+    Returns counts, all 0 when `after` is sound: internal_levels_changed (levels other than the leaf
+    that differ in shape or entries, plus one per level more or fewer), labels_changed (1 when the label count differs), originals_lost
+    ((label, cluster) pairs of `before` missing from `after`), labels_over_max_copies (labels in more
+    than max(max_copies, their original count) leaf clusters), clusters_over_cap (leaf clusters over
+    floor(size_cap_factor × before's largest leaf)); and `cap` (the bound, or before's largest leaf
+    when nothing may be added).
+    """
+    C0, C1 = smat.csr_matrix(binarize(before.C[-1])), smat.csr_matrix(binarize(after.C[-1]))
+    active = params is not None and params.active and before.depth >= 2
+    sizes0 = before.leaf_cluster_sizes()
+    largest = int(sizes0.max()) if len(sizes0) else 0
+    cap = int(math.floor(params.size_cap_factor * max(largest, 1))) if active else largest
+    most = int(params.max_copies) if active else 1
+    internal = [t for t in range(min(before.depth, after.depth) - 1)
+                if before.C[t].shape != after.C[t].shape
+                or (smat.csr_matrix(before.C[t]) != smat.csr_matrix(after.C[t])).nnz]
+    out = {"internal_levels_changed": len(internal) + abs(before.depth - after.depth),
+           "labels_changed": int(C0.shape != C1.shape), "originals_lost": 0,
+           "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap}
+    if C0.shape != C1.shape:
+        return out  # nothing else can be compared label by label
+    out["originals_lost"] = int((C0 - C0.multiply(C1)).nnz)
+    n0, n1 = np.diff(C0.indptr), np.diff(C1.indptr)
+    out["labels_over_max_copies"] = int(np.count_nonzero(n1 > np.maximum(n0, most)))
+    out["clusters_over_cap"] = int(np.count_nonzero(after.leaf_cluster_sizes() > cap))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
