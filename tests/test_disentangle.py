@@ -70,7 +70,7 @@ def test_one_copy_or_no_round_is_plain_xr_linear(data, disentangle):
     plain = fit_rankers(Xtr, Ytr, _names(Ytr), _params())
     ld = fit_rankers(Xtr, Ytr, _names(Ytr), _params(disentangle))
     assert ld.method == "xr-linear-ld" and plain.method == "xr-linear"
-    assert ld.info["disentangle"]["copies_added"] == 0
+    assert ld.info["disentangle"]["copies_added"] == 0 and ld.copies is None and plain.copies is None
     a, b = plain.predict(Xte, topk=10), ld.predict(Xte, topk=10)
     assert (a != b).nnz == 0
     for w0, w1 in zip(plain.ranker.W, ld.ranker.W):
@@ -248,19 +248,38 @@ def test_overlapping_model_saves_and_loads(data, tmp_path):
     assert (a != b).nnz == 0
     meta = json.loads((tmp_path / "m" / "params.json").read_text())
     assert meta["method"] == "xr-linear-ld" and meta["params"]["disentangle"]["max_copies"] == 2
+    # the folder says where the copies sit: one row per label with copies, as trained
+    assert model.copies.height == model.info["disentangle"]["labels_with_copies"] > 0
+    assert back.copies.equals(model.copies)
+    copies = np.diff(smat.csr_matrix(model.ranker.tree.C[-1]).indptr)
+    assert sorted(back.copies["label_id"].to_list()) == np.flatnonzero(copies > 1).tolist()
+    # a damaged table is a damaged model folder, named
+    (tmp_path / "m" / "copies.parquet").write_bytes(b"PAR1 not parquet")
+    from xmc_core.model import ModelFormatError
+    with pytest.raises(ModelFormatError, match="copies.parquet"):
+        XmcModel.load(tmp_path / "m")
 
 
-def test_cli_train_xr_linear_ld(tmp_path):
+def test_cli_train_xr_linear_ld(tmp_path, capsys):
     from xmc_core.cli import main
     from xmc_core.synth import write_synth
 
     write_synth(tmp_path / "d", SynthParams(n_labels=60, n_train=400, n_test=100, n_features=500,
                                             ambiguous_frac=0.3))
+    (tmp_path / "d" / "label_names.tsv").write_text(
+        "label_id\ttitle\n" + "".join(f"{i}\tsubject {i}\n" for i in range(60)))
     params = json.dumps({"tree": {"max_leaf_size": 8}, "disentangle": {"max_copies": 2, "rounds": 1}})
+    capsys.readouterr()
     assert main(["train", "--method", "xr-linear-ld", "--data", str(tmp_path / "d"), "--model",
                  str(tmp_path / "m"), "--params", params]) == 0
+    printed = json.loads(capsys.readouterr().out)
     model = XmcModel.load(tmp_path / "m")
     assert model.method == "xr-linear-ld" and model.params.disentangle.max_copies == 2
+    # what was copied: counts on the command line, the table (with the dataset's titles) in the folder
+    assert printed["copies_added"] > 0 and printed["labels_with_copies"] == model.copies.height
+    assert printed["copies_table"] == str(tmp_path / "m" / "copies.parquet")
+    row = model.copies.row(0, named=True)
+    assert row["title"] == f"subject {row['label']}" and row["signatures"][0].startswith("subject ")
     # no params: the section's defaults
     assert main(["train", "--method", "xr-linear-ld", "--data", str(tmp_path / "d"), "--model",
                  str(tmp_path / "m2")]) == 0
@@ -316,6 +335,7 @@ def test_disentangled_tree_asset(tmp_path):
     tree = LabelTree.from_arrays(np.load(tmp_path / "artifacts" / "amb" / "disentangled_tree" / "tree.npz"))
     model = XmcModel.load(tmp_path / "artifacts" / "amb" / "model")
     assert model.method == "xr-linear-ld" and (model.ranker.tree.C[-1] != tree.C[-1]).nnz == 0
+    assert model.copies.equals(copies)  # the model folder carries the stage's table
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xr-linear-ld"}
     stored = json.loads(rows["params"][0])

@@ -354,6 +354,9 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log, disentangle=False)
     train_s = time.perf_counter() - t0
     model.set_label_counts(Y)  # for PSP@k
+    if artifacts.path(dataset, "disentangled_tree", "copies.parquet").is_file():
+        # the model folder says where its copies sit, as one trained by `xmc train` does
+        model.copies = artifacts.read_frame(dataset, "disentangled_tree", "copies.parquet")
     model.info.update({"dataset": dataset, "run_id": context.run.run_id, "n_train": int(Y.shape[0]),
                        "train_s": train_s, "max_rows": info["max_rows"]})
     model_dir = model.save(artifacts.model_dir(dataset))

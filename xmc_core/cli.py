@@ -148,7 +148,8 @@ def cmd_train(args) -> dict:
             print(json.dumps(rec), file=sys.stderr)
 
     try:
-        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=ds.train.texts, X=ds.train.X, log=log)
+        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=ds.train.texts, X=ds.train.X, log=log,
+                                label_titles=ds.label_titles)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
             raise
@@ -158,9 +159,15 @@ def cmd_train(args) -> dict:
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
     model.save(args.model)
-    return {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
-            "n_labels": ds.n_labels, "n_features": model.ranker.n_features,
-            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
+           "n_labels": ds.n_labels, "n_features": model.ranker.n_features,
+           "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    if "disentangle" in model.info:
+        stats = model.info["disentangle"]
+        out.update({"copies_added": stats["copies_added"], "labels_with_copies": stats["labels_with_copies"]})
+        if model.copies is not None:
+            out["copies_table"] = str(Path(args.model) / "copies.parquet")
+    return out
 
 
 def cmd_train_xr_transformer(args) -> dict:

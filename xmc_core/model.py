@@ -7,6 +7,8 @@ A model folder loads without Dagster:
       labels.txt         label names, one per line (line index = label id)
       featurizer/        TF-IDF vocabulary + idf (raw-text models only)
       ranker/            tree.npz, W{t}.npz, ranker.json
+      copies.parquet     xr-linear-ld only: where each copied label sits and why
+                         (`disentangle.copy_table`; `XmcModel.copies`)
 
 `XmcModel.load(path).predict(texts_or_X, topk)` returns an N × L float32 CSR of scores.
 """
@@ -24,9 +26,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import polars as pl
 import scipy.sparse as smat
 
-from .disentangle import DisentangleParams, copy_stats, disentangle_tree, predict_merged, train_matcher
+from .disentangle import DisentangleParams, copy_stats, copy_table, disentangle_tree, predict_merged, train_matcher
 from .label_embedding import PifaParams, pifa
 from .sparse import l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
@@ -242,6 +245,8 @@ class XmcModel(LabelSpace):
 
     featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
     vectors; rows are l2-normalized before scoring).
+    copies: xr-linear-ld models: the `disentangle.copy_table` of the overlapping tree (one row per
+    label with copies, saved as copies.parquet), else None.
     """
 
     def __init__(self, params: XRLinearParams, label_names: list[str], ranker: XLinearModel,
@@ -255,6 +260,7 @@ class XmcModel(LabelSpace):
         self.featurizer = featurizer
         self.method = method
         self.info = dict(info or {})
+        self.copies: pl.DataFrame | None = None
 
         self.label_counts: np.ndarray | None = None
         self.n_train: int | None = None
@@ -312,6 +318,8 @@ class XmcModel(LabelSpace):
                 self.featurizer.save(tmp / "featurizer")
             self.ranker.save(tmp / "ranker")
             self.save_label_counts(tmp)
+            if self.copies is not None:
+                self.copies.write_parquet(tmp / "copies.parquet")
         return path
 
     @classmethod
@@ -333,6 +341,8 @@ class XmcModel(LabelSpace):
             model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
                         meta.get("method", "xr-linear"), meta.get("info"))
             model.load_label_counts(path)
+            if (path / "copies.parquet").is_file():
+                model.copies = _read_copies(path / "copies.parquet")
         except ModelFormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
@@ -342,6 +352,14 @@ class XmcModel(LabelSpace):
                 _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
             ) from None
         return model
+
+
+def _read_copies(path: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except pl.exceptions.PolarsError as e:  # not a ValueError: say which file, as for the others
+        raise ModelFormatError(_one_line(f"{path}: unreadable copies table ({type(e).__name__}: {e}); "
+                                         "retrain the model")) from None
 
 
 def read_model_meta(path: str | Path) -> dict:
@@ -393,11 +411,13 @@ def train_xr_linear(
     texts: Sequence[str] | None = None,
     X: smat.spmatrix | None = None,
     log: Callable[[dict], None] | None = None,
+    label_titles: Sequence[str] | None = None,
 ) -> XmcModel:
     """Fit featurizer (texts given) or normalize X, build PIFA + tree, train rankers.
 
     Y: N × L binary CSR. Exactly one of texts (N strings) and X (N × F) is given.
     `log` receives {"stage": ..., "seconds": ...} records (and per-level ranker records).
+    label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
     """
     params = params or XRLinearParams()
     if (texts is None) == (X is None):
@@ -411,19 +431,20 @@ def train_xr_linear(
     else:
         X = l2_normalize_rows(X)
     emit({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1]})
-    model = fit_rankers(X, Y, label_names, params, featurizer, log=log)
-    return model
+    return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles)
 
 
 def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
-                log: Callable[[dict], None] | None = None, disentangle: bool = True) -> XmcModel:
+                log: Callable[[dict], None] | None = None, disentangle: bool = True,
+                label_titles: Sequence[str] | None = None) -> XmcModel:
     """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X
     (N × D float32 CSR, l2 rows).
 
     With a `params.disentangle` section (and `disentangle=True`) the first matcher is trained on the
     tree, the tree becomes overlapping (`disentangle_tree`), and the rankers are trained on it.
     `disentangle=False`: `tree` is final already (the Dagster `disentangled_tree` asset made it).
-    The model's method is "xr-linear-ld" whenever params has a disentangle section.
+    The model's method is "xr-linear-ld" whenever params has a disentangle section; when copies
+    are made here, `model.copies` is their `copy_table` (label_titles: optional L titles for it).
     """
     emit = log or (lambda rec: None)
     if tree is None:
@@ -434,9 +455,12 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         tree = build_tree(Z, params.tree)
         emit({"stage": "label_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
     info: dict = {}
+    copies = None
     if disentangle and params.disentangle is not None:
         t0 = time.perf_counter()
-        final = disentangle_stage(X, Y, tree, params)
+        final, A = disentangle_stage(X, Y, tree, params, return_affinity=True)
+        if A is not None:
+            copies = copy_table(A, tree, final, [str(n) for n in label_names], label_titles)
         info["disentangle"] = copy_stats(tree, final)
         emit({"stage": "disentangle", "seconds": time.perf_counter() - t0, **info["disentangle"]})
         tree = final
@@ -449,20 +473,23 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
 
     ranker = XLinearModel.train(X, Y, tree, params.ranker, params.pred, log=level_log)
     emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
-    return XmcModel(params, list(label_names), ranker, featurizer, method=params.method,
-                    info={"levels": levels, **info})
+    model = XmcModel(params, list(label_names), ranker, featurizer, method=params.method,
+                     info={"levels": levels, **info})
+    model.copies = copies
+    return model
 
 
 def disentangle_stage(X, Y, tree: LabelTree, params: XRLinearParams,
-                      matcher: XLinearModel | None = None) -> LabelTree:
+                      matcher: XLinearModel | None = None, return_affinity: bool = False):
     """The overlapping tree of `params.disentangle` (the tree itself when there is none, or when
-    its settings cannot change it): first matcher (trained here unless given) → reassignment."""
+    its settings cannot change it): first matcher (trained here unless given) → reassignment.
+    `return_affinity`: (tree, A) with A as `disentangle_tree` returns it (None: tree unchanged)."""
     d = params.disentangle
     if d is None or not d.active or tree.depth < 2:
-        return tree
+        return (tree, None) if return_affinity else tree
     if matcher is None:
         matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
-    return disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred)
+    return disentangle_tree(X, Y, tree, matcher, d, params.ranker, params.pred, return_affinity=return_affinity)
 
 
 @dataclass
