@@ -327,12 +327,14 @@ def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleP
     """What an overlapping tree breaks of the stage's contract with `before` (the plain tree it was
     made from) and `params` (None: no disentangle section, `after` must be `before`).
 
-    Returns counts, all 0 when `after` is sound: internal_levels_changed (levels other than the leaf
-    that differ in shape or entries, plus one per level more or fewer), labels_changed (1 when the label count differs), originals_lost
-    ((label, cluster) pairs of `before` missing from `after`), labels_over_max_copies (labels in more
-    than max(max_copies, their original count) leaf clusters), clusters_over_cap (leaf clusters over
-    floor(size_cap_factor × before's largest leaf)); and `cap` (the bound, or before's largest leaf
-    when nothing may be added).
+    Returns counts, all 0 when `after` is sound:
+      internal_levels_changed: levels other than the leaf that differ in shape or entries, plus one
+          per level more or fewer;
+      labels_changed: 1 when the label count differs (the label-wise counts are then not taken);
+      originals_lost: (label, cluster) pairs of `before` missing from `after`;
+      labels_over_max_copies: labels in more than max(max_copies, their original count) leaves;
+      clusters_over_cap: leaf clusters over floor(size_cap_factor × before's largest leaf);
+    and `cap`, that bound (before's largest leaf when nothing may be added).
     """
     C0, C1 = smat.csr_matrix(binarize(before.C[-1])), smat.csr_matrix(binarize(after.C[-1]))
     active = params is not None and params.active and before.depth >= 2
