@@ -106,7 +106,8 @@ def test_ambiguous_labels_get_copies_within_the_cap_and_recall_rises(data):
     assert new.leaf_cluster_sizes().max() <= cap
     # the same contract, as the blocking asset check reads it
     assert overlap_violations(tree, new, d) == {"internal_levels_changed": 0, "labels_changed": 0, "originals_lost": 0,
-                                                "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap}
+                                                "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap,
+                                                "max_copies": 3}
     # the ambiguous labels (two contexts) get copies more often than the others
     amb = structure(SYNTH).ambiguous
     assert (copies[amb] > 1).mean() > (copies[~amb] > 1).mean()
@@ -131,7 +132,7 @@ def test_overlap_violations_name_what_an_overlapping_tree_breaks():
         return LabelTree([*base.C[:-1], C.tocsc()])
 
     clean = {"internal_levels_changed": 0, "labels_changed": 0, "originals_lost": 0,
-             "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": 3}
+             "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": 3, "max_copies": 2}
     sound = with_leaf([(0, 1, 1), (2, 0, 1)])
     assert overlap_violations(tree, sound, d) == clean
     # a label moved (its original cluster lost), a label in three leaves, a leaf of four
@@ -150,7 +151,7 @@ def test_overlap_violations_name_what_an_overlapping_tree_breaks():
     assert overlap_violations(tree, fewer, d) == {**clean, "labels_changed": 1}
     # without a disentangle section (or with one that cannot act) the tree must be the label tree
     for none in (None, DisentangleParams(max_copies=1), DisentangleParams(rounds=0)):
-        assert overlap_violations(tree, tree, none) == {**clean, "cap": 2}
+        assert overlap_violations(tree, tree, none) == {**clean, "cap": 2, "max_copies": 1}
         assert overlap_violations(tree, sound, none)["labels_over_max_copies"] == 2
 
 
@@ -291,13 +292,40 @@ def test_cli_train_xr_linear_ld(tmp_path, capsys):
                  str(tmp_path / "m3")]) == 2
 
 
-def test_disentangled_tree_asset(tmp_path):
-    from dagster import DagsterInstance, materialize
+def _pipeline(tmp_path, dataset: str, params: dict):
+    """An ephemeral instance with the dataset's partition, and the pipeline's resources under
+    tmp_path (data in tmp_path/data/<dataset>) with `params` as the settings."""
+    from dagster import DagsterInstance
+
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
+    resources = {
+        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": XmcSettings(params_json=json.dumps(params)),
+    }
+    return instance, resources
+
+
+def _materialize_with_checks(instance, resources, dataset: str, **kw):
+    from dagster import materialize
 
     from xmc_assets.assets import xr_linear_assets
     from xmc_assets.checks import xr_linear_checks
-    from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+
+    return materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
+                       partition_key=dataset, **kw)
+
+
+def test_disentangled_tree_asset(tmp_path):
+    from dagster import materialize
+
+    from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.resources import XmcSettings
     from xmc_assets.versions import code_version
     from xmc_core.results_db import read_evaluation
     from xmc_core.synth import write_synth
@@ -307,18 +335,9 @@ def test_disentangled_tree_asset(tmp_path):
     # titles for people, as eurlex57k and yso-finna-en have them
     (tmp_path / "data" / "amb" / "label_names.tsv").write_text(
         "label_id\ttitle\n" + "".join(f"{i}\tsubject {i}\n" for i in range(60)))
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(dataset_partitions.name, ["amb"])
-    settings = XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
-                                                   "disentangle": {"max_copies": 2}}))
-    resources = {
-        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
-        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
-        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
-        "xmc_settings": settings,
-    }
-    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
-                         partition_key="amb")
+    instance, resources = _pipeline(tmp_path, "amb", {"tree": {"max_leaf_size": 8}, "disentangle": {"max_copies": 2}})
+    settings = resources["xmc_settings"]
+    result = _materialize_with_checks(instance, resources, "amb")
     assert result.success
     checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
     assert checks["copies_within_bounds"].passed and checks["copies_added"].passed
@@ -367,13 +386,7 @@ def test_disentangled_tree_asset(tmp_path):
 def test_blocking_check_stops_rankers_on_an_overlapping_tree_that_lost_a_label(tmp_path, monkeypatch):
     """A reassignment that drops a label's original cluster (a bug the check exists for) fails the
     blocking `copies_within_bounds` check, and the rankers are not trained on that tree."""
-    from dagster import DagsterInstance, materialize
-
     import xmc_core.disentangle as ld
-    from xmc_assets.assets import xr_linear_assets
-    from xmc_assets.checks import xr_linear_checks
-    from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
     from xmc_core.synth import write_synth
 
     write_synth(tmp_path / "data" / "amb", SynthParams(n_labels=60, n_train=400, n_test=150, n_features=500,
@@ -388,17 +401,8 @@ def test_blocking_check_stops_rankers_on_an_overlapping_tree_that_lost_a_label(t
         return C.tocsc()
 
     monkeypatch.setattr(ld, "assign_copies", moves_label_0)
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(dataset_partitions.name, ["amb"])
-    resources = {
-        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
-        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
-        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
-        "xmc_settings": XmcSettings(params_json=json.dumps({"tree": {"max_leaf_size": 8},
-                                                            "disentangle": {"max_copies": 2}})),
-    }
-    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
-                         partition_key="amb", raise_on_error=False)
+    instance, resources = _pipeline(tmp_path, "amb", {"tree": {"max_leaf_size": 8}, "disentangle": {"max_copies": 2}})
+    result = _materialize_with_checks(instance, resources, "amb", raise_on_error=False)
     assert not result.success
     check = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}["copies_within_bounds"]
     assert not check.passed and "originals lost: 1" in check.description
@@ -407,27 +411,17 @@ def test_blocking_check_stops_rankers_on_an_overlapping_tree_that_lost_a_label(t
 
 
 def test_disentangle_on_a_one_level_tree_warns_that_it_does_nothing(tmp_path):
-    from dagster import AssetCheckSeverity, DagsterInstance, materialize
+    from dagster import AssetCheckSeverity
 
-    from xmc_assets.assets import xr_linear_assets
-    from xmc_assets.checks import xr_linear_checks
-    from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
     from xmc_core.synth import write_synth
 
     write_synth(tmp_path / "data" / "flat", SynthParams(n_labels=30, n_train=200, n_test=60, n_features=300))
-    instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(dataset_partitions.name, ["flat"])
-    resources = {
-        "data_root": DataRoot(path=str(tmp_path / "data"), synthetic_dir=str(tmp_path / "synthetic")),
-        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
-        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
-        "xmc_settings": XmcSettings(params_json=json.dumps({"disentangle": {"max_copies": 3}})),  # 30 labels ≤ 100
-    }
-    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
-                         partition_key="flat")
+    instance, resources = _pipeline(tmp_path, "flat", {"disentangle": {"max_copies": 3}})  # 30 labels ≤ 100
+    result = _materialize_with_checks(instance, resources, "flat")
     assert result.success  # a warning does not stop the run
     checks = {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()}
+    # a one-level tree cannot take copies: the bound is one leaf per label, whatever max_copies says
     assert checks["copies_within_bounds"].passed
+    assert checks["copies_within_bounds"].metadata["max_copies"].value == 1
     added = checks["copies_added"]
     assert not added.passed and added.severity == AssetCheckSeverity.WARN and "one level" in added.description

@@ -137,11 +137,9 @@ def disentangled_tree_copies_within_bounds(
     context: AssetCheckExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings
 ) -> AssetCheckResult:
     before, after = _trees(artifacts, context.partition_key)
-    d = xmc_settings.params().disentangle
-    broken = overlap_violations(before, after, d)
-    cap = broken.pop("cap")
+    broken = overlap_violations(before, after, xmc_settings.params().disentangle)
+    cap, max_copies = broken.pop("cap"), broken.pop("max_copies")
     bad = {k: v for k, v in broken.items() if v}
-    max_copies = d.max_copies if d is not None and d.active else 1
     return AssetCheckResult(
         passed=not bad,
         description=(f"leaf clusters <= {cap} labels, labels in <= {max_copies} leaves, originals kept"

@@ -334,7 +334,9 @@ def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleP
       originals_lost: (label, cluster) pairs of `before` missing from `after`;
       labels_over_max_copies: labels in more than max(max_copies, their original count) leaves;
       clusters_over_cap: leaf clusters over floor(size_cap_factor × before's largest leaf);
-    and `cap`, that bound (before's largest leaf when nothing may be added).
+    and the bounds these were counted against: `cap` (before's largest leaf when nothing may be
+    added) and `max_copies` (1 when nothing may be added: no section, one that cannot act, or a
+    one-level tree).
     """
     C0, C1 = smat.csr_matrix(binarize(before.C[-1])), smat.csr_matrix(binarize(after.C[-1]))
     active = params is not None and params.active and before.depth >= 2
@@ -347,7 +349,7 @@ def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleP
                 or (smat.csr_matrix(before.C[t]) != smat.csr_matrix(after.C[t])).nnz]
     out = {"internal_levels_changed": len(internal) + abs(before.depth - after.depth),
            "labels_changed": int(C0.shape != C1.shape), "originals_lost": 0,
-           "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap}
+           "labels_over_max_copies": 0, "clusters_over_cap": 0, "cap": cap, "max_copies": most}
     if C0.shape != C1.shape:
         return out  # nothing else can be compared label by label
     out["originals_lost"] = int((C0 - C0.multiply(C1)).nnz)
