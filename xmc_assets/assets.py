@@ -32,7 +32,7 @@ from dagster import (
 )
 
 from xmc_core.data import load_dataset
-from xmc_core.disentangle import copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
+from xmc_core.disentangle import changes_tree, copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
 from xmc_core.sparse import l2_normalize_rows
@@ -287,7 +287,7 @@ def disentangled_tree(
     t0 = time.perf_counter()
     metadata: dict = {}
     copies = None
-    if d is None or not d.active or tree.depth < 2:
+    if not changes_tree(d, tree):
         final = tree
         metadata["pass_through"] = True
     else:

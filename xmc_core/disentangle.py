@@ -42,6 +42,7 @@ __all__ = [
     "train_matcher",
     "route",
     "disentangle_tree",
+    "changes_tree",
     "copy_stats",
     "copy_table",
     "overlap_violations",
@@ -91,6 +92,12 @@ class DisentangleParams(ParamsBase):
     def active(self) -> bool:
         """Whether these settings can change the tree (else: plain XR-Linear)."""
         return self.max_copies > 1 and self.rounds > 0
+
+
+def changes_tree(params: DisentangleParams | None, tree: LabelTree) -> bool:
+    """Whether `params` (None: no disentangle section) can change `tree`: a section that can act
+    (`active`) on a tree with a matcher level (a one-level tree reaches every label already)."""
+    return params is not None and params.active and tree.depth >= 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +230,7 @@ def disentangle_tree(
     unchanged), the input of `copy_table`.
     """
     params = params or DisentangleParams()
-    if not params.active or tree.depth < 2:
+    if not changes_tree(params, tree):
         return (tree, None) if return_affinity else tree
     pred_params = pred_params or model.pred_params
     current = tree
@@ -339,7 +346,7 @@ def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleP
     one-level tree).
     """
     C0, C1 = smat.csr_matrix(binarize(before.C[-1])), smat.csr_matrix(binarize(after.C[-1]))
-    active = params is not None and params.active and before.depth >= 2
+    active = changes_tree(params, before)
     sizes0 = before.leaf_cluster_sizes()
     largest = int(sizes0.max()) if len(sizes0) else 0
     cap = int(math.floor(params.size_cap_factor * max(largest, 1))) if active else largest

@@ -29,7 +29,15 @@ import numpy as np
 import polars as pl
 import scipy.sparse as smat
 
-from .disentangle import DisentangleParams, copy_stats, copy_table, disentangle_tree, predict_merged, train_matcher
+from .disentangle import (
+    DisentangleParams,
+    changes_tree,
+    copy_stats,
+    copy_table,
+    disentangle_tree,
+    predict_merged,
+    train_matcher,
+)
 from .label_embedding import PifaParams, pifa
 from .sparse import l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
@@ -485,7 +493,7 @@ def disentangle_stage(X, Y, tree: LabelTree, params: XRLinearParams,
     its settings cannot change it): first matcher (trained here unless given) → reassignment.
     `return_affinity`: (tree, A) with A as `disentangle_tree` returns it (None: tree unchanged)."""
     d = params.disentangle
-    if d is None or not d.active or tree.depth < 2:
+    if not changes_tree(d, tree):
         return (tree, None) if return_affinity else tree
     if matcher is None:
         matcher = train_matcher(X, Y, tree, params.ranker, params.pred)
