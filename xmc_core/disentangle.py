@@ -93,6 +93,11 @@ class DisentangleParams(ParamsBase):
         """Whether these settings can change the tree (else: plain XR-Linear)."""
         return self.max_copies > 1 and self.rounds > 0
 
+    def leaf_cap(self, largest_leaf: int) -> int:
+        """The most labels a leaf cluster may hold after copies: floor(size_cap_factor ×
+        largest_leaf), largest_leaf being the original tree's largest leaf (at least 1)."""
+        return int(math.floor(self.size_cap_factor * max(int(largest_leaf), 1)))
+
 
 def changes_tree(params: DisentangleParams | None, tree: LabelTree) -> bool:
     """Whether `params` (None: no disentangle section) can change `tree`: a section that can act
@@ -170,7 +175,7 @@ def assign_copies(A: smat.spmatrix, C_leaf: smat.spmatrix, params: DisentanglePa
     L, K = C_leaf.shape
     C0 = binarize(C_leaf)
     sizes0 = np.asarray(C0.sum(axis=0)).ravel().astype(np.int64)
-    cap = int(math.floor(params.size_cap_factor * max(int(sizes0.max()) if K else 0, 1)))
+    cap = params.leaf_cap(int(sizes0.max()) if K else 0)
     A = smat.csr_matrix(A, dtype=np.float64)
     A.eliminate_zeros()
     tot = np.asarray(A.sum(axis=1)).ravel()
@@ -349,7 +354,7 @@ def overlap_violations(before: LabelTree, after: LabelTree, params: DisentangleP
     active = changes_tree(params, before)
     sizes0 = before.leaf_cluster_sizes()
     largest = int(sizes0.max()) if len(sizes0) else 0
-    cap = int(math.floor(params.size_cap_factor * max(largest, 1))) if active else largest
+    cap = params.leaf_cap(largest) if active else largest
     most = int(params.max_copies) if active else 1
     internal = [t for t in range(min(before.depth, after.depth) - 1)
                 if before.C[t].shape != after.C[t].shape
