@@ -11,7 +11,6 @@ No `from __future__ import annotations` here: Dagster inspects the `context` ann
 rejects it as a string.
 """
 
-import shutil
 import time
 import warnings
 
@@ -34,7 +33,8 @@ from dagster import (
 from xmc_core.data import load_dataset
 from xmc_core.disentangle import changes_tree, copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
-from xmc_core.model import XmcModel, atomic_dir, evaluate_model, fit_rankers
+from xmc_core.folders import remove_xmc_folder
+from xmc_core.model import XmcModel, evaluate_model, fit_rankers
 from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
@@ -159,9 +159,15 @@ def corpus(
         empty_text = sum(1 for t in ds.train.texts if not t.strip())
     else:
         empty_text = int(np.count_nonzero(np.diff(ds.train.X.indptr) == 0))
+    if has_texts:
+        features = "raw texts (TF-IDF in the tfidf asset)" + (
+            f"; {ds.features_dir} present, not used (`xmc train --features matrix` uses it)" if ds.features_dir else "")
+    else:
+        features = "bag of words of the dataset (l2-normalized in the tfidf asset)"
     metadata = {
         "source": MetadataValue.path(str(folder)),
         "layout": ds.layout,
+        "features": features,
         "labels": ds.n_labels,
         **{f"documents_{name}": split.n for name, split in present.items()},
         "avg_labels_per_doc": float(labels_per_doc.mean()) if Y.shape[0] else 0.0,
@@ -192,14 +198,13 @@ def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings
         X = {"train": vectorizer.fit_transform(artifacts.read_texts(dataset, "corpus", "texts_train.parquet"))}
         for name in info["splits"][1:]:
             X[name] = vectorizer.transform(artifacts.read_texts(dataset, "corpus", f"texts_{name}.parquet"))
-        with atomic_dir(featurizer_dir) as tmp:
-            vectorizer.save(tmp)
+        vectorizer.save(featurizer_dir)
         kind = "tfidf"
     else:
         # Bag-of-words datasets come with their features; the model only needs unit-norm rows.
         X = {name: l2_normalize_rows(artifacts.read_sparse(dataset, "corpus", f"X_{name}.npz"))
              for name in info["splits"]}
-        shutil.rmtree(featurizer_dir, ignore_errors=True)  # no text featurizer for this dataset
+        remove_xmc_folder(featurizer_dir)  # no text featurizer for this dataset
         kind = "l2-normalized bag of words"
     for name in SPLITS:
         artifacts.remove(dataset, "tfidf", f"X_{name}.npz")

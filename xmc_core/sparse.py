@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as smat
 
-__all__ = ["binarize", "l2_normalize_rows"]
+__all__ = ["binarize", "l2_normalize_rows", "first_entry", "first_bad_label", "check_label_matrix"]
 
 
 def binarize(M) -> smat.csr_matrix:
@@ -28,3 +28,40 @@ def l2_normalize_rows(X: smat.csr_matrix) -> smat.csr_matrix:
     norms[norms == 0.0] = 1.0
     X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
     return X
+
+
+def first_entry(M: smat.csr_matrix, bad: np.ndarray) -> tuple[int, int, float]:
+    """(row, column, value) of the first stored entry of CSR `M` flagged in `bad` (a mask over M.data)."""
+    k = int(np.flatnonzero(bad)[0])
+    row = int(np.searchsorted(M.indptr, k, side="right") - 1)
+    return row, int(M.indices[k]), M.data[k].item()
+
+
+def first_bad_label(Y: smat.csr_matrix) -> tuple[int, int, float] | None:
+    """(row, column, value) of the first negative or non-finite entry of CSR `Y`, else None."""
+    bad = ~np.isfinite(Y.data) | (Y.data < 0)
+    return first_entry(Y, bad) if bad.any() else None
+
+
+def check_label_matrix(Y, n_rows: int | None = None, name: str = "Y") -> None:
+    """The public boundary of training: Y is a 2-d N × L matrix whose entries > 0 are positives
+    (0/1, or graded relevance read as relevant); a negative or non-finite entry is an error, so
+    that a ±1 matrix is not read as "every label is positive" (PECOS#87).
+
+    Raises:
+        ValueError: naming the first bad row and column, or a row count other than `n_rows`.
+    """
+    if not smat.issparse(Y):
+        Y = np.asarray(Y)
+        if Y.ndim != 2:
+            raise ValueError(f"{name}: expected a 2-d N × L matrix, got shape {Y.shape}")
+    Y = smat.csr_matrix(Y)
+    if n_rows is not None and Y.shape[0] != n_rows:
+        raise ValueError(f"{name}: {Y.shape[0]} rows for {n_rows} documents")
+    if Y.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: values of type {Y.dtype} (expected numbers)")
+    bad = first_bad_label(Y)
+    if bad is not None:
+        row, col, value = bad
+        raise ValueError(f"{name}: row {row}, column {col}: value {value:g}; Y holds 0/1 (entries > 0 are "
+                         "positives); a +1/-1 matrix marks negatives with -1: keep only the positives")

@@ -20,7 +20,9 @@ import numpy as np
 import polars as pl
 import scipy.sparse as smat
 
+from .folders import atomic_dir
 from .params import ParamsBase
+from .textio import normalize_texts
 from . import kernels
 
 __all__ = ["TfidfParams", "TfidfVectorizer"]
@@ -266,7 +268,14 @@ class TfidfVectorizer:
         return self
 
     def fit_transform(self, texts: Sequence[str]) -> smat.csr_matrix:
-        """Fit on `texts` (N strings) and return X (N × D float32 CSR)."""
+        """Fit on `texts` (N strings, NFC-normalized first: `textio.normalize_texts`) and return X
+        (N × D float32 CSR).
+
+        Raises:
+            ValueError: no documents, or no term in >= min_df documents; a text that is not valid
+                Unicode (a DataFormatError naming it).
+        """
+        texts = normalize_texts(texts)
         p = self.params
         self._index = None
         if self._fast():
@@ -303,9 +312,15 @@ class TfidfVectorizer:
         return self._weight(self._csr(*kernels.remap_columns(tf.indptr, tf.indices, tf.data, newcol), len(kept)))
 
     def transform(self, texts: Sequence[str]) -> smat.csr_matrix:
-        """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows."""
+        """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows.
+        Texts are NFC-normalized first (`textio.normalize_texts`), as in `fit_transform`.
+
+        Raises:
+            RuntimeError: before fit. DataFormatError (a ValueError): a text that is not valid Unicode.
+        """
         if self.vocab is None:
             raise RuntimeError("TfidfVectorizer.transform called before fit")
+        texts = normalize_texts(texts)
         if self._fast():
             tf = self._count_fast(texts)
         else:
@@ -324,17 +339,22 @@ class TfidfVectorizer:
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+        """Write params.json, vocab.txt (one term per line, line = column) and idf.npy ((D,)
+        float32) into `folder`, atomically (`folders.atomic_dir`).
+
+        Raises:
+            PathInUseError: `folder` exists and is not a folder xmc wrote.
+        """
         terms = [None] * len(self.vocab)
         for t, i in self.vocab.items():
             terms[i] = t
-        # One term per line; terms never contain newlines (tokens are \w runs).
-        with open(folder / "vocab.txt", "w", encoding="utf-8") as fh:
-            fh.write("\n".join(terms))
-            fh.write("\n")
-        np.save(folder / "idf.npy", self.idf)
+        with atomic_dir(folder, kind="featurizer") as tmp:
+            (tmp / "params.json").write_text(json.dumps(self.params.to_dict(), indent=2))
+            # One term per line; terms never contain newlines (tokens are \w runs).
+            with open(tmp / "vocab.txt", "w", encoding="utf-8") as fh:
+                fh.write("\n".join(terms))
+                fh.write("\n")
+            np.save(tmp / "idf.npy", self.idf)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TfidfVectorizer":

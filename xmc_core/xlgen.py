@@ -68,8 +68,11 @@ import numpy as np
 import scipy.sparse as smat
 
 from .encoder import DEFAULT_ENCODER, EncoderParams, autocast, pad_batch, pick_device, resolve_checkpoint, tokenize
-from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, atomic_dir, read_model_meta
+from .folders import atomic_dir
+from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, check_predict_args, read_model_meta
 from .params import ParamsBase
+from .sparse import check_label_matrix
+from .textio import normalize_texts
 
 __all__ = ["METHOD_XLGEN", "VARIANTS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters", "pu_drop_labels",
            "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix", "Generation", "SET_SCORE_FLOOR"]
@@ -172,6 +175,23 @@ class XLGenParams(ParamsBase):
     @property
     def uses_clusters(self) -> bool:
         return self.variant in ("bcl", "mcg")
+
+    @property
+    def decode_steps(self) -> int:
+        """Decoder positions one generated sequence can take: (clusters + separator, mcg), labels, end."""
+        return (self.max_clusters + 1 if self.variant == "mcg" else 0) + self.max_labels + 1
+
+    def check_lengths(self) -> None:
+        """`max_length` (document tokens) and the decoder's positions within the encoder's (the
+        decoder is built from the same checkpoint); reads its config, loads no weights.
+
+        Raises:
+            EncoderError (a ValueError): one line naming the setting, its value and the limit.
+        """
+        from .encoder import check_lengths
+
+        check_lengths(self.encoder, {"max_length": self.max_length,
+                                     "decoder positions (max_labels + 1, + max_clusters + 1 for mcg)": self.decode_steps})
 
 
 # --------------------------------------------------------------------------- label-side numerics
@@ -504,7 +524,10 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     from .encoder import load_encoder
 
     params = params or XLGenParams()
+    params.check_lengths()
     emit = log or (lambda rec: None)
+    texts = normalize_texts(texts)
+    check_label_matrix(Y, len(texts))
     if len(texts) != Y.shape[0]:
         raise ValueError(f"train_xlgen: {len(texts)} texts for {Y.shape[0]} label rows")
     if len(label_names) != Y.shape[1]:
@@ -765,7 +788,8 @@ class XLGenModel(LabelSpace):
             texts = [texts]
         if smat.issparse(texts) or isinstance(texts, np.ndarray):
             raise ValueError("XLGen models read raw texts, not feature vectors")
-        texts = list(texts)
+        check_predict_args(topk, beam_size)
+        texts = normalize_texts(texts)
         device = self._ready()
         beam = int(beam_size or self.params.beam_size)
         rank_to_label = self.vocab.rank_to_label()
@@ -903,7 +927,7 @@ class XLGenModel(LabelSpace):
 
 
 def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
-                   metric_params=None, topk: int = 10, beam_size: int | None = None):
+                   metric_params=None, topk: int | None = None, beam_size: int | None = None):
     """One decoding pass scored both ways: ranking metrics (as `evaluate_model`) and set metrics.
 
     Returns (Evaluation, extra) where extra holds, in percent, micro_precision, micro_recall,
@@ -911,12 +935,13 @@ def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, la
     metrics of labels seen 0 and 1 times in training (`metrics.tail_bucket_metrics`).
     """
     from .metrics import MetricParams, ranking_metrics, set_metrics, tail_bucket_metrics
-    from .model import Evaluation
+    from .model import Evaluation, evaluation_topk
 
     mp = metric_params or MetricParams()
+    topk = evaluation_topk(topk, mp)
     Ya = model.align_labels(Y, label_names)
     t0 = time.perf_counter()
-    gen = model.generate(texts, beam_size=beam_size, topk=max(topk, max(mp.ks)))
+    gen = model.generate(texts, beam_size=beam_size, topk=topk)
     predict_s = time.perf_counter() - t0
     P = smat.csr_matrix((gen.scores.data, gen.scores.indices, gen.scores.indptr), shape=Ya.shape)
     inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Ya.shape[1])

@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as smat
 
 from . import kernels
+from .folders import atomic_dir
 from .params import ParamsBase
 from .sparse import binarize
 
@@ -719,13 +720,18 @@ class XLinearModel:
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "tree.npz", **self.tree.to_arrays())
-        for t, w in enumerate(self.W):
-            smat.save_npz(folder / f"W{t}.npz", w, compressed=False)
+        """Write tree.npz, W{t}.npz (one float32 CSC per level) and ranker.json into `folder`,
+        atomically (`folders.atomic_dir`).
+
+        Raises:
+            PathInUseError: `folder` exists and is not a folder xmc wrote.
+        """
         meta = {"bias": self.bias, "depth": self.tree.depth, "pred_params": self.pred_params.to_dict()}
-        (folder / "ranker.json").write_text(json.dumps(meta, indent=2))
+        with atomic_dir(folder, kind="ranker") as tmp:
+            np.savez(tmp / "tree.npz", **self.tree.to_arrays())
+            for t, w in enumerate(self.W):
+                smat.save_npz(tmp / f"W{t}.npz", w, compressed=False)
+            (tmp / "ranker.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path, prepare: bool = True) -> "XLinearModel":

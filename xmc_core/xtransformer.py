@@ -43,12 +43,14 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as smat
 
-from .encoder import EncoderParams, autocast, encode, load_encoder, pad_batch, pick_device, tokenize
+from .encoder import (EncoderParams, autocast, check_lengths, encode, load_encoder, pad_batch, pick_device,
+                      tokenize)
 from .label_embedding import PifaParams, pifa
-from .model import (FORMAT_VERSION, LabelSpace, ModelFormatError, XRLinearParams, _one_line, atomic_dir,
+from .folders import atomic_dir
+from .model import (FORMAT_VERSION, LabelSpace, ModelFormatError, XRLinearParams, _one_line, check_predict_args,
                     read_model_meta)
 from .params import ParamsBase
-from .sparse import binarize, l2_normalize_rows
+from .sparse import binarize, check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel, _score_children, _with_bias
@@ -238,6 +240,17 @@ class XTransformerParams:
     def xr_linear(self) -> XRLinearParams:
         return XRLinearParams(tfidf=self.tfidf, pifa=self.pifa, tree=self.tree, ranker=self.ranker, pred=self.pred)
 
+    def check_lengths(self) -> None:
+        """`encoder.max_length` and `finetune.max_length` within the encoder's positions (reads its
+        config, loads no weights): a setting that would fail inside torch after minutes of work
+        fails here, when the settings are parsed.
+
+        Raises:
+            EncoderError (a ValueError): one line naming the setting, its value and the limit.
+        """
+        check_lengths(self.encoder.name, {"encoder.max_length": self.encoder.max_length,
+                                          "finetune.max_length": self.finetune.max_length})
+
 
 @dataclass
 class FineTuneState:
@@ -261,7 +274,7 @@ def save_state(state: FineTuneState, folder: str | Path) -> None:
     """Write a checkpoint folder atomically (a crash leaves the previous checkpoint)."""
     import torch
 
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, kind="checkpoint") as tmp:
         torch.save(state.encoder_state, tmp / "encoder.pt")
         arrays = {}
         for t, h in enumerate(state.heads):
@@ -543,7 +556,12 @@ class XTransformerModel(LabelSpace):
 
     def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None, ensemble: str | None = None) -> smat.csr_matrix:
-        """Scores: N × L float32 CSR with at most topk entries per row (see `EnsembleParams`)."""
+        """Scores: N × L float32 CSR with at most topk entries per row (see `EnsembleParams`).
+
+        Raises:
+            ValueError: topk or beam_size not an integer >= 1; a text that is not valid Unicode.
+        """
+        check_predict_args(topk, beam_size)
         Xc, E = self.features(texts)
         return self.predict_features(Xc, E, topk, beam_size, post_processor, ensemble)
 
@@ -704,8 +722,10 @@ def train_xr_transformer(
     `log` receives {"stage", "seconds", ...} records (and per-step fine-tuning records).
     """
     params = params or XTransformerParams()
+    params.check_lengths()
     emit = log or (lambda rec: None)
     texts = list(texts)
+    check_label_matrix(Y, len(texts))
     Y = binarize(Y)
     if len(texts) != Y.shape[0]:
         raise ValueError(f"train_xr_transformer: {len(texts)} texts for {Y.shape[0]} label rows")

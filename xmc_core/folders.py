@@ -1,0 +1,194 @@
+"""Folders that xmc writes: model folders and their parts, fine-tuning checkpoints, generated
+datasets and the Dagster artifact store.
+
+Each such folder carries a marker file, `.xmc-folder` (JSON: what kind of folder, which xmc wrote
+it), and is written atomically (`atomic_dir`: built under a temporary sibling name, then swapped
+into place). xmc creates a missing path or replaces a folder that it wrote itself; it never puts
+anything in place of, or deletes, a folder or file that it did not write (a user's project folder
+given as `--model`, say: TextGrocery#30, tensorflow#20061). Such a path is a `PathInUseError`
+naming it, raised before any work is done.
+
+What counts as "written by xmc":
+- the folder holds the marker;
+- or it lies inside an artifact store (an ancestor's marker has kind "artifacts": every path
+  below the store's root is built by xmc from a dataset and an asset name);
+- or it is a model folder of an xmc from before the marker (`params.json` holding an xmc
+  `format_version` and `method`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+__all__ = ["MARKER", "PathInUseError", "folder_kind", "is_xmc_folder", "check_replaceable", "mark",
+           "atomic_dir", "remove_xmc_folder"]
+
+#: the marker file of a folder xmc wrote
+MARKER = ".xmc-folder"
+#: the kind of an artifact store's root: everything below it is xmc's
+ARTIFACTS = "artifacts"
+
+
+class PathInUseError(FileExistsError):
+    """A path xmc was asked to write holds something xmc did not write (one line, names it)."""
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("kind"), str) else None
+
+
+def _legacy_model(folder: Path) -> bool:
+    """A model folder written before the marker existed: an xmc params.json."""
+    try:
+        meta = json.loads((folder / "params.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("format_version"), int) and "method" in meta
+
+
+def folder_kind(path: str | os.PathLike) -> str | None:
+    """The kind recorded in `path`'s marker ("model", "featurizer", "ranker", "checkpoint",
+    "dataset", "artifacts", ...), "model" for a pre-marker xmc model folder, None when `path` is not
+    a folder xmc wrote."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return None
+    meta = _read_marker(path)
+    if meta is not None:
+        return meta["kind"]
+    return "model" if _legacy_model(path) else None
+
+
+def _inside_artifact_store(path: Path) -> bool:
+    for parent in path.absolute().parents:
+        meta = _read_marker(parent)
+        if meta is not None and meta["kind"] == ARTIFACTS:
+            return True
+    return False
+
+
+def is_xmc_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a folder xmc wrote (see the module docstring)."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return folder_kind(path) is not None or _inside_artifact_store(path)
+
+
+def check_replaceable(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """`path`, when xmc may write a folder there: nothing exists there yet, or a folder xmc wrote.
+
+    `what` names the path's role in the message ("--model", "dataset folder", ...).
+
+    Raises:
+        PathInUseError: a file, a symbolic link, or a folder xmc did not write is at `path`;
+            the message names it and says what to do. Nothing is touched.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return path
+    if path.is_symlink():
+        raise PathInUseError(f"{path}: {what}: a symbolic link; give the folder it points to, or a new path")
+    if not path.is_dir():
+        raise PathInUseError(f"{path}: {what}: an existing file; give a new path, or remove the file yourself")
+    if not is_xmc_folder(path):
+        shown = sorted(p.name for p in path.iterdir())
+        held = ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "")
+        raise PathInUseError(
+            f"{path}: {what}: an existing folder that xmc did not write (no {MARKER} marker; it holds "
+            f"{held or 'nothing'}); xmc replaces only folders it wrote: give a new path, or remove this one yourself")
+    return path
+
+
+def mark(folder: str | os.PathLike, kind: str) -> None:
+    """Write the marker of a folder of `kind` into `folder` (which exists)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        xmc_version = version("xmc")
+    except PackageNotFoundError:
+        xmc_version = "unknown"
+    (Path(folder) / MARKER).write_text(json.dumps({"kind": kind, "xmc_version": xmc_version}) + "\n",
+                                       encoding="utf-8")
+
+
+class atomic_dir:
+    """Context manager: build a folder of `kind` under a temporary sibling name, put it in place on
+    success.
+
+    `path` must be missing or a folder xmc wrote (`check_replaceable`, checked on entry and again
+    just before the swap). On success the new folder (with its marker) replaces the old one in one
+    atomic exchange where the OS has it (Linux renameat2), else by two renames; on an error the
+    temporary folder is removed and `path` is left as it was. Missing parent folders are created.
+
+    Raises:
+        PathInUseError: `path` holds something xmc did not write.
+    """
+
+    def __init__(self, path: str | Path, kind: str = "model"):
+        self.path = Path(path)
+        self.kind = kind
+        self.tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> Path:
+        check_replaceable(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        mark(self.tmp, self.kind)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            check_replaceable(self.path)  # something may have appeared there meanwhile
+        except PathInUseError:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        if self.path.exists() and _exchange(self.tmp, self.path):
+            # one atomic swap: the path always names a complete folder; tmp now holds the old one
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.path.exists():
+            old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
+
+
+def remove_xmc_folder(path: str | os.PathLike) -> None:
+    """Delete the folder `path` if xmc wrote it; nothing when it does not exist.
+
+    Raises:
+        PathInUseError: `path` is not a folder xmc wrote (it is left alone).
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    check_replaceable(path)
+    shutil.rmtree(path)
