@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import time
@@ -11,6 +12,7 @@ import polars as pl
 import pytest
 
 from xmc_core import results_db as R
+from xmc_core.cli import main
 
 METRICS = {"p": {1: 80.0, 3: 60.0, 5: 45.0}, "ndcg": {1: 80.0, 3: 70.0, 5: 68.0}}
 
@@ -134,20 +136,61 @@ def test_concurrent_writers(tmp_path):
     )
 
 
-def test_lock_timeout_is_bounded(tmp_path, monkeypatch):
-    db = str(tmp_path / "t.duckdb")
-    R.append_evaluation(db, "init", "ds", "m", "test", {"p": {1: 1.0}}, {})
+@contextlib.contextmanager
+def _locked(db: str, seconds: float):
+    """Another process holding `db` for up to `seconds`; yields that process."""
     ctx = mp.get_context("spawn")
     opened = ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(db, opened, 2.0))
+    holder = ctx.Process(target=_hold_lock, args=(db, opened, seconds))
     holder.start()
     try:
         assert opened.wait(60)
-        monkeypatch.setattr(R, "LOCK_TIMEOUT_S", 0.3)
-        t0 = time.monotonic()
-        with pytest.raises(duckdb.IOException):
-            R.append_evaluation(db, "x", "ds", "m", "test", {"p": {1: 1.0}}, {})
-        assert time.monotonic() - t0 < 1.8
+        yield holder
     finally:
         holder.join(60)
+
+
+def test_lock_timeout_is_bounded(tmp_path, monkeypatch):
+    db = str(tmp_path / "t.duckdb")
+    R.append_evaluation(db, "init", "ds", "m", "test", {"p": {1: 1.0}}, {})
+    with _locked(db, 2.0) as holder:
+        monkeypatch.setattr(R, "LOCK_TIMEOUT_S", 0.3)
+        t0 = time.monotonic()
+        with pytest.raises(R.DatabaseLockedError, match=f"{db}: locked by PID {holder.pid}"):
+            R.append_evaluation(db, "x", "ds", "m", "test", {"p": {1: 1.0}}, {})
+        assert time.monotonic() - t0 < 1.8
     assert R.read_evaluation(db)["run_id"].to_list() == ["init"]
+
+
+# --------------------------------------------------------------------------- issue 20: the CLI's reads
+
+
+def test_locked_duckdb_is_a_bounded_wait_naming_the_holder(tmp_path, monkeypatch, capsys):
+    db = str(tmp_path / "runs.duckdb")
+    R.append_evaluation(db, "r1", "ds", "m", "test", {"p": {1: 90.0}}, {})
+    with _locked(db, 4.0) as holder:
+        monkeypatch.setattr(R, "READ_LOCK_TIMEOUT_S", 0.5)
+        t0 = time.monotonic()
+        err = _runs_error(capsys, db)
+        assert time.monotonic() - t0 < 3 and f"locked by PID {holder.pid}" in err
+        with pytest.raises(R.DatabaseLockedError, match=rf"{db}: locked by PID {holder.pid} .*try again"):
+            R.list_runs(db)
+    assert R.list_runs(db)["run_id"].to_list() == ["r1"]
+
+
+def _runs_error(capsys, db) -> str:
+    rc = main(["runs", "--db", str(db)])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == "" and cap.err.count("\n") == 1 and cap.err.startswith("xmc: error: "), cap
+    return cap.err
+
+
+def test_missing_or_foreign_duckdb_file_is_an_error(tmp_path, capsys):
+    err = _runs_error(capsys, tmp_path / "nope.duckdb")
+    assert "nope.duckdb" in err and "no such file" in err
+    foreign = tmp_path / "notes.duckdb"
+    foreign.write_text("not a database\n")
+    t0 = time.perf_counter()
+    err = _runs_error(capsys, foreign)
+    assert str(foreign) in err and "cannot open the evaluation database" in err
+    assert time.perf_counter() - t0 < 3  # not retried as if locked
