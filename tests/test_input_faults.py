@@ -407,6 +407,24 @@ def test_xc_tab_after_labels_and_trailing_blank_line(tmp_path, capsys):
     _one_line_error(rc, err, "train.txt:1: header", "declares 4 rows but the file has 5", "line 6", "trailing blank line")
 
 
+@pytest.mark.parametrize("params", ['{}', '{"tree": {"max_leaf_size": 2, "nr_splits": 2}}'])
+@pytest.mark.parametrize("method", ["xr-linear", "xr-linear-ld"])
+def test_labels_without_positives_stay_in_the_label_space_and_rank_last(tmp_path, capsys, method, params):
+    data = _raw(tmp_path / "d")
+    _write(data / "label_map.txt", "acq\ncrude\ngrain\ninterest\nship\nwheat\nzinc\n")  # no document has acq, ship, zinc
+    m = tmp_path / "m"
+    assert _main(capsys, "train", "--method", method, "--data", str(data), "--model", str(m), "--threads", "1",
+                 "--params", params)[0] == 0
+    rc, out, _ = _main(capsys, "predict", "--model", str(m), "--text", "zinc ship acq crude", "--topk", "10",
+                       "--beam-size", "10")
+    pred = json.loads(out)
+    assert rc == 0 and len(pred["labels"]) == 7
+    assert pred["labels"][4:] == ["acq", "ship", "zinc"] and len(set(pred["scores"][4:])) == 1
+    assert pred["scores"][4] < min(pred["scores"][:4])
+    rc, out, _ = _main(capsys, "evaluate", "--model", str(m), "--data", str(data), "--json")
+    assert rc == 0 and json.loads(out)["p@1"] == 100.0
+
+
 # --------------------------------------------------------------------------- the PECOS layout, with tfidf-*
 
 

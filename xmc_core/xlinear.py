@@ -620,7 +620,7 @@ class XLinearModel:
                     partial = cls(LabelTree(tree.C[:t]), W, params.bias, pred_params)
                     parts.append(binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
-            W_t = _train_level(Xb, Y_t, C, active, params, threads)
+            W_t = _no_positive_constant(_train_level(Xb, Y_t, C, active, params, threads), Y_t, C, params.bias)
             W.append(W_t)
             if log is not None:
                 log({
@@ -799,6 +799,34 @@ def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     elif n_pairs:
         run(slice(0, n_pairs))
     return out_v
+
+
+#: Raw score of a node that has no positive in the training set (a label listed in label_map.txt
+#: or output-items.txt that no training document has, or a cluster of such labels): its ranker
+#: would learn only from negatives and score new documents by accident. It scores this constant
+#: instead, below what a trained ranker gives the labels it was trained on (l3-hinge: exp(-11^3)
+#: = 0.0 in float32; sigmoid: 4.5e-5), every such label alike (PECOS#150).
+NO_POSITIVE_SCORE = -10.0
+
+
+def _no_positive_constant(W_t: smat.csc_matrix, Y_t, C, bias: float) -> smat.csc_matrix:
+    """W_t with the column of every node that has no positive in Y_t replaced by the constant
+    NO_POSITIVE_SCORE (one entry, in the bias row). Unchanged without a bias feature (bias 0)."""
+    if bias <= 0:
+        return W_t
+    n_pos = np.diff(smat.csc_matrix(Y_t).indptr)
+    empty = np.flatnonzero(n_pos[smat.csc_matrix(C).indices] == 0)
+    if empty.shape[0] == 0:
+        return W_t
+    coo = W_t.tocoo()
+    keep = ~np.isin(coo.col, empty)
+    bias_row = W_t.shape[0] - 1
+    rows = np.concatenate([coo.row[keep], np.full(empty.shape[0], bias_row, coo.row.dtype)])
+    cols = np.concatenate([coo.col[keep], empty.astype(coo.col.dtype)])
+    data = np.concatenate([coo.data[keep], np.full(empty.shape[0], NO_POSITIVE_SCORE / bias, np.float32)])
+    W = smat.csc_matrix((data.astype(np.float32), (rows, cols)), shape=W_t.shape)
+    W.sort_indices()
+    return W
 
 
 def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat.csc_matrix:
