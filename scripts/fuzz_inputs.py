@@ -79,8 +79,13 @@ def _bow(texts: list[str], vocab: dict[str, int]) -> sp.csr_matrix:
 
 
 def write_seed(root: Path, layout: str, rng: np.random.Generator) -> None:
-    """A valid tiny dataset of `layout` in `root` (a variant drawn with `rng`)."""
+    """A valid tiny dataset of `layout` in `root` (a variant drawn with `rng`; now and then marked
+    as a dataset `xmc synth` wrote, which a `--model` must not replace either)."""
+    from xmc_core.folders import mark
+
     root.mkdir(parents=True)
+    if rng.random() < 0.2:
+        mark(root, "dataset")
     names = sorted(TOPICS)
     tr, te = _docs(rng, 12), _docs(rng, 5)
     gz = rng.random() < 0.25

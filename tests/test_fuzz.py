@@ -28,4 +28,4 @@ def test_mutated_datasets_succeed_or_fail_with_one_line_and_touch_nothing(tmp_pa
     for cmd in ("train", "evaluate", "predict", "predict --text", "predict <stdin"):
         assert counts.get(f"{cmd} ok", 0) >= 50 and counts.get(f"{cmd} exit 2", 0) >= 50, (cmd, counts)
     assert counts["--model names the dataset, its folder or one of its files"] >= 50
-    assert sum(v for k, v in counts.items() if k.startswith("mutation npz-")) >= 100
+    assert sum(v for k, v in counts.items() if k.startswith("mutation npz-")) >= 50

@@ -87,15 +87,30 @@ def model(tmp_path_factory) -> Path:
 # --------------------------------------------------------------------------- nothing is ever replaced
 
 
-@pytest.mark.parametrize("target", ["parent-of-data", "data-folder", "a-file", "empty-user-folder", "symlink"])
-def test_model_path_that_xmc_did_not_write_is_refused_untouched(tmp_path, capsys, target):
+@pytest.mark.parametrize("target", ["parent-of-data", "data-folder", "a-file", "symlink", "generated-dataset",
+                                    "part-of-a-model", "dataset-inside-a-model"])
+def test_model_path_that_xmc_did_not_write_is_refused_untouched(tmp_path, capsys, target, model):
+    from xmc_core.folders import mark
+
     proj = tmp_path / "proj"
     data = _raw(proj / "ds")
     _write(proj / "notes.txt", "my notes\n")
-    (proj / "empty").mkdir()
     os.symlink(proj / "ds", proj / "link")
-    path = {"parent-of-data": proj, "data-folder": data, "a-file": proj / "notes.txt",
-            "empty-user-folder": proj / "empty", "symlink": proj / "link"}[target]
+    if target == "generated-dataset":
+        mark(data, "dataset")  # as `xmc synth` marks what it writes: a dataset, not a model
+    elif target == "part-of-a-model":
+        import shutil
+
+        shutil.copytree(model, proj / "m")
+        data = proj / "ds"
+    elif target == "dataset-inside-a-model":
+        import shutil
+
+        shutil.copytree(model, proj / "m")
+        data = _raw(proj / "m" / "ds")
+    path = {"parent-of-data": proj, "data-folder": data, "a-file": proj / "notes.txt", "symlink": proj / "link",
+            "generated-dataset": data, "part-of-a-model": proj / "m" / "ranker",
+            "dataset-inside-a-model": proj / "m"}[target]
     before = _snapshot(tmp_path)
     t0 = time.perf_counter()
     rc, out, err = _main(capsys, "train", "--data", str(data), "--model", str(path), "--threads", "1")
@@ -125,6 +140,13 @@ def test_model_folder_xmc_wrote_is_replaced_and_a_failed_retrain_keeps_it(tmp_pa
     _one_line_error(rc, err, str(bad))
     assert _snapshot(m) == second
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "d", "d2", "m"]
+
+
+def test_an_empty_folder_is_filled(tmp_path, capsys):
+    data = _raw(tmp_path / "d")
+    (tmp_path / "m").mkdir()
+    assert _main(capsys, "train", "--data", str(data), "--model", str(tmp_path / "m"), "--threads", "1")[0] == 0
+    assert (tmp_path / "m" / "params.json").is_file()
 
 
 def test_model_folder_of_an_older_xmc_without_marker_is_replaceable(tmp_path, capsys):
@@ -192,7 +214,7 @@ def test_artifact_store_claims_only_new_or_empty_folders(tmp_path):
     from dagster import Failure
 
     from xmc_assets.resources import ArtifactStore
-    from xmc_core.folders import is_xmc_folder
+    from xmc_core.folders import PathInUseError, check_replaceable, is_xmc_folder, remove_xmc_folder
 
     user = _write(tmp_path / "mine" / "a.txt", "a\n").parent
     with pytest.raises(Failure, match="did not write"):
@@ -200,7 +222,15 @@ def test_artifact_store_claims_only_new_or_empty_folders(tmp_path):
     assert sorted(p.name for p in user.iterdir()) == ["a.txt"]
     store = ArtifactStore(base_dir=str(tmp_path / "store"))
     folder = store.folder("ds", "tfidf")
-    assert is_xmc_folder(folder / ".." / "..") and is_xmc_folder(folder)  # everything below the root is xmc's
+    assert is_xmc_folder(folder)  # everything below the root is xmc's ...
+    # ... but not the root itself, nor a path that only spells its way through it
+    for path in (store.root(), store.root() / ".." / "mine", store.root() / "ds" / ".." / ".." / "mine"):
+        with pytest.raises(PathInUseError):
+            check_replaceable(path, kind="model")
+    os.symlink(user, store.root() / "ds" / "link")
+    with pytest.raises(PathInUseError):
+        remove_xmc_folder(store.root() / "ds" / "link" / ".")
+    assert sorted(p.name for p in user.iterdir()) == ["a.txt"]
 
 
 # --------------------------------------------------------------------------- one text policy
@@ -222,6 +252,13 @@ def test_non_utf8_bytes_are_one_line_errors_wherever_they_come_from(tmp_path, mo
     _write(data / "test_texts.txt.gz", gzip.compress(b"oil\nwheat\n" + latin1 + b"\n"))
     proc = _xmc("evaluate", "--model", str(model), "--data", str(data))
     _one_line_error(proc.returncode, proc.stderr.decode(), "test_texts.txt.gz:3: encoding")
+
+
+def test_strings_that_are_not_unicode_from_the_python_side(capsys, model):
+    for argv in (["predict", "--model", str(model), "--text", "oil \ud800"],
+                 ["train", "--data", "x", "--model", "y", "--params", '{"tfidf": {"min_df": "\ud800"}}']):
+        rc, _, err = _main(capsys, *argv)
+        _one_line_error(rc, err, "encoding", "U+D800")
 
 
 @pytest.mark.parametrize("encoding, name", [("utf-16", "UTF-16LE"), ("utf-32", "UTF-32LE")])
@@ -377,13 +414,27 @@ def test_dense_ids_without_output_items_keep_unused_labels(tmp_path):
     assert ds.n_labels == 10  # ids are column indices: 1, 3, 4, 6, 7, 8 are labels without positives
 
 
-@pytest.mark.parametrize("header, what", [("4 5 4104233000", "declares 4,104,233,000 labels"),
-                                           ("4 5000000000 3", "declares 5,000,000,000 features")])
+@pytest.mark.parametrize("header, what", [
+    ("4 5 40000000", "declares 40,000,000 labels but the largest label id used is 2"),
+    ("4 50000000 3", "declares 50,000,000 features but the largest feature id used is 4"),
+    ("4 5 4104233000", "each count must be below 2**31"),
+    ("4 5 4611686018427387903", "each count must be below 2**31"),
+])
 def test_xc_header_sizes_are_checked_against_the_ids_used(tmp_path, capsys, header, what):
     data = tmp_path / "x"
     _write(data / "train.txt", f"{header}\n0,1 0:1 1:1\n1 1:1 2:1\n2 3:1 4:1\n0 0:1\n")
     rc, _, err = _main(capsys, "train", "--data", str(data), "--model", str(tmp_path / "m"))
     _one_line_error(rc, err, f"{data / 'train.txt'}:1: header", what)
+
+
+def test_a_real_header_with_few_labels_used_loads(tmp_path):
+    """5,000 labels, 200 documents: a few hundred labels occur, the largest ids among them."""
+    from xmc_core.data import load_dataset
+    from xmc_core.synth import SynthParams, write_synth
+
+    ds = load_dataset(write_synth(tmp_path / "s", SynthParams(n_labels=5000, n_train=200, n_test=20)))
+    used = np.unique(ds.train.Y.indices).shape[0]
+    assert ds.n_labels == 5000 and used < 500
 
 
 @pytest.mark.parametrize("line, field, what", [
@@ -536,7 +587,7 @@ def test_dataset_folders_that_cannot_be_partition_keys_are_named_and_skipped(tmp
         _raw(root / name)
     data_root = DataRoot(path=str(root), synthetic_dir=str(tmp_path / "synth"))
     assert data_root.dataset_names() == ["plain"]
-    skipped = data_root.skipped_folders()
+    skipped = data_root.scan()[1]
     assert sorted(Path(f).name for f in skipped) == sorted(names[1:])
     assert "separates keys" in skipped[str(root / "news,2024")]
     assert "U+0009" in skipped[str(root / "tab\tname")]

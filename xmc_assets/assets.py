@@ -204,7 +204,7 @@ def tfidf(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings
         # Bag-of-words datasets come with their features; the model only needs unit-norm rows.
         X = {name: l2_normalize_rows(artifacts.read_sparse(dataset, "corpus", f"X_{name}.npz"))
              for name in info["splits"]}
-        remove_xmc_folder(featurizer_dir)  # no text featurizer for this dataset
+        remove_xmc_folder(featurizer_dir, kind="featurizer")  # no text featurizer for this dataset
         kind = "l2-normalized bag of words"
     for name in SPLITS:
         artifacts.remove(dataset, "tfidf", f"X_{name}.npz")

@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = _synthesize()
         print(f"xmc: no dataset folder under {root}; using the synthetic dataset {folder}", flush=True)
         dataset = folder.name
-    available = data_root.dataset_names()
-    skipped = data_root.skipped_folders()
+    available, skipped = data_root.scan()
     for folder, why in skipped.items():
         if Path(folder).name != dataset:
             print(f"xmc: skipping dataset folder {folder!r}: {why}; rename the folder to use it", file=sys.stderr)

@@ -27,11 +27,11 @@ dataset_partitions = DynamicPartitionsDefinition(name="dataset")
     description="Adds a `dataset` partition for every dataset folder under the data root (never launches runs).",
 )
 def dataset_folders_sensor(context: SensorEvaluationContext, data_root: DataRoot):
-    skipped = data_root.skipped_folders()
+    names, skipped = data_root.scan()
     for folder, why in skipped.items():  # never half-registered: named, and left out
         context.log.warning(f"dataset folder {folder!r} is not a partition: {why}; rename the folder")
     known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [name for name in data_root.dataset_names() if name not in known]
+    new = [name for name in names if name not in known]
     if not new:
         note = f"; skipped {len(skipped)} folder(s) whose names cannot be partition keys: " + ", ".join(
             f"{f!r} ({why})" for f, why in skipped.items()) if skipped else ""

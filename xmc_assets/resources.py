@@ -7,10 +7,10 @@ Relative paths are resolved against the repository root (not the current directo
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
-import unicodedata
 import uuid
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,6 +24,7 @@ from xmc_core import results_db
 from xmc_core.data import DataFormatError, detect_layout
 from xmc_core.folders import ARTIFACTS, MARKER, folder_kind, mark
 from xmc_core.model import XRLinearParams
+from xmc_core.textio import is_invisible
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = "../shared/data"
@@ -51,7 +52,7 @@ def partition_key_problem(name: str) -> str | None:
     for sub, why in _KEY_SEPARATORS:
         if sub in name:
             return why
-    ctrl = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf")), None)
+    ctrl = next((ch for ch in name if is_invisible(ch)), None)
     if ctrl is not None:
         return f"it holds U+{ord(ctrl):04X}, a control character that Dagster rejects in partition keys"
     if name != name.strip():
@@ -102,18 +103,19 @@ class DataRoot(ConfigurableResource):
     def synthetic_root(self) -> Path:
         return resolve_path(self.synthetic_dir)
 
-    def dataset_names(self) -> list[str]:
-        names = dataset_folders(self.root())
-        return names + [n for n in dataset_folders(self.synthetic_root()) if n not in names]
-
-    def skipped_folders(self) -> dict[str, str]:
-        """{folder path: why} for dataset folders whose name cannot be a partition key; they are
-        not partitions (rename them to use them)."""
-        out = {}
+    def scan(self) -> tuple[list[str], dict[str, str]]:
+        """(dataset names: the partitions, data root first, then synthetic datasets not shadowed
+        by one of the same name; {folder path: why} for dataset folders whose name cannot be a
+        partition key: they are not partitions, rename them to use them)."""
+        names, skipped = [], {}
         for root in (self.root(), self.synthetic_root()):
-            for name, why in scan_dataset_folders(root)[1].items():
-                out[str(root / name)] = why
-        return out
+            found, bad = scan_dataset_folders(root)
+            names += [n for n in found if n not in names]
+            skipped.update({str(root / n): why for n, why in bad.items()})
+        return names, skipped
+
+    def dataset_names(self) -> list[str]:
+        return self.scan()[0]
 
     def dataset_dir(self, name: str) -> Path:
         """The folder of dataset `name`; a clear Failure when there is none (e.g. a partition key
@@ -146,6 +148,27 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Pat
     return path
 
 
+@functools.lru_cache(maxsize=None)
+def _claim_store(root: Path) -> Path:
+    """`root` marked as an artifact store (once per process): a new or empty folder, one already
+    marked, or this checkout's own data/artifacts from before the marker. A Failure otherwise."""
+    if folder_kind(root) == ARTIFACTS:
+        return root
+    if os.path.lexists(root) and not root.is_dir():
+        raise Failure(description=f"ArtifactStore.base_dir {root}: exists and is not a folder")
+    legacy = root == REPO_ROOT / "data" / "artifacts"  # git-ignored output of this checkout
+    # a concurrent run may be claiming it: its marker (or the marker's temporary name) is no content
+    held = [p.name for p in root.iterdir() if not p.name.startswith(MARKER)] if root.is_dir() else []
+    if held and not legacy:
+        raise Failure(description=(
+            f"ArtifactStore.base_dir {root}: an existing folder that xmc did not write (no {MARKER} marker; "
+            f"it holds {', '.join(sorted(held)[:5])}); give a new or empty folder"))
+    root.mkdir(parents=True, exist_ok=True)
+    if folder_kind(root) != ARTIFACTS:
+        mark(root, ARTIFACTS)
+    return root
+
+
 class ArtifactStore(ConfigurableResource):
     """Heavy artifacts as files: `<base_dir>/<dataset>/<asset>/<name>`.
 
@@ -159,20 +182,7 @@ class ArtifactStore(ConfigurableResource):
         """The store's folder, claimed for xmc on first use (its `.xmc-folder` marker makes every
         folder below it xmc's to replace); a Failure when `base_dir` names an existing folder that
         holds something else."""
-        root = resolve_path(self.base_dir)
-        if folder_kind(root) == ARTIFACTS:
-            return root
-        # before the marker existed: this checkout's own (git-ignored) artifact folder
-        legacy = root == REPO_ROOT / "data" / "artifacts"
-        if root.is_dir() and not legacy and any(root.iterdir()):
-            raise Failure(description=(
-                f"ArtifactStore.base_dir {root}: an existing folder that xmc did not write (no {MARKER}); "
-                "give a new or empty folder"))
-        if os.path.lexists(root) and not root.is_dir():
-            raise Failure(description=f"ArtifactStore.base_dir {root}: exists and is not a folder")
-        root.mkdir(parents=True, exist_ok=True)
-        mark(root, ARTIFACTS)
-        return root
+        return _claim_store(resolve_path(self.base_dir))
 
     def folder(self, dataset: str, asset: str) -> Path:
         """The folder of one asset for one dataset partition (created)."""

@@ -159,7 +159,7 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     history = state.history if state else []
     artifacts.write_json(dataset, ENCODER_DIR, "finetune.json", {"history": history, "device": device,
                                                                   "finetune_tree": tree_ft.level_sizes()})
-    remove_xmc_folder(ckpt)
+    remove_xmc_folder(ckpt, kind="checkpoint")
     rows = [TableRecord({"level": int(r["level"]), "nodes": int(r["n_nodes"]), "steps": int(r["steps"]),
                          "loss_first": float(r["loss_first"] or 0.0), "loss_last": float(r["loss"] or 0.0),
                          "tfidf_gain": round(float(r["alpha"]), 4), "seconds": round(float(r["seconds"]), 1)})

@@ -76,11 +76,14 @@ def _check_args(args) -> None:
         if args.features != "auto" and args.method in ("xr-transformer", "xlgen"):
             raise UsageError(f"--features: {args.method} reads the raw texts; --features applies to xr-linear and "
                              "xr-linear-ld")
-        check_replaceable(args.model, "--model")
+        model, data = Path(args.model).resolve(), Path(args.data).resolve()
+        if model == data or model in data.parents:
+            raise UsageError(f"--model {args.model}: holds the dataset {args.data}; give another path")
+        check_replaceable(args.model, "--model", kind="model")
         if args.method == "xr-transformer":
-            check_replaceable(_checkpoint_dir(args.model), "checkpoint folder")
+            check_replaceable(_checkpoint_dir(args.model), "checkpoint folder", kind="checkpoint")
     elif args.command == "synth":
-        check_replaceable(args.out, "dataset folder")
+        check_replaceable(args.out, "dataset folder", kind="dataset")
 
 
 def _checkpoint_dir(model_path) -> Path:
@@ -243,7 +246,7 @@ def cmd_train_xr_transformer(args) -> dict:
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
     model.save(model_path)
-    remove_xmc_folder(ckpt)
+    remove_xmc_folder(ckpt, kind="checkpoint")
     return {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
             "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
             "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
@@ -339,7 +342,10 @@ def cmd_synth(args) -> dict:
     params = SynthParams(n_labels=args.labels, n_train=args.train, n_test=args.test, seed=args.seed,
                          **({"n_features": args.features} if args.features else {}))
     t0 = time.perf_counter()
-    write_synth(args.out, params)
+    try:
+        write_synth(args.out, params)
+    except ValueError as e:  # settings out of range (SynthParams.validate, the vocabulary regions)
+        raise UsageError(f"xmc synth: {e}") from None
     return {"out": str(args.out), "n_labels": args.labels, "n_train": args.train, "n_test": args.test,
             "seconds": round(time.perf_counter() - t0, 3)}
 
@@ -418,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data")
     src.add_argument("--text")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=("train", "test", "dev"))
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None)
@@ -426,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=("train", "test", "dev"))
     p.add_argument("--json", action="store_true", help="one JSON line (default: a table)")
     p.add_argument("--topk", type=int, default=None,
                    help="rank at most K labels per document (default: the largest cut-off, 10); metrics at a "

@@ -493,8 +493,8 @@ def _parse_header(path: Path, line: bytes) -> tuple[int, int, int]:
         shown = line[:80].decode("utf-8", "replace")
         raise DataFormatError(path, 1, "header", f"expected 'N F L' (three non-negative integers), got {shown!r}")
     n, f, l = (int(p) for p in parts)
-    if max(n, f, l) >= 2**62:
-        raise DataFormatError(path, 1, "header", f"'N F L' = {n} {f} {l}: a count too large for any dataset")
+    if max(n, f, l) >= 2**31:  # ids are int32 downstream; N * L must not overflow int64
+        raise DataFormatError(path, 1, "header", f"'N F L' = {n} {f} {l}: each count must be below 2**31")
     return n, f, l
 
 
@@ -661,20 +661,23 @@ def _read_xc_file(path: Path, max_rows: int | None):
     return X, Y, F, L
 
 
-# Without output-items.txt (or in an XC header): at most this many id slots per distinct id, plus
-# _ID_SLACK (times _SLICE_SLACK for a --max-rows slice, which may use few of the ids).
-_ID_DENSITY, _ID_SLACK, _SLICE_SLACK = 10, 1000, 10_000
+# A declared width (an XC header's L or F, the columns of a .npz) may exceed the largest id used by
+# at most _ID_DENSITY times (+ the slack); ids without any declaration (PECOS Y.*.txt without
+# output-items.txt) may leave at most that many slots per distinct id. A --max-rows slice, which
+# may use few of the ids, gets _SLICE_SLACK times the slack.
+_ID_DENSITY, _SLICE_SLACK = 10, 10_000
+_LABEL_SLACK, _FEATURE_SLACK = 10_000, 1_000_000
 
 
-def _check_declared_sizes(path: Path, X: sp.csr_matrix, Y: sp.csr_matrix, F: int, L: int, sliced: bool) -> None:
-    """A header's L (or F) far beyond the ids the file uses is a typo or ids that are keys, not
-    indices: a model of L labels would hold billions of empty ones (the bound of PECOS ids
-    without output-items.txt; looser for a --max-rows slice, which may use few of the ids)."""
-    for field, declared, used, slack in (("labels", L, Y.indices, _ID_SLACK), ("features", F, X.indices, 1_000_000)):
-        distinct = int(np.unique(used).shape[0])
-        if declared > _ID_DENSITY * distinct + (slack * _SLICE_SLACK if sliced else slack):
-            raise DataFormatError(path, 1, "header", f"the header declares {declared:,} {field} but the file uses "
-                                  f"only {distinct:,} distinct {field[:-1]} ids; give the real count")
+def _check_width(path: Path, line: int | None, field: str, declared: int, ids: np.ndarray, what: str,
+                 slack: int, sliced: bool) -> None:
+    """A declared width far beyond the largest id used is a typo or ids that are keys, not
+    indices: a model of that many labels (or features) would be almost all empty (or not fit in
+    memory)."""
+    largest = int(ids.max()) if ids.shape[0] else -1
+    if declared > _ID_DENSITY * (largest + 1) + slack * (_SLICE_SLACK if sliced else 1):
+        raise DataFormatError(path, line, field, f"declares {declared:,} {what}s but the largest {what} id used is "
+                              f"{largest}; give the real count")
 
 
 def _load_xc(root: Path, splits: Sequence[str], max_rows: int | None):
@@ -688,7 +691,8 @@ def _load_xc(root: Path, splits: Sequence[str], max_rows: int | None):
             continue
         X, Y, F, L = _read_xc_file(p, max_rows)
         if dims is None:
-            _check_declared_sizes(p, X, Y, F, L, sliced=max_rows is not None)
+            for declared, ids, what, slack in ((L, Y.indices, "label", _LABEL_SLACK), (F, X.indices, "feature", _FEATURE_SLACK)):
+                _check_width(p, 1, "header", declared, ids, what, slack, sliced=max_rows is not None)
             dims = (F, L)
         elif dims != (F, L):
             raise DataFormatError(
@@ -788,7 +792,7 @@ def _check_id_density(raw_Y: dict, paths: dict, sliced: bool) -> None:
         return
     distinct = np.unique(np.concatenate([v[1] for _, v in ids]))
     top = int(distinct[-1])
-    if top + 1 <= _ID_DENSITY * len(distinct) + (_ID_SLACK * _SLICE_SLACK if sliced else _ID_SLACK):
+    if top + 1 <= _ID_DENSITY * len(distinct) + _LABEL_SLACK * (_SLICE_SLACK if sliced else 1):
         return
     s, (counts, flat) = max(ids, key=lambda sv: int(sv[1][1].max()))
     line = _line_of(counts, int(np.argmax(flat)))
@@ -840,6 +844,9 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
                 )
             _check_aligned(xp, len(texts[s]), yp, Y.shape[0], unit="rows")
             _check_label_values(yp, Y, xp)
+            if L is None:
+                _check_width(yp, None, "label", Y.shape[1], Y.indices, "label column", _LABEL_SLACK,
+                             sliced=max_rows is not None)
             raw_Y[s] = Y
         else:
             lines = _read_text_lines(yp, max_rows)
@@ -873,6 +880,8 @@ def _load_pecos(root: Path, splits: Sequence[str], max_rows: int | None):
                 if max_rows is not None:
                     X = X[:max_rows]
                 _check_feature_values(xf, X)
+                _check_width(xf, None, "feature", X.shape[1], X.indices, "feature column", _FEATURE_SLACK,
+                             sliced=max_rows is not None)
                 X.sum_duplicates()  # also sorts indices
                 _check_aligned(paths[s][0], len(texts[s]), xf, X.shape[0], unit="rows")
                 if n_features is None:

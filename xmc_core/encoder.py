@@ -108,9 +108,10 @@ def resolve_checkpoint(name: str) -> Path:
     return folder
 
 
-# Models whose position ids start after the padding id (fairseq's convention): of their
-# max_position_embeddings, pad_token_id + 1 are never reached.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
+# Models whose position ids start after the padding id (fairseq's convention, inside
+# max_position_embeddings): pad_token_id + 1 of those positions are never reached. (BART adds its
+# offset beyond max_position_embeddings, so it is not here.)
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
 def max_positions(name: str) -> int | None:
@@ -129,8 +130,9 @@ def max_positions(name: str) -> int | None:
         cfg = {}
     n = cfg.get("max_position_embeddings") if isinstance(cfg, dict) else None
     if isinstance(n, int) and n > 0:
+        pad = cfg.get("pad_token_id")
         if cfg.get("model_type") in _OFFSET_POSITIONS:
-            n -= int(cfg.get("pad_token_id") or 1) + 1
+            n -= (pad if isinstance(pad, int) and pad >= 0 else 1) + 1
         limits.append(n)
     try:
         tok = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -239,8 +241,16 @@ def TextEncoder(backbone, pooling: str = "mean", normalize: bool = True):
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids without padding: (flat int32 ids, int64 offsets of length N+1)."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True,
+    """Token ids without padding: (flat int32 ids, int64 offsets of length N+1). Texts are
+    NFC-normalized first (`textio.normalize_texts`), as TF-IDF does, so every encoder reads the
+    same text whichever way it was typed.
+
+    Raises:
+        DataFormatError (a ValueError): a text that is not valid Unicode.
+    """
+    from .textio import normalize_texts
+
+    enc = tokenizer(normalize_texts(texts), truncation=True, max_length=max_length, add_special_tokens=True,
                     return_attention_mask=False, return_token_type_ids=False)
     ids = enc["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))

@@ -515,6 +515,7 @@ def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Seque
 
     mp = metric_params or MetricParams()
     topk = evaluation_topk(topk, mp)
+    check_label_matrix(Y, inputs.shape[0] if hasattr(inputs, "shape") else len(inputs))
     Y = model.align_labels(Y, label_names)
     t0 = time.perf_counter()
     P = model.predict(inputs, topk=topk, beam_size=beam_size)

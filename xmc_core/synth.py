@@ -376,7 +376,7 @@ def write_synth(out_dir, params: SynthParams) -> Path:
     Returns:
         the folder as a Path.
     """
-    out = check_replaceable(out_dir, "dataset folder")  # before minutes of generating
+    out = check_replaceable(out_dir, "dataset folder", kind="dataset")  # before minutes of generating
     X_trn, Y_trn, X_tst, Y_tst = generate(params)
     with atomic_dir(out, kind="dataset") as tmp:
         write_xc(tmp / "train.txt.gz", X_trn, Y_trn)

@@ -10,14 +10,16 @@ Decoding (`decode_text`, `text_lines`, `text_argument`):
   line-break characters (U+2028, U+0085, form feed) stay inside their line, so that the lines
   of a texts file and its labels file stay aligned.
 
-Labels (`label_name`): names are compared as a person sees them. Each is NFC-normalized ("é"
-typed as one code point or as "e" + U+0301 is one label), and a name holding an invisible
-character (a control or format character: U+200B ZERO WIDTH SPACE, U+00AD SOFT HYPHEN, U+FEFF...)
-is an error naming it, so that "crude" and "crude\\u200b" can never become two labels.
+Labels (`label_name`): names read from a dataset are compared as a person sees them. Each is
+NFC-normalized ("é" typed as one code point or as "e" + U+0301 is one label), and a name holding
+an invisible character (a control or format character: U+200B ZERO WIDTH SPACE, U+00AD SOFT
+HYPHEN, U+FEFF...) is an error naming it, so that "crude" and "crude\\u200b" can never become two
+labels. (Label names handed to the Python API's train functions are taken as given.)
 
-Texts (`normalize_texts`) are NFC-normalized where they are featurized (the TF-IDF vectorizer), so
-the Python API, files, stdin and `--text` give the same features; a string that is not valid
-Unicode (a lone surrogate, as Python makes of undecodable argv bytes) is an error naming it.
+Texts (`normalize_texts`) are NFC-normalized where they are featurized (the TF-IDF vectorizer and
+every encoder's tokenizer, `encoder.tokenize`), so the Python API, files, stdin and `--text` give
+the same features; a string that is not valid Unicode (a lone surrogate, as Python makes of
+undecodable argv bytes) is an error naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 import unicodedata
 from typing import Sequence
 
-__all__ = ["DataFormatError", "strip_bom", "decode_text", "text_lines", "text_argument", "label_name", "normalize_texts"]
+__all__ = ["DataFormatError", "strip_bom", "decode_text", "text_lines", "text_argument", "is_invisible", "label_name", "normalize_texts"]
 
 
 class DataFormatError(ValueError):
@@ -121,10 +123,16 @@ def text_argument(value: str, source: str) -> str:
         value.encode("utf-8")
         return value
     except UnicodeEncodeError:
-        return decode_text(os.fsencode(value), source)
+        pass
+    try:
+        raw = os.fsencode(value)  # the bytes behind PEP 383's surrogates
+    except UnicodeEncodeError as e:  # a surrogate no byte decodes to: not from argv
+        raise DataFormatError(source, 1, "encoding", f"not valid Unicode: lone surrogate U+{ord(value[e.start]):04X}") from None
+    return decode_text(raw, source)
 
 
-def _invisible(ch: str) -> bool:
+def is_invisible(ch: str) -> bool:
+    """A control or format character (Unicode categories Cc, Cf): nothing a person sees."""
     return unicodedata.category(ch) in ("Cc", "Cf")
 
 
@@ -136,7 +144,7 @@ def label_name(name: str, source: str, line: int | None) -> str:
     """
     if name.isprintable():  # no control, format or unassigned character: the common case
         return name if name.isascii() else unicodedata.normalize("NFC", name)
-    bad = next((ch for ch in name if _invisible(ch)), None)
+    bad = next((ch for ch in name if is_invisible(ch)), None)
     if bad is not None:
         shown = name.encode("ascii", "backslashreplace").decode()
         what = unicodedata.name(bad, "a control character")

@@ -72,7 +72,6 @@ from .folders import atomic_dir
 from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, check_predict_args, read_model_meta
 from .params import ParamsBase
 from .sparse import check_label_matrix
-from .textio import normalize_texts
 
 __all__ = ["METHOD_XLGEN", "VARIANTS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters", "pu_drop_labels",
            "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix", "Generation", "SET_SCORE_FLOOR"]
@@ -526,10 +525,8 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     params = params or XLGenParams()
     params.check_lengths()
     emit = log or (lambda rec: None)
-    texts = normalize_texts(texts)
+    texts = list(texts)
     check_label_matrix(Y, len(texts))
-    if len(texts) != Y.shape[0]:
-        raise ValueError(f"train_xlgen: {len(texts)} texts for {Y.shape[0]} label rows")
     if len(label_names) != Y.shape[1]:
         raise ValueError(f"train_xlgen: {len(label_names)} label names for {Y.shape[1]} label columns")
     if params.threads:
@@ -789,7 +786,7 @@ class XLGenModel(LabelSpace):
         if smat.issparse(texts) or isinstance(texts, np.ndarray):
             raise ValueError("XLGen models read raw texts, not feature vectors")
         check_predict_args(topk, beam_size)
-        texts = normalize_texts(texts)
+        texts = list(texts)  # NFC-normalized where they are tokenized (encoder.tokenize)
         device = self._ready()
         beam = int(beam_size or self.params.beam_size)
         rank_to_label = self.vocab.rank_to_label()
@@ -939,6 +936,7 @@ def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, la
 
     mp = metric_params or MetricParams()
     topk = evaluation_topk(topk, mp)
+    check_label_matrix(Y, len(texts))
     Ya = model.align_labels(Y, label_names)
     t0 = time.perf_counter()
     gen = model.generate(texts, beam_size=beam_size, topk=topk)

@@ -727,8 +727,6 @@ def train_xr_transformer(
     texts = list(texts)
     check_label_matrix(Y, len(texts))
     Y = binarize(Y)
-    if len(texts) != Y.shape[0]:
-        raise ValueError(f"train_xr_transformer: {len(texts)} texts for {Y.shape[0]} label rows")
     t_all = time.perf_counter()
     t0 = time.perf_counter()
     featurizer = TfidfVectorizer(params.tfidf)
