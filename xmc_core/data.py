@@ -31,7 +31,8 @@ Three on-disk layouts are recognised from the content of a dataset folder
     matrix is not a label matrix).  Without ``output-items.txt`` the ids of
     ``Y.*.txt`` are column indices, L = the largest id + 1; ids that are
     sparse keys rather than indices (more than 10 slots per distinct id,
-    beyond 1000) are an error asking for ``output-items.txt``.
+    beyond 10,000) are an error asking for ``output-items.txt``; a ``.npz``'s
+    width may exceed its largest column used by at most as much.
 
 Any layout may add ``label_names.tsv``: a header line, then ``id<TAB>title[<TAB>...]``
 per label (the id as the splits name the label: a ``label_map.txt`` entry, a label name, or
