@@ -237,6 +237,8 @@ def mutate(root: Path, rng: np.random.Generator) -> str:
     ids at label files, headers at XC files, matrix edits at .npz files); returns its name."""
     kind = str(rng.choice(KINDS))
     files = _targets(kind, _files(root))
+    if not files:  # an earlier mutation removed the only file
+        return "none (no file left)"
     path = files[int(rng.integers(0, len(files)))]
     if path.suffix == ".npz" and (kind == "npz" or rng.random() < 0.5):
         return _mutate_npz(path, rng)
@@ -372,8 +374,8 @@ def _model_path(work: Path, data: Path, rng: np.random.Generator) -> tuple[Path,
         return data, True
     if u < 0.08:
         return work, True
-    if u < 0.11:
-        files = _files(data)
+    files = _files(data)
+    if u < 0.11 and files:
         return files[int(rng.integers(0, len(files)))], True
     return work / "model", False
 
