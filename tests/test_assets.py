@@ -50,9 +50,7 @@ def test_definitions_load():
         assert spec.partitions_def == dataset_partitions
 
 
-@pytest.mark.skipif(not (SHARED_DATA / REUTERS).is_dir(),
-                    reason=f"Reuters-21578 not found at {SHARED_DATA / REUTERS} (../shared/data from the repo root)")
-def test_reuters_slice_materializes_and_history_grows(tmp_path):
+def test_reuters_slice_materializes_and_history_grows(tmp_path, reuters_dir):
     instance, resources = _run(tmp_path, SHARED_DATA, REUTERS, max_rows=600)
     db = tmp_path / "xmc.duckdb"
 

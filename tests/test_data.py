@@ -11,8 +11,7 @@ import scipy.sparse as sp
 
 from xmc_core.data import DataFormatError, detect_layout, load_dataset, write_xc
 
-SHARED = Path("/work/shared/data")
-REUTERS = SHARED / "reuters-21578"
+from conftest import shared_dataset
 
 
 def _write(path: Path, content: str | bytes) -> Path:
@@ -57,9 +56,8 @@ def test_error_message_format():
 # --------------------------------------------------------------------------- #
 # raw-text layout
 # --------------------------------------------------------------------------- #
-@pytest.mark.skipif(not REUTERS.is_dir(), reason="shared reuters data not available")
-def test_reuters_slice():
-    ds = load_dataset(REUTERS, max_rows=200)
+def test_reuters_slice(reuters_dir):
+    ds = load_dataset(reuters_dir, max_rows=200)
     assert ds.layout == "raw-text"
     assert ds.name == "reuters-21578"
     assert ds.n_labels == 90 and ds.label_names[0] == "acq"
@@ -70,7 +68,7 @@ def test_reuters_slice():
     assert Y.has_sorted_indices and np.all(Y.data == 1.0)
     assert len(ds.train.texts) == 200 and all(isinstance(t, str) for t in ds.train.texts)
     # first train document's labels as in the file
-    with gzip.open(REUTERS / "train_labels.txt.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(reuters_dir / "train_labels.txt.gz", "rt", encoding="utf-8") as f:
         first = f.readline().split()
     got = {ds.label_names[j] for j in Y[0].indices}
     assert got == set(first)
@@ -117,9 +115,8 @@ def test_label_titles_from_label_names_tsv(tmp_path):
         _assert_names(_raise_format(root), root / "label_names.tsv", line, field)
 
 
-@pytest.mark.skipif(not (SHARED / "eurlex57k").is_dir(), reason="shared eurlex57k data not available")
 def test_eurlex_label_titles_are_eurovoc_terms():
-    ds = load_dataset(SHARED / "eurlex57k", splits=("train",), max_rows=5)
+    ds = load_dataset(shared_dataset("eurlex57k"), splits=("train",), max_rows=5)
     titles = dict(zip(ds.label_names, ds.label_titles))
     assert ds.n_labels == 4271 and titles["3"] == "adhesive" and titles["4"] == "State trading"
 
@@ -331,13 +328,13 @@ def test_pecos_mismatched_rows(tmp_path):
     assert "X.trn.txt" in str(err)
 
 
-@pytest.mark.skipif(not (SHARED / "delicious").is_dir(), reason="shared delicious data not available")
 def test_delicious_rewrite_is_byte_identical(tmp_path):
     """Reading the real XC file and writing it back gives the same bytes."""
-    ds = load_dataset(SHARED / "delicious", splits=("train",))
+    delicious = shared_dataset("delicious")
+    ds = load_dataset(delicious, splits=("train",))
     assert (ds.train.n, ds.n_features, ds.n_labels) == (12920, 500, 983)
     assert int(np.sum(np.diff(ds.train.Y.indptr) == 0)) == 12  # label-less points kept
     out = tmp_path / "train.txt"
     write_xc(out, ds.train.X, ds.train.Y)
-    with gzip.open(SHARED / "delicious" / "train.txt.gz", "rb") as f:
+    with gzip.open(delicious / "train.txt.gz", "rb") as f:
         assert out.read_bytes() == f.read()

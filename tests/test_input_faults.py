@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from conftest import require_module
 from xmc_core.cli import main
 
 TEXTS = ["crude oil prices rise", "wheat grain harvest", "oil output falls", "grain exports wheat",
@@ -514,7 +515,7 @@ def test_pecos_layout_with_tfidf_folder_trains_on_text_or_matrix_and_says_which(
     ("xlgen", {"max_labels": 600}, "decoder positions"),
 ])
 def test_lengths_beyond_the_encoder_positions_fail_before_any_work(tmp_path, capsys, method, params, what):
-    pytest.importorskip("torch")
+    require_module("torch")
     data = _raw(tmp_path / "d")
     t0 = time.perf_counter()
     rc, _, err = _main(capsys, "train", "--method", method, "--data", str(data), "--model", str(tmp_path / "m"),
@@ -538,7 +539,7 @@ def test_encoder_positions_come_from_the_checkpoint_config(tmp_path):
 
 
 def test_dagster_settings_check_encoder_positions():
-    pytest.importorskip("torch")
+    require_module("torch")
     from dagster import Failure
 
     from xmc_assets.resources import XmcSettings, XTransformerSettings

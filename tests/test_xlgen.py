@@ -6,10 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require_module
 import scipy.sparse as smat
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+require_module("torch")
+require_module("transformers")
 
 from xmc_core.cli import main  # noqa: E402
 from xmc_core.metrics import set_metrics, tail_bucket_metrics, topk_sets  # noqa: E402

