@@ -8,7 +8,8 @@ Each dataset is featurized once by xmc (raw text: word 1-2-gram TF-IDF, sublinea
 l2 rows, fitted on train; bag-of-words: l2-normalized rows) and written as .npz; every system then
 trains and predicts on exactly those matrices in its own process (peers in bench/.venv-peers, see
 setup_peers.sh), so training time, prediction time and peak RSS are measured the same way.
-Prints a table and appends its rows to the DuckDB `benchmark` table (data/xmc.duckdb).
+Prints a table, appends its rows to the DuckDB `benchmark` table (data/xmc.duckdb) and exports
+them to bench/results/<run_id>.csv and .md (bench/record.py).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
 
 
@@ -56,11 +57,13 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     return meta
 
 
-def run_system(system: str, data: Path, threads: int, params: str) -> dict:
+def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None) -> dict:
     common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
               "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads)]
     if system == "xmc":
         cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params]
+        if save_ranker is not None:
+            cmd += ["--save-ranker", str(save_ranker)]
     else:
         if not PEERS_PY.exists():
             raise SystemExit(f"{PEERS_PY} missing: run bash bench/setup_peers.sh first")
@@ -80,11 +83,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     ap.add_argument("--params", default="{}", help="xmc XRLinearParams overrides (JSON)")
+    ap.add_argument("--save-rankers", default=None,
+                    help="save xmc's ranker of each dataset under DIR/<dataset> (for bench/latency.py)")
     args = ap.parse_args(argv)
 
-    from xmc_core.results_db import append_benchmark
+    from record import Run
 
-    run_id = f"peers-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run = Run("peers", settings=vars(args))
+    run_id = run.run_id
     rows = []
     header = f"{'dataset':<14} {'system':<9} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} {'train_s':>8} {'pred_s':>7} {'rss_mb':>7}"
     print(header)
@@ -92,7 +98,9 @@ def main(argv=None) -> int:
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
         meta = featurize(Path(args.data_root) / ds, data)
-        results = {s: run_system(s, data, args.threads, args.params) for s in ["xmc", *args.peers]}
+        save = Path(args.save_rankers) / ds if args.save_rankers else None
+        results = {s: run_system(s, data, args.threads, args.params, save if s == "xmc" else None)
+                   for s in ["xmc", *args.peers]}
         ref = results.get("pecos")
         for system, r in results.items():
             d = {k: (r[k] - ref[k]) if ref else float("nan") for k in ("p@1", "p@3", "p@5")}
@@ -104,8 +112,8 @@ def main(argv=None) -> int:
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],
                          "peak_rss_mb": r["peak_rss_mb"], "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],
                          "extra": {k: v for k, v in r.items() if k not in ("p@1", "p@3", "p@5")}})
-    n = append_benchmark(args.db, rows)
-    print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id})")
+    run.finish(args.db, rows)
+    print(f"\n{len(rows)} rows appended to {args.db} (table benchmark, run_id {run_id})")
     return 0
 
 

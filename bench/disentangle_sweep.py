@@ -28,7 +28,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,10 +81,14 @@ def main(argv=None) -> int:
     from xmc_core.label_embedding import pifa
     from xmc_core.metrics import ranking_metrics
     from xmc_core.model import XRLinearParams, fit_rankers
-    from xmc_core.results_db import append_benchmark
     from xmc_core.tree import build_tree
 
-    run_id = f"disentangle-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    sys.path.insert(0, str(REPO / "bench"))
+    from record import Run
+
+    run = Run("disentangle", settings=vars(args))
+    run_id = run.run_id
+    summaries = []
     extra_params = json.loads(args.params)
     beams = sorted(set(args.beams))
     rows = []
@@ -147,23 +150,22 @@ def main(argv=None) -> int:
                               "at_beam": {str(b): v for b, v in at_beam.items()},
                               "disentangle": model.info.get("disentangle"), "params": params.to_dict()},
                 })
-        print_table(ds, per_config, beams, len(args.seeds))
-    n = append_benchmark(args.db, rows)
-    print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id})")
+        summaries.append(print_table(ds, per_config, beams, len(args.seeds)))
+    run.finish(args.db, rows, notes="Means over seeds, as printed:\n\n```\n" + "\n\n".join(summaries) + "\n```")
+    print(f"\n{len(rows)} rows appended to {args.db} (table benchmark, run_id {run_id})")
     return 0
 
 
-def print_table(ds: str, per_config: dict, beams: list[int], n_seeds: int) -> None:
+def print_table(ds: str, per_config: dict, beams: list[int], n_seeds: int) -> str:
     """Means over seeds; dP@1 and x_plain against the plain rows (None) when present, and the
-    spread (max - min over seeds) of P@1."""
+    spread (max - min over seeds) of P@1. Returns the printed text."""
     import numpy as np
 
     cols = " ".join(f"{'P@1 b' + str(b):>8} {'rec b' + str(b):>7}" for b in beams)
     header = (f"{ds} ({n_seeds} seed{'s' if n_seeds > 1 else ''}; means)\n"
               f"{'copies':>6} {'P@1':>6} {'±':>5} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'recall':>7} {cols} "
               f"{'P@1 all':>7} {'added':>6} {'train_s':>8} {'x_plain':>7}")
-    print("\n" + header)
-    print("-" * len(header.splitlines()[-1]))
+    lines = [header, "-" * len(header.splitlines()[-1])]
     base = per_config.get(None)
     for copies, runs in per_config.items():
         p = np.mean([r["p"] for r in runs], axis=0)
@@ -174,9 +176,11 @@ def print_table(ds: str, per_config: dict, beams: list[int], n_seeds: int) -> No
         d1 = p[0] - np.mean([r["p"][0] for r in base]) if base else float("nan")
         ratio = train_s / np.mean([r["train_s"] for r in base]) if base else float("nan")
         extra = " ".join(f"{a:8.2f} {r:7.2f}" for a, r in zip(at[:-1], rec_at))
-        print(f"{('-' if copies is None else copies):>6} {p[0]:6.2f} {max(p1s) - min(p1s):5.2f} {p[1]:6.2f} {p[2]:6.2f} "
+        lines.append(f"{('-' if copies is None else copies):>6} {p[0]:6.2f} {max(p1s) - min(p1s):5.2f} {p[1]:6.2f} {p[2]:6.2f} "
               f"{d1:+6.2f} {np.mean([r['recall'] for r in runs]):7.2f} {extra} {at[-1]:7.2f} "
-              f"{int(np.mean([r['added'] for r in runs])):6d} {train_s:8.2f} {ratio:7.2f}", flush=True)
+              f"{int(np.mean([r['added'] for r in runs])):6d} {train_s:8.2f} {ratio:7.2f}")
+    print("\n" + "\n".join(lines), flush=True)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

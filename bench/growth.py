@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +41,10 @@ def main(argv=None) -> int:
     import numpy as np
     import scipy.sparse as smat
 
-    from xmc_core.results_db import append_benchmark
+    sys.path.insert(0, str(REPO / "bench"))
+    from record import Run
+
+    run = Run("growth", settings=vars(args))
 
     d = Path(args.out) / "data" / args.dataset
     if not (d / "X.trn.npz").is_file():
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     N, L = Ytr.shape
     perm = np.random.default_rng(0).permutation(N)
     by_freq = np.argsort(-np.asarray((Ytr != 0).sum(axis=0)).ravel(), kind="stable")
-    run_id = f"growth-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = run.run_id
     points = [("documents", f) for f in sorted(args.fractions)] + [("labels", f) for f in sorted(args.label_fractions)]
     header = (f"{'series':<10} {'frac':>5} {'docs':>8} {'nnz_X':>11} {'labels':>7} {'positives':>10} "
               f"{'train_s':>8} {'tree_s':>7} {'rankers_s':>9} {'s/M nnz':>8} {'slope':>6} {'P@1':>6}")
@@ -101,8 +103,8 @@ def main(argv=None) -> int:
                 "extra": {"series": series, "fraction": f, "nnz_X": nnz, "positives": int(Y.nnz),
                           "slope_vs_previous": None if math.isnan(slope) else slope, "train_detail_s": detail},
             })
-    n = append_benchmark(args.db, rows)
-    print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id}); slope: log-log slope of "
+    run.finish(args.db, rows)
+    print(f"\n{len(rows)} rows appended to {args.db} (table benchmark, run_id {run_id}); slope: log-log slope of "
           f"train_s against the series' size (documents or labels) since the previous point")
     return 0
 

@@ -7,7 +7,7 @@ The model folder comes from `bench/ours_run.py --save-ranker DIR` (or any XLinea
 Each call predicts one row (beam search over all levels, only_topk 10), as a service answering
 one request at a time would; the first 50 calls warm up and are not counted. Prints the
 percentiles in milliseconds and appends one row to the DuckDB `benchmark` table
-(bench "latency", predict_s = p50 seconds, p99 and the rest in `extra`).
+(bench "latency", predict_s = p50 seconds, p99 and the rest in `extra`), exported to bench/results/.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +36,12 @@ def main(argv=None) -> int:
     import numpy as np
     import scipy.sparse as smat
 
-    from xmc_core.results_db import append_benchmark
+    sys.path.insert(0, str(REPO / "bench"))
+    from record import Run
+
     from xmc_core.xlinear import XLinearModel
+
+    run = Run("latency", settings=vars(args))
 
     model = XLinearModel.load(args.ranker)
     model.pred_params.threads = args.threads
@@ -57,8 +60,8 @@ def main(argv=None) -> int:
     ds = args.dataset or Path(args.test_X).parent.name
     print(f"{ds}: {model.n_labels} labels, {len(t)} single-row calls, threads {args.threads}: "
           f"p50 {p50:.2f} ms, p90 {p90:.2f} ms, p99 {p99:.2f} ms, mean {t.mean():.2f} ms")
-    run_id = f"latency-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    append_benchmark(args.db, [{"run_id": run_id, "bench": "latency", "dataset": ds, "system": "xmc",
+    run_id = run.run_id
+    run.finish(args.db, [{"bench": "latency", "dataset": ds, "system": "xmc",
                                 "threads": args.threads, "n_labels": int(model.n_labels), "n_test": len(t),
                                 "predict_s": p50 / 1000.0,
                                 "extra": {"p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "mean_ms": float(t.mean()),

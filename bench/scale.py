@@ -5,7 +5,7 @@
 
 Each size is generated once by xmc's own generator (`xmc synth`, cached under bench/out/synth/),
 then run through bench/compare_peers.py (same features, same threads, each system in its own
-process). Rows go to the DuckDB `benchmark` table; a PNG of training time, prediction time and
+process), which writes the rows to the DuckDB `benchmark` table and bench/results/; a PNG of training time, prediction time and
 peak RSS against labels is written next to it (bench/out/scale.png).
 """
 
@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", nargs="*", default=["pecos"])
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
+    ap.add_argument("--save-rankers", default=None, help="passed to compare_peers.py (for bench/latency.py)")
     args = ap.parse_args(argv)
 
     from xmc_core.synth import SynthParams, write_synth
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
            "--datasets", *names, "--threads", str(args.threads), "--db", args.db, "--out", args.out]
     if args.peers:
         cmd += ["--peers", *args.peers]
+    if args.save_rankers:
+        cmd += ["--save-rankers", args.save_rankers]
     subprocess.run(cmd, check=True)
     plot(args.db, names, Path(args.out) / "scale.png")
     return 0

@@ -23,7 +23,6 @@ import resource
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,9 +93,11 @@ def main(argv=None) -> int:
     if not PEERS_PY.exists():
         raise SystemExit(f"{PEERS_PY} missing: run bash bench/setup_peers.sh first")
     sys.path.insert(0, str(REPO))
-    from xmc_core.results_db import append_benchmark
+    sys.path.insert(0, str(REPO / "bench"))
+    from record import Run
 
-    run_id = f"tfidf-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run = Run("tfidf", settings=vars(args))
+    run_id = run.run_id
     header = (f"{'dataset':<14} {'system':<8} {'fit_s':>8} {'transform_s':>11} {'speedup':>8} "
               f"{'features':>9} {'nnz_train':>10} {'rss_mb':>7}")
     print(header)
@@ -127,8 +128,8 @@ def main(argv=None) -> int:
                          "train_s": r["fit_s"], "predict_s": r["transform_s"], "peak_rss_mb": r["peak_rss_mb"],
                          "p1": None, "p3": None, "p5": None,
                          "extra": {"speedup_vs_sklearn": round(speed, 3), **r}})
-    n = append_benchmark(args.db, rows)
-    print(f"\n{n} rows appended to {args.db} (table benchmark, run_id {run_id})")
+    run.finish(args.db, rows)
+    print(f"\n{len(rows)} rows appended to {args.db} (table benchmark, run_id {run_id})")
     return 0
 
 

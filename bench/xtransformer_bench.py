@@ -10,7 +10,7 @@ encoder not fine-tuned: steps_per_level 0, so the gain of fine-tuning is visible
 `xr-transformer` (fine-tuned; CPU defaults unless --params says otherwise). Prints P@1/3/5,
 nDCG@5, training and prediction seconds; appends P/R/nDCG/PSP@k rows to the DuckDB `evaluation`
 table (params carry the settings, train_s and thread count) and one row per system to the
-`benchmark` table (bench="xtransformer").
+`benchmark` table (bench="xtransformer"), exported to bench/results/<run_id>.csv and .md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import os
 import resource
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,12 +57,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from xmc_core.data import load_dataset
     from xmc_core.model import XRLinearParams, evaluate_model, train_xr_linear
-    from xmc_core.results_db import append_benchmark, append_evaluation
+    sys.path.insert(0, str(REPO / "bench"))
+    from record import Run
+
+    from xmc_core.results_db import append_evaluation
     from xmc_core.xtransformer import XTransformerParams, train_xr_transformer
 
     ds = load_dataset(args.data, splits=("train", "test"), max_rows=args.max_rows)
     overrides = json.loads(args.params)
-    run_id = f"xtransformer-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run = Run("xtransformer", settings=vars(args))
+    run_id = run.run_id
+    bench_rows = []
     print(f"run {run_id}: {ds.name} train {ds.train.n} test {ds.test.n} labels {ds.n_labels} threads {args.threads}",
           flush=True)
     rows = []
@@ -104,11 +108,15 @@ def main(argv=None) -> int:
                       "predict_s": round(ev.predict_s, 2), "params": params.to_dict(), "max_rows": args.max_rows,
                       "device": getattr(model, "info", {}).get("device", "cpu")}
             append_evaluation(args.db, run_id, ds.name, name, "test", m, record)
-            append_benchmark(args.db, [{"run_id": run_id, "bench": "xtransformer", "dataset": ds.name, "system": name,
-                                        "threads": args.threads, "n_labels": ds.n_labels, "n_train": ds.train.n,
-                                        "n_test": ds.test.n, "train_s": train_s, "predict_s": ev.predict_s,
-                                        "peak_rss_mb": rss_mb, "p1": m["p"][1], "p3": m["p"][3], "p5": m["p"][5],
-                                        "extra": {"finetune": getattr(model, "info", {}).get("finetune")}}])
+            info = getattr(model, "info", {})
+            bench_rows.append({"bench": "xtransformer", "dataset": ds.name, "system": name,
+                               "threads": args.threads, "n_labels": ds.n_labels, "n_train": ds.train.n,
+                               "n_test": ds.test.n, "train_s": train_s, "predict_s": ev.predict_s,
+                               "peak_rss_mb": rss_mb, "p1": m["p"][1], "p3": m["p"][3], "p5": m["p"][5],
+                               "extra": {"ndcg5": m["ndcg"][5], "device": info.get("device", "cpu"),
+                                         "precision": info.get("precision"), "params": params.to_dict(),
+                                         "finetune": info.get("finetune")}})
+    run.finish(args.db, bench_rows)
     print(f"\n{ds.name} ({run_id})")
     print("| system | P@1 | P@3 | P@5 | nDCG@5 | train s | predict s |")
     print("|---|---|---|---|---|---|---|")
