@@ -211,8 +211,9 @@ def solve_squared_hinge(
         W: d × K float32 dense; zeros when n = 0 or K = 0.
 
     Source:
-        Trust-region / truncated Newton for L2-loss SVM (Lin, Weng & Keerthi 2008, "Trust Region
-        Newton Method for Large-Scale Logistic Regression", JMLR; liblinear's L2R_L2LOSS_SVC).
+        The primal truncated-Newton method of liblinear's L2R_L2LOSS_SVC (Lin, Weng & Keerthi
+        2008, "Trust Region Newton Method for Large-Scale Logistic Regression", JMLR), here with
+        an Armijo line search (`_armijo_steps`) in place of the trust region.
     """
     n, d = X.shape
     K = Ypos.shape[1]
