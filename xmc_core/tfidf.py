@@ -108,7 +108,7 @@ class TfidfVectorizer:
 
     Word uni/bigrams take a compiled fast path (tokens in polars, n-grams as integer pairs);
     other analyzers count term strings in Python. Terms are runs of two or more word characters
-    (``\b\w\w+\b``), lowercased when ``params.lowercase``.
+    (regex ``(?u)\\b\\w\\w+\\b``), lowercased when ``params.lowercase``.
 
     Attributes:
         params: :class:`TfidfParams`.
@@ -297,7 +297,7 @@ class TfidfVectorizer:
         """Fit the vocabulary and idf on `texts` and return their TF-IDF matrix.
 
         Terms in fewer than min_df documents or in more than max_df_ratio · N are dropped; with
-        max_features, the terms of highest document frequency are kept (ties: first seen).
+        max_features, the terms of highest document frequency are kept (ties: lower raw term id first).
         Weights: (1 + ln tf if sublinear_tf else tf) · idf, rows scaled to unit l2 norm when
         norm = "l2".
 
