@@ -213,11 +213,17 @@ def project(E: np.ndarray, projection: dict | None) -> np.ndarray:
 class XTransformerParams:
     """All settings of an XR-Transformer model (nested sections; round-trips JSON).
 
-    Attributes: tfidf, pifa, tree, ranker, pred: as in XR-Linear; `tree` and `ranker` shape the refined tree
-    and final rankers on the concatenated features (the TF-IDF matcher of the fine-tuning stage
-    uses `ranker` too). encoder: which checkpoint and how texts are embedded. finetune: schedule.
-    ensemble: how prediction combines the rankers with the fine-tuned label head.
-    concat: the embedding block of the rankers' features (all dimensions or a PCA projection).
+    Attributes:
+        tfidf, pifa, tree, ranker, pred: as in XR-Linear (:class:`XRLinearParams`); `tree` and
+            `ranker` shape the refined tree and final rankers on the concatenated features (the
+            TF-IDF matcher of the fine-tuning stage uses `ranker` too; its default threshold is
+            0.01, not 0.1).
+        encoder: :class:`EncoderParams`, which checkpoint and how texts are embedded.
+        finetune: :class:`FineTuneParams`, the fine-tuning schedule.
+        ensemble: :class:`EnsembleParams`, how prediction combines the rankers with the
+            fine-tuned label head.
+        concat: :class:`ConcatParams`, the embedding block of the rankers' features (all
+            dimensions or a PCA projection).
     """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
