@@ -367,7 +367,7 @@ def generate(params: SynthParams) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_
 
 
 def write_synth(out_dir, params: SynthParams) -> Path:
-    """Generate and write a dataset folder readable by ``load_dataset``.
+    """Generate a dataset with ``params`` and write it to the folder ``out_dir``, readable by ``load_dataset``.
 
     Writes ``train.txt.gz`` and ``test.txt.gz`` (XC bag-of-words format, layout
     "xc-bow") with :func:`xmc_core.data.write_xc`, and ``PROVENANCE.md`` with
@@ -375,6 +375,11 @@ def write_synth(out_dir, params: SynthParams) -> Path:
 
     Returns:
         the folder as a Path.
+
+    Raises:
+        PathInUseError: ``out_dir`` holds something that is not a generated dataset xmc wrote
+            (checked before generating).
+        ValueError: ``params`` out of range.
     """
     out = check_replaceable(out_dir, "dataset folder", kind="dataset")  # before minutes of generating
     X_trn, Y_trn, X_tst, Y_tst = generate(params)

@@ -113,8 +113,14 @@ class RankerParams(ParamsBase):
 
 @dataclass
 class PredParams(ParamsBase):
-    """Prediction settings: beam width per level, labels kept at the end, score post-processor,
-    worker threads for batch scoring (-1: all cores)."""
+    """Prediction settings (PECOS names).
+
+    beam_size: nodes kept per tree level (int >= 1).
+    only_topk: labels kept per document at the end (int >= 1).
+    post_processor: score transform and combination, a key of `POST_PROCESSORS` ("l3-hinge":
+        PECOS's default).
+    threads: worker threads for batch scoring (-1: all cores).
+    """
 
     beam_size: int = 10
     only_topk: int = 20
