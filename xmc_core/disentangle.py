@@ -270,7 +270,15 @@ def disentangle_tree(
 
 
 def copy_stats(before: LabelTree, after: LabelTree) -> dict:
-    """Copies added and leaf cluster sizes before/after."""
+    """Copies added and leaf cluster sizes of the plain tree `before` and the overlapping `after`.
+
+    Args:
+        before, after: LabelTrees over the same L labels and leaf clusters.
+
+    Returns:
+        dict of ints (float for the mean): copies_added, labels_with_copies,
+        max_copies_of_a_label, leaf_size_max_before, leaf_size_max_after, leaf_size_mean_after.
+    """
     s0, s1 = before.leaf_cluster_sizes(), after.leaf_cluster_sizes()
     copies = np.diff(smat.csr_matrix(after.C[-1]).indptr)
     return {

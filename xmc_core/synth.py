@@ -170,7 +170,18 @@ def _seeds(params: SynthParams) -> tuple[np.random.SeedSequence, np.random.SeedS
 
 
 def structure(params: SynthParams) -> SynthStructure:
-    """Draw the label hierarchy, label weights and vocabularies for ``params``."""
+    """Draw the label hierarchy, label weights and vocabularies for ``params``.
+
+    Args:
+        params: :class:`SynthParams` (seeded: the same params give the same structure).
+
+    Returns:
+        SynthStructure (see its fields).
+
+    Raises:
+        ValueError: ``params`` out of range (``SynthParams.validate``), or n_features too small
+            for the vocabulary regions.
+    """
     params.validate()
     rng = np.random.default_rng(_seeds(params)[0])
     L, F = params.n_labels, params.n_features
