@@ -461,6 +461,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `xmc` command line: train, predict, evaluate, synth, runs.
+
+    Args:
+        argv: the arguments after the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        Exit status (int): 0 on success (or a closed output pipe), 2 after a one-line
+        "xmc: error: ..." on stderr for a usage error, a malformed dataset (DataFormatError),
+        a bad model folder (ModelFormatError) or an OSError naming a path.
+
+    Raises:
+        SystemExit: from argparse, on unparsable arguments or --help.
+    """
     args = build_parser().parse_args(argv)
     _set_threads(getattr(args, "threads", None))
     from .data import DataFormatError

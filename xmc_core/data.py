@@ -79,6 +79,7 @@ __all__ = [
     "write_xc",
 ]
 
+#: dataset folder layouts `detect_layout` recognizes and `load_dataset` reads
 LAYOUTS: tuple[str, ...] = ("raw-text", "xc-bow", "pecos-xmc-base")
 
 _SPLIT_NAMES: tuple[str, ...] = ("train", "test", "dev")

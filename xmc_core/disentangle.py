@@ -226,13 +226,30 @@ def disentangle_tree(
     """The overlapping tree: `tree` with C[-1] given extra copies per label (internal levels
     unchanged).
 
-    X: N × D float32 CSR (l2 rows), Y: N × L binary, tree: the initial (plain) tree, model: the
-    first matcher — a trained XLinearModel of `tree` (full, or from `train_matcher`). Round 1 routes
-    X through it (beam = pred beam_size); each further round trains a matcher on the current
-    overlapping tree (`ranker_params`, `pred_params`) and reassigns from the initial tree with its
-    routing. `log` gets one dict per round (copies, cluster sizes). `return_affinity`: also return
-    the last round's affinity A (L × K float32 CSR, see `affinity`; None when the tree is returned
-    unchanged), the input of `copy_table`.
+    Round 1 routes X through the first matcher (beam = pred beam_size); each further round
+    trains a matcher on the current overlapping tree and reassigns from the initial tree with
+    its routing (steps 1-6 of the module docstring).
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized.
+        Y: N × L binary label matrix (sparse).
+        tree: the initial (plain) :class:`LabelTree`, each label in one leaf cluster.
+        model: the first matcher, a trained XLinearModel of `tree` (full, or from `train_matcher`).
+        params: :class:`DisentangleParams` (None: defaults).
+        ranker_params, pred_params: settings of the matchers of rounds 2.. (pred_params None:
+            `model.pred_params`; its beam_size and post_processor route).
+        log: receives one dict per round ({"round", "copies_added", ...}: `copy_stats`).
+        return_affinity: also return the last round's affinity A.
+
+    Returns:
+        LabelTree whose C[-1] is L × K float32 CSC with one or more entries per label (`tree`
+        itself when `params` cannot change it); with `return_affinity`, (tree, A) where A is the
+        L × K float32 CSR affinity (see `affinity`; None when the tree is returned unchanged),
+        the input of `copy_table`.
+
+    Source:
+        Liu et al. 2021, "Label Disentanglement in Partition-based Extreme Multilabel
+        Classification", NeurIPS.
     """
     params = params or DisentangleParams()
     if not changes_tree(params, tree):
@@ -253,7 +270,15 @@ def disentangle_tree(
 
 
 def copy_stats(before: LabelTree, after: LabelTree) -> dict:
-    """Copies added and leaf cluster sizes before/after."""
+    """Copies added and leaf cluster sizes of the plain tree `before` and the overlapping `after`.
+
+    Args:
+        before, after: LabelTrees over the same L labels and leaf clusters.
+
+    Returns:
+        dict of ints (float for the mean): copies_added, labels_with_copies,
+        max_copies_of_a_label, leaf_size_max_before, leaf_size_max_after, leaf_size_mean_after.
+    """
     s0, s1 = before.leaf_cluster_sizes(), after.leaf_cluster_sizes()
     copies = np.diff(smat.csr_matrix(after.C[-1]).indptr)
     return {

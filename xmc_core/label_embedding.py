@@ -29,11 +29,24 @@ class PifaParams(ParamsBase):
 
 
 def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):
-    """Label embeddings Z from instance features X and labels Y.
+    """PIFA label embeddings Z from instance features X and labels Y: Z = normalize_rows(Yᵀ X).
 
-    X: N × D float32, CSR or dense ndarray. Y: N × L binary sparse.
-    Returns Z: L × D float32 (CSR when X is sparse, ndarray when dense) with unit-norm rows;
-    a label with no positive instance gets a zero row.
+    Args:
+        X: N × D float32 features, CSR or dense ndarray (TF-IDF rows, or [TF-IDF ⊕ embedding]).
+        Y: N × L sparse label matrix, binary (entries are used as given, as weights).
+        params: :class:`PifaParams` (None: defaults).
+
+    Returns:
+        Z: L × D float32 (CSR when X is sparse, ndarray when dense) with unit l2-norm rows; a
+        label with no positive instance gets a zero row.
+
+    Raises:
+        ValueError: params.method is not "pifa", or X and Y row counts differ.
+
+    Source:
+        Positive Instance Feature Aggregation, PECOS ``LabelEmbeddingFactory.pifa``
+        (Yu et al. 2022, JMLR; Chang et al. 2020, "Taming Pretrained Transformers for Extreme
+        Multi-label Text Classification", KDD).
     """
     params = params or PifaParams()
     if params.method != "pifa":

@@ -46,7 +46,13 @@ _DENSE_BLOCK_CELLS = 1 << 24
 
 @dataclass(frozen=True)
 class MetricParams:
-    """Which cut-offs to report and the propensity model parameters (Jain et al. 2016)."""
+    """Which cut-offs to report and the propensity model parameters (Jain et al. 2016).
+
+    Attributes:
+        ks: cut-offs k of P@k, R@k, RP@k, nDCG@k and PSP@k (positive ints).
+        propensity_A, propensity_B: A and B of the propensity model 1/p_l = 1 + C (N_l + B)^(−A)
+            (see :func:`inverse_propensity`; 0.55 / 1.5 the generic default).
+    """
 
     ks: tuple[int, ...] = (1, 3, 5, 10)
     propensity_A: float = 0.55
@@ -86,12 +92,17 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     of training instances and ``N_l`` the number of training instances tagged with ``l``.
 
     Args:
-        Y_train: (N, L) training label matrix (sparse or dense; nonzero = positive).
+        Y_train: N × L training label matrix (sparse or dense; nonzero = positive).
         A, B: propensity model parameters (0.55/1.5 default, 0.5/0.4 Wikipedia-style,
             0.6/2.6 Amazon-style).
 
     Returns:
         (L,) float64 array of inverse propensities (each ≥ 1 when N ≥ e).
+
+    Source:
+        Jain, Prabhu & Varma 2016, "Extreme Multi-label Loss Functions for Recommendation,
+        Tagging, Ranking & Other Missing Label Applications", KDD (the XC repository's
+        propensity model).
     """
     Y = binarize(Y_train)
     n_train, n_labels = Y.shape
@@ -100,7 +111,16 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
 
 
 def inverse_propensity_from_counts(label_counts, n_train: int, A: float = 0.55, B: float = 1.5) -> np.ndarray:
-    """`inverse_propensity` from per-label training counts N_l ((L,) ints) and N = n_train."""
+    """`inverse_propensity` from per-label training counts.
+
+    Args:
+        label_counts: (L,) ints, N_l the training positives of each label.
+        n_train: N, the number of training instances (int).
+        A, B: propensity model parameters, as in :func:`inverse_propensity`.
+
+    Returns:
+        (L,) float64 inverse propensities 1/p_l.
+    """
     n_pos = np.asarray(label_counts, dtype=np.float64)
     C = (np.log(float(n_train)) - 1.0) * (B + 1.0) ** A
     return (1.0 + C * np.power(n_pos + B, -A)).astype(np.float64)
@@ -201,14 +221,17 @@ def topk_indices(scores, k: int) -> np.ndarray:
     """Label ids of the ``k`` highest scores of every instance, best first.
 
     Args:
-        scores: (N, L) predicted scores: a scipy sparse matrix (stored entries are the
-            predictions, missing entries are "not predicted") or a dense array (every
-            label is predicted).  NaN scores are not supported.
+        scores: N × L predicted scores: a scipy sparse matrix, e.g. float32 CSR (stored
+            entries are the predictions, missing entries are "not predicted") or a dense
+            array (every label is predicted).  NaN scores are not supported.
         k: number of labels to return per instance (≥ 0).
 
     Returns:
-        (N, k) int64 label ids sorted by decreasing score; ties are broken by the lower
+        N × k int64 label ids sorted by decreasing score; ties are broken by the lower
         label id; ``-1`` pads rows with fewer than ``k`` predictions.
+
+    Raises:
+        ValueError: k < 0, or dense scores that are not 2-D.
     """
     k = int(k)
     if k < 0:
@@ -266,17 +289,26 @@ def ranking_metrics(
     """P@k, R@k, RP@k, nDCG@k (and PSP@k when ``inv_prop`` is given), in percent.
 
     Args:
-        Y_true: (N, L) ground truth, sparse or dense; nonzero = relevant.
-        scores: (N, L) predicted scores, see :func:`topk_indices`.
+        Y_true: N × L ground truth, sparse (e.g. float32 CSR) or dense; nonzero = relevant.
+        scores: N × L predicted scores (float32 CSR from a model's predict, or dense), see
+            :func:`topk_indices`.
         params: cut-offs ``ks`` (the propensity parameters are not used here; pass
             ``inv_prop = inverse_propensity(Y_train, params.propensity_A, params.propensity_B)``).
-        inv_prop: (L,) inverse propensities 1/p_l; enables ``"psp"``.
+        inv_prop: (L,) float inverse propensities 1/p_l; enables ``"psp"``.
 
     Returns:
-        ``{"p": {k: v}, "r": ..., "rp": ..., "ndcg": ..., ["psp": ...]}`` with values in
+        ``{"p": {k: v}, "r": ..., "rp": ..., "ndcg": ..., ["psp": ...]}``, each v a float in
         percent, averaged over all N instances (label-less rows count in the denominator
         and contribute 0).  PSP@k is Σ_i PSP@k(i) / Σ_i bestPSP@k(i) · 100 (0 when no
         instance has a label).
+
+    Raises:
+        ValueError: ``ks`` empty or not all >= 1; Y_true and scores shapes differ; inv_prop
+            does not have L entries.
+
+    Source:
+        Definitions of the Extreme Classification Repository and PECOS's ``smat_util.Metrics``
+        (``pecos/utils/smat_util.py``); PSP@k from Jain et al. 2016, KDD.
     """
     ks = tuple(sorted({int(k) for k in params.ks}))
     if not ks or ks[0] < 1:
@@ -325,8 +357,15 @@ def ranking_metrics(
 
 
 def metrics_table(result: dict[str, dict[int, float]]) -> list[dict]:
-    """Flatten a :func:`ranking_metrics` result to ``[{"metric", "k", "value"}, ...]``
-    (metric order preserved, k ascending)."""
+    """Flatten a :func:`ranking_metrics` result for tables and the results database.
+
+    Args:
+        result: ``{metric: {k: value}}`` as :func:`ranking_metrics` returns.
+
+    Returns:
+        ``[{"metric": str, "k": int, "value": float (percent)}, ...]``, metric order
+        preserved, k ascending.
+    """
     return [
         {"metric": str(metric), "k": int(k), "value": float(by_k[k])}
         for metric, by_k in result.items()
@@ -341,14 +380,21 @@ def set_metrics(Y_true, Y_pred_set) -> dict[str, float]:
     """Metrics of a predicted label *set* (no ranking), in percent.
 
     Args:
-        Y_true: (N, L) ground truth; nonzero = relevant.
-        Y_pred_set: (N, L) predicted set; nonzero = predicted.
+        Y_true: N × L ground truth, sparse (e.g. float32 CSR) or dense; nonzero = relevant.
+        Y_pred_set: N × L predicted set, sparse or dense; nonzero = predicted.
 
     Returns:
         ``micro_precision`` = TP / |pred|, ``micro_recall`` = TP / |true|,
         ``micro_f1`` = 2 TP / (|pred| + |true|) (all pooled over instances and labels),
         and ``macro_f1`` = mean over labels present in ``Y_true`` of
         2 TP_l / (|pred_l| + |true_l|).  Empty denominators give 0.
+
+    Raises:
+        ValueError: Y_true and Y_pred_set shapes differ.
+
+    Source:
+        XLGen's set evaluation (Jung et al. 2023, "Cluster-Guided Label Generation in Extreme
+        Multi-Label Classification", EACL).
     """
     Y = binarize(Y_true)
     P = binarize(Y_pred_set)
@@ -382,11 +428,15 @@ def topk_sets(scores, sizes) -> sp.csr_matrix:
     top-|y_i| labels, i.e. ``sizes = |y_i|`` (an oracle size; rows with size 0 get no labels).
 
     Args:
-        scores: (N, L) scores, see :func:`topk_indices`.
+        scores: N × L scores (sparse or dense), see :func:`topk_indices`.
         sizes: (N,) non-negative ints.
 
     Returns:
-        (N, L) float32 binary CSR (fewer than ``sizes[i]`` entries where the row has fewer scores).
+        N × L float32 binary CSR, indices sorted (fewer than ``sizes[i]`` entries where the
+        row has fewer scores).
+
+    Raises:
+        ValueError: sizes does not have N entries.
     """
     sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
     n_rows, n_labels = scores.shape
@@ -416,8 +466,16 @@ def tail_bucket_metrics(
       denominator is 0).
 
     Args:
-        Y_true: (N, L') ground truth; Y_pred_set: (N, L') predicted sets (nonzero = in the set).
+        Y_true: N × L' ground truth; Y_pred_set: N × L' predicted sets (nonzero = in the set).
         train_counts: (L,) training positives per label, L <= L'.
+        buckets: ``(lo, hi)`` training-count ranges, inclusive.
+
+    Returns:
+        ``{"{name}_labels": int, "{name}_support": int, "{name}_recall" /
+        "{name}_precision" / "{name}_f1": float percent or None}`` for every bucket.
+
+    Raises:
+        ValueError: Y_true and Y_pred_set shapes differ, or train_counts is longer than L'.
     """
     Y = binarize(Y_true)
     P = binarize(Y_pred_set)

@@ -45,15 +45,20 @@ from .xlinear import PredParams, RankerParams, XLinearModel
 __all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "train_xr_linear", "check_predict_args", "evaluation_topk",
            "fit_rankers", "evaluate_model", "Evaluation"]
 
+#: version of the model folder layout written to params.json (int); `read_model_meta` refuses others
 FORMAT_VERSION = 1
 
 #: method names: plain XR-Linear, and XR-Linear with label disentanglement (a `disentangle` section)
 METHOD_XR_LINEAR = "xr-linear"
+#: method name of XR-Linear with label disentanglement (params with a `disentangle` section)
 METHOD_XR_LINEAR_LD = "xr-linear-ld"
 
 
 class ModelFormatError(ValueError):
-    """A model folder that is missing, incomplete or of another format version."""
+    """A model folder that is missing, incomplete or of another format version.
+
+    A ValueError subclass; the message is one line naming the folder or file.
+    """
 
 
 def _one_line(message: str) -> str:
@@ -64,8 +69,15 @@ def _one_line(message: str) -> str:
 class XRLinearParams:
     """All settings of an XR-Linear model (nested; round-trips JSON).
 
-    `disentangle` is optional: None (absent from the dict) is plain XR-Linear; a section runs
-    label disentanglement (`xmc_core.disentangle`) between the tree and the final rankers.
+    Attributes:
+        tfidf: :class:`TfidfParams` of the featurizer (raw-text models).
+        pifa: :class:`PifaParams` of the label embedding.
+        tree: :class:`TreeParams` of the hierarchical 2-means label tree.
+        ranker: :class:`RankerParams` of the per-level rankers.
+        pred: :class:`PredParams`, prediction defaults (beam, topk, post-processor).
+        disentangle: optional :class:`DisentangleParams`: None (absent from the dict) is plain
+            XR-Linear; a section runs label disentanglement (`xmc_core.disentangle`) between the
+            tree and the final rankers.
     """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
@@ -80,9 +92,11 @@ class XRLinearParams:
 
     @property
     def method(self) -> str:
+        """The model's method name (str): "xr-linear-ld" with a disentangle section, else "xr-linear"."""
         return METHOD_XR_LINEAR_LD if self.disentangle is not None else METHOD_XR_LINEAR
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict {section: {key: value}}; a None disentangle is left out."""
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -93,6 +107,19 @@ class XRLinearParams:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "XRLinearParams":
+        """Settings from a nested dict such as :meth:`to_dict` returns.
+
+        Args:
+            d: {section: {key: value}}; missing sections and keys take their defaults (None:
+                all defaults); "disentangle": null means no section.
+
+        Returns:
+            XRLinearParams.
+
+        Raises:
+            ValueError: an unknown section or key (named, with the known ones), a section that is
+                not an object, or a value a section's own checks refuse.
+        """
         d = dict(d or {})
         known = {f.name: f for f in fields(cls)}
         unknown = set(d) - set(known)
@@ -118,8 +145,17 @@ class XRLinearParams:
 
     def merged(self, overrides: dict | None) -> "XRLinearParams":
         """A copy with nested overrides applied ({"ranker": {"Cp": 2}} changes only Cp).
-        {"disentangle": {}} adds the optional section with its defaults; {"disentangle": null}
-        removes it."""
+
+        Args:
+            overrides: {section: {key: value}} (None: no change); {"disentangle": {}} adds the
+                optional section with its defaults, {"disentangle": null} removes it.
+
+        Returns:
+            A new XRLinearParams (self is unchanged).
+
+        Raises:
+            ValueError: a section that is not an object, or an unknown section or key.
+        """
         base = self.to_dict()
         for section, values in (overrides or {}).items():
             if values is None and section in self._OPTIONAL:
@@ -142,16 +178,31 @@ class LabelSpace:
 
     @property
     def n_labels(self) -> int:
+        """Number of labels L the model ranks (int): len(label_names)."""
         return len(self.label_names)
 
     def set_label_counts(self, Y_train: smat.spmatrix) -> None:
-        """Remember per-label training frequencies (for PSP@k and tail buckets)."""
+        """Remember per-label training frequencies (for PSP@k and tail buckets).
+
+        Args:
+            Y_train: N × L training label matrix (sparse; stored entries count as positives).
+                Sets label_counts ((L,) int64) and n_train (N).
+        """
         Y = smat.csc_matrix(Y_train)
         self.label_counts = np.diff(Y.indptr).astype(np.int64)
         self.n_train = int(Y.shape[0])
 
     def inverse_propensity(self, A: float = 0.55, B: float = 1.5, n_cols: int | None = None) -> np.ndarray | None:
-        """(n_cols or L,) float64 inverse propensities (Jain et al.) from the training counts."""
+        """Inverse propensities 1/p_l from the training counts (Jain et al. 2016, KDD).
+
+        Args:
+            A, B: propensity model parameters (see `metrics.inverse_propensity`).
+            n_cols: width of the evaluation matrix (L + unseen labels); columns past L count
+                as labels seen 0 times (None: L).
+
+        Returns:
+            (n_cols or L,) float64, or None when the training counts are unknown.
+        """
         if self.label_counts is None:
             return None
         from .metrics import inverse_propensity_from_counts
@@ -180,7 +231,14 @@ class LabelSpace:
         return out
 
     def unseen_label_count(self, Y_aligned: smat.spmatrix) -> int:
-        """Distinct labels of Y_aligned absent from training (no positives, or not in the model)."""
+        """Distinct labels of Y_aligned absent from training (no positives, or not in the model).
+
+        Args:
+            Y_aligned: N × (L + unseen) sparse matrix from :meth:`align_labels`.
+
+        Returns:
+            int, the count of such labels with at least one positive in Y_aligned.
+        """
         used = np.unique(smat.csr_matrix(Y_aligned).indices)
         unseen = used >= self.n_labels
         if self.label_counts is not None:
@@ -190,11 +248,19 @@ class LabelSpace:
 
 
     def save_label_counts(self, folder: Path) -> None:
+        """Write label_counts.npy ((L,) int64) and train_stats.json (n_train) into `folder`
+        (a Path that exists); nothing when the counts are unknown."""
         if self.label_counts is not None:
             np.save(folder / "label_counts.npy", self.label_counts)
             (folder / "train_stats.json").write_text(json.dumps({"n_train": self.n_train}))
 
     def load_label_counts(self, folder: Path) -> None:
+        """Read what :meth:`save_label_counts` wrote into `folder` (a Path), when it is there.
+
+        Raises:
+            OSError, ValueError, KeyError: train_stats.json missing or unreadable beside
+                label_counts.npy (model loaders turn these into ModelFormatError).
+        """
         if (folder / "label_counts.npy").is_file():
             self.label_counts = np.load(folder / "label_counts.npy")
             self.n_train = json.loads((folder / "train_stats.json").read_text())["n_train"]
@@ -203,10 +269,25 @@ class LabelSpace:
 class XmcModel(LabelSpace):
     """A trained XR-Linear model: featurizer + label tree + rankers + label names.
 
-    featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
-    vectors; rows are l2-normalized before scoring).
-    copies: xr-linear-ld models: the `disentangle.copy_table` of the overlapping tree (one row per
-    label with copies, saved as copies.parquet), else None.
+    Attributes:
+        params: :class:`XRLinearParams` it was trained with.
+        label_names: L label names (list of str; index = label id).
+        ranker: :class:`XLinearModel` (tree + per-level weights).
+        featurizer: a fitted TfidfVectorizer (raw-text models) or None (the model takes feature
+            vectors; rows are l2-normalized before scoring).
+        method: "xr-linear" or "xr-linear-ld".
+        info: training records (per-level ranker logs, disentangle copy statistics).
+        copies: xr-linear-ld models: the `disentangle.copy_table` of the overlapping tree (one
+            row per label with copies, saved as copies.parquet), else None.
+        label_counts, n_train: (L,) int64 training positives per label and N (see
+            :class:`LabelSpace`).
+
+    Raises:
+        ValueError: len(label_names) differs from ranker.n_labels.
+
+    Source:
+        XR-Linear (Yu et al. 2022, "PECOS: Prediction for Enormous and Correlated Output Spaces",
+        JMLR).
     """
 
     def __init__(self, params: XRLinearParams, label_names: list[str], ranker: XLinearModel,
@@ -226,7 +307,20 @@ class XmcModel(LabelSpace):
         self.n_train: int | None = None
 
     def featurize(self, texts_or_X) -> smat.csr_matrix:
-        """N × D float32 CSR, l2-normalized rows, from raw texts or a feature matrix."""
+        """Model features of raw texts or of a feature matrix.
+
+        Args:
+            texts_or_X: a str, a sequence of N texts (TF-IDF by the featurizer), or an N × D
+                sparse matrix / ndarray (rows l2-normalized here unless it already has the
+                featurizer's width).
+
+        Returns:
+            N × D float32 CSR, rows l2-normalized.
+
+        Raises:
+            ValueError: texts for a model without a text featurizer.
+            DataFormatError: a text that is not valid Unicode (a ValueError subclass).
+        """
         if smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
             X = smat.csr_matrix(texts_or_X, dtype=np.float32)
             if self.featurizer is not None and X.shape[1] == self.featurizer.n_features:
@@ -240,11 +334,22 @@ class XmcModel(LabelSpace):
 
     def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:
-        """Scores: N × L float32 CSR with at most topk entries per row (None: `pred.only_topk`).
+        """Scores of the top labels of every document, by beam search down the label tree.
+
+        Args:
+            texts_or_X: N texts (str) or an N × D feature matrix (see :meth:`featurize`).
+            topk: labels kept per row (None: `params.pred.only_topk`).
+            beam_size: nodes kept per tree level (None: `params.pred.beam_size`).
+            post_processor: a key of `xlinear.POST_PROCESSORS` (None: the model's).
+
+        Returns:
+            N × L float32 CSR with at most topk entries per row, indices sorted; xr-linear-ld
+            models with merge != "max" combine the scores of a label's copies by `merge`.
 
         Raises:
             ValueError: topk or beam_size not an integer >= 1; texts for a model without a text
-                featurizer; a text that is not valid Unicode (`textio.normalize_texts`).
+                featurizer; a text that is not valid Unicode (`textio.normalize_texts`); X of
+                the wrong width; an unknown post_processor.
         """
         check_predict_args(topk, beam_size)
         X = self.featurize(texts_or_X)
@@ -255,7 +360,19 @@ class XmcModel(LabelSpace):
         return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
 
     def predict_labels(self, texts_or_X, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
-        """Per document, [(label name, score), ...] best first."""
+        """The top labels of every document by name.
+
+        Args:
+            texts_or_X: N texts or an N × D feature matrix, as :meth:`predict`.
+            topk: labels per document (int >= 1).
+            **kw: beam_size, post_processor (see :meth:`predict`).
+
+        Returns:
+            N lists of (label name, float score), best first (ties: lower label id first).
+
+        Raises:
+            ValueError: as :meth:`predict`.
+        """
         P = self.predict(texts_or_X, topk=topk, **kw)
         out = []
         for i in range(P.shape[0]):
@@ -266,6 +383,17 @@ class XmcModel(LabelSpace):
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        """Write the model folder (layout in the module docstring) atomically (`folders.atomic_dir`).
+
+        Args:
+            path: destination folder (str or Path); missing, empty, or a model folder xmc wrote.
+
+        Returns:
+            The folder as a Path.
+
+        Raises:
+            PathInUseError: `path` holds something that is not an xmc model folder.
+        """
         path = Path(path)
         with atomic_dir(path) as tmp:
             meta = {
@@ -291,6 +419,12 @@ class XmcModel(LabelSpace):
     @classmethod
     def load(cls, path: str | Path) -> "XmcModel":
         """Load a model folder written by `save`.
+
+        Args:
+            path: the model folder (str or Path).
+
+        Returns:
+            XmcModel ready to predict (the ranker's beam-search layout is built).
 
         Raises:
             ModelFormatError: one line naming the folder or file, when the folder is missing, is
@@ -331,7 +465,15 @@ def _read_copies(path: Path) -> pl.DataFrame:
 def read_model_meta(path: str | Path) -> dict:
     """params.json of a model folder, checked: a JSON object of this format version.
 
-    Raises ModelFormatError (one line naming the folder or file) otherwise.
+    Args:
+        path: the model folder (str or Path).
+
+    Returns:
+        dict: format_version, method, n_labels, params, info, ...
+
+    Raises:
+        ModelFormatError: (one line naming the folder or file) no params.json, unreadable or not
+            a JSON object, or a format_version other than FORMAT_VERSION.
     """
     path = Path(path)
     meta_file = path / "params.json"
@@ -359,7 +501,18 @@ _MODEL_CLASSES = {
 
 
 def load_model(path: str | Path):
-    """Load any model folder, dispatching on the method recorded in its params.json."""
+    """Load any model folder, dispatching on the method recorded in its params.json.
+
+    Args:
+        path: the model folder (str or Path).
+
+    Returns:
+        XmcModel ("xr-linear", "xr-linear-ld"), XTransformerModel ("xr-transformer") or
+        XLGenModel ("xlgen"); the latter two import torch.
+
+    Raises:
+        ModelFormatError: as :func:`read_model_meta` and the class's `load`.
+    """
     meta = read_model_meta(path)
     method = meta.get("method", METHOD_XR_LINEAR)
     if method in _MODEL_CLASSES:
@@ -379,13 +532,31 @@ def train_xr_linear(
     log: Callable[[dict], None] | None = None,
     label_titles: Sequence[str] | None = None,
 ) -> XmcModel:
-    """Fit featurizer (texts given) or normalize X, build PIFA + tree, train rankers.
+    """Train an XR-Linear model: TF-IDF (texts) or l2-normalized X → PIFA → tree → rankers.
 
-    Y: N × L CSR, entries > 0 are positives. Exactly one of texts (N strings) and X (N × F) is given.
-    Raises ValueError: a negative or non-finite entry of Y (named by row and column), row or
-    label-name counts that do not match.
-    `log` receives {"stage": ..., "seconds": ...} records (and per-level ranker records).
-    label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
+    Args:
+        Y: N × L label matrix (sparse or dense), entries > 0 are positives.
+        label_names: L label names (str).
+        params: :class:`XRLinearParams` (None: defaults).
+        texts: N raw documents (str); the TF-IDF featurizer is fitted on them.
+        X: N × F feature matrix (sparse or dense); rows are l2-normalized here. Exactly one of
+            texts and X is given.
+        log: receives {"stage": ..., "seconds": ...} records (wall time, s) and per-level
+            ranker records.
+        label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
+
+    Returns:
+        XmcModel whose predict gives N × L float32 CSR scores.
+
+    Raises:
+        ValueError: both or neither of texts and X; a negative or non-finite entry of Y (named
+            by row and column); row or label-name counts that do not match; TF-IDF with no term
+            in >= min_df documents.
+        DataFormatError: a text that is not valid Unicode.
+
+    Source:
+        XR-Linear / PECOS (Yu et al. 2022, "PECOS: Prediction for Enormous and Correlated
+        Output Spaces", JMLR).
     """
     params = params or XRLinearParams()
     if (texts is None) == (X is None):
@@ -408,14 +579,28 @@ def train_xr_linear(
 def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
                 log: Callable[[dict], None] | None = None, disentangle: bool = True,
                 label_titles: Sequence[str] | None = None) -> XmcModel:
-    """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X
-    (N × D float32 CSR, l2 rows).
+    """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X.
 
     With a `params.disentangle` section (and `disentangle=True`) the first matcher is trained on the
     tree, the tree becomes overlapping (`disentangle_tree`), and the rankers are trained on it.
-    `disentangle=False`: `tree` is final already (the Dagster `disentangled_tree` asset made it).
-    The model's method is "xr-linear-ld" whenever params has a disentangle section; when copies
-    are made here, `model.copies` is their `copy_table` (label_titles: optional L titles for it).
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized (not normalized here).
+        Y: N × L label matrix (sparse), entries > 0 positives (checked by the caller).
+        label_names: L label names.
+        params: :class:`XRLinearParams`.
+        featurizer: the fitted TfidfVectorizer kept on the model (None: a feature-vector model).
+        tree: a ready :class:`LabelTree` (None: PIFA + `build_tree` here).
+        log: receives {"stage", "seconds", ...} records (wall time, s).
+        disentangle: False: `tree` is final already (the Dagster `disentangled_tree` asset made it).
+        label_titles: optional L titles for the copies table.
+
+    Returns:
+        XmcModel; its method is "xr-linear-ld" whenever params has a disentangle section; when
+        copies are made here, `model.copies` is their `copy_table`.
+
+    Raises:
+        ValueError: X and Y row counts differ, or Y's width is not the tree's label count.
     """
     emit = log or (lambda rec: None)
     if tree is None:
@@ -452,9 +637,21 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
 
 def disentangle_stage(X, Y, tree: LabelTree, params: XRLinearParams,
                       matcher: XLinearModel | None = None, return_affinity: bool = False):
-    """The overlapping tree of `params.disentangle` (the tree itself when there is none, or when
-    its settings cannot change it): first matcher (trained here unless given) → reassignment.
-    `return_affinity`: (tree, A) with A as `disentangle_tree` returns it (None: tree unchanged)."""
+    """The overlapping tree of `params.disentangle`: first matcher (trained here unless given) →
+    reassignment.
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized; Y: N × L label matrix.
+        tree: the plain :class:`LabelTree`.
+        params: :class:`XRLinearParams` (its disentangle, ranker and pred sections are used).
+        matcher: the first matcher over `tree` (None: `disentangle.train_matcher` here).
+        return_affinity: also return the affinity matrix A.
+
+    Returns:
+        LabelTree (the tree itself when there is no section, or when its settings cannot change
+        it); with `return_affinity`, (tree, A) with A as `disentangle_tree` returns it (None when
+        the tree is unchanged).
+    """
     d = params.disentangle
     if not changes_tree(d, tree):
         return (tree, None) if return_affinity else tree
@@ -465,7 +662,14 @@ def disentangle_stage(X, Y, tree: LabelTree, params: XRLinearParams,
 
 @dataclass
 class Evaluation:
-    """Result of `evaluate_model`: metrics in percent ({"p": {1: ..}, ...}) and counts."""
+    """Result of `evaluate_model`.
+
+    Attributes:
+        metrics: {"p": {k: percent}, "r", "rp", "ndcg", ["psp"]} as `metrics.ranking_metrics`.
+        n_test: number of evaluated documents N (int).
+        predict_s: wall time of the prediction, seconds (float).
+        unseen_test_labels: distinct test labels absent from training (int).
+    """
 
     metrics: dict
     n_test: int
@@ -473,6 +677,8 @@ class Evaluation:
     unseen_test_labels: int
 
     def flat(self) -> dict:
+        """One flat dict: {"p@1": percent rounded to 4 places, ..., "n_test", "predict_s"
+        (seconds, 3 places), "unseen_test_labels"}."""
         out = {f"{m}@{k}": round(v, 4) for m, ks in self.metrics.items() for k, v in ks.items()}
         out.update({"n_test": self.n_test, "predict_s": round(self.predict_s, 3),
                     "unseen_test_labels": self.unseen_test_labels})
@@ -506,10 +712,26 @@ def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Seque
                    metric_params=None, topk: int | None = None, beam_size: int | None = None) -> Evaluation:
     """Predict `inputs` (texts or X) and score against Y (columns named `label_names`).
 
-    topk: labels ranked per document (None: the largest cut-off of `metric_params.ks`); metrics
-    at a cut-off above topk count the places left empty as misses (P@3 of a 1-label ranking is
-    at most 33.3). Test labels the model never saw stay in |y| (a model cannot predict them);
-    PSP@k uses the model's training label counts.
+    Test labels the model never saw stay in |y| (a model cannot predict them); PSP@k uses the
+    model's training label counts.
+
+    Args:
+        model: any trained model (XmcModel, XTransformerModel; a LabelSpace with predict).
+        inputs: N texts or an N × D feature matrix.
+        Y: N × L' label matrix of the split, entries > 0 positives.
+        label_names: L' names of Y's columns (aligned to the model's label ids by name).
+        metric_params: `metrics.MetricParams` (None: ks 1, 3, 5, 10).
+        topk: labels ranked per document (None: the largest cut-off of `metric_params.ks`);
+            metrics at a cut-off above topk count the places left empty as misses (P@3 of a
+            1-label ranking is at most 33.3).
+        beam_size: beam width per tree level (None: the model's).
+
+    Returns:
+        Evaluation: metrics in percent, n_test, predict_s (seconds), unseen_test_labels.
+
+    Raises:
+        ValueError: topk or beam_size not an integer >= 1; Y with a negative or non-finite
+            entry, or a row count other than N; as the model's predict.
     """
     from .metrics import MetricParams, ranking_metrics
 

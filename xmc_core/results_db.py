@@ -259,7 +259,7 @@ def read_evaluation(db_path: str | os.PathLike, run_id: str | None = None) -> pl
 
 
 def p_at_k_table(db_path: str | os.PathLike, run_id: str) -> pl.DataFrame:
-    """Wide view of one run for printing / markdown.
+    """Wide view of run `run_id` in the database file `db_path`, for printing / markdown.
 
     One row per (dataset, model, split, metric) — metrics in the order they were written —
     and one column per k, named ``"@1"``, ``"@3"``, ...  If the same cell was appended
@@ -370,7 +370,15 @@ def compare_runs(db_path: str | os.PathLike, run_a: str, run_b: str) -> pl.DataF
     """Metric by metric: ``metric``, ``k``, ``a``, ``b``, ``delta`` (= b − a; NULL when one run
     lacks the metric), in the order run A wrote them (then B's extras).
 
-    Raises ``KeyError`` naming a run id that has no rows in ``evaluation``.
+    Args:
+        db_path: the evaluation database file; run_a, run_b: the two run ids (A is the baseline).
+
+    Returns:
+        polars DataFrame with columns metric (str), k (int), a, b, delta (float, percent).
+
+    Raises:
+        KeyError: naming a run id that has no rows in ``evaluation``.
+        EvaluationDBError, DatabaseLockedError: the database cannot be opened / stays locked.
     """
     frames = []
     for name, run_id in (("a", run_a), ("b", run_b)):
@@ -390,7 +398,20 @@ def compare_runs(db_path: str | os.PathLike, run_a: str, run_b: str) -> pl.DataF
 def record_accepted_run(
     db_path: str | os.PathLike, dataset: str, run_id: str, p1: float, max_rows: int | None = None
 ) -> int:
-    """Append one row to ``accepted_runs`` (created if missing)."""
+    """Append one row to ``accepted_runs`` (created if missing).
+
+    Args:
+        db_path: the evaluation database file.
+        dataset: dataset name; run_id: the accepted run.
+        p1: its P@1 in percent (float).
+        max_rows: the training-row slice it ran on (None: the full dataset).
+
+    Returns:
+        Number of rows written (int, 1).
+
+    Raises:
+        EvaluationDBError, DatabaseLockedError: the database cannot be opened / stays locked.
+    """
     row = (str(dataset), str(run_id), float(p1), _now(), None if max_rows is None else int(max_rows))
     return _append(db_path, "accepted_runs", ACCEPTED_RUNS_COLUMNS, [row])
 

@@ -21,7 +21,14 @@ def binarize(M) -> smat.csr_matrix:
 
 
 def l2_normalize_rows(X: smat.csr_matrix) -> smat.csr_matrix:
-    """Rows scaled to unit l2 norm (zero rows stay zero). Returns float32 CSR."""
+    """Rows of X scaled to unit l2 norm (zero rows stay zero); always a copy.
+
+    Args:
+        X: N × D matrix, sparse or dense (anything ``csr_matrix`` accepts).
+
+    Returns:
+        N × D float32 CSR (norms computed in float64).
+    """
     X = smat.csr_matrix(X, dtype=np.float32, copy=True)
     sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
     norms = np.sqrt(sq)

@@ -170,7 +170,18 @@ def _seeds(params: SynthParams) -> tuple[np.random.SeedSequence, np.random.SeedS
 
 
 def structure(params: SynthParams) -> SynthStructure:
-    """Draw the label hierarchy, label weights and vocabularies for ``params``."""
+    """Draw the label hierarchy, label weights and vocabularies for ``params``.
+
+    Args:
+        params: :class:`SynthParams` (seeded: the same params give the same structure).
+
+    Returns:
+        SynthStructure (see its fields).
+
+    Raises:
+        ValueError: ``params`` out of range (``SynthParams.validate``), or n_features too small
+            for the vocabulary regions.
+    """
     params.validate()
     rng = np.random.default_rng(_seeds(params)[0])
     L, F = params.n_labels, params.n_features
@@ -367,7 +378,7 @@ def generate(params: SynthParams) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_
 
 
 def write_synth(out_dir, params: SynthParams) -> Path:
-    """Generate and write a dataset folder readable by ``load_dataset``.
+    """Generate a dataset with ``params`` and write it to the folder ``out_dir``, readable by ``load_dataset``.
 
     Writes ``train.txt.gz`` and ``test.txt.gz`` (XC bag-of-words format, layout
     "xc-bow") with :func:`xmc_core.data.write_xc`, and ``PROVENANCE.md`` with
@@ -375,6 +386,11 @@ def write_synth(out_dir, params: SynthParams) -> Path:
 
     Returns:
         the folder as a Path.
+
+    Raises:
+        PathInUseError: ``out_dir`` holds something that is not a generated dataset xmc wrote
+            (checked before generating).
+        ValueError: ``params`` out of range.
     """
     out = check_replaceable(out_dir, "dataset folder", kind="dataset")  # before minutes of generating
     X_trn, Y_trn, X_tst, Y_tst = generate(params)

@@ -132,7 +132,8 @@ def text_argument(value: str, source: str) -> str:
 
 
 def is_invisible(ch: str) -> bool:
-    """A control or format character (Unicode categories Cc, Cf): nothing a person sees."""
+    """Whether the character `ch` is a control or format character (Unicode categories Cc, Cf):
+    nothing a person sees. Returns bool."""
     return unicodedata.category(ch) in ("Cc", "Cf")
 
 

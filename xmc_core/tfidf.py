@@ -106,9 +106,22 @@ def _char_terms(tokens: list[str], lo: int, hi: int) -> list[str]:
 class TfidfVectorizer:
     """Word / character n-gram TF-IDF, fitted on training text only.
 
-    Attributes after fit:
-        vocab: dict term → column id (0..D-1).
-        idf: (D,) float32, smooth idf = ln((1 + N) / (1 + df)) + 1.
+    Word uni/bigrams take a compiled fast path (tokens in polars, n-grams as integer pairs);
+    other analyzers count term strings in Python. Terms are runs of two or more word characters
+    (regex ``(?u)\\b\\w\\w+\\b``), lowercased when ``params.lowercase``.
+
+    Attributes:
+        params: :class:`TfidfParams`.
+        vocab: dict term → column id (0..D-1); None before fit.
+        idf: (D,) float32, smooth idf = ln((1 + N) / (1 + df)) + 1; None before fit.
+
+    Args:
+        params: :class:`TfidfParams` (None: defaults, word uni+bigrams, min_df 2, sublinear tf,
+            l2 rows).
+
+    Source:
+        scikit-learn's ``TfidfVectorizer`` weighting (smooth_idf, sublinear_tf), the featurizer
+        of PECOS's XR-Linear baselines (Yu et al. 2022, JMLR).
     """
 
     def __init__(self, params: TfidfParams | None = None):
@@ -264,16 +277,41 @@ class TfidfVectorizer:
 
     # -- public API ---------------------------------------------------------------------------
     def fit(self, texts: Sequence[str]) -> "TfidfVectorizer":
+        """Learn the vocabulary and idf weights of `texts` (as :meth:`fit_transform`, X dropped).
+
+        Args:
+            texts: N training documents (str), NFC-normalized first.
+
+        Returns:
+            self, with vocab (D terms) and idf ((D,) float32) set.
+
+        Raises:
+            ValueError: no documents, or no term in >= min_df documents.
+            DataFormatError: a text that is not valid Unicode (a lone surrogate).
+            TypeError: an element of `texts` is not a str.
+        """
         self.fit_transform(texts)
         return self
 
     def fit_transform(self, texts: Sequence[str]) -> smat.csr_matrix:
-        """Fit on `texts` (N strings, NFC-normalized first: `textio.normalize_texts`) and return X
-        (N × D float32 CSR).
+        """Fit the vocabulary and idf on `texts` and return their TF-IDF matrix.
+
+        Terms in fewer than min_df documents or in more than max_df_ratio · N are dropped; with
+        max_features, the terms of highest document frequency are kept (ties: lower raw term id first).
+        Weights: (1 + ln tf if sublinear_tf else tf) · idf, rows scaled to unit l2 norm when
+        norm = "l2".
+
+        Args:
+            texts: N training documents (str), NFC-normalized first (`textio.normalize_texts`).
+
+        Returns:
+            X: N × D float32 CSR, indices sorted, rows l2-normalized (norm "l2"; an empty text
+            gives an empty row).
 
         Raises:
-            ValueError: no documents, or no term in >= min_df documents; a text that is not valid
-                Unicode (a DataFormatError naming it).
+            ValueError: no documents, or no term in >= min_df documents.
+            DataFormatError: a text that is not valid Unicode (a ValueError subclass; names it).
+            TypeError: an element of `texts` is not a str.
         """
         texts = normalize_texts(texts)
         p = self.params
@@ -312,11 +350,20 @@ class TfidfVectorizer:
         return self._weight(self._csr(*kernels.remap_columns(tf.indptr, tf.indices, tf.data, newcol), len(kept)))
 
     def transform(self, texts: Sequence[str]) -> smat.csr_matrix:
-        """X (len(texts) × D float32 CSR); unseen terms are ignored, empty texts give empty rows.
-        Texts are NFC-normalized first (`textio.normalize_texts`), as in `fit_transform`.
+        """TF-IDF rows of `texts` under the fitted vocabulary and idf.
+
+        Args:
+            texts: N documents (str), NFC-normalized first (`textio.normalize_texts`), as in
+                :meth:`fit_transform`.
+
+        Returns:
+            X: N × D float32 CSR, indices sorted, rows l2-normalized (norm "l2"); unseen terms
+            are ignored, a text without known terms gives an empty row.
 
         Raises:
-            RuntimeError: before fit. DataFormatError (a ValueError): a text that is not valid Unicode.
+            RuntimeError: called before fit.
+            DataFormatError: a text that is not valid Unicode (a ValueError subclass).
+            TypeError: an element of `texts` is not a str.
         """
         if self.vocab is None:
             raise RuntimeError("TfidfVectorizer.transform called before fit")
@@ -335,15 +382,23 @@ class TfidfVectorizer:
 
     @property
     def n_features(self) -> int:
+        """Vocabulary size D (int); 0 before fit."""
         return 0 if self.vocab is None else len(self.vocab)
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """Write params.json, vocab.txt (one term per line, line = column) and idf.npy ((D,)
-        float32) into `folder`, atomically (`folders.atomic_dir`).
+        """Write the fitted vectorizer into `folder`, atomically (`folders.atomic_dir`, kind
+        "featurizer").
+
+        Files: params.json (:class:`TfidfParams`), vocab.txt (UTF-8, one term per line, line
+        number = column) and idf.npy ((D,) float32).
+
+        Args:
+            folder: destination path (str or Path).
 
         Raises:
             PathInUseError: `folder` exists and is not a folder xmc wrote.
+            TypeError: called before fit (no vocabulary).
         """
         terms = [None] * len(self.vocab)
         for t, i in self.vocab.items():
@@ -358,6 +413,18 @@ class TfidfVectorizer:
 
     @classmethod
     def load(cls, folder: str | Path) -> "TfidfVectorizer":
+        """The vectorizer saved in `folder` by :meth:`save`.
+
+        Args:
+            folder: a folder written by :meth:`save` (str or Path).
+
+        Returns:
+            TfidfVectorizer with vocab (D terms) and idf ((D,) float32) set.
+
+        Raises:
+            FileNotFoundError: params.json, vocab.txt or idf.npy is missing.
+            ValueError: vocab.txt and idf.npy disagree on D, or params.json has unknown keys.
+        """
         folder = Path(folder)
         params = TfidfParams.from_dict(json.loads((folder / "params.json").read_text()))
         vec = cls(params)

@@ -67,7 +67,25 @@ class TreeParams(ParamsBase):
 
 
 class LabelTree:
-    """A chain of cluster matrices C[0..T-1] (see module docstring)."""
+    """A label tree: a chain of 0/1 cluster matrices C[0..T-1], top to bottom (see module docstring).
+
+    Attributes:
+        C: list of T float32 CSC 0/1 matrices, indices sorted. C[0] is K_1 × 1 (the root's
+            children), C[t] is K_{t+1} × K_t (column p lists parent p's children), C[-1] is
+            L × K_last (the labels of each leaf cluster). A tree of depth 1 (C = [L × 1]) is a
+            flat one-vs-all model.
+
+    Args:
+        C: the chain, any scipy sparse or dense matrices; converted to float32 CSC.
+
+    Raises:
+        ValueError: C is empty, C[0] has more than one column, or C[t]'s column count differs
+            from C[t-1]'s row count.
+
+    Source:
+        PECOS's cluster chain (``pecos/xmc/base.py`` ``HierarchicalKMeans`` / ``ClusterChain``;
+        Yu et al. 2022, "PECOS: Prediction for Enormous and Correlated Output Spaces", JMLR).
+    """
 
     def __init__(self, C: list[smat.csc_matrix]):
         if not C:
@@ -85,26 +103,53 @@ class LabelTree:
 
     @property
     def depth(self) -> int:
+        """Number of levels T (int): len(C); the label level counts."""
         return len(self.C)
 
     @property
     def n_labels(self) -> int:
+        """Number of labels L (int): rows of C[-1]."""
         return self.C[-1].shape[0]
 
     def level_sizes(self) -> list[int]:
+        """Node count of every level, top to bottom.
+
+        Returns:
+            list of T ints [K_1, ..., K_last, L] (rows of each C[t]); the last is L.
+        """
         return [c.shape[0] for c in self.C]
 
     def leaf_cluster_sizes(self) -> np.ndarray:
+        """Labels per leaf cluster.
+
+        Returns:
+            (K_last,) int32 array (nonzeros per column of C[-1]); with label disentanglement a
+            label counts once in each leaf cluster that holds a copy of it.
+        """
         return np.diff(self.C[-1].indptr)
 
     def label_to_level(self, t: int) -> smat.csr_matrix:
-        """L × K_t 0/1 matrix: which level-t nodes hold each label (C[-1] C[-2] ... C[t+1] composed)."""
+        """Which level-t nodes hold each label: C[-1] C[-2] ... C[t+1] composed, binarized.
+
+        Args:
+            t: level index in [0, depth); t = depth - 1 gives C[-1] itself, t = 0 the root's
+                children. Negative t is not supported.
+
+        Returns:
+            L × K_{t+1} float32 0/1 CSR (K_{t+1} = C[t].shape[0], the nodes of level t).
+        """
         M = smat.csr_matrix(self.C[-1])
         for c in self.C[-2:t:-1]:
             M = M @ smat.csr_matrix(c)
         return binarize(M)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
+        """The tree as plain arrays for ``np.savez`` (inverse: :meth:`from_arrays`).
+
+        Returns:
+            dict: "depth" (1,) int; per level t, "C{t}_indptr" and "C{t}_indices" int64 (the CSC
+            structure; values are all 1 and not stored) and "C{t}_shape" (2,) int64.
+        """
         out = {"depth": np.array([self.depth])}
         for t, c in enumerate(self.C):
             out[f"C{t}_indptr"] = c.indptr.astype(np.int64)
@@ -114,6 +159,18 @@ class LabelTree:
 
     @classmethod
     def from_arrays(cls, arrs) -> "LabelTree":
+        """Rebuild a tree from the arrays of :meth:`to_arrays`.
+
+        Args:
+            arrs: mapping (dict or ``np.load`` NpzFile) with the keys :meth:`to_arrays` writes.
+
+        Returns:
+            LabelTree with float32 CSC levels, all stored values 1.
+
+        Raises:
+            KeyError: a key is missing.
+            ValueError: the arrays do not form a valid CSC chain (see :class:`LabelTree`).
+        """
         C = []
         for t in range(int(arrs["depth"][0])):
             indptr, indices = arrs[f"C{t}_indptr"], arrs[f"C{t}_indices"]
@@ -123,7 +180,18 @@ class LabelTree:
 
     @classmethod
     def from_leaf_assignment(cls, leaf_of_label: np.ndarray, n_leaves: int) -> "LabelTree":
-        """A two-level tree: root → n_leaves clusters → labels (leaf_of_label: (L,) int)."""
+        """A two-level tree: root → n_leaves clusters → labels.
+
+        Args:
+            leaf_of_label: (L,) int array, the leaf cluster in [0, n_leaves) of each label.
+            n_leaves: number of leaf clusters K (int); a cluster may be empty.
+
+        Returns:
+            LabelTree with C = [K × 1 ones, L × K one-hot].
+
+        Raises:
+            ValueError: a leaf id is outside [0, n_leaves) (from scipy's constructor).
+        """
         L = len(leaf_of_label)
         C_leaf = smat.csc_matrix(
             (np.ones(L, np.float32), (np.arange(L), leaf_of_label)), shape=(L, n_leaves)
@@ -171,10 +239,27 @@ def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
 def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1) -> np.ndarray:
     """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
 
-    Z: L × D float32 (CSR or dense), rows unit-norm (zero rows allowed); every node needs at
-    least two labels at every depth (build_tree picks such a depth). Returns (L,) int64 codes;
-    code >> (depth - d) is the label's node at binary depth d; node sizes at every depth differ by at most one.
-    Nodes of a depth are split independently (threads > 1 runs them concurrently).
+    Each node of a binary depth is split in two halves (sizes ceil(m/2), floor(m/2)): seeds are
+    a random member and the member least similar to it, then up to ``max_iter`` rounds of
+    assigning members by the margin of their cosine similarities to the two centroids (sorted,
+    first half left) and re-normalizing the centroids. Nodes of a depth are split independently
+    (threads > 1 runs them concurrently); sparse Z goes through :func:`kernels.balanced_2means`.
+
+    Args:
+        Z: L × D float32 label embeddings, CSR or dense, rows unit l2 norm (zero rows allowed).
+        depth: number of binary splits (int >= 0); every node needs at least two labels at every
+            depth (:func:`build_tree` picks such a depth).
+        max_iter: 2-means rounds per node (int).
+        seed: random seed of the first centroid of every node (int).
+        threads: worker threads per depth (int; <= 1: sequential).
+
+    Returns:
+        (L,) int64 codes in [0, 2**depth); ``code >> (depth - d)`` is the label's node at binary
+        depth d; node sizes at every depth differ by at most one.
+
+    Source:
+        PECOS ``HierarchicalKMeans`` with ``spherical=True``, balanced 2-means splits
+        (``pecos/xmc/base.py``; Yu et al. 2022, JMLR).
     """
     L = Z.shape[0]
     sparse = smat.issparse(Z)
@@ -213,7 +298,31 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
 
 
 def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
-    """Label tree from label embeddings Z (L × D float32, CSR or dense; rows unit-norm)."""
+    """Balanced label tree by hierarchical spherical 2-means of the label embeddings.
+
+    Depth = ceil(log2(L / max_leaf_size)) binary levels of :func:`binary_codes` (lowered so every
+    node keeps two labels), then merged bottom-up every log2(nr_splits) levels into an
+    nr_splits-ary chain whose top level takes the remainder (at least ``min_codes`` nodes when
+    set). Leaf clusters hold at most about max_leaf_size labels and their sizes differ by at most
+    one.
+
+    Args:
+        Z: L × D float32 label embeddings (PIFA, :func:`label_embedding.pifa`), CSR or dense,
+            rows unit l2 norm.
+        params: :class:`TreeParams` (None: defaults, nr_splits 16, max_leaf_size 100).
+
+    Returns:
+        LabelTree whose last level C[-1] is L × K_last, each label in exactly one leaf; when
+        max_leaf_size >= L a one-level tree C = [L × 1] (flat one-vs-all).
+
+    Raises:
+        ValueError: Z has no rows (L = 0).
+
+    Source:
+        PECOS ``HierarchicalKMeans`` (``pecos/xmc/base.py``; Yu et al. 2022, "PECOS: Prediction
+        for Enormous and Correlated Output Spaces", JMLR); XR-Linear's "hierarchical clustering
+        of PIFA embeddings".
+    """
     params = params or TreeParams()
     L = Z.shape[0]
     if L == 0:

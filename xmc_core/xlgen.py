@@ -76,7 +76,10 @@ from .sparse import check_label_matrix
 __all__ = ["METHOD_XLGEN", "VARIANTS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters", "pu_drop_labels",
            "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix", "Generation", "SET_SCORE_FLOOR"]
 
+#: method name of an XLGen model folder (params.json "method")
 METHOD_XLGEN = "xlgen"
+#: the XLGen variants (`XLGenParams.variant`): plain generation, with a cluster-classification
+#: loss (bcl), with cluster tokens generated before the labels (mcg)
 VARIANTS = ("base", "bcl", "mcg")
 
 #: decoder token ids of the special tokens; clusters start at N_SPECIAL, labels after the clusters
@@ -173,6 +176,7 @@ class XLGenParams(ParamsBase):
 
     @property
     def uses_clusters(self) -> bool:
+        """Whether the variant needs label clusters (bool): True for "bcl" and "mcg"."""
         return self.variant in ("bcl", "mcg")
 
     @property
@@ -225,8 +229,14 @@ def pu_drop_labels(Y: smat.spmatrix, frac: float, seed: int = 0) -> smat.csr_mat
 
 
 def frequency_rank(counts: np.ndarray) -> np.ndarray:
-    """(L,) int64 rank of each label by decreasing count (ties: lower label id first); rank 0 is the
-    most frequent label."""
+    """Rank of each label by decreasing training count; rank 0 is the most frequent label.
+
+    Args:
+        counts: (L,) training positives per label (any numeric dtype).
+
+    Returns:
+        (L,) int64 ranks, a permutation of 0..L-1 (ties: lower label id first).
+    """
     counts = np.asarray(counts)
     order = np.lexsort((np.arange(len(counts)), -counts.astype(np.float64)))
     rank = np.empty(len(counts), dtype=np.int64)
@@ -325,8 +335,17 @@ def _make_vocab(counts: np.ndarray, label_cluster: np.ndarray | None) -> _Vocab:
 
 
 def build_targets(Y: smat.spmatrix, vocab: _Vocab, variant: str) -> list[list[int]]:
-    """Decoder target per document (without bos): label tokens in rank order, then eos; for mcg the
-    rank-ordered cluster tokens of the document's labels and sep come first."""
+    """Decoder target per document (without bos): label tokens in rank order, then eos.
+
+    Args:
+        Y: N × L label matrix (sparse); stored nonzero entries are positives.
+        vocab: the decoder vocabulary (label ranks and clusters, `_make_vocab`).
+        variant: "base", "bcl" or "mcg"; for mcg the rank-ordered cluster tokens of the
+            document's labels and sep come first.
+
+    Returns:
+        N lists of int decoder token ids, each ending with EOS (a document without labels: [EOS]).
+    """
     Y = smat.csr_matrix(Y)
     out = []
     for i in range(Y.shape[0]):
@@ -515,8 +534,20 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         log: receives {"stage": ..., "seconds": ..., ...} records (clusters, train progress).
         clusters: optional (L,) int64 precomputed cluster id per label (from `cluster_labels` on the
             same, PU-dropped, labels); computed here for bcl/mcg when None.
+
     Returns:
-        An XLGenModel (label counts are those of the labels it trained on, i.e. after PU dropping).
+        An XLGenModel (label counts are those of the labels it trained on, i.e. after PU dropping);
+        its predict gives N × L float32 CSR scores.
+
+    Raises:
+        EncoderError: an encoder, device or length setting that cannot work (before training).
+        ValueError: Y with a negative or non-finite entry or a row count other than N; label
+            names or cluster ids whose count is not L.
+        DataFormatError: a text that is not valid Unicode.
+
+    Source:
+        Jung et al. 2023, "Cluster-Guided Label Generation in Extreme Multi-Label
+        Classification", EACL.
     """
     import torch
 
@@ -834,18 +865,49 @@ class XLGenModel(LabelSpace):
 
     def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:
-        """N × L float32 CSR scores, at most `topk` per row: the generated set's labels score in
-        (1, 2], decreasing along the generated order (so the first generated label is P@1's); labels
-        only other finished beams generated score their share of the beams' posterior mass, in
-        [0, 1). `post_processor` is accepted for interface compatibility and ignored."""
+        """Scores of generated labels by beam-search decoding of raw `texts`.
+
+        The generated set's labels score in (1, 2], decreasing along the generated order (so the
+        first generated label is P@1's); labels only other finished beams generated score their
+        share of the beams' posterior mass, in [0, 1) (see `SET_SCORE_FLOOR`).
+
+        Args:
+            texts: N documents (str, or one str).
+            topk: labels kept per row (None: all generated).
+            beam_size: decoder beams (None: `params.beam_size`).
+            post_processor: accepted for interface compatibility and ignored.
+
+        Returns:
+            N × L float32 CSR, at most topk entries per row, indices sorted.
+
+        Raises:
+            ValueError: a feature matrix instead of texts; topk or beam_size not an integer >= 1;
+                a text that is not valid Unicode.
+        """
         return self.generate(texts, beam_size=beam_size, topk=topk).scores
 
     def predict_sets(self, texts, beam_size: int | None = None) -> list[list[int]]:
-        """The generated label set per document: label ids in generated (frequency-rank) order."""
+        """The generated label set per document.
+
+        Args:
+            texts: N documents (str); beam_size: decoder beams (None: `params.beam_size`).
+
+        Returns:
+            N lists of int label ids, in generated (frequency-rank) order.
+        """
         return self.generate(texts, beam_size=beam_size).sets
 
     def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
-        """Per document, [(label name, score), ...] best first (as `XmcModel.predict_labels`)."""
+        """The top labels of every document by name (as `XmcModel.predict_labels`).
+
+        Args:
+            texts: N documents (str).
+            topk: labels per document (int >= 1).
+            **kw: beam_size (other keys are ignored).
+
+        Returns:
+            N lists of (label name, float score), best first.
+        """
         P = self.predict(texts, topk=topk, beam_size=kw.get("beam_size"))
         out = []
         for i in range(P.shape[0]):
@@ -856,6 +918,20 @@ class XLGenModel(LabelSpace):
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
+        """Write the model folder atomically (`folders.atomic_dir`).
+
+        Files: params.json, labels.txt, vocab.npz (int64 label_rank, cluster_rank,
+        label_cluster), encoder_config.json, weights.safetensors (float32), tokenizer/, label counts.
+
+        Args:
+            path: destination folder (str or Path); missing, empty, or a model folder xmc wrote.
+
+        Returns:
+            The folder as a Path.
+
+        Raises:
+            PathInUseError: `path` holds something that is not an xmc model folder.
+        """
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -887,8 +963,18 @@ class XLGenModel(LabelSpace):
 
     @classmethod
     def load(cls, path: str | Path) -> "XLGenModel":
-        """Load a folder written by `save`. Raises ModelFormatError (one line naming the folder)
-        when it is missing, of another format version or method, or incomplete."""
+        """Load a folder written by `save`.
+
+        Args:
+            path: the model folder (str or Path).
+
+        Returns:
+            XLGenModel (weights on CPU, eval mode).
+
+        Raises:
+            ModelFormatError: one line naming the folder, when it is missing, of another format
+                version or method, or incomplete / corrupt.
+        """
         path = Path(path)
         meta = read_model_meta(path)
         if meta.get("method") != METHOD_XLGEN:
@@ -952,7 +1038,15 @@ def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, la
 
 
 def sets_matrix(sets: Sequence[Sequence[int]], n_cols: int) -> smat.csr_matrix:
-    """N × n_cols float32 binary CSR of label-id lists."""
+    """Label-id lists as a 0/1 matrix.
+
+    Args:
+        sets: N lists of int label ids (duplicates allowed).
+        n_cols: number of columns (labels), above every id.
+
+    Returns:
+        N × n_cols float32 binary CSR, indices sorted.
+    """
     indptr = np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
     indices = np.fromiter((j for s in sets for j in s), dtype=np.int64, count=int(indptr[-1]))
     M = smat.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(sets), n_cols))

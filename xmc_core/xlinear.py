@@ -13,9 +13,13 @@ Training, per level t (coarse → fine): each parent's children get one-vs-rest 
 squared-hinge classifiers, trained on the instances "active" for that parent: teacher-forced
 (TFN: the instance has a positive under the parent), matcher-aware (MAN: the model trained so far
 routes the instance to the parent within its beam) or both. All children of a parent share their
-instance block, so they are solved together by a batched primal Newton-CG (TRON-style) whose work
-is sparse-dense matrix products: no Python loop runs per label or per instance. Weights with
-|w| < threshold are pruned.
+instance block, so they are solved together: by dual coordinate descent (the default, solver="dcd":
+liblinear's L2R_L2LOSS_SVC_DUAL, Hsieh et al. 2008, compiled in `kernels`) or by a batched primal
+Newton-CG (solver="newton", TRON-style) whose work is sparse-dense matrix products: no Python loop
+runs per label or per instance. Weights with |w| < threshold are pruned.
+
+Source: PECOS XR-Linear (``pecos/xmc/xlinear/model.py``; Yu et al. 2022, "PECOS: Prediction for
+Enormous and Correlated Output Spaces", JMLR).
 
 Prediction: beam search. Level 0 scores the root's children; level t scores only the children of
 the beam kept at t-1, combining transformed scores with the parent's (post-processor).
@@ -109,8 +113,14 @@ class RankerParams(ParamsBase):
 
 @dataclass
 class PredParams(ParamsBase):
-    """Prediction settings: beam width per level, labels kept at the end, score post-processor,
-    worker threads for batch scoring (-1: all cores)."""
+    """Prediction settings (PECOS names).
+
+    beam_size: nodes kept per tree level (int >= 1).
+    only_topk: labels kept per document at the end (int >= 1).
+    post_processor: score transform and combination, a key of `POST_PROCESSORS` ("l3-hinge":
+        PECOS's default).
+    threads: worker threads for batch scoring (-1: all cores).
+    """
 
     beam_size: int = 10
     only_topk: int = 20
@@ -147,6 +157,9 @@ def _log_sigmoid(v):
 
 
 _MUL, _ADD, _NOOP = "mul", "add", "noop"
+#: Score post-processors of the beam search by name (PECOS's names): name -> (transform of a raw
+#: score, "mul" | "add" | "noop" combination with the parent's score, the root's score).
+#: "l{p}-hinge" is exp(-max(0, 1 - v)^p), "log-l{p}-hinge" its log, p = 1..4.
 POST_PROCESSORS: dict[str, tuple[Callable, str, float]] = {
     "noop": (lambda v: v, _NOOP, 0.0),
     "sigmoid": (_sigmoid, _MUL, 1.0),
@@ -186,12 +199,27 @@ def solve_squared_hinge(
 
     minimize_w 0.5 ||w_k||² + Σ_i c_ik max(0, 1 - y_ik <w_k, x_i>)²,  c_ik = Cp if y_ik = +1 else Cn.
 
-    X: n × d float32 CSR (include the bias column yourself). Ypos: n × K bool (True = positive).
-    Returns W: d × K float32 (dense). Newton-CG with the generalized Hessian I + 2 Xᵀ D X, solved for
-    all K columns at once (each column keeps its own CG and line-search state).
+    Newton-CG with the generalized Hessian I + 2 Xᵀ D X, solved for all K columns at once (each
+    column keeps its own CG and line-search state). Blocks with few instances and many features
+    (n <= gram_max_n and n² small against nnz + d) run the same iteration in the span of the
+    instances (`_solve_squared_hinge_gram`).
 
-    Blocks with few instances and many features (n <= gram_max_n and n² small against nnz + d)
-    run the same iteration in the span of the instances (`_solve_squared_hinge_gram`).
+    Args:
+        X: n × d float32 CSR instance block (include the bias column yourself).
+        Ypos: n × K bool, True = positive.
+        Cp, Cn: loss weights of positives and negatives (float > 0).
+        max_iter: Newton iterations; eps: stop when ||g|| <= eps · ||g_0|| (per column).
+        cg_max_iter, cg_eps: conjugate-gradient iterations and relative tolerance per step.
+        gram_max_n: most instances for the Gram (dual-span) path.
+        threads: worker threads for the sparse products (int; <= 1: none).
+
+    Returns:
+        W: d × K float32 dense; zeros when n = 0 or K = 0.
+
+    Source:
+        The primal truncated-Newton method of liblinear's L2R_L2LOSS_SVC (Lin, Weng & Keerthi
+        2008, "Trust Region Newton Method for Large-Scale Logistic Regression", JMLR), here with
+        an Armijo line search (`_armijo_steps`) in place of the trust region.
     """
     n, d = X.shape
     K = Ypos.shape[1]
@@ -226,12 +254,30 @@ def solve_squared_hinge_dcd(
 ):
     """The problem of `solve_squared_hinge` by dual coordinate descent (one column at a time).
 
-    X: n × d float32 CSR (bias column included; indices need not be sorted). Ypos: n × K bool.
-    Returns W: d × K float32 (dense); with a `threshold`, the pruned weights as triplets
-    (rows, cols, values) with |value| >= threshold instead, and no dense matrix is made.
-    Columns are split over `threads` (the compiled loop releases the GIL). `stats`, when given,
-    receives arrays of coordinate visits per column (n per full pass). `lanes` False solves every
-    column alone (`kernels.dcd_squared_hinge`), never 8 at a time.
+    Columns are split over `threads` (the compiled loop releases the GIL); from 16 columns on,
+    they go LANES (8) at a time through `kernels.dcd_squared_hinge_lanes`. A column's solution
+    does not depend on `threads`.
+
+    Args:
+        X: n × d float32 CSR (bias column included; indices need not be sorted).
+        Ypos: n × K bool, True = positive.
+        Cp, Cn: loss weights of positives and negatives (float > 0).
+        eps: stop when the spread of the projected gradient is <= eps (PECOS: 0.1).
+        max_iter: most passes over the instances (PECOS: 100).
+        threads: worker threads (int; <= 1: one).
+        seed: seed of the instance order of each pass.
+        threshold: when given, weights with |w| < threshold are pruned inside the kernel.
+        stats: when given, receives one (K_part,) int64 array of coordinate visits per column
+            (n per full pass) per worker.
+        lanes: False solves every column alone (`kernels.dcd_squared_hinge`), never 8 at a time.
+
+    Returns:
+        W: d × K float32 dense; with a `threshold`, the pruned weights as triplets (rows int64,
+        cols int64, values float32) with |value| >= threshold instead (no dense matrix is made).
+
+    Source:
+        Hsieh et al. 2008, "A Dual Coordinate Descent Method for Large-scale Linear SVM", ICML;
+        liblinear's L2R_L2LOSS_SVC_DUAL (PECOS's default ranker solver).
     """
     n, d = X.shape
     K = Ypos.shape[1]
@@ -551,10 +597,22 @@ def _topk_flat(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int
 # Model
 # ---------------------------------------------------------------------------------------------
 class XLinearModel:
-    """Trained rankers over a label tree.
+    """Trained rankers over a label tree (XR-Linear's matchers and ranker).
 
-    tree: LabelTree. W: list of (D+1) × nnz(C[t]) float32 CSC (see module docstring).
-    bias: value of the appended bias feature. pred_params: defaults for predict().
+    Attributes:
+        tree: :class:`LabelTree` of depth T.
+        W: list of T float32 CSC matrices, W[t] is (D+1) × nnz(C[t]) (see module docstring).
+        bias: value of the appended bias feature (float; 0: no bias term).
+        pred_params: :class:`PredParams`, the defaults of :meth:`predict`.
+
+    Args:
+        tree, W, bias, pred_params: as the attributes (pred_params None: defaults).
+
+    Raises:
+        ValueError: len(W) differs from tree.depth, or W[t] has not nnz(C[t]) columns.
+
+    Source:
+        PECOS ``XLinearModel`` (``pecos/xmc/xlinear/model.py``; Yu et al. 2022, JMLR).
     """
 
     def __init__(self, tree: LabelTree, W: list[smat.csc_matrix], bias: float = 1.0,
@@ -571,10 +629,12 @@ class XLinearModel:
 
     @property
     def n_features(self) -> int:
+        """Number of input features D (int), the bias column not counted."""
         return self.W[0].shape[0] - 1
 
     @property
     def n_labels(self) -> int:
+        """Number of labels L (int)."""
         return self.tree.n_labels
 
     # -- training ---------------------------------------------------------------------------
@@ -590,8 +650,29 @@ class XLinearModel:
     ) -> "XLinearModel":
         """Train all levels, coarse to fine.
 
-        X: N × D float32 CSR (l2-normalized rows). Y: N × L binary. `log` receives one dict per
-        level: {"level", "n_nodes", "n_parents", "seconds", "nnz_W", "active_pairs"}.
+        At level t each parent's children get one-vs-rest L2-regularized squared-hinge SVMs on the
+        instances active for that parent (negative sampling TFN, MAN or both; see the module
+        docstring); weights with |w| < params.threshold are pruned.
+
+        Args:
+            X: N × D float32 CSR, rows l2-normalized (the bias column is appended here).
+            Y: N × L label matrix, any scipy sparse; entries != 0 are positives.
+            tree: :class:`LabelTree` over the L labels (C[-1] has L rows).
+            params: :class:`RankerParams` (None: defaults, solver "dcd", TFN).
+            pred_params: :class:`PredParams` kept on the model as predict's defaults; its
+                beam_size is the MAN matcher's beam when params.man_beam_size is None.
+            log: called once per level with {"level", "n_nodes", "n_parents", "seconds"
+                (wall time, s), "nnz_W", "active_pairs"}.
+
+        Returns:
+            XLinearModel with W[t] of shape (D+1) × nnz(C[t]), float32 CSC.
+
+        Raises:
+            ValueError: X and Y row counts differ, or Y's column count is not tree.n_labels.
+
+        Source:
+            PECOS ``XLinearModel.train`` (Yu et al. 2022, JMLR); per-block solver liblinear's
+            L2R_L2LOSS_SVC_DUAL (Hsieh et al. 2008) or Newton-CG.
         """
         params = params or RankerParams()
         pred_params = pred_params or PredParams()
@@ -641,7 +722,29 @@ class XLinearModel:
         only_topk: int | None = None,
         post_processor: str | None = None,
     ) -> smat.csr_matrix:
-        """Scores of the top labels: N × L float32 CSR with at most only_topk entries per row."""
+        """Beam search down the tree: scores of the top labels of every row of X.
+
+        Level 0 scores the root's children; each later level scores only the children of the
+        beam kept at the level above, combining the post-processed score with the parent's
+        (multiplied for the hinge and sigmoid transforms, added for the log ones). A label with
+        several leaf copies keeps its best copy's score.
+
+        Args:
+            X: N × D float32 CSR (or anything scipy converts), rows l2-normalized as in training.
+            beam_size: nodes kept per level (None or 0: pred_params.beam_size).
+            only_topk: labels kept per row at the end (None or 0: pred_params.only_topk).
+            post_processor: a key of :data:`POST_PROCESSORS` (None: pred_params.post_processor).
+
+        Returns:
+            N × L float32 CSR, at most only_topk entries per row, indices sorted; entries are
+            post-processed scores (in (0, 1] for "l3-hinge").
+
+        Raises:
+            ValueError: unknown post_processor, or X has not n_features columns.
+
+        Source:
+            PECOS ``XLinearModel.predict`` beam search (Yu et al. 2022, JMLR).
+        """
         pp = self.pred_params
         beam_size = beam_size or pp.beam_size
         only_topk = only_topk or pp.only_topk
@@ -720,8 +823,13 @@ class XLinearModel:
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """Write tree.npz, W{t}.npz (one float32 CSC per level) and ranker.json into `folder`,
-        atomically (`folders.atomic_dir`).
+        """Write the model into `folder`, atomically (`folders.atomic_dir`, kind "ranker").
+
+        Files: tree.npz (:meth:`LabelTree.to_arrays`), W{t}.npz (one float32 CSC per level,
+        uncompressed) and ranker.json (bias, depth, pred_params).
+
+        Args:
+            folder: destination path (str or Path); replaced when it is an xmc "ranker" folder.
 
         Raises:
             PathInUseError: `folder` exists and is not a folder xmc wrote.
@@ -735,8 +843,20 @@ class XLinearModel:
 
     @classmethod
     def load(cls, folder: str | Path, prepare: bool = True) -> "XLinearModel":
-        """The model saved in `folder`, ready to predict (prepare=False: the beam-search layout is
-        built on the first predict call instead)."""
+        """The model saved in `folder` by :meth:`save`, ready to predict.
+
+        Args:
+            folder: a folder written by :meth:`save` (str or Path).
+            prepare: build the beam-search layout now (:meth:`prepare`); False: on the first
+                predict call instead.
+
+        Returns:
+            XLinearModel with float32 CSC weights.
+
+        Raises:
+            FileNotFoundError: ranker.json, tree.npz or a W{t}.npz is missing.
+            ValueError: the files do not form a consistent model (see :class:`XLinearModel`).
+        """
         folder = Path(folder)
         meta = json.loads((folder / "ranker.json").read_text())
         with np.load(folder / "tree.npz") as arrs:

@@ -59,6 +59,7 @@ __all__ = ["METHOD_XR_TRANSFORMER", "FineTuneParams", "EnsembleParams", "label_h
            "train_xr_transformer", "train_with_checkpoints", "fit_encoder", "fit_concat_rankers", "checkpoint_key", "XTransformerModel", "concat_features",
            "save_state", "load_state", "ConcatParams", "fit_projection", "project", "concat_train_features"]
 
+#: method name of an XR-Transformer model folder (params.json "method")
 METHOD_XR_TRANSFORMER = "xr-transformer"
 
 
@@ -85,7 +86,12 @@ class FineTuneParams(ParamsBase):
         labels). On large label sets the coarse levels carry most of the gain for a fraction of
         the cost: the TF-IDF matcher is trained on those levels only, and the model has no label
         head (the "average" ensemble then falls back to the rankers).
+    weight_decay: AdamW weight decay of the encoder's parameters (the heads get none).
+    grad_clip: clip the encoder's gradient norm at this value (0: no clipping).
     seed: document sampling and head initialization. threads: torch CPU threads (0: default).
+
+    Source: XR-Transformer's multi-resolution fine-tuning (Zhang et al. 2021, "Fast Multi-Resolution
+    Transformer Fine-tuning for Extreme Multi-label Text Classification", NeurIPS).
     """
 
     nr_splits: int = 16
@@ -161,7 +167,19 @@ class ConcatParams(ParamsBase):
 
 
 def fit_projection(E: np.ndarray, d: int) -> dict:
-    """Top-d principal directions of the rows of E (N × H float32): {"mean": (H,), "components": H × d}."""
+    """Top-d principal directions (PCA) of the rows of E.
+
+    Args:
+        E: N × H float embeddings (computed in float64).
+        d: number of directions, 1 <= d <= H.
+
+    Returns:
+        {"mean": (H,) float32, "components": H × d float32}, directions by decreasing variance,
+        each signed so that its largest-magnitude entry is positive.
+
+    Raises:
+        ValueError: d outside 1..H.
+    """
     E = np.asarray(E, dtype=np.float64)
     if not 0 < d <= E.shape[1]:
         raise ValueError(f"fit_projection: d must be in 1..{E.shape[1]}, got {d}")
@@ -175,7 +193,15 @@ def fit_projection(E: np.ndarray, d: int) -> dict:
 
 
 def project(E: np.ndarray, projection: dict | None) -> np.ndarray:
-    """E (N × H) on the projection's directions, rows l2-normalized (N × d float32); E itself when None."""
+    """E on the projection's directions, rows l2-normalized again.
+
+    Args:
+        E: N × H embeddings.
+        projection: {"mean", "components"} from :func:`fit_projection`, or None.
+
+    Returns:
+        N × d float32 ndarray; E itself (unchanged) when projection is None.
+    """
     if projection is None:
         return E
     P = (np.asarray(E, np.float32) - projection["mean"]) @ projection["components"]
@@ -187,11 +213,17 @@ def project(E: np.ndarray, projection: dict | None) -> np.ndarray:
 class XTransformerParams:
     """All settings of an XR-Transformer model (nested sections; round-trips JSON).
 
-    tfidf, pifa, tree, ranker, pred: as in XR-Linear; `tree` and `ranker` shape the refined tree
-    and final rankers on the concatenated features (the TF-IDF matcher of the fine-tuning stage
-    uses `ranker` too). encoder: which checkpoint and how texts are embedded. finetune: schedule.
-    ensemble: how prediction combines the rankers with the fine-tuned label head.
-    concat: the embedding block of the rankers' features (all dimensions or a PCA projection).
+    Attributes:
+        tfidf, pifa, tree, ranker, pred: as in XR-Linear (:class:`XRLinearParams`); `tree` and
+            `ranker` shape the refined tree and final rankers on the concatenated features (the
+            TF-IDF matcher of the fine-tuning stage uses `ranker` too; its default threshold is
+            0.01, not 0.1).
+        encoder: :class:`EncoderParams`, which checkpoint and how texts are embedded.
+        finetune: :class:`FineTuneParams`, the fine-tuning schedule.
+        ensemble: :class:`EnsembleParams`, how prediction combines the rankers with the
+            fine-tuned label head.
+        concat: :class:`ConcatParams`, the embedding block of the rankers' features (all
+            dimensions or a PCA projection).
     """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
@@ -209,10 +241,24 @@ class XTransformerParams:
     method = METHOD_XR_TRANSFORMER
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict {section: {key: value}}."""
         return {f.name: getattr(self, f.name).to_dict() for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "XTransformerParams":
+        """Settings from a nested dict such as :meth:`to_dict` returns.
+
+        Args:
+            d: {section: {key: value}}; missing sections and keys take their defaults (None:
+                all defaults).
+
+        Returns:
+            XTransformerParams.
+
+        Raises:
+            ValueError: an unknown section or key, a section that is not an object, or a value a
+                section's own checks refuse (the message names the section).
+        """
         d = dict(d or {})
         known = {f.name: f for f in fields(cls)}
         unknown = set(d) - set(known)
@@ -230,6 +276,17 @@ class XTransformerParams:
         return cls(**kwargs)
 
     def merged(self, overrides: dict | None) -> "XTransformerParams":
+        """A copy with nested overrides applied ({"finetune": {"steps_per_level": 0}} changes only that key).
+
+        Args:
+            overrides: {section: {key: value}} (None: no change).
+
+        Returns:
+            A new XTransformerParams (self is unchanged).
+
+        Raises:
+            ValueError: a section that is not an object, or an unknown section or key.
+        """
         base = self.to_dict()
         for section, values in (overrides or {}).items():
             if not isinstance(values, dict):
@@ -238,6 +295,8 @@ class XTransformerParams:
         return XTransformerParams.from_dict(base)
 
     def xr_linear(self) -> XRLinearParams:
+        """The XR-Linear part of these settings (tfidf, pifa, tree, ranker, pred sections; the
+        section objects are shared, not copied), as an :class:`XRLinearParams` without disentangle."""
         return XRLinearParams(tfidf=self.tfidf, pifa=self.pifa, tree=self.tree, ranker=self.ranker, pred=self.pred)
 
     def check_lengths(self) -> None:
@@ -271,7 +330,16 @@ class FineTuneState:
 
 
 def save_state(state: FineTuneState, folder: str | Path) -> None:
-    """Write a checkpoint folder atomically (a crash leaves the previous checkpoint)."""
+    """Write a fine-tuning checkpoint folder atomically (a crash leaves the previous checkpoint).
+
+    Args:
+        state: the :class:`FineTuneState` to save.
+        folder: destination (str or Path), kind "checkpoint": encoder.pt (torch state_dict),
+            heads.npz (float32 W{t}, b{t}, alpha{t}) and state.json (levels_done, history, key).
+
+    Raises:
+        PathInUseError: `folder` exists and is not a folder xmc wrote.
+    """
     import torch
 
     with atomic_dir(folder, kind="checkpoint") as tmp:
@@ -286,7 +354,19 @@ def save_state(state: FineTuneState, folder: str | Path) -> None:
 
 
 def load_state(folder: str | Path, key: str | None = None) -> FineTuneState | None:
-    """The checkpoint in `folder`, or None when there is none (or it belongs to another key)."""
+    """The fine-tuning checkpoint saved in `folder` by :func:`save_state`.
+
+    Args:
+        folder: the checkpoint folder (str or Path); it need not exist.
+        key: the expected :func:`checkpoint_key` (None: accept any).
+
+    Returns:
+        FineTuneState (encoder state on CPU, heads as float32 arrays), or None when there is no
+        state.json or it belongs to another key.
+
+    Raises:
+        OSError, KeyError, ValueError: a checkpoint with missing or unreadable files.
+    """
     import torch
 
     folder = Path(folder)
@@ -552,14 +632,35 @@ class XTransformerModel(LabelSpace):
         return concat_features(self.featurizer.transform(texts), project(E, self.projection)), E
 
     def featurize(self, texts) -> smat.csr_matrix:
+        """The rankers' features of raw `texts`: N × (D + d) float32 CSR, the X_cat of :meth:`features`.
+
+        Raises:
+            ValueError: a feature matrix instead of texts; a text that is not valid Unicode.
+        """
         return self.features(texts)[0]
 
     def predict(self, texts, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None, ensemble: str | None = None) -> smat.csr_matrix:
-        """Scores: N × L float32 CSR with at most topk entries per row (see `EnsembleParams`).
+        """Scores of the top labels of raw texts: rankers on [TF-IDF ⊕ embedding], optionally
+        averaged with the fine-tuned label head (see `EnsembleParams`).
+
+        Args:
+            texts: N documents (str, or one str).
+            topk: labels kept per row (None: `params.pred.only_topk`).
+            beam_size: nodes kept per tree level (None: the model's).
+            post_processor: a key of `xlinear.POST_PROCESSORS` (None: the model's).
+            ensemble: "concat-only" or "average" (None: `params.ensemble.method`).
+
+        Returns:
+            N × L float32 CSR with at most topk entries per row.
 
         Raises:
-            ValueError: topk or beam_size not an integer >= 1; a text that is not valid Unicode.
+            ValueError: topk or beam_size not an integer >= 1; a feature matrix instead of
+                texts; a text that is not valid Unicode.
+
+        Source:
+            Zhang et al. 2021, "Fast Multi-Resolution Transformer Fine-tuning for Extreme
+            Multi-label Text Classification", NeurIPS (PECOS ``XTransformer.predict``).
         """
         check_predict_args(topk, beam_size)
         Xc, E = self.features(texts)
@@ -578,6 +679,19 @@ class XTransformerModel(LabelSpace):
         return _average_with_head(P, E, self.head, ens.weight, max(ens.head_topk, topk), topk)
 
     def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
+        """The top labels of every document by name.
+
+        Args:
+            texts: N documents (str).
+            topk: labels per document (int >= 1).
+            **kw: beam_size, post_processor, ensemble (see :meth:`predict`).
+
+        Returns:
+            N lists of (label name, float score), best first.
+
+        Raises:
+            ValueError: as :meth:`predict`.
+        """
         P = self.predict(texts, topk=topk, **kw)
         out = []
         for i in range(P.shape[0]):
@@ -587,6 +701,20 @@ class XTransformerModel(LabelSpace):
         return out
 
     def save(self, path: str | Path) -> Path:
+        """Write the model folder atomically (`folders.atomic_dir`).
+
+        Files: params.json, labels.txt, featurizer/ (TF-IDF), encoder/ (backbone + tokenizer),
+        ranker/ (`XLinearModel.save`), head.npz and projection.npz when present, label counts.
+
+        Args:
+            path: destination folder (str or Path); missing, empty, or a model folder xmc wrote.
+
+        Returns:
+            The folder as a Path.
+
+        Raises:
+            PathInUseError: `path` holds something that is not an xmc model folder.
+        """
         path = Path(path)
         with atomic_dir(path) as tmp:
             meta = {"format_version": FORMAT_VERSION, "method": self.method, "n_labels": self.n_labels,
@@ -609,6 +737,18 @@ class XTransformerModel(LabelSpace):
 
     @classmethod
     def load(cls, path: str | Path) -> "XTransformerModel":
+        """Load a model folder written by :meth:`save` (imports torch and transformers).
+
+        Args:
+            path: the model folder (str or Path).
+
+        Returns:
+            XTransformerModel ready to predict (encoder on CPU until predict picks a device).
+
+        Raises:
+            ModelFormatError: one line naming the folder, when it is missing, of another format
+                version, or incomplete / corrupt.
+        """
         path = Path(path)
         meta = read_model_meta(path)
         try:
@@ -716,10 +856,31 @@ def train_xr_transformer(
     resume: FineTuneState | None = None,
     on_level: Callable[[FineTuneState], None] | None = None,
 ) -> XTransformerModel:
-    """TF-IDF → fine-tuning tree → TF-IDF matcher → fine-tuned encoder → refined tree → rankers.
+    """Train an XR-Transformer: TF-IDF → fine-tuning tree → TF-IDF matcher → fine-tuned encoder →
+    refined tree → rankers on [TF-IDF ⊕ embedding].
 
-    texts: N raw documents. Y: N × L binary. resume / on_level: see `finetune_encoder`.
-    `log` receives {"stage", "seconds", ...} records (and per-step fine-tuning records).
+    Args:
+        texts: N raw documents (str).
+        Y: N × L label matrix (sparse or dense), entries > 0 are positives.
+        label_names: L label names.
+        params: :class:`XTransformerParams` (None: defaults).
+        log: receives {"stage", "seconds" (wall time, s), ...} records (and per-step
+            fine-tuning records).
+        resume, on_level: a checkpoint to resume from and a callback after each fine-tuning
+            level (see `finetune_encoder`).
+
+    Returns:
+        XTransformerModel whose predict gives N × L float32 CSR scores.
+
+    Raises:
+        EncoderError: an encoder or max_length setting that cannot work (before any training).
+        ValueError: Y with a negative or non-finite entry or a row count other than N; TF-IDF
+            with no term in >= min_df documents.
+        DataFormatError: a text that is not valid Unicode.
+
+    Source:
+        Zhang et al. 2021, "Fast Multi-Resolution Transformer Fine-tuning for Extreme Multi-label
+        Text Classification", NeurIPS (PECOS ``pecos/xmc/xtransformer``).
     """
     params = params or XTransformerParams()
     params.check_lengths()
@@ -745,9 +906,17 @@ def train_xr_transformer(
 
 
 def label_head(state: FineTuneState | None, n_labels: int | None = None) -> dict | None:
-    """The label level's head {"W": H × L, "b": (L,)} of a finished fine-tuning (the fine-tuning
-    tree's last level is the labels themselves), or None without fine-tuning or when the last
-    fine-tuned level is not the labels (`FineTuneParams.max_levels`; its width is not n_labels)."""
+    """The label level's head of a finished fine-tuning (the fine-tuning tree's last level is the
+    labels themselves).
+
+    Args:
+        state: the finished :class:`FineTuneState`, or None.
+        n_labels: L; a last head of another width is not the label level (None: no check).
+
+    Returns:
+        {"W": H × L float32, "b": (L,) float32}, or None without fine-tuning or when the last
+        fine-tuned level is not the labels (`FineTuneParams.max_levels`).
+    """
     if state is None or not state.heads:
         return None
     last = state.heads[-1]
@@ -757,7 +926,15 @@ def label_head(state: FineTuneState | None, n_labels: int | None = None) -> dict
 
 
 def checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XTransformerParams) -> str:
-    """Fingerprint of what a fine-tuning checkpoint depends on: the settings and the training data."""
+    """Fingerprint of what a fine-tuning checkpoint depends on: the settings and the training data.
+
+    Args:
+        texts: the N training documents; Y: their N × L labels (sparsity pattern hashed);
+        params: :class:`XTransformerParams` (all sections hashed).
+
+    Returns:
+        40-character hex SHA-1 (str).
+    """
     import hashlib
 
     h = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True).encode())
