@@ -25,7 +25,13 @@ from dagster import (
     evaluate_automation_conditions,
 )
 
-from xmc_assets.automation import AUTOMATION_SENSOR_NAME, SCHEDULE_NAME, stale_or_missing
+from xmc_assets.automation import (
+    AUTOMATION_SENSOR_NAME,
+    SCHEDULE_NAME,
+    stale_or_missing,
+    stale_resolver,
+    stale_selection,
+)
 from xmc_assets.definitions import JOB_NAME, build_defs, defs
 from xmc_assets.partitions import dataset_partitions
 from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
@@ -120,6 +126,28 @@ def test_ranker_settings_change_makes_only_rankers_and_metrics_stale(env):
     with build_schedule_context(instance=instance, repository_def=new_defs.get_repository_def()) as context:
         assert not getattr(schedule(context), "run_requests", None)  # a SkipReason: nothing stale
 
+    # Each settings section invalidates its own stage and, for the schedule, what follows (nothing
+    # upstream); a speed-only key (threads) invalidates nothing. Asked of the same instance, no run.
+    ranker_change = {"ranker": {"Cp": 0.5, "threshold": 0.05}}
+    for overrides, settings, stale, selection in (
+        ({**ranker_change, "tree": {"max_leaf_size": 16}}, {}, {"label_tree"}, ORDER[3:]),
+        ({**ranker_change, "pred": {"beam_size": 3}}, {}, {"rankers"}, ORDER[5:]),
+        ({**ranker_change, "disentangle": {"max_copies": 2}}, {}, {"disentangled_tree", "rankers"}, ORDER[4:]),
+        (ranker_change, {"max_rows": 100}, {"corpus"}, ORDER),
+        ({"ranker": {**ranker_change["ranker"], "threads": 1}, "tree": {**BASE["tree"], "threads": 1}}, {}, set(), []),
+    ):
+        graph = _defs(resources, overrides, p1_margin=100.0, **settings).resolve_asset_graph()
+        resolver = stale_resolver(instance, graph)
+        assert stale_or_missing(instance, graph, DATASET, KEYS, resolver) == {AssetKey(k) for k in stale}, overrides
+        assert [k.to_user_string() for k in stale_selection(instance, graph, DATASET, KEYS, resolver)] == selection
+
+    # The check of the second run compared it with the first (the accepted one), by P@1 from DuckDB.
+    p1_of = {r["run_id"]: r["p@1"] for r in results_db.list_runs(db).iter_rows(named=True)}
+    [check] = second.get_asset_check_evaluations()
+    assert check.metadata["accepted_run_id"].value == first.run_id
+    assert check.metadata["accepted_p@1"].value == pytest.approx(p1_of[first.run_id])
+    assert check.metadata["delta"].value == pytest.approx(p1_of[second.run_id] - p1_of[first.run_id])
+
     # Two runs → two sets of rows in `evaluation`, listed and compared from DuckDB and the CLI.
     rows = results_db.read_evaluation(db)
     assert sorted(rows["run_id"].unique()) == sorted([first.run_id, second.run_id])
@@ -149,11 +177,26 @@ def test_blocking_check_fails_when_p1_drops(env):
     assert evaluation.metadata["delta"].value < -1.0
     accepted = results_db.read_accepted_runs(db)
     assert accepted["run_id"].to_list() == [first.run_id]  # the regression is not accepted
+    # It compared the two runs' P@1 as DuckDB has them, with the documented default margin of 1 point.
+    p1_of = {r["run_id"]: r["p@1"] for r in results_db.list_runs(db).iter_rows(named=True)}
+    assert evaluation.metadata["accepted_run_id"].value == first.run_id
+    assert evaluation.metadata["delta"].value == pytest.approx(p1_of[worse.run_id] - p1_of[first.run_id])
+    assert evaluation.metadata["margin"].value == 1.0
 
-    # Same with the margin against a fake accepted run at P@1 = 100.
-    results_db.record_accepted_run(db, DATASET, "fake-run", 100.0)
+    # The margin is the allowed drop, against the latest accepted run of the same max_rows slice
+    # (re-evaluating the stored model gives the worse run's P@1 again): 0.9 points below passes
+    # and becomes the accepted run, whatever another slice scored ...
+    w = p1_of[worse.run_id]
+    results_db.record_accepted_run(db, DATASET, "fake-close", w + 0.9)
+    results_db.record_accepted_run(db, DATASET, "other-slice", 100.0, max_rows=50)
+    close = _run(_defs(resources), instance, selection=[AssetKey("metrics")], raise_on_error=False)
+    assert close.success and _checks(close) == {"p1_no_regression": True}
+    assert results_db.read_accepted_runs(db)["run_id"].to_list()[-1] == close.run_id
+    # ... 1.1 points below fails the run and is not accepted.
+    results_db.record_accepted_run(db, DATASET, "fake-far", w + 1.1)
     again = _run(_defs(resources), instance, selection=[AssetKey("metrics")], raise_on_error=False)
     assert not again.success and _checks(again) == {"p1_no_regression": False}
+    assert results_db.read_accepted_runs(db)["run_id"].to_list()[-1] == "fake-far"
 
 
 def test_code_location_has_schedule_sensors_policies_and_checks():

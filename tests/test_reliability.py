@@ -256,7 +256,16 @@ def test_empty_and_unlabelled_documents_are_kept_predicted_and_counted(tmp_path,
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["n_test"] == 20 and ev["unseen_test_labels"] == 0
-    # the label-less test document stays in the denominator: R@10 cannot reach 100
+    # The printed metrics are those of the rankings above, scored here by hand against the labels
+    # written to the file; the label-less test document stays in the denominator (20, not 19) and
+    # the empty document's label counts like any other.
+    truth = [set(labels.split()) for labels in test_labels]
+    assert sum(not y for y in truth) == 1
+    ranked = [p["labels"] for p in preds]
+    for k in (1, 3):
+        expected_p = 100 * sum(len(set(r[:k]) & y) for r, y in zip(ranked, truth)) / (k * 20)
+        expected_r = 100 * sum(len(set(r[:k]) & y) / len(y) for r, y in zip(ranked, truth) if y) / 20
+        assert (ev[f"p@{k}"], ev[f"r@{k}"]) == (pytest.approx(expected_p, abs=0.01), pytest.approx(expected_r, abs=0.01)), k
     assert ev["r@10"] <= 100 * 19 / 20 + 1e-6
 
 
