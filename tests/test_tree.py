@@ -64,8 +64,36 @@ def test_tree_is_deterministic_for_a_seed_and_round_trips(toy):
 
 
 def test_pifa_is_normalized_sum_of_positive_rows():
-    X = smat.csr_matrix(np.array([[1, 0], [0, 1], [1, 1]], np.float32))
-    Y = smat.csr_matrix(np.array([[1, 0], [1, 0], [0, 1]], np.float32))
-    Z = pifa(X, Y).toarray()
-    np.testing.assert_allclose(Z[0], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
-    np.testing.assert_allclose(Z[1], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    # 4 documents on 5 distinct features (unequal norms), 4 labels: each label's positives are a
+    # strict subset of the documents, so z_l differs from the normalized sum of all rows
+    # ([1, 2, 3, 4, 0] / sqrt(30)), from a sum of normalized rows and from any other label's row.
+    X = np.array([[1, 0, 0, 0, 0],
+                  [0, 2, 0, 0, 0],
+                  [0, 0, 3, 0, 0],
+                  [0, 0, 0, 4, 0]], np.float32)
+    Y = np.array([[1, 0, 0, 0],   # doc 0: label 0
+                  [1, 1, 0, 0],   # doc 1: labels 0, 1
+                  [0, 1, 0, 0],   # doc 2: label 1
+                  [0, 0, 1, 0]],  # doc 3: label 2; label 3 has no positive
+                 np.float32)
+    expected = np.array([
+        [1, 2, 0, 0, 0] / np.sqrt(5.0),   # docs 0 + 1
+        [0, 2, 3, 0, 0] / np.sqrt(13.0),  # docs 1 + 2
+        [0, 0, 0, 1, 0],                  # doc 3 alone
+        [0, 0, 0, 0, 0],                  # no positive: a zero row
+    ])
+    Zs = pifa(smat.csr_matrix(X), smat.csr_matrix(Y))
+    assert smat.issparse(Zs) and Zs.shape == (4, 5) and Zs.dtype == np.float32
+    np.testing.assert_allclose(Zs.toarray(), expected, rtol=1e-6, atol=1e-7)
+    Zd = pifa(X, smat.csr_matrix(Y))  # the dense path
+    assert isinstance(Zd, np.ndarray) and Zd.dtype == np.float32
+    np.testing.assert_allclose(Zd, expected, rtol=1e-6, atol=1e-7)
+    # more labels than documents and features: Z is L x D, not N x D or D x L
+    Y7 = np.hstack([Y, np.zeros((4, 3), np.float32)])
+    Y7[2, 6] = 1.0  # label 6: doc 2 alone; labels 4, 5: none
+    Y7 = smat.csr_matrix(Y7)
+    Z7 = pifa(smat.csr_matrix(X), Y7).toarray()
+    assert Z7.shape == (7, 5)
+    np.testing.assert_allclose(Z7[:4], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(Z7[6], [0, 0, 1, 0, 0], rtol=1e-6)
+    np.testing.assert_array_equal(Z7[4:6], 0.0)
