@@ -43,6 +43,41 @@ def test_shapes_and_dtypes(small):
     assert 2.0 < labels_per_doc <= SMALL.labels_per_doc
 
 
+def test_documents_follow_the_generative_model(small):
+    """Numbers the module docstring fixes, computed here from the parameters, not from the code:
+    Poisson(words_per_doc) tokens a document (the mean of 2000 has sd 0.2, of 500 sd 0.4); the
+    token shares of the four vocabulary regions (background 30% of F, topic 15%, subtopic 15%,
+    label 40%) are 1 - the word fractions, topic_word_frac, subtopic_word_frac, label_word_frac
+    (~160k tokens: sd < 0.0013); a label-region token is a word of one of the document's labels."""
+    X_trn, Y_trn, X_tst, _ = small
+    assert abs(X_trn.sum() / X_trn.shape[0] - SMALL.words_per_doc) < 1.0
+    assert abs(X_tst.sum() / X_tst.shape[0] - SMALL.words_per_doc) < 2.0
+    F = SMALL.n_features
+    b1, b2, b3 = int(0.3 * F), int(0.3 * F) + int(0.15 * F), int(0.3 * F) + 2 * int(0.15 * F)
+    mass = np.asarray(X_trn.sum(axis=0)).ravel()
+    shares = np.array([mass[:b1].sum(), mass[b1:b2].sum(), mass[b2:b3].sum(), mass[b3:].sum()]) / mass.sum()
+    expected = [1 - SMALL.label_word_frac - SMALL.subtopic_word_frac - SMALL.topic_word_frac,
+                SMALL.topic_word_frac, SMALL.subtopic_word_frac, SMALL.label_word_frac]
+    np.testing.assert_allclose(shares, expected, atol=0.006)
+    words = structure(SMALL).label_words
+    for i in range(300):
+        feats = X_trn.indices[X_trn.indptr[i]:X_trn.indptr[i + 1]]
+        allowed = set(words[Y_trn.indices[Y_trn.indptr[i]:Y_trn.indptr[i + 1]]].ravel().tolist())
+        assert set(feats[feats >= b3].tolist()) <= allowed, i
+
+
+def test_labels_per_doc_is_one_plus_poisson():
+    # 1 + Poisson(labels_per_doc - 1) labels: with one label a document it is exactly one; with
+    # 20,000 uniform labels and no local co-labels repeats are rare (~3e-4 a document), so the
+    # mean is labels_per_doc (sd of the mean of 2000: sqrt(2 / 2000) = 0.03)
+    base = dict(n_labels=20_000, n_train=2000, n_test=0, n_features=200, words_per_doc=5, zipf_a=0.0,
+                local_colabel_frac=0.0, seed=5)
+    Y1 = generate(SynthParams(labels_per_doc=1.0, **base))[1]
+    assert (np.diff(Y1.indptr) == 1).all()
+    Y3 = generate(SynthParams(labels_per_doc=3.0, **base))[1]
+    assert abs(Y3.nnz / Y3.shape[0] - 3.0) < 0.15
+
+
 def test_every_row_has_a_label(small):
     _, Y_trn, _, Y_tst = small
     assert np.diff(Y_trn.indptr).min() >= 1
