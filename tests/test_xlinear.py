@@ -154,12 +154,46 @@ def test_beam_search_equals_exhaustive_when_beam_covers_all(toy, post_processor)
 @pytest.mark.parametrize("neg", ["tfn", "man", "tfn+man"])
 def test_rankers_learn_the_toy_problem(toy, neg):
     X, Y = toy
+    N = X.shape[0]
     tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
-    model = XLinearModel.train(X, Y, tree, RankerParams(negative_sampling=neg, threads=2), PredParams(beam_size=4))
+    assert tree.level_sizes() == [2, 8, 40]
+    logs = []
+    model = XLinearModel.train(X, Y, tree, RankerParams(negative_sampling=neg, threads=2), PredParams(beam_size=4),
+                               log=logs.append)
     P = model.predict(X, only_topk=1)
     top1 = np.asarray(P.argmax(axis=1)).ravel()
     p_at_1 = np.asarray(Y[np.arange(Y.shape[0]), top1]).ravel().mean()
     assert p_at_1 > 0.9
+    # the setting is applied: the (instance, parent) pairs trained at each level are those of the
+    # scheme. TFN: the parents holding one of the instance's labels, counted here from Y and C;
+    # MAN: the matcher's beam of 4 (man_beam_size None: PredParams.beam_size) over the level
+    # above, i.e. every instance with min(4, parents) parents; TFN+MAN: their union.
+    tfn = [N] + [int(((Y @ tree.label_to_level(t - 1)) > 0).sum()) for t in (1, 2)]
+    man = [N, N * 2, N * 4]
+    pairs = [g["active_pairs"] for g in logs]
+    assert [g["level"] for g in logs] == [0, 1, 2] and [g["n_nodes"] for g in logs] == [2, 8, 40]
+    assert tfn[2] < man[2]  # the schemes differ at the leaf level (~2 labels a document)
+    if neg == "tfn":
+        assert pairs == tfn
+    elif neg == "man":
+        assert pairs == man
+        # man_beam_size overrides the beam: 2 parents an instance at the leaf level
+        logs2 = []
+        XLinearModel.train(X, Y, tree, RankerParams(negative_sampling=neg, man_beam_size=2, threads=2),
+                           PredParams(beam_size=4), log=logs2.append)
+        assert [g["active_pairs"] for g in logs2] == [N, N * 2, N * 2]
+    else:
+        # a beam of 4 covers every TFN pair here (the union is MAN's); with a beam of 1 each
+        # scheme adds pairs the other lacks (measured: TFN 848 / 1097, MAN 600 / 600, union
+        # 850 / 1099 at levels 1 / 2)
+        assert pairs == man
+        logs2 = []
+        XLinearModel.train(X, Y, tree, RankerParams(negative_sampling=neg, man_beam_size=1, threads=2),
+                           PredParams(beam_size=4), log=logs2.append)
+        union = [g["active_pairs"] for g in logs2]
+        assert union[0] == N
+        for t in (1, 2):
+            assert max(tfn[t], N) < union[t] <= tfn[t] + N, (t, union, tfn)
 
 
 def test_model_round_trips_and_prunes(tmp_path, toy):
