@@ -199,14 +199,25 @@ def test_rankers_learn_the_toy_problem(toy, neg):
 def test_model_round_trips_and_prunes(tmp_path, toy):
     X, Y = toy
     tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
-    model = XLinearModel.train(X, Y, tree, RankerParams(threshold=0.1, threads=1))
+    model = XLinearModel.train(X, Y, tree, RankerParams(threshold=0.1, threads=1, bias=0.5),
+                               PredParams(beam_size=2, only_topk=7, post_processor="log-sigmoid"))
     for W in model.W:
         assert W.dtype == np.float32 and smat.isspmatrix_csc(W)
         assert np.all(np.abs(W.data) >= 0.1)
+    assert model.bias == 0.5
     model.save(tmp_path / "m")
     again = XLinearModel.load(tmp_path / "m")
     a, b = model.predict(X, only_topk=5), again.predict(X, only_topk=5)
     assert (a != b).nnz == 0
+    # the prediction settings and the bias value travel with the model: predict() without
+    # arguments gives 7 labels a row, log-sigmoid scores (<= 0), from a beam of 2 (at most
+    # 2 × 5 leaf labels reachable, i.e. all 7 from 2 leaf clusters)
+    d = again.predict(X)
+    assert (np.diff(d.indptr) == 7).all() and (d.data <= 0).all()
+    leaf = smat.csr_matrix(tree.C[-1]).indices
+    assert max(len(set(leaf[d.indices[d.indptr[i]:d.indptr[i + 1]]])) for i in range(50)) == 2
+    ref = model.predict(X, beam_size=2, only_topk=7, post_processor="log-sigmoid")
+    assert (d != ref).nnz == 0
 
 
 def test_predict_rejects_wrong_width(toy):
