@@ -6,7 +6,6 @@ from scipy.optimize import minimize
 from xmc_core.label_embedding import pifa
 from xmc_core.tree import TreeParams, build_tree
 from xmc_core.xlinear import (
-    POST_PROCESSORS,
     PredParams,
     RankerParams,
     XLinearModel,
@@ -117,9 +116,18 @@ def test_dcd_and_newton_rankers_agree(toy):
         RankerParams(solver="sgd")
 
 
+#: PECOS's post-processors, written out here: (transform of a raw score v, combination with the
+#: parent's score, the root's score)
+_PP_REFERENCE = {
+    "l3-hinge": (lambda v: np.exp(-np.maximum(1.0 - v, 0.0) ** 3), "mul", 1.0),
+    "sigmoid": (lambda v: 1.0 / (1.0 + np.exp(-v)), "mul", 1.0),
+    "log-l3-hinge": (lambda v: -np.maximum(1.0 - v, 0.0) ** 3, "add", 0.0),
+}
+
+
 def _exhaustive_scores(model: XLinearModel, X, post_processor):
     """Score every node of every level and combine down the tree (no beam)."""
-    transform, kind, root = POST_PROCESSORS[post_processor]
+    transform, kind, root = _PP_REFERENCE[post_processor]
     Xb = smat.hstack([X, smat.csr_matrix(np.full((X.shape[0], 1), model.bias, np.float32))], format="csr")
     combined = np.full((X.shape[0], 1), root)
     for C, W in zip(model.tree.C, model.W):
