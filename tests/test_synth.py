@@ -66,16 +66,23 @@ def test_documents_follow_the_generative_model(small):
         assert set(feats[feats >= b3].tolist()) <= allowed, i
 
 
-def test_labels_per_doc_is_one_plus_poisson():
+def test_non_default_settings_are_applied():
     # 1 + Poisson(labels_per_doc - 1) labels: with one label a document it is exactly one; with
     # 20,000 uniform labels and no local co-labels repeats are rare (~3e-4 a document), so the
-    # mean is labels_per_doc (sd of the mean of 2000: sqrt(2 / 2000) = 0.03)
+    # mean is labels_per_doc (sd of the mean of 2000: sqrt(2 / 2000) = 0.03). Tokens:
+    # max(1, Poisson(5)), mean 5.007 (sd 0.05); word shares as set (10k tokens: sd <= 0.005).
     base = dict(n_labels=20_000, n_train=2000, n_test=0, n_features=200, words_per_doc=5, zipf_a=0.0,
-                local_colabel_frac=0.0, seed=5)
-    Y1 = generate(SynthParams(labels_per_doc=1.0, **base))[1]
+                local_colabel_frac=0.0, label_word_frac=0.3, subtopic_word_frac=0.1, topic_word_frac=0.4,
+                seed=5)
+    X1, Y1, _, _ = generate(SynthParams(labels_per_doc=1.0, **base))
     assert (np.diff(Y1.indptr) == 1).all()
-    Y3 = generate(SynthParams(labels_per_doc=3.0, **base))[1]
+    X3, Y3, _, _ = generate(SynthParams(labels_per_doc=3.0, **base))
     assert abs(Y3.nnz / Y3.shape[0] - 3.0) < 0.15
+    for X in (X1, X3):
+        assert abs(X.sum() / X.shape[0] - 5.0) < 0.2
+        mass = np.asarray(X.sum(axis=0)).ravel()
+        shares = np.array([mass[:60].sum(), mass[60:90].sum(), mass[90:120].sum(), mass[120:].sum()]) / mass.sum()
+        np.testing.assert_allclose(shares, [0.2, 0.4, 0.1, 0.3], atol=0.025)
 
 
 def test_every_row_has_a_label(small):
