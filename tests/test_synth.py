@@ -113,6 +113,23 @@ def test_zipf_label_frequency(small):
     assert f0.max() < 5 * np.median(f0)
 
 
+@pytest.mark.parametrize("a", [1.1, 0.5])
+def test_first_label_follows_the_zipf_law(a):
+    # one label a document: it is the first label, drawn with probability r**-a / sum_r r**-a for
+    # the label of rank r (the structure's label weights only tell which label has which rank).
+    # 20,000 documents: each of the 300 counts within 4.5 Poisson sd of its expectation (max |z|
+    # measured 3.1 for a = 1.1); a wrong exponent (0.7 for 1.1) is off by > 40 sd
+    n, L = 20_000, 300
+    p = SynthParams(n_labels=L, n_train=n, n_test=0, n_features=100, words_per_doc=1, labels_per_doc=1.0,
+                    zipf_a=a, seed=2)
+    Y = generate(p)[1]
+    freq = np.asarray(Y.sum(axis=0)).ravel()[np.argsort(-structure(p).label_weight, kind="stable")]
+    r = np.arange(1, L + 1, dtype=np.float64)
+    expected = n * r ** -a / np.sum(r ** -a)
+    z = (freq - expected) / np.sqrt(expected)
+    assert np.abs(z).max() < 4.5, (np.abs(z).max(), int(np.argmax(np.abs(z))))
+
+
 def _tfidf(X_fit: sp.csr_matrix, X: sp.csr_matrix) -> sp.csr_matrix:
     df = np.asarray((X_fit > 0).sum(axis=0)).ravel()
     idf = np.log((1.0 + X_fit.shape[0]) / (1.0 + df)) + 1.0
