@@ -43,6 +43,48 @@ def test_shapes_and_dtypes(small):
     assert 2.0 < labels_per_doc <= SMALL.labels_per_doc
 
 
+def test_documents_follow_the_generative_model(small):
+    """Numbers the module docstring fixes, computed here from the parameters, not from the code:
+    Poisson(words_per_doc) tokens a document (the mean of 2000 has sd 0.2, of 500 sd 0.4); the
+    token shares of the four vocabulary regions (background 30% of F, topic 15%, subtopic 15%,
+    label 40%) are 1 - the word fractions, topic_word_frac, subtopic_word_frac, label_word_frac
+    (~160k tokens: sd < 0.0013); a label-region token is a word of one of the document's labels."""
+    X_trn, Y_trn, X_tst, _ = small
+    assert abs(X_trn.sum() / X_trn.shape[0] - SMALL.words_per_doc) < 1.0
+    assert abs(X_tst.sum() / X_tst.shape[0] - SMALL.words_per_doc) < 2.0
+    F = SMALL.n_features
+    b1, b2, b3 = int(0.3 * F), int(0.3 * F) + int(0.15 * F), int(0.3 * F) + 2 * int(0.15 * F)
+    mass = np.asarray(X_trn.sum(axis=0)).ravel()
+    shares = np.array([mass[:b1].sum(), mass[b1:b2].sum(), mass[b2:b3].sum(), mass[b3:].sum()]) / mass.sum()
+    expected = [1 - SMALL.label_word_frac - SMALL.subtopic_word_frac - SMALL.topic_word_frac,
+                SMALL.topic_word_frac, SMALL.subtopic_word_frac, SMALL.label_word_frac]
+    np.testing.assert_allclose(shares, expected, atol=0.006)
+    words = structure(SMALL).label_words
+    for i in range(300):
+        feats = X_trn.indices[X_trn.indptr[i]:X_trn.indptr[i + 1]]
+        allowed = set(words[Y_trn.indices[Y_trn.indptr[i]:Y_trn.indptr[i + 1]]].ravel().tolist())
+        assert set(feats[feats >= b3].tolist()) <= allowed, i
+
+
+def test_non_default_settings_are_applied():
+    # 1 + Poisson(labels_per_doc - 1) labels: with one label a document it is exactly one; with
+    # 20,000 uniform labels and no local co-labels repeats are rare (~3e-4 a document), so the
+    # mean is labels_per_doc (sd of the mean of 2000: sqrt(2 / 2000) = 0.03). Tokens:
+    # max(1, Poisson(5)), mean 5.007 (sd 0.05); word shares as set (10k tokens: sd <= 0.005).
+    base = dict(n_labels=20_000, n_train=2000, n_test=0, n_features=200, words_per_doc=5, zipf_a=0.0,
+                local_colabel_frac=0.0, label_word_frac=0.3, subtopic_word_frac=0.1, topic_word_frac=0.4,
+                seed=5)
+    X1, Y1, _, _ = generate(SynthParams(labels_per_doc=1.0, **base))
+    assert (np.diff(Y1.indptr) == 1).all()
+    X3, Y3, _, _ = generate(SynthParams(labels_per_doc=3.0, **base))
+    assert abs(Y3.nnz / Y3.shape[0] - 3.0) < 0.15
+    for X in (X1, X3):
+        assert abs(X.sum() / X.shape[0] - 5.0) < 0.2
+        mass = np.asarray(X.sum(axis=0)).ravel()
+        shares = np.array([mass[:60].sum(), mass[60:90].sum(), mass[90:120].sum(), mass[120:].sum()]) / mass.sum()
+        np.testing.assert_allclose(shares, [0.2, 0.4, 0.1, 0.3], atol=0.025)
+
+
 def test_every_row_has_a_label(small):
     _, Y_trn, _, Y_tst = small
     assert np.diff(Y_trn.indptr).min() >= 1
@@ -69,6 +111,23 @@ def test_zipf_label_frequency(small):
     flat = generate(dataclasses.replace(SMALL, zipf_a=0.0, n_test=0))[1]
     f0 = np.asarray(flat.sum(axis=0)).ravel()
     assert f0.max() < 5 * np.median(f0)
+
+
+@pytest.mark.parametrize("a", [1.1, 0.5])
+def test_first_label_follows_the_zipf_law(a):
+    # one label a document: it is the first label, drawn with probability r**-a / sum_r r**-a for
+    # the label of rank r (the structure's label weights only tell which label has which rank).
+    # 20,000 documents: each of the 300 counts within 4.5 Poisson sd of its expectation (max |z|
+    # measured 3.1 for a = 1.1); a wrong exponent (0.7 for 1.1) is off by > 40 sd
+    n, L = 20_000, 300
+    p = SynthParams(n_labels=L, n_train=n, n_test=0, n_features=100, words_per_doc=1, labels_per_doc=1.0,
+                    zipf_a=a, seed=2)
+    Y = generate(p)[1]
+    freq = np.asarray(Y.sum(axis=0)).ravel()[np.argsort(-structure(p).label_weight, kind="stable")]
+    r = np.arange(1, L + 1, dtype=np.float64)
+    expected = n * r ** -a / np.sum(r ** -a)
+    z = (freq - expected) / np.sqrt(expected)
+    assert np.abs(z).max() < 4.5, (np.abs(z).max(), int(np.argmax(np.abs(z))))
 
 
 def _tfidf(X_fit: sp.csr_matrix, X: sp.csr_matrix) -> sp.csr_matrix:

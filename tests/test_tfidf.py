@@ -100,3 +100,51 @@ def test_columns_do_not_depend_on_document_order_of_first_use():
     a = TfidfVectorizer(TfidfParams(min_df=1)).fit(docs)
     b = TfidfVectorizer(TfidfParams(min_df=1)).fit(docs[::-1])
     assert a.vocab == b.vocab  # tokens are numbered in sorted order, bigrams by their first token
+
+
+@pytest.mark.parametrize("path", ["fast", "generic"])
+def test_default_settings_by_hand(path):
+    """Defaults (uni+bigrams, min_df 2, sublinear tf, smooth idf, l2, lowercase) and the settings
+    that change them, on 4 documents counted by hand. Document frequencies after lowercasing:
+    oil 3, price 3, up 2, grain 2, "oil price" 2; every other bigram ("oil oil", "price up",
+    "grain price", "grain up", "up oil") 1, so below min_df."""
+    docs = ["Oil oil price", "oil price up", "grain price", "grain up oil"]
+    make = (lambda p: TfidfVectorizer(p)) if path == "fast" else _generic
+    idf3, idf2 = np.log(5 / 4) + 1, np.log(5 / 3) + 1  # ln((1 + N) / (1 + df)) + 1, N = 4
+
+    def l2(row):
+        n = np.sqrt(sum(v * v for v in row.values()))
+        return {t: v / n for t, v in row.items()}
+
+    def check(params, expected_vocab, expected_rows):
+        vec = make(params)
+        X = vec.fit_transform(docs)
+        assert set(vec.vocab) == expected_vocab
+        got = _by_term(vec, X)
+        exp = {(i, t): v for i, row in enumerate(expected_rows) for t, v in row.items()}
+        assert got.keys() == exp.keys()
+        for key in exp:
+            assert got[key] == pytest.approx(exp[key], rel=1e-5), key
+
+    vocab = {"oil", "price", "up", "grain", "oil price"}
+    rows = [{"oil": (1 + np.log(2)) * idf3, "price": idf3, "oil price": idf2},
+            {"oil": idf3, "price": idf3, "up": idf2, "oil price": idf2},
+            {"grain": idf2, "price": idf3},
+            {"grain": idf2, "up": idf2, "oil": idf3}]
+    check(TfidfParams(), vocab, [l2(r) for r in rows])
+    # raw counts: "oil" twice in document 0 weighs 2 × idf
+    check(TfidfParams(sublinear_tf=False, norm=None), vocab, [{**rows[0], "oil": 2 * idf3}] + rows[1:])
+    # case kept: "Oil" (df 1) is dropped, "oil" occurs once in document 0
+    check(TfidfParams(lowercase=False, norm=None), vocab, [{**rows[0], "oil": idf3}] + rows[1:])
+    # min_df 1 keeps the single-document bigrams (idf ln(5/2) + 1)
+    idf1 = np.log(5 / 2) + 1
+    check(TfidfParams(min_df=1, ngram_range=(2, 2), norm=None),
+          {"oil oil", "oil price", "price up", "grain price", "grain up", "up oil"},
+          [{"oil oil": idf1, "oil price": idf2}, {"oil price": idf2, "price up": idf1},
+           {"grain price": idf1}, {"grain up": idf1, "up oil": idf1}])
+    # max_df_ratio 0.5 drops the terms of df 3 (> 2 documents); max_features 2 keeps them alone
+    check(TfidfParams(max_df_ratio=0.5, norm=None), {"up", "grain", "oil price"},
+          [{"oil price": idf2}, {"up": idf2, "oil price": idf2}, {"grain": idf2}, {"grain": idf2, "up": idf2}])
+    check(TfidfParams(max_features=2, norm=None), {"oil", "price"},
+          [{"oil": (1 + np.log(2)) * idf3, "price": idf3}, {"oil": idf3, "price": idf3}, {"price": idf3},
+           {"oil": idf3}])
