@@ -233,7 +233,13 @@ def test_dagster_assets_materialize(data, tmp_path):
     model = load_model(tmp_path / "artifacts" / "tiny" / "xr_transformer_model" / "model")
     assert isinstance(model, XTransformerModel)
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
-    assert set(rows["model"]) == {"xr-transformer"} and rows.height > 0
+    assert set(rows["model"]) == {"xr-transformer"} and set(rows["split"]) == {"test"}
+    # the stored P@1 is the one counted from the stored model's top label on the 8 test documents
+    P = model.predict(texts[40:48], topk=1)
+    Yte = Y[40:48].toarray()
+    expected = 100.0 * np.mean([Yte[i, P.indices[P.indptr[i]]] for i in range(8)])
+    p1 = rows.filter((rows["metric"] == "p") & (rows["k"] == 1))["value"].to_list()
+    assert p1 == [pytest.approx(expected, abs=0.01)] and expected >= 87.5
     assert not (tmp_path / "artifacts" / "tiny" / "xr_transformer_encoder" / "checkpoint").exists()
 
 
