@@ -317,10 +317,18 @@ def test_assets_materialize_mcg_chain(data, tmp_path):
         "xlgen_settings": settings,
     })
     assert result.success
-    assert isinstance(load_model(tmp_path / "artifacts" / "tiny" / "xlgen_mcg" / "model"), XLGenModel)
+    saved = load_model(tmp_path / "artifacts" / "tiny" / "xlgen_mcg" / "model")
+    assert isinstance(saved, XLGenModel) and saved.params.variant == "mcg" and saved.params.steps == 1
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xlgen-mcg"}
     assert {"micro_f1", "macro_f1", "p"} <= set(rows["metric"])
+    # the stored metrics are the saved model's on the test split, counted here
+    _, _, test_texts, Yte = data
+    stored = {(m, k): v for m, k, v in rows.select("metric", "k", "value").iter_rows()}
+    micro, macro = _counted_set_f1(saved.predict_sets(test_texts), Yte)
+    assert stored[("micro_f1", 0)] == pytest.approx(micro, abs=1e-6)
+    assert stored[("macro_f1", 0)] == pytest.approx(macro, abs=1e-6)
+    assert stored[("p", 1)] == pytest.approx(_counted_p1(saved.predict(test_texts, topk=5), Yte), abs=1e-6)
     meta = result.asset_materializations_for_node("xlgen_mcg_metrics")[0].metadata
     assert "micro_f1" in meta and "macro_f1" in meta
 
