@@ -266,9 +266,10 @@ def test_save_load_round_trip_and_dispatch(models, data, tmp_path):
     assert "p" in ev.metrics and ev.n_test == len(test_texts)
     # the set metrics are those of the generated sets, the ranking metrics those of the scores,
     # counted here pair by pair
-    micro, macro = _counted_set_f1(loaded.predict_sets(test_texts), Yte)
+    gen = loaded.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
     assert extra["micro_f1"] == pytest.approx(micro, abs=1e-6) and extra["macro_f1"] == pytest.approx(macro, abs=1e-6)
-    assert ev.metrics["p"][1] == pytest.approx(_counted_p1(loaded.predict(test_texts, topk=5), Yte), abs=1e-6)
+    assert ev.metrics["p"][1] == pytest.approx(_counted_p1(gen.scores, Yte), abs=1e-6)
     (tmp_path / "mcg" / "weights.safetensors").unlink()
     with pytest.raises(ModelFormatError, match="incomplete"):
         load_model(tmp_path / "mcg")
@@ -325,10 +326,11 @@ def test_assets_materialize_mcg_chain(data, tmp_path):
     # the stored metrics are the saved model's on the test split, counted here
     _, _, test_texts, Yte = data
     stored = {(m, k): v for m, k, v in rows.select("metric", "k", "value").iter_rows()}
-    micro, macro = _counted_set_f1(saved.predict_sets(test_texts), Yte)
+    gen = saved.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
     assert stored[("micro_f1", 0)] == pytest.approx(micro, abs=1e-6)
     assert stored[("macro_f1", 0)] == pytest.approx(macro, abs=1e-6)
-    assert stored[("p", 1)] == pytest.approx(_counted_p1(saved.predict(test_texts, topk=5), Yte), abs=1e-6)
+    assert stored[("p", 1)] == pytest.approx(_counted_p1(gen.scores, Yte), abs=1e-6)
     meta = result.asset_materializations_for_node("xlgen_mcg_metrics")[0].metadata
     assert "micro_f1" in meta and "macro_f1" in meta
 
@@ -348,9 +350,10 @@ def test_cli_train_and_evaluate(data, tmp_path, capsys):
     # the printed metrics are the saved model's, counted here from its generated sets and scores
     saved = load_model(model)
     _, _, _, Yte = data
-    micro, macro = _counted_set_f1(saved.predict_sets(test_texts), Yte)
+    gen = saved.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
     assert ev["micro_f1"] == pytest.approx(micro, abs=0.01) and ev["macro_f1"] == pytest.approx(macro, abs=0.01)
-    assert ev["p@1"] == pytest.approx(_counted_p1(saved.predict(test_texts, topk=5), Yte), abs=0.01)
+    assert ev["p@1"] == pytest.approx(_counted_p1(gen.scores, Yte), abs=0.01)
     assert ev["n_test"] == len(test_texts)
     assert main(["predict", "--model", str(model), "--text", "wheat wheat wheat", "--topk", "2"]) == 0
     # the generated set's labels first, in generated order, by name; at most --topk of them
