@@ -4,6 +4,7 @@ saved and loaded, `xmc train --method xr-linear-ld`, the Dagster asset and its c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -211,7 +212,7 @@ def test_assign_copies_cap_and_threshold():
 
 
 def test_mean_merge_and_split_positives(data):
-    Xtr, Ytr, Xte, _ = data
+    Xtr, Ytr, Xte, Yte = data
     p = _params()
     tree = build_tree(pifa(Xtr, Ytr, p.pifa), p.tree)
     matcher = train_matcher(Xtr, Ytr, tree, p.ranker, p.pred)
@@ -224,6 +225,21 @@ def test_mean_merge_and_split_positives(data):
     # mean <= max, equal for a label with one copy in the beam
     common = P_max.multiply(P_mean > 0)
     assert (P_mean[common > 0] <= common[common > 0] + 1e-6).all()
+    # the count divides by the copies whose cluster is in the beam (from the matcher's routing,
+    # counted here independently), not by all of the label's copies: a (document, label) with one
+    # copy in the beam scores the same under mean and max, one with two copies in it less
+    beam = route(model, new, Xte)
+    beam.data[:] = 1.0
+    in_beam = (beam @ smat.csr_matrix(new.C[-1]).T.tocsr()).toarray()
+    Pm, Px = P_mean.toarray(), P_max.toarray()
+    both = (Pm > 0) & (Px > 0)
+    one, two = both & (in_beam == 1), both & (in_beam >= 2)
+    assert one.sum() > 100 and two.sum() > 0
+    np.testing.assert_allclose(Pm[one], Px[one], rtol=1e-5)
+    assert (Pm[two] < Px[two] - 1e-7).mean() > 0.5
+    # of them, labels with two copies (out of their clusters in the tree) and one in the beam
+    two_copies = np.diff(smat.csr_matrix(new.C[-1]).indptr)[None, :] == 2
+    assert (one & two_copies).sum() > 0
     # split positives: each true pair goes to exactly one copy of its label
     M = route(matcher, tree, Xtr)
     Yp = split_positives(Ytr, M, new.C[-1])
@@ -232,9 +248,54 @@ def test_mean_merge_and_split_positives(data):
     back = smat.csr_matrix((Yp.data, copy_label[Yp.indices], Yp.indptr), shape=Ytr.shape)
     back.sum_duplicates()
     assert (back != smat.csr_matrix(Ytr)).nnz == 0
+    # on the plain tree (one copy each) the split positives are all the positives, and train_split
+    # is XR-Linear itself, level for level, with the ranker settings passed (Cp = 2 here)
+    Y0 = split_positives(Ytr, M, tree.C[-1])
+    assert (Y0 != smat.csr_matrix(Ytr)).nnz == 0
+    rp = dataclasses.replace(p.ranker, Cp=2.0)
+    split0 = train_split(Xtr, Y0, tree, rp, p.pred)
+    plain = XLinearModel.train(Xtr, Ytr, tree, rp, p.pred)
+    for w0, w1 in zip(split0.W, plain.W):
+        assert abs(w0 - w1).max() == 0
+    assert abs(split0.W[0] - matcher.W[0]).max() > 1e-3  # Cp = 2 changed them
+    # on the overlapping tree
     split = train_split(Xtr, Yp, new, p.ranker, p.pred)
-    assert split.predict(Xte, only_topk=5).shape == (Xte.shape[0], Ytr.shape[1])
-    assert affinity(Ytr, M).shape == (Ytr.shape[1], tree.C[-1].shape[1])
+    P_split = split.predict(Xte, only_topk=5)
+    assert P_split.shape == (Xte.shape[0], Ytr.shape[1])
+    # the rankers trained on split positives score labels (not copies, not shuffled columns): their
+    # test P@1, counted here, is close to that of the rankers trained on all positives
+    prec1 = lambda P: float(np.mean([Yte[i, P.indices[P.indptr[i]:P.indptr[i + 1]][np.argmax(
+        P.data[P.indptr[i]:P.indptr[i + 1]])]] for i in range(P.shape[0])]))
+    p_split, p_all = prec1(P_split), prec1(P_max)
+    assert p_all > 0.8 and p_split >= p_all - 0.05, (p_split, p_all)
+
+
+def test_affinity_is_Yt_times_row_normalized_beam():
+    # 4 documents, 2 labels (one stored as 3: positives count once), 3 leaf clusters; document 3
+    # has no beam (a zero row adds nothing, and no NaN)
+    Y = smat.csr_matrix(np.array([[1, 0], [1, 3], [0, 1], [1, 0]], np.float32))
+    M = smat.csr_matrix(np.array([[0.6, 0.2, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 2.0], [0, 0, 0]], np.float32))
+    # rows of M normalized to sum 1: [.75 .25 0], [0 .5 .5], [0 0 1]; label 0: docs 0, 1 (and 3),
+    # label 1: docs 1, 2
+    expected = np.array([[0.75, 0.75, 0.5], [0.0, 0.5, 1.5]])
+    A = affinity(Y, M)
+    assert smat.isspmatrix_csr(A) and A.shape == (2, 3)
+    np.testing.assert_allclose(A.toarray(), expected, rtol=1e-6)
+
+
+def test_split_positives_follow_the_beam_then_the_affinity():
+    # label 0 sits in clusters 0 and 2 (copies 0, 1), label 1 in cluster 1 (copy 2)
+    C = smat.csc_matrix(np.array([[1, 0, 1], [0, 1, 0]], np.float32))
+    Y = smat.csr_matrix(np.array([[1, 0], [1, 0], [1, 1], [0, 1]], np.float32))
+    M = smat.csr_matrix(np.array([[0.2, 0.0, 0.7],    # doc 0: cluster 2 is the best of label 0's
+                                  [0.9, 0.1, 0.0],    # doc 1: cluster 0
+                                  [0.0, 1.0, 0.0],    # doc 2: neither of label 0's clusters in the beam
+                                  [0.0, 0.0, 0.0]], np.float32))
+    # doc 2 falls back to label 0's larger share of routing mass: cluster 0 (0.2/0.9 + 0.9 = 1.12)
+    # against cluster 2 (0.7/0.9 = 0.78); label 1 has one copy, which keeps all its positives
+    Yp = split_positives(Y, M, C)
+    assert Yp.shape == (4, 3)
+    assert Yp.toarray().tolist() == [[0, 1, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]]
 
 
 def test_overlapping_model_saves_and_loads(data, tmp_path):
@@ -284,7 +345,11 @@ def test_cli_train_xr_linear_ld(tmp_path, capsys):
     # no params: the section's defaults
     assert main(["train", "--method", "xr-linear-ld", "--data", str(tmp_path / "d"), "--model",
                  str(tmp_path / "m2")]) == 0
-    assert XmcModel.load(tmp_path / "m2").params.disentangle == DisentangleParams()
+    # the documented defaults, as the saved folder holds them
+    saved = json.loads((tmp_path / "m2" / "params.json").read_text())["params"]["disentangle"]
+    assert saved == {"max_copies": 2, "rounds": 1, "size_cap_factor": 2.0, "min_share": 0.1, "merge": "max"}
+    d = XmcModel.load(tmp_path / "m2").params.disentangle
+    assert (d.max_copies, d.rounds, d.size_cap_factor, d.min_share, d.merge) == (2, 1, 2.0, 0.1, "max")
     # a disentangle section with the plain method, or an unknown method: usage errors
     assert main(["train", "--method", "xr-linear", "--data", str(tmp_path / "d"), "--model",
                  str(tmp_path / "m3"), "--params", params]) == 2

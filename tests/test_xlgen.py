@@ -17,6 +17,7 @@ from xmc_core.metrics import set_metrics, tail_bucket_metrics, topk_sets  # noqa
 from xmc_core.model import ModelFormatError, load_model  # noqa: E402
 from xmc_core.xlgen import (  # noqa: E402
     EOS,
+    N_SPECIAL,
     SEP,
     XLGenModel,
     XLGenParams,
@@ -52,6 +53,33 @@ def _synthetic(n: int, seed: int):
     for i, labels in enumerate(rows):
         Y[i, labels] = 1.0
     return texts, Y.tocsr()
+
+
+def _counted_set_f1(sets, Y):
+    """(micro F1, macro F1 over labels present in Y), in percent, of label-id lists against Y,
+    counted pair by pair."""
+    Yd = Y.toarray() > 0
+    tp = fp = fn = 0
+    per = {}
+    for i, labels in enumerate(sets):
+        pred = set(int(l) for l in labels)
+        true = set(np.flatnonzero(Yd[i]).tolist())
+        tp, fp, fn = tp + len(pred & true), fp + len(pred - true), fn + len(true - pred)
+        for l in pred | true:
+            a, b, c = per.get(l, (0, 0, 0))
+            per[l] = (a + (l in pred and l in true), b + (l in pred), c + (l in true))
+    micro = 100.0 * 2 * tp / (2 * tp + fp + fn)
+    macro = 100.0 * np.mean([2 * a / (b + c) for l, (a, b, c) in per.items() if c > 0])
+    return micro, macro
+
+
+def _counted_p1(P, Y):
+    """P@1 in percent: the share of rows whose highest-scored label in P is in Y."""
+    P = smat.csr_matrix(P)
+    Yd = Y.toarray() > 0
+    hits = [Yd[i, P.indices[P.indptr[i] + np.argmax(P.data[P.indptr[i]:P.indptr[i + 1]])]]
+            if P.indptr[i + 1] > P.indptr[i] else False for i in range(P.shape[0])]
+    return 100.0 * float(np.mean(hits))
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +153,39 @@ def test_label_clusters_shapes_and_fallback():
     again, _, _ = label_clusters(emb, Y, 4, seed=0, fallback=fallback)
     assert (again == assign).all()
     assert label_clusters(emb, Y, 50)[1].shape[0] == 12  # K clamped to L
+    # a label's embedding is the normalized mean of its documents' rows (each positive counts once,
+    # whatever Y stores: smat.random's values are not 1)
+    Yd = Y.toarray() > 0
+    for l in range(11):
+        m = emb[Yd[:, l]].mean(axis=0)
+        np.testing.assert_allclose(Z[l], m / np.linalg.norm(m), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(Z[11], fallback[11] / np.linalg.norm(fallback[11]), rtol=1e-5, atol=1e-6)
+    # every label sits in the cluster of its nearest centroid (spherical: largest cosine)
+    assert (assign == np.argmax(Z @ centroids.T, axis=1)).all()
+    # three planted groups of labels, their documents around three orthogonal directions: K = 3
+    # recovers the groups exactly
+    docs = np.repeat(np.eye(16, dtype=np.float32)[:3], 10, axis=0) + 0.05 * rng.standard_normal((30, 16)).astype(np.float32)
+    Yg = np.zeros((30, 9), np.float32)
+    for l in range(9):
+        Yg[(l // 3) * 10 + rng.choice(10, 4, replace=False), l] = 1
+    planted, _, _ = label_clusters(docs, smat.csr_matrix(Yg), 3, seed=0)
+    assert sorted(sorted(np.flatnonzero(planted == c).tolist()) for c in range(3)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
 def test_targets_follow_frequency_rank():
     counts = np.array([5, 9, 1, 9])
     assert frequency_rank(counts).tolist() == [2, 0, 3, 1]
-    vocab = _make_vocab(counts, np.array([1, 0, 1, 0]))
-    Y = smat.csr_matrix(np.array([[1, 1, 1, 0], [0, 0, 1, 0]], np.float32))
-    base = build_targets(Y, vocab, "base")
-    assert base[0] == sorted(base[0][:-1]) + [EOS] and len(base[0]) == 4
-    mcg = build_targets(Y, vocab, "mcg")
-    assert mcg[1][1] == SEP and mcg[1][-1] == EOS and len(mcg[0]) == 2 + 1 + 3 + 1
+    # clusters: 0 = labels {0, 2} (6 documents), 1 = labels {1, 3} (18): cluster 1 ranks first
+    vocab = _make_vocab(counts, np.array([0, 1, 0, 1]))
+    assert vocab.cluster_rank.tolist() == [1, 0]
+    # tokens: 4 specials, then the 2 clusters by rank (4, 5), then the 4 labels by rank (6..9)
+    assert N_SPECIAL == 4 and vocab.label_offset == 6 and vocab.size == 10
+    Y = smat.csr_matrix(np.array([[1, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 2]], np.float32))
+    # doc 0: labels 0, 1, 2 = ranks 2, 0, 3; doc 1: label 2 (rank 3); doc 2: label 3 (rank 1)
+    assert build_targets(Y, vocab, "base") == [[6, 8, 9, EOS], [9, EOS], [7, EOS]]
+    assert build_targets(Y, vocab, "bcl") == [[6, 8, 9, EOS], [9, EOS], [7, EOS]]
+    # mcg: the documents' cluster tokens by rank, SEP, then the labels (cluster 0 = token 5, 1 = 4)
+    assert build_targets(Y, vocab, "mcg") == [[4, 5, SEP, 6, 8, 9, EOS], [5, SEP, 9, EOS], [4, SEP, 7, EOS]]
 
 
 def test_tail_buckets_and_topk_sets():
@@ -214,6 +264,12 @@ def test_save_load_round_trip_and_dispatch(models, data, tmp_path):
     ev, extra = evaluate_xlgen(loaded, test_texts, Yte, LABELS)
     assert {"micro_f1", "macro_f1", "tail0_recall", "tail1_recall"} <= set(extra)
     assert "p" in ev.metrics and ev.n_test == len(test_texts)
+    # the set metrics are those of the generated sets, the ranking metrics those of the scores,
+    # counted here pair by pair
+    gen = loaded.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
+    assert extra["micro_f1"] == pytest.approx(micro, abs=1e-6) and extra["macro_f1"] == pytest.approx(macro, abs=1e-6)
+    assert ev.metrics["p"][1] == pytest.approx(_counted_p1(gen.scores, Yte), abs=1e-6)
     (tmp_path / "mcg" / "weights.safetensors").unlink()
     with pytest.raises(ModelFormatError, match="incomplete"):
         load_model(tmp_path / "mcg")
@@ -262,10 +318,19 @@ def test_assets_materialize_mcg_chain(data, tmp_path):
         "xlgen_settings": settings,
     })
     assert result.success
-    assert isinstance(load_model(tmp_path / "artifacts" / "tiny" / "xlgen_mcg" / "model"), XLGenModel)
+    saved = load_model(tmp_path / "artifacts" / "tiny" / "xlgen_mcg" / "model")
+    assert isinstance(saved, XLGenModel) and saved.params.variant == "mcg" and saved.params.steps == 1
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xlgen-mcg"}
     assert {"micro_f1", "macro_f1", "p"} <= set(rows["metric"])
+    # the stored metrics are the saved model's on the test split, counted here
+    _, _, test_texts, Yte = data
+    stored = {(m, k): v for m, k, v in rows.select("metric", "k", "value").iter_rows()}
+    gen = saved.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
+    assert stored[("micro_f1", 0)] == pytest.approx(micro, abs=1e-6)
+    assert stored[("macro_f1", 0)] == pytest.approx(macro, abs=1e-6)
+    assert stored[("p", 1)] == pytest.approx(_counted_p1(gen.scores, Yte), abs=1e-6)
     meta = result.asset_materializations_for_node("xlgen_mcg_metrics")[0].metadata
     assert "micro_f1" in meta and "macro_f1" in meta
 
@@ -282,9 +347,19 @@ def test_cli_train_and_evaluate(data, tmp_path, capsys):
     ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("p@1", "p@5", "micro_f1", "macro_f1", "n_test", "predict_s"):
         assert key in ev
-    assert 0.0 <= ev["micro_f1"] <= 100.0 and ev["n_test"] == len(test_texts)
+    # the printed metrics are the saved model's, counted here from its generated sets and scores
+    saved = load_model(model)
+    _, _, _, Yte = data
+    gen = saved.generate(test_texts, topk=5)  # one pass: the sets and the scores
+    micro, macro = _counted_set_f1(gen.sets, Yte)
+    assert ev["micro_f1"] == pytest.approx(micro, abs=0.01) and ev["macro_f1"] == pytest.approx(macro, abs=0.01)
+    assert ev["p@1"] == pytest.approx(_counted_p1(gen.scores, Yte), abs=0.01)
+    assert ev["n_test"] == len(test_texts)
     assert main(["predict", "--model", str(model), "--text", "wheat wheat wheat", "--topk", "2"]) == 0
-    assert len(json.loads(capsys.readouterr().out.strip())["labels"]) >= 1
+    # the generated set's labels first, in generated order, by name; at most --topk of them
+    labels = json.loads(capsys.readouterr().out.strip())["labels"]
+    generated = [LABELS[l] for l in saved.predict_sets(["wheat wheat wheat"])[0]]
+    assert 1 <= len(labels) <= 2 and labels[:len(generated)] == generated[:2]
     assert main(["train", "--method", "xlgen", "--data", str(folder), "--model", str(tmp_path / "m2"),
                  "--params", '{"variant": "t5"}']) == 2
     assert "variant" in capsys.readouterr().err
