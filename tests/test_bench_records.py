@@ -7,9 +7,13 @@ DuckDB rows, machine, commit and command. Here:
 * every paragraph, bullet or table of the README that states a measurement (a number with a unit
   of time, memory or speed-up, or a P@k-style two-decimal figure) cites at least one run id
   (a table may cite it in the paragraph just before it);
-* every number in such a table (first column, the row's name, aside) and every two-decimal
-  number of such a paragraph is one of the cited records' numbers, rounded as the README writes
-  it — or a ratio of two of them, for the "×" figures.
+* every number in such a table (first column, the row's name, aside) and every two-decimal,
+  "×" or signed figure of such a paragraph is one of the cited records' numbers, rounded as the
+  README writes it; a "×" figure may instead be the ratio, and a signed one the difference, of
+  two values of one field on one dataset (xmc's and PECOS's train_s on yso-finna-en).
+
+It cannot tell a figure computed some other way from a coincidence among a large record's
+numbers, so a derived figure the README states should be one the bench script records.
 """
 
 from __future__ import annotations
