@@ -246,6 +246,22 @@ class LabelSpace:
             unseen[~unseen] = self.label_counts[inside] == 0
         return int(unseen.sum())
 
+    def named_rankings(self, P: smat.csr_matrix) -> list[list[tuple[str, float]]]:
+        """Each row of a score matrix as (label name, score) pairs, best first.
+
+        Args:
+            P: N × L float32 CSR of predicted scores (a model's ``predict`` output).
+
+        Returns:
+            N lists of (label name, float score), by decreasing score; ties keep the stored
+            order (lower label id first in a model's sorted CSR).
+        """
+        out = []
+        for i in range(P.shape[0]):
+            a, b = P.indptr[i], P.indptr[i + 1]
+            order = np.argsort(-P.data[a:b], kind="stable")
+            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
+        return out
 
     def save_label_counts(self, folder: Path) -> None:
         """Write label_counts.npy ((L,) int64) and train_stats.json (n_train) into `folder`
@@ -373,13 +389,7 @@ class XmcModel(LabelSpace):
         Raises:
             ValueError: as :meth:`predict`.
         """
-        P = self.predict(texts_or_X, topk=topk, **kw)
-        out = []
-        for i in range(P.shape[0]):
-            a, b = P.indptr[i], P.indptr[i + 1]
-            order = np.argsort(-P.data[a:b], kind="stable")
-            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
-        return out
+        return self.named_rankings(self.predict(texts_or_X, topk=topk, **kw))
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -908,13 +908,7 @@ class XLGenModel(LabelSpace):
         Returns:
             N lists of (label name, float score), best first.
         """
-        P = self.predict(texts, topk=topk, beam_size=kw.get("beam_size"))
-        out = []
-        for i in range(P.shape[0]):
-            a, b = P.indptr[i], P.indptr[i + 1]
-            order = np.argsort(-P.data[a:b], kind="stable")
-            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
-        return out
+        return self.named_rankings(self.predict(texts, topk=topk, beam_size=kw.get("beam_size")))
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

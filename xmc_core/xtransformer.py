@@ -692,13 +692,7 @@ class XTransformerModel(LabelSpace):
         Raises:
             ValueError: as :meth:`predict`.
         """
-        P = self.predict(texts, topk=topk, **kw)
-        out = []
-        for i in range(P.shape[0]):
-            a, b = P.indptr[i], P.indptr[i + 1]
-            order = np.argsort(-P.data[a:b], kind="stable")
-            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
-        return out
+        return self.named_rankings(self.predict(texts, topk=topk, **kw))
 
     def save(self, path: str | Path) -> Path:
         """Write the model folder atomically (`folders.atomic_dir`).
