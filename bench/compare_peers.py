@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             print(f"{ds:<14} {system:<9} {r['p@1']:6.2f} {r['p@3']:6.2f} {r['p@5']:6.2f} "
                   f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} {r['peak_rss_mb']:7.0f}",
                   flush=True)
-            rows.append({"run_id": run_id, "bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
+            rows.append({"bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
                          "threads": args.threads, "n_labels": meta["n_labels"], "n_train": meta["n_train"],
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],
                          "peak_rss_mb": r["peak_rss_mb"], "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                      "at": [at_beam[b]["p1"] for b in beams] + [at_beam[full]["p1"]],
                      "rec_at": [at_beam[b]["recall"] for b in beams]})
                 rows.append({
-                    "run_id": run_id, "bench": "disentangle", "dataset": ds,
+                    "bench": "disentangle", "dataset": ds,
                     "system": "xr-linear-flat" if copies == "flat" else model.method,
                     "threads": args.threads, "n_labels": int(Ytr.shape[1]), "n_train": int(Ytr.shape[0]),
                     "n_test": int(Yte.shape[0]), "train_s": train_s, "predict_s": predict_s, "p1": p[0],

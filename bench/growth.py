@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                   f"{tree_s:7.2f} {rankers_s:9.2f} {r['train_s'] / nnz * 1e6:8.2f} {slope:6.2f} {r['p@1']:6.2f}",
                   flush=True)
             rows.append({
-                "run_id": run_id, "bench": "growth", "dataset": args.dataset, "system": "xmc",
+                "bench": "growth", "dataset": args.dataset, "system": "xmc",
                 "threads": args.threads, "n_labels": cols, "n_train": int(X.shape[0]), "n_test": int(Yt.shape[0]),
                 "train_s": r["train_s"], "predict_s": r["predict_s"], "peak_rss_mb": r["peak_rss_mb"],
                 "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
             speed = (ref["fit_s"] + ref["transform_s"]) / max(r["fit_s"] + r["transform_s"], 1e-9)
             print(f"{ds:<14} {system:<8} {r['fit_s']:8.2f} {r['transform_s']:11.2f} {speed:7.2f}x "
                   f"{r['n_features']:9d} {r['nnz_train']:10d} {r['peak_rss_mb']:7.0f}", flush=True)
-            rows.append({"run_id": run_id, "bench": "tfidf", "dataset": ds, "system": system, "threads": 1,
+            rows.append({"bench": "tfidf", "dataset": ds, "system": system, "threads": 1,
                          "n_labels": None, "n_train": r["n_train"], "n_test": r["n_test"],
                          "train_s": r["fit_s"], "predict_s": r["transform_s"], "peak_rss_mb": r["peak_rss_mb"],
                          "p1": None, "p3": None, "p5": None,
