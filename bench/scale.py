@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scaling curve: xmc XR-Linear vs PECOS on synthetic Zipfian sets of growing label counts.
 
-    .venv/bin/python bench/scale.py --labels 10000 100000 1000000 --train-per-label 3 --threads 2
+    .venv/bin/python bench/scale.py --labels 10000 100000 1000000 [--train N ...] [--density sparse|dense] --threads 2
 
 Each size is generated once by xmc's own generator (`xmc synth`, cached under bench/out/synth/),
 then run through bench/compare_peers.py (same features, same threads, each system in its own
@@ -20,12 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+#: (words_per_doc, labels_per_doc) of `SynthParams` per --density. Realised per training document
+#: on 100k labels / 300k documents: default ~72 nonzeros and 2.7 labels; sparse ~22 and 1.9 (short
+#: texts, as yso-finna-en's titles); dense ~80 and ~4 (PROVENANCE.md of each set has the counts).
+DENSITY = {"default": (80, 3.0), "sparse": (24, 2.0), "dense": (90, 4.4)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--labels", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--train", type=int, nargs="+", default=None,
                     help="training documents per size (default: 3 per label, at least 30k)")
     ap.add_argument("--test-frac", type=float, default=0.1)
+    ap.add_argument("--density", choices=sorted(DENSITY), default="default",
+                    help="words and labels per document: " + "; ".join(
+                        f"{k}: {v[0]} words, {v[1]} labels drawn" for k, v in DENSITY.items()))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peers", nargs="*", default=["pecos"])
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
@@ -40,12 +49,14 @@ def main(argv=None) -> int:
     for i, L in enumerate(args.labels):
         n_train = args.train[i] if args.train else max(30_000, 3 * L)
         n_test = max(1000, int(args.test_frac * n_train))
-        name = f"synth-{L}l-{n_train}d"
+        words, labels = DENSITY[args.density]
+        name = f"synth-{L}l-{n_train}d" + ("" if args.density == "default" else f"-{args.density}")
         folder = synth_root / name
         if not (folder / "train.txt.gz").is_file():
             print(f"generating {name} ...", flush=True)
             write_synth(folder, SynthParams(n_labels=L, n_train=n_train, n_test=n_test,
-                                            n_features=max(20_000, 2 * L), seed=0))
+                                            n_features=max(20_000, 2 * L), words_per_doc=words,
+                                            labels_per_doc=labels, seed=0))
         names.append(name)
     cmd = [sys.executable, str(REPO / "bench" / "compare_peers.py"), "--data-root", str(synth_root),
            "--datasets", *names, "--threads", str(args.threads), "--db", args.db, "--out", args.out]

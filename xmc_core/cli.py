@@ -155,6 +155,7 @@ def _train_features(ds, args) -> tuple[list | None, object, str]:
 
 
 def cmd_train(args) -> dict:
+    from .memory import StageMemory
     from .model import METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD, XRLinearParams, train_xr_linear
 
     if args.method == "xr-transformer":
@@ -177,19 +178,19 @@ def cmd_train(args) -> dict:
         params = XRLinearParams().merged(overrides)
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
-    ds, load_s = _train_split(args)
-    texts, X, features = _train_features(ds, args)
-    t0 = time.perf_counter()
-    stages = []
+    memory = StageMemory()
 
     def log(rec):
-        stages.append(rec)
         if args.verbose:
             print(json.dumps(rec), file=sys.stderr)
 
+    ds, load_s = _train_split(args)
+    texts, X, features = _train_features(ds, args)
+    log(memory.add({"stage": "load", "seconds": load_s, "n_train": ds.train.n}))
+    t0 = time.perf_counter()
     try:
         model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=texts, X=X, log=log,
-                                label_titles=ds.label_titles)
+                                label_titles=ds.label_titles, memory=memory)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
             raise
@@ -198,10 +199,12 @@ def cmd_train(args) -> dict:
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
+    t0 = time.perf_counter()
     model.save(args.model)
+    log(memory.add({"stage": "save", "seconds": time.perf_counter() - t0}))
     out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
            "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "features": features,
-           "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+           "load_s": round(load_s, 3), "train_s": round(train_s, 3), "peak_rss_mb": round(memory.run_peak_mb, 1)}
     if "disentangle" in model.info:
         stats = model.info["disentangle"]
         out.update({"copies_added": stats["copies_added"], "labels_with_copies": stats["labels_with_copies"]})
@@ -291,7 +294,9 @@ def cmd_predict(args) -> None:
     from .model import load_model
     from .textio import text_argument
 
+    stage = _StageLog(args.verbose)
     model = load_model(args.model)
+    stage("load_model")
     if args.text is not None:
         inputs = [text_argument(args.text, "--text")]
     elif args.data:
@@ -302,9 +307,14 @@ def cmd_predict(args) -> None:
         inputs = _split_inputs(split, model)
     else:
         inputs = _stdin_lines()
+    stage("load_data", n=inputs.shape[0] if hasattr(inputs, "shape") else len(inputs))
     _check_model_inputs(model, inputs, args.model,
                         "--text" if args.text is not None else (args.data or "<stdin>"))
+    if args.verbose and _text_model(model) and not hasattr(inputs, "shape"):
+        inputs = model.featurize(inputs)
+        stage("features")
     results = model.predict_labels(inputs, topk=args.topk, beam_size=args.beam_size)
+    stage("predict")
     out = sys.stdout
     for i, labels in enumerate(results):
         out.write(json.dumps({"doc": i, "labels": [name for name, _ in labels],
@@ -316,11 +326,14 @@ def cmd_evaluate(args) -> dict:
     from .metrics import MetricParams
     from .model import evaluate_model, load_model
 
+    stage = _StageLog(args.verbose)
     model = load_model(args.model)
+    stage("load_model")
     ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
     split = getattr(ds, args.split)
     if split is None:
         raise UsageError(f"--data {args.data}: no {args.split} split")
+    stage("load_data", n=getattr(split, "n", None))
     mp = MetricParams(propensity_A=args.propensity_a, propensity_B=args.propensity_b)
     if getattr(model, "method", None) == "xlgen":  # one decoding pass: ranking + set metrics
         from .xlgen import evaluate_xlgen
@@ -332,15 +345,49 @@ def cmd_evaluate(args) -> dict:
         return {**ev.flat(), **extra, "model": str(args.model), "split": args.split}
     inputs = _split_inputs(split, model)
     _check_model_inputs(model, inputs, args.model, args.data)
+    if args.verbose and _text_model(model) and not hasattr(inputs, "shape"):
+        inputs = model.featurize(inputs)  # texts -> X here, so that -v times the two apart
+        stage("features")
     ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size)
+    stage("predict", predict_s=round(ev.predict_s, 3))
     return {**ev.flat(), "model": str(args.model), "split": args.split}
+
+
+def _text_model(model) -> bool:
+    """An XR-Linear model with a TF-IDF featurizer (its texts can be featurized apart)."""
+    from .model import XmcModel
+
+    return isinstance(model, XmcModel) and model.featurizer is not None
+
+
+class _StageLog:
+    """-v stage lines of predict / evaluate: {"stage", "seconds", "peak_rss_mb", "rss_mb", ...}
+    on stderr, one per stage as it ends (seconds since the previous line; memory in MiB, the
+    stage's peak and what it left, `memory.StageMemory`)."""
+
+    def __init__(self, verbose: bool):
+        from .memory import StageMemory
+
+        self.verbose = verbose
+        self.memory = StageMemory() if verbose else None
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str, **extra) -> None:
+        if not self.verbose:
+            return
+        now = time.perf_counter()
+        rec = self.memory.add({"stage": name, "seconds": round(now - self.t0, 3), **extra})
+        print(json.dumps(rec), file=sys.stderr)
+        self.t0 = time.perf_counter()
 
 
 def cmd_synth(args) -> dict:
     from .synth import SynthParams, write_synth
 
+    density = {k: v for k, v in (("words_per_doc", args.words_per_doc), ("labels_per_doc", args.labels_per_doc))
+               if v is not None}
     params = SynthParams(n_labels=args.labels, n_train=args.train, n_test=args.test, seed=args.seed,
-                         **({"n_features": args.features} if args.features else {}))
+                         **({"n_features": args.features} if args.features else {}), **density)
     t0 = time.perf_counter()
     try:
         write_synth(args.out, params)
@@ -417,7 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None, help="read only the first N documents (quick runs)")
-    p.add_argument("-v", "--verbose", action="store_true", help="stage timings on stderr")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stage lines on stderr (JSON): seconds, peak and final resident memory (MiB) of each "
+                        "stage (load, features, label_embeddings, label_tree, each rankers_level, save)")
 
     p = sub.add_parser("predict", help="predict labels (JSON lines)")
     p.add_argument("--model", required=True)
@@ -428,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
 
     p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split")
     p.add_argument("--model", required=True)
@@ -441,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--propensity-a", type=float, default=0.55)
     p.add_argument("--propensity-b", type=float, default=1.5)
     p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
 
     p = sub.add_parser("synth", help="generate a synthetic XMC dataset (XC BoW format)")
     p.add_argument("out")
@@ -448,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=int, required=True)
     p.add_argument("--test", type=int, required=True)
     p.add_argument("--features", type=int, default=None)
+    p.add_argument("--words-per-doc", type=int, default=None,
+                   help="mean word tokens per document (default 80: about 72 distinct features, nonzeros, per "
+                        "document; PROVENANCE.md gives the realised count)")
+    p.add_argument("--labels-per-doc", type=float, default=None,
+                   help="mean labels drawn per document, >= 1 (default 3.0: about 2.7 distinct)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("runs", help="evaluated runs in DuckDB; --compare RUN_A RUN_B metric by metric")

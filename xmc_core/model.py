@@ -37,6 +37,7 @@ from .disentangle import (
 )
 from .folders import atomic_dir
 from .label_embedding import PifaParams, pifa
+from .memory import StageMemory, nbytes_mb
 from .sparse import check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
@@ -541,6 +542,7 @@ def train_xr_linear(
     X: smat.spmatrix | None = None,
     log: Callable[[dict], None] | None = None,
     label_titles: Sequence[str] | None = None,
+    memory: StageMemory | None = None,
 ) -> XmcModel:
     """Train an XR-Linear model: TF-IDF (texts) or l2-normalized X → PIFA → tree → rankers.
 
@@ -554,6 +556,8 @@ def train_xr_linear(
         log: receives {"stage": ..., "seconds": ...} records (wall time, s) and per-level
             ranker records.
         label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
+        memory: the :class:`memory.StageMemory` that adds each stage's peak and final resident
+            memory (MiB) to its record (None: a new one, started here).
 
     Returns:
         XmcModel whose predict gives N × L float32 CSR scores.
@@ -574,6 +578,7 @@ def train_xr_linear(
     check_label_matrix(Y, len(texts) if texts is not None else X.shape[0])
     if len(label_names) != Y.shape[1]:
         raise ValueError(f"train_xr_linear: {len(label_names)} label names for {Y.shape[1]} label columns")
+    memory = memory or StageMemory()
     emit = log or (lambda rec: None)
     t0 = time.perf_counter()
     featurizer = None
@@ -582,13 +587,14 @@ def train_xr_linear(
         X = featurizer.fit_transform(list(texts))
     else:
         X = l2_normalize_rows(X)
-    emit({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1]})
-    return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles)
+    emit(memory.add({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1],
+                     "X_mb": nbytes_mb(X)}))
+    return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory)
 
 
 def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
                 log: Callable[[dict], None] | None = None, disentangle: bool = True,
-                label_titles: Sequence[str] | None = None) -> XmcModel:
+                label_titles: Sequence[str] | None = None, memory: StageMemory | None = None) -> XmcModel:
     """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X.
 
     With a `params.disentangle` section (and `disentangle=True`) the first matcher is trained on the
@@ -601,9 +607,11 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         params: :class:`XRLinearParams`.
         featurizer: the fitted TfidfVectorizer kept on the model (None: a feature-vector model).
         tree: a ready :class:`LabelTree` (None: PIFA + `build_tree` here).
-        log: receives {"stage", "seconds", ...} records (wall time, s).
+        log: receives {"stage", "seconds", "peak_rss_mb", "rss_mb", ...} records (wall time, s;
+            the stage's peak and final resident memory, MiB; see :mod:`memory`).
         disentangle: False: `tree` is final already (the Dagster `disentangled_tree` asset made it).
         label_titles: optional L titles for the copies table.
+        memory: the :class:`memory.StageMemory` of the caller's stages (None: a new one).
 
     Returns:
         XmcModel; its method is "xr-linear-ld" whenever params has a disentangle section; when
@@ -612,13 +620,19 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
     Raises:
         ValueError: X and Y row counts differ, or Y's width is not the tree's label count.
     """
-    emit = log or (lambda rec: None)
+    memory = memory or StageMemory()
+    _emit = log or (lambda rec: None)
+
+    def emit(rec):
+        _emit(memory.add(rec))
+
     if tree is None:
         t0 = time.perf_counter()
         Z = pifa(X, Y, params.pifa)
-        emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0})
+        emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0, "Z_mb": nbytes_mb(Z)})
         t0 = time.perf_counter()
         tree = build_tree(Z, params.tree)
+        del Z  # the tree is all that is kept of the embeddings
         emit({"stage": "label_tree", "seconds": time.perf_counter() - t0, "level_sizes": tree.level_sizes()})
     info: dict = {}
     copies = None
@@ -634,11 +648,16 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
     levels = []
 
     def level_log(rec):
-        levels.append(rec)
-        emit({"stage": "rankers_level", **rec})
+        levels.append(memory.add(rec))
+        _emit({"stage": "rankers_level", **rec})
 
     ranker = XLinearModel.train(X, Y, tree, params.ranker, params.pred, log=level_log)
-    emit({"stage": "rankers", "seconds": time.perf_counter() - t0})
+    rec = {"stage": "rankers", "seconds": time.perf_counter() - t0, "W_mb": nbytes_mb(*ranker.W)}
+    memory.add(rec)
+    # the whole stage: its levels' peaks too (each level record reset the peak)
+    level_peaks = [r["peak_rss_mb"] for r in levels if "peak_rss_mb" in r]
+    rec["peak_rss_mb"] = max([rec["peak_rss_mb"], *level_peaks])
+    _emit(rec)
     model = XmcModel(params, list(label_names), ranker, featurizer, method=params.method,
                      info={"levels": levels, **info})
     model.copies = copies

@@ -662,7 +662,8 @@ class XLinearModel:
             pred_params: :class:`PredParams` kept on the model as predict's defaults; its
                 beam_size is the MAN matcher's beam when params.man_beam_size is None.
             log: called once per level with {"level", "n_nodes", "n_parents", "seconds"
-                (wall time, s), "nnz_W", "active_pairs"}.
+                (wall time, s), "nnz_W", "active_pairs", "W_mb" (the level's weights, MiB),
+                "largest_block_mb" (the largest parent's gathered instance block, MiB)}.
 
         Returns:
             XLinearModel with W[t] of shape (D+1) × nnz(C[t]), float32 CSC.
@@ -701,7 +702,9 @@ class XLinearModel:
                     partial = cls(LabelTree(tree.C[:t]), W, params.bias, pred_params)
                     parts.append(binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
-            W_t = _no_positive_constant(_train_level(Xb, Y_t, C, active, params, threads), Y_t, C, params.bias)
+            stats: dict = {}
+            W_t = _no_positive_constant(_train_level(Xb, Y_t, C, active, params, threads, stats), Y_t, C,
+                                        params.bias)
             W.append(W_t)
             if log is not None:
                 log({
@@ -711,6 +714,8 @@ class XLinearModel:
                     "seconds": time.perf_counter() - t0,
                     "nnz_W": int(W_t.nnz),
                     "active_pairs": int(active.nnz),
+                    "W_mb": round((W_t.data.nbytes + W_t.indices.nbytes + W_t.indptr.nbytes) / 2**20, 1),
+                    "largest_block_mb": round(stats.get("largest_block_bytes", 0) / 2**20, 1),
                 })
         return cls(tree, W, params.bias, pred_params)
 
@@ -949,8 +954,12 @@ def _no_positive_constant(W_t: smat.csc_matrix, Y_t, C, bias: float) -> smat.csc
     return W
 
 
-def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat.csc_matrix:
-    """Weights of one level: (D+1) × nnz(C) float32 CSC, children-contiguous column order."""
+def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None
+                 ) -> smat.csc_matrix:
+    """Weights of one level: (D+1) × nnz(C) float32 CSC, children-contiguous column order.
+    stats (out): "largest_block_bytes", the largest gathered instance block."""
+    stats = {} if stats is None else stats
+    stats.setdefault("largest_block_bytes", 0)
     C = smat.csc_matrix(C)
     Y_t = smat.csc_matrix(Y_t)
     active = smat.csc_matrix(active)
@@ -971,6 +980,8 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int) -> smat
                                                           kernels.scratch("colmap", D1))
         Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
+        stats["largest_block_bytes"] = max(stats["largest_block_bytes"],
+                                           data.nbytes + indices.nbytes + indptr.nbytes + Ypos.nbytes)
         if params.solver == "dcd":
             r, k, v = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
                                               threads=inner_threads, seed=params.seed + p,
