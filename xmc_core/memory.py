@@ -76,13 +76,13 @@ class StageMemory:
 
     def __init__(self):
         self.exact = reset_peak()
-        self.run_peak_mb = peak_rss_mb()
+        self.run_peak_mb = round(peak_rss_mb(), 1)
 
     def add(self, rec: dict) -> dict:
         """`rec` with ``peak_rss_mb`` and ``rss_mb`` added (rounded to 0.1 MiB); returns it."""
-        peak = peak_rss_mb()
+        peak = round(peak_rss_mb(), 1)
         self.run_peak_mb = max(self.run_peak_mb, peak)
-        rec["peak_rss_mb"] = round(peak, 1)
+        rec["peak_rss_mb"] = peak
         rec["rss_mb"] = round(rss_mb(), 1)
         if self.exact:
             reset_peak()

@@ -550,13 +550,28 @@ def _resolve_threads(threads: int) -> int:
 
 
 def _with_bias(X: smat.csr_matrix, bias: float) -> smat.csr_matrix:
-    """X with a constant column `bias` appended (N × (D+1) float32 CSR)."""
+    """X with a constant column `bias` appended (N × (D+1) float32 CSR, indices sorted; bias 0:
+    an empty column). Built in place of a hstack, which goes through int64 COO triplets: this
+    allocates the result alone (int32 indices where they fit)."""
     X = smat.csr_matrix(X, dtype=np.float32)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    N, D = X.shape
     if bias == 0:
-        return smat.hstack([X, smat.csr_matrix((X.shape[0], 1), dtype=np.float32)], format="csr")
-    col = smat.csr_matrix(np.full((X.shape[0], 1), bias, np.float32))
-    Xb = smat.hstack([X, col], format="csr", dtype=np.float32)
-    Xb.sort_indices()
+        return smat.csr_matrix((X.data, X.indices, X.indptr), shape=(N, D + 1))
+    idx_t = np.int32 if X.nnz + N < 2**31 and D + 1 < 2**31 else np.int64
+    indptr = X.indptr.astype(idx_t) + np.arange(N + 1, dtype=idx_t)
+    nnz = X.nnz + N
+    is_bias = np.zeros(nnz, bool)
+    is_bias[indptr[1:] - 1] = True  # the last entry of every row
+    indices = np.empty(nnz, idx_t)
+    indices[is_bias] = D
+    indices[~is_bias] = X.indices
+    data = np.empty(nnz, np.float32)
+    data[is_bias] = bias
+    data[~is_bias] = X.data
+    Xb = smat.csr_matrix((data, indices, indptr), shape=(N, D + 1))
+    Xb.has_sorted_indices = True
     return Xb
 
 
@@ -703,8 +718,7 @@ class XLinearModel:
                     parts.append(binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
             stats: dict = {}
-            W_t = _no_positive_constant(_train_level(Xb, Y_t, C, active, params, threads, stats), Y_t, C,
-                                        params.bias)
+            W_t = _train_level(Xb, Y_t, C, active, params, threads, stats)
             W.append(W_t)
             if log is not None:
                 log({
@@ -936,7 +950,9 @@ NO_POSITIVE_SCORE = -10.0
 
 def _no_positive_constant(W_t: smat.csc_matrix, Y_t, C, bias: float) -> smat.csc_matrix:
     """W_t with the column of every node that has no positive in Y_t replaced by the constant
-    NO_POSITIVE_SCORE (one entry, in the bias row). Unchanged without a bias feature (bias 0)."""
+    NO_POSITIVE_SCORE (one entry, in the bias row). Unchanged without a bias feature (bias 0).
+    (`_train_level` puts the constant in while it assembles a level; this is for weights made
+    elsewhere.)"""
     if bias <= 0:
         return W_t
     n_pos = np.diff(smat.csc_matrix(Y_t).indptr)
@@ -954,9 +970,32 @@ def _no_positive_constant(W_t: smat.csc_matrix, Y_t, C, bias: float) -> smat.csc
     return W
 
 
+def _parent_columns(D1, n_cols, rows, cols, vals, no_positive, bias):
+    """One parent's weights as CSC pieces: (counts per column (n_cols,), rows int32, values
+    float32), entries sorted by (column, row). rows/cols/vals: its triplets, cols local to the
+    parent (0..n_cols-1). Columns flagged in `no_positive` get the one bias-row entry
+    NO_POSITIVE_SCORE / bias instead of whatever was trained (bias > 0)."""
+    if bias > 0 and no_positive.any():
+        keep = ~no_positive[cols]
+        empty = np.flatnonzero(no_positive)
+        rows = np.concatenate([rows[keep], np.full(len(empty), D1 - 1, rows.dtype)])
+        cols = np.concatenate([cols[keep], empty.astype(cols.dtype)])
+        vals = np.concatenate([vals[keep], np.full(len(empty), NO_POSITIVE_SCORE / bias, np.float32)])
+    order = np.lexsort((rows, cols))
+    counts = np.bincount(cols, minlength=n_cols).astype(np.int64)
+    return counts, rows[order].astype(np.int32), vals[order].astype(np.float32, copy=False)
+
+
 def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None
                  ) -> smat.csc_matrix:
-    """Weights of one level: (D+1) × nnz(C) float32 CSC, children-contiguous column order.
+    """Weights of one level: (D+1) × nnz(C) float32 CSC (int32 indices), children-contiguous
+    column order; a node with no positive in Y_t scores NO_POSITIVE_SCORE (its column is the one
+    bias-row entry; bias 0: empty).
+
+    Each parent's block is gathered, solved and turned into its columns' CSC pieces (int32 rows,
+    float32 values) inside its own job, so a level holds its gathered blocks only while they are
+    solved and its weights as int32/float32 pieces, never as int64 triplets; the pieces are
+    copied into the level's arrays one by one, each freed as it is copied.
     stats (out): "largest_block_bytes", the largest gathered instance block."""
     stats = {} if stats is None else stats
     stats.setdefault("largest_block_bytes", 0)
@@ -964,7 +1003,9 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: 
     Y_t = smat.csc_matrix(Y_t)
     active = smat.csc_matrix(active)
     n_parents = C.shape[1]
-    D1 = Xb.shape[1]
+    N, D1 = Xb.shape
+    bias = params.bias
+    no_positive = (np.diff(Y_t.indptr) == 0)[C.indices]  # per column of W (node C.indices[j])
     # Few parents (the top level has one): spend the threads inside each block's products.
     inner_threads = max(1, threads // n_parents)
 
@@ -972,42 +1013,64 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: 
         a, b = C.indptr[p], C.indptr[p + 1]
         if a == b:
             return p, None
+        empty = (np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.float32))
         inst = active.indices[active.indptr[p]:active.indptr[p + 1]]
         if len(inst) == 0:
-            return p, None
-        # the block's rows, its columns renumbered to those used (first use order)
-        indptr, indices, data, used = kernels.gather_rows(Xb.indptr, Xb.indices, Xb.data, inst,
-                                                          kernels.scratch("colmap", D1))
-        Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
+            return p, _parent_columns(D1, b - a, *empty, no_positive[a:b], bias)
+        if len(inst) == N:
+            # every instance (the top level): the block is Xb itself, not a renumbered copy of it.
+            # The solver's arithmetic does not depend on the column numbering, so the weights
+            # are the same bits.
+            Xp, used = Xb, None
+        else:
+            # the block's rows, its columns renumbered to those used (first use order)
+            indptr, indices, data, used = kernels.gather_rows(Xb.indptr, Xb.indices, Xb.data, inst,
+                                                              kernels.scratch("colmap", D1))
+            Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
-        stats["largest_block_bytes"] = max(stats["largest_block_bytes"],
-                                           data.nbytes + indices.nbytes + indptr.nbytes + Ypos.nbytes)
+        if used is not None:
+            stats["largest_block_bytes"] = max(stats["largest_block_bytes"],
+                                               Xp.data.nbytes + Xp.indices.nbytes + Xp.indptr.nbytes + Ypos.nbytes)
         if params.solver == "dcd":
             r, k, v = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
                                               threads=inner_threads, seed=params.seed + p,
                                               threshold=params.threshold)
-            return p, (used[r], a + k, v)
-        Wp = solve_squared_hinge(
-            Xp, Ypos, params.Cp, params.Cn, params.newton_max_iter, params.newton_eps, params.cg_max_iter,
-            params.cg_eps, threads=inner_threads,
-        )
-        r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
-        return p, (used[r], a + k, Wp[r, k])
+        else:
+            Wp = solve_squared_hinge(
+                Xp, Ypos, params.Cp, params.Cn, params.newton_max_iter, params.newton_eps, params.cg_max_iter,
+                params.cg_eps, threads=inner_threads,
+            )
+            r, k = np.nonzero(np.abs(Wp) >= params.threshold) if params.threshold > 0 else np.nonzero(Wp)
+            v = Wp[r, k]
+            del Wp
+        del Xp, Ypos
+        rows = (r if used is None else used[r]).astype(np.int32)
+        return p, _parent_columns(D1, b - a, rows, k, v.astype(np.float32, copy=False), no_positive[a:b], bias)
 
-    rows, cols, vals = [], [], []
     # Big parents first so threads stay balanced.
     sizes = np.diff(active.indptr)
     order = np.argsort(-sizes[:n_parents], kind="stable")
     if threads > 1 and n_parents > 1:
         with ThreadPoolExecutor(threads) as ex:
-            results = list(ex.map(job, order))
+            results = dict(ex.map(job, order))
     else:
-        results = [job(p) for p in order]
-    for _, res in results:
+        results = dict(job(p) for p in order)
+    counts = np.zeros(C.nnz, np.int64)
+    for p, res in results.items():
         if res is not None:
-            rows.append(res[0]); cols.append(res[1]); vals.append(res[2])
-    if rows:
-        rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals).astype(np.float32)
-    else:
-        rows = cols = np.zeros(0, np.int64); vals = np.zeros(0, np.float32)
-    return smat.csc_matrix((vals, (rows, cols)), shape=(D1, C.nnz), dtype=np.float32)
+            counts[C.indptr[p]:C.indptr[p + 1]] = res[0]
+    indptr = np.zeros(C.nnz + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    nnz = int(indptr[-1])
+    indices = np.empty(nnz, np.int32)
+    data = np.empty(nnz, np.float32)
+    for p in range(n_parents):
+        res = results.pop(p, None)
+        if res is not None:
+            lo = indptr[C.indptr[p]]
+            indices[lo:lo + len(res[1])] = res[1]
+            data[lo:lo + len(res[2])] = res[2]
+    idx_t = np.int32 if nnz < 2**31 else np.int64
+    W = smat.csc_matrix((data, indices, indptr.astype(idx_t)), shape=(D1, C.nnz))
+    W.has_sorted_indices = True
+    return W
