@@ -383,18 +383,21 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
 
 
 @njit(nogil=True, cache=True)
-def gather_rows(indptr, indices, data, rows, colmap):
+def gather_rows(indptr, indices, data, rows, colmap, bias_col=-1, bias=0.0):
     """Rows `rows` of a CSR matrix with their columns renumbered 0.. in order of first use.
 
-    colmap: int64 scratch of length n_columns filled with -1 (left so). Returns (indptr,
-    indices (int32), data, used): used[j] is the original column of local column j. O(nnz of the
-    rows), whatever the width of the matrix.
+    colmap: int64 scratch of length n_columns (bias_col + 1 with a bias) filled with -1 (left
+    so). bias_col >= 0 appends the entry (bias_col, bias) to every gathered row, last, as if the
+    matrix had that constant column (`xlinear._with_bias`) without making that matrix. Returns
+    (indptr, indices (int32), data, used): used[j] is the original column of local column j.
+    O(nnz of the rows), whatever the width of the matrix.
     """
     m = rows.shape[0]
+    extra = 1 if bias_col >= 0 else 0
     lptr = np.zeros(m + 1, np.int64)
     for r in range(m):
         i = rows[r]
-        lptr[r + 1] = lptr[r] + indptr[i + 1] - indptr[i]
+        lptr[r + 1] = lptr[r] + indptr[i + 1] - indptr[i] + extra
     lind = np.empty(lptr[m], np.int32)
     ldat = np.empty(lptr[m], np.float32)
     used = np.empty(lptr[m], np.int64)
@@ -411,6 +414,13 @@ def gather_rows(indptr, indices, data, rows, colmap):
             lind[q] = colmap[f]
             ldat[q] = data[p]
             q += 1
+        if extra:
+            if colmap[bias_col] < 0:
+                colmap[bias_col] = n_cols
+                used[n_cols] = bias_col
+                n_cols += 1
+            lind[q] = colmap[bias_col]
+            ldat[q] = bias
     for c in range(n_cols):
         colmap[used[c]] = -1
     return lptr, lind, ldat, used[:n_cols].copy()

@@ -696,7 +696,11 @@ class XLinearModel:
             raise ValueError(f"XLinearModel.train: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
         if Y.shape[1] != tree.n_labels:
             raise ValueError(f"XLinearModel.train: Y has {Y.shape[1]} labels, the tree {tree.n_labels}")
-        Xb = _with_bias(X, params.bias)
+        # X as float32 CSR with sorted indices; the bias column is appended to each gathered block
+        # (`kernels.gather_rows`), not to a copy of X held through training
+        X = smat.csr_matrix(X, dtype=np.float32)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()
         Y = binarize(Y)
         N = X.shape[0]
         threads = _resolve_threads(params.threads)
@@ -715,10 +719,11 @@ class XLinearModel:
                     parts.append(binarize(Y @ tree.label_to_level(t - 1)))
                 if "man" in params.negative_sampling:
                     partial = cls(LabelTree(tree.C[:t]), W, params.bias, pred_params)
-                    parts.append(binarize(partial._beam(Xb, man_beam, man_beam, "l3-hinge", level_scores=True)))
+                    parts.append(binarize(partial._beam(_with_bias(X, params.bias), man_beam, man_beam, "l3-hinge",
+                                                        level_scores=True)))
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
             stats: dict = {}
-            W_t = _train_level(Xb, Y_t, C, active, params, threads, stats)
+            W_t = _train_level(X, Y_t, C, active, params, threads, stats)
             W.append(W_t)
             if log is not None:
                 log({
@@ -986,13 +991,15 @@ def _parent_columns(D1, n_cols, rows, cols, vals, no_positive, bias):
     return counts, rows[order].astype(np.int32), vals[order].astype(np.float32, copy=False)
 
 
-def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None
+def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None
                  ) -> smat.csc_matrix:
     """Weights of one level: (D+1) × nnz(C) float32 CSC (int32 indices), children-contiguous
     column order; a node with no positive in Y_t scores NO_POSITIVE_SCORE (its column is the one
     bias-row entry; bias 0: empty).
 
-    Each parent's block is gathered, solved and turned into its columns' CSC pieces (int32 rows,
+    X: N × D float32 CSR, sorted indices, without the bias column: each parent's block is
+    gathered with the bias entry appended to its rows (`kernels.gather_rows`), so no biased copy
+    of X is held. Each block is solved and turned into its columns' CSC pieces (int32 rows,
     float32 values) inside its own job, so a level holds its gathered blocks only while they are
     solved and its weights as int32/float32 pieces, never as int64 triplets; the pieces are
     copied into the level's arrays one by one, each freed as it is copied.
@@ -1003,8 +1010,10 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: 
     Y_t = smat.csc_matrix(Y_t)
     active = smat.csc_matrix(active)
     n_parents = C.shape[1]
-    N, D1 = Xb.shape
+    N, D = X.shape
+    D1 = D + 1
     bias = params.bias
+    bias_col = D if bias != 0 else -1
     no_positive = (np.diff(Y_t.indptr) == 0)[C.indices]  # per column of W (node C.indices[j])
     # Few parents (the top level has one): spend the threads inside each block's products.
     inner_threads = max(1, threads // n_parents)
@@ -1017,20 +1026,14 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: 
         inst = active.indices[active.indptr[p]:active.indptr[p + 1]]
         if len(inst) == 0:
             return p, _parent_columns(D1, b - a, *empty, no_positive[a:b], bias)
-        if len(inst) == N:
-            # every instance (the top level): the block is Xb itself, not a renumbered copy of it.
-            # The solver's arithmetic does not depend on the column numbering, so the weights
-            # are the same bits.
-            Xp, used = Xb, None
-        else:
-            # the block's rows, its columns renumbered to those used (first use order)
-            indptr, indices, data, used = kernels.gather_rows(Xb.indptr, Xb.indices, Xb.data, inst,
-                                                              kernels.scratch("colmap", D1))
-            Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
+        # the block's rows (bias entry appended), its columns renumbered to those used (first use
+        # order; the solver's arithmetic does not depend on the numbering)
+        indptr, indices, data, used = kernels.gather_rows(X.indptr, X.indices, X.data, inst,
+                                                          kernels.scratch("colmap", D1), bias_col, bias)
+        Xp = smat.csr_matrix((data, indices, indptr), shape=(len(inst), len(used)))
         Ypos = Y_t[:, C.indices[a:b]][inst].toarray() > 0
-        if used is not None:
-            stats["largest_block_bytes"] = max(stats["largest_block_bytes"],
-                                               Xp.data.nbytes + Xp.indices.nbytes + Xp.indptr.nbytes + Ypos.nbytes)
+        stats["largest_block_bytes"] = max(stats["largest_block_bytes"],
+                                           Xp.data.nbytes + Xp.indices.nbytes + Xp.indptr.nbytes + Ypos.nbytes)
         if params.solver == "dcd":
             r, k, v = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
                                               threads=inner_threads, seed=params.seed + p,
@@ -1044,7 +1047,7 @@ def _train_level(Xb, Y_t, C, active, params: RankerParams, threads: int, stats: 
             v = Wp[r, k]
             del Wp
         del Xp, Ypos
-        rows = (r if used is None else used[r]).astype(np.int32)
+        rows = used[r].astype(np.int32)
         return p, _parent_columns(D1, b - a, rows, k, v.astype(np.float32, copy=False), no_positive[a:b], bias)
 
     # Big parents first so threads stay balanced.
