@@ -150,3 +150,33 @@ def test_stage_memory_sees_a_peak_and_resets_it():
     assert reset_peak() in (True, False)
     assert nbytes_mb(smat.identity(2**16, dtype=np.float32, format="csr")) == pytest.approx(
         (2**16 * 4 + 2**16 * 4 + (2**16 + 1) * 4) / 2**20, abs=0.1)
+
+
+def test_l2_normalize_rows_in_blocks_equals_the_scipy_formula(monkeypatch):
+    import xmc_core.sparse as sparse_mod
+
+    def scipy_formula(X):
+        X = smat.csr_matrix(X, dtype=np.float32, copy=True)
+        sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+        norms = np.sqrt(sq)
+        norms[norms == 0.0] = 1.0
+        X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
+        return X
+
+    rng = np.random.default_rng(4)
+    X = smat.random(600, 900, density=0.05, random_state=4, format="csr", dtype=np.float32)
+    X.data *= rng.random(X.nnz).astype(np.float32) * 30
+    keep = (np.arange(600) % 7 != 0).astype(np.float32)  # every 7th row empty
+    X = smat.csr_matrix(smat.diags(keep) @ X)  # indices left unsorted by the product
+    ref = scipy_formula(X)
+    monkeypatch.setattr(sparse_mod, "_BLOCK_NNZ", 500)  # many blocks, rows never split
+    got = sparse_mod.l2_normalize_rows(X)
+    assert (got != ref).nnz == 0 and np.array_equal(got.toarray(), ref.toarray())
+    assert got.data is not X.data and X.has_sorted_indices in (True, False)
+    own = X.copy()
+    same = sparse_mod.l2_normalize_rows(own, copy=False)
+    assert np.shares_memory(same.data, own.data)  # in place: no second copy
+    np.testing.assert_array_equal(same.toarray(), ref.toarray())
+    norms = np.sqrt(np.asarray(same.multiply(same).sum(axis=1)).ravel())
+    np.testing.assert_allclose(norms[keep > 0], 1.0, rtol=1e-6)
+    assert (norms[keep == 0] == 0).all()

@@ -541,9 +541,9 @@ def bigram_ids(tok, doc_ptr, n_tok):
     marker array. Ids follow (first token, second token): they depend on the token ids only,
     not on the order documents come in.
 
-    tok: (n,) int64 token ids in [0, n_tok), -1 for none; doc_ptr: (n_docs + 1,) int64.
-    Returns bid (n,) int64 (the id of the bigram starting at each position, -1 where none),
-    pair_a, pair_b (n_bigrams,) int64: the two token ids of each bigram.
+    tok: (n,) int32 or int64 token ids in [0, n_tok), -1 for none, n < 2**31; doc_ptr:
+    (n_docs + 1,) int64. Returns bid (n,) int32 (the id of the bigram starting at each position,
+    -1 where none), pair_a, pair_b (n_bigrams,) int64: the two token ids of each bigram.
     """
     n = tok.shape[0]
     start = np.zeros(n_tok + 1, np.int64)
@@ -554,7 +554,7 @@ def bigram_ids(tok, doc_ptr, n_tok):
                 start[tok[p] + 1] += 1
     for a in range(n_tok):
         start[a + 1] += start[a]
-    order = np.empty(start[n_tok], np.int64)
+    order = np.empty(start[n_tok], np.int32)  # positions: < 2**31 (checked by the caller)
     fill = start[:n_tok].copy()
     for d in range(n_docs):
         for p in range(doc_ptr[d], doc_ptr[d + 1] - 1):
@@ -562,7 +562,7 @@ def bigram_ids(tok, doc_ptr, n_tok):
             if a >= 0 and tok[p + 1] >= 0:
                 order[fill[a]] = p
                 fill[a] += 1
-    bid = np.full(n, -1, np.int64)
+    bid = np.full(n, -1, np.int32)
     mark = np.full(n_tok, -1, np.int64)
     local = np.empty(n_tok, np.int64)
     pair_a = np.empty(start[n_tok], np.int64)
@@ -588,12 +588,13 @@ def bigram_ids(tok, doc_ptr, n_tok):
 
 
 @njit(nogil=True, cache=True)
-def ngram_terms(tok, doc_ptr, bid, use_uni, use_bi, n_uni):
-    """Term id of every uni/bigram occurrence, grouped by document: (T, t_ptr). A unigram's term
-    is its token id, a bigram's n_uni + its id in `bid`; tokens and bigrams with id -1 drop out."""
+def ngram_terms(tok, doc_ptr, bid, use_uni, use_bi, n_uni, T):
+    """Term id of every uni/bigram occurrence, grouped by document: (T[:k], t_ptr). A unigram's
+    term is its token id, a bigram's n_uni + its id in `bid`; tokens and bigrams with id -1 drop
+    out. T: the output, room for (use_uni + use_bi) · len(tok) ids (int32 where the term count
+    allows: the caller's choice, so a corpus-sized array is not allocated twice)."""
     n_docs = doc_ptr.shape[0] - 1
     t_ptr = np.zeros(n_docs + 1, np.int64)
-    T = np.empty(2 * tok.shape[0], np.int64)
     k = 0
     for d in range(n_docs):
         for p in range(doc_ptr[d], doc_ptr[d + 1]):
@@ -604,17 +605,17 @@ def ngram_terms(tok, doc_ptr, bid, use_uni, use_bi, n_uni):
                 T[k] = n_uni + bid[p]
                 k += 1
         t_ptr[d + 1] = k
-    return T[:k].copy(), t_ptr
+    return T[:k], t_ptr
 
 
 @njit(nogil=True, cache=True)
-def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols):
+def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols, T):
     """Columns of a fitted vocabulary for every uni/bigram occurrence, grouped by document:
-    (T, t_ptr). uni_col: column of each token's unigram (-1: not in the vocabulary); bkeys
-    (sorted) / bcols: a * n_tok + b of each vocabulary bigram and its column."""
+    (T[:k], t_ptr). uni_col: column of each token's unigram (-1: not in the vocabulary); bkeys
+    (sorted) / bcols: a * n_tok + b of each vocabulary bigram and its column. T: the output,
+    room for 2 · len(tok) columns (int32: the vocabulary is < 2**31)."""
     n_docs = doc_ptr.shape[0] - 1
     t_ptr = np.zeros(n_docs + 1, np.int64)
-    T = np.empty(2 * tok.shape[0], np.int64)
     nb = bkeys.shape[0]
     k = 0
     for d in range(n_docs):
@@ -633,7 +634,7 @@ def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols):
                     T[k] = bcols[i]
                     k += 1
         t_ptr[d + 1] = k
-    return T[:k].copy(), t_ptr
+    return T[:k], t_ptr
 
 
 @njit(nogil=True, cache=True)

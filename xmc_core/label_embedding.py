@@ -55,7 +55,8 @@ def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):
         raise ValueError(f"pifa: X has {X.shape[0]} rows but Y has {Y.shape[0]}")
     Yt = smat.csr_matrix(Y.T, dtype=np.float32)
     if smat.issparse(X):
-        return l2_normalize_rows(Yt @ smat.csr_matrix(X, dtype=np.float32))
+        # Yᵀ X is a fresh matrix: normalized in place, not copied
+        return l2_normalize_rows(Yt @ smat.csr_matrix(X, dtype=np.float32), copy=False)
     Z = np.asarray(Yt @ np.asarray(X, dtype=np.float32), dtype=np.float32)
     norms = np.linalg.norm(Z, axis=1, keepdims=True)
     norms[norms == 0] = 1.0

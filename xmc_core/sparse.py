@@ -20,20 +20,44 @@ def binarize(M) -> smat.csr_matrix:
     return M
 
 
-def l2_normalize_rows(X: smat.csr_matrix) -> smat.csr_matrix:
-    """Rows of X scaled to unit l2 norm (zero rows stay zero); always a copy.
+#: Entries per block of `l2_normalize_rows`: its temporaries stay this size, not X's.
+_BLOCK_NNZ = 1 << 20
+
+
+def l2_normalize_rows(X: smat.csr_matrix, copy: bool = True) -> smat.csr_matrix:
+    """Rows of X scaled to unit l2 norm (zero rows stay zero).
 
     Args:
         X: N × D matrix, sparse or dense (anything ``csr_matrix`` accepts).
+        copy: False scales X's own data in place when X is already a float32 CSR matrix (no
+            second copy of a large X; the caller must not need the unscaled values).
 
     Returns:
-        N × D float32 CSR (norms computed in float64).
+        N × D float32 CSR, indices sorted, duplicates summed. Squared entries are summed per row as scipy's
+        ``X.multiply(X).sum(axis=1)`` does (``np.add.reduceat`` in float32), the root taken in
+        float64; rows go in blocks of about 1M entries, so the temporaries stay that size.
     """
-    X = smat.csr_matrix(X, dtype=np.float32, copy=True)
-    sq = np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
-    norms = np.sqrt(sq)
-    norms[norms == 0.0] = 1.0
-    X.data /= np.repeat(norms, np.diff(X.indptr)).astype(np.float32)
+    X = smat.csr_matrix(X, dtype=np.float32, copy=copy)
+    if not X.data.flags.writeable:
+        X = X.copy()
+    X.sum_duplicates()  # sorted, as scipy's multiply leaves them: the same sums, bit for bit
+    indptr, data = X.indptr, X.data
+    n = X.shape[0]
+    r0 = 0
+    while r0 < n:
+        r1 = int(np.searchsorted(indptr, indptr[r0] + _BLOCK_NNZ, side="right")) - 1
+        r1 = min(n, max(r1, r0 + 1))
+        lo, hi = int(indptr[r0]), int(indptr[r1])
+        counts = np.diff(indptr[r0:r1 + 1])
+        seg = data[lo:hi]
+        sq = np.zeros(r1 - r0, np.float32)
+        filled = counts > 0
+        if hi > lo:
+            sq[filled] = np.add.reduceat(seg * seg, (indptr[r0:r1] - lo)[filled])
+        norms = np.sqrt(sq.astype(np.float64))
+        norms[norms == 0.0] = 1.0
+        seg /= np.repeat(norms, counts).astype(np.float32)
+        r0 = r1
     return X
 
 

@@ -103,6 +103,11 @@ def _char_terms(tokens: list[str], lo: int, hi: int) -> list[str]:
     return terms
 
 
+def _term_buffer(per_token: int, n_tokens: int, n_terms: int) -> np.ndarray:
+    """Room for the term ids of a corpus' occurrences: int32 unless the terms need int64."""
+    return np.empty(per_token * n_tokens, np.int32 if n_terms < 2**31 else np.int64)
+
+
 class TfidfVectorizer:
     """Word / character n-gram TF-IDF, fitted on training text only.
 
@@ -150,8 +155,9 @@ class TfidfVectorizer:
 
     @staticmethod
     def _token_ids(flat, tokens) -> np.ndarray:
-        """Id of each token of `flat` in the String Series `tokens` (its row number), -1 if absent."""
-        table = pl.DataFrame({"tok": tokens, "id": np.arange(len(tokens), dtype=np.int64)})
+        """Id of each token of `flat` in the String Series `tokens` (its row number), -1 if absent;
+        int32 (a vocabulary of tokens is far below 2**31)."""
+        table = pl.DataFrame({"tok": tokens, "id": np.arange(len(tokens), dtype=np.int32)})
         found = pl.DataFrame({"tok": flat}).join(table, on="tok", how="left", maintain_order="left")
         return found["id"].fill_null(-1).to_numpy()
 
@@ -161,14 +167,18 @@ class TfidfVectorizer:
         tokens = flat.unique().sort()  # sorted, so that ids do not depend on threads
         n_tok = len(tokens)
         tok = self._token_ids(flat, tokens)
+        del flat  # the corpus' token strings: the ids are all that is needed from here
+        if len(tok) >= 2**31:
+            raise ValueError(f"TfidfVectorizer.fit: {len(tok)} tokens; at most 2**31 - 1 per call")
         lo, hi = self.params.ngram_range
         n_uni = n_tok if lo == 1 else 0
         if hi == 2:
             bid, pair_a, pair_b = kernels.bigram_ids(tok, doc_ptr, n_tok)
         else:
-            bid, pair_a, pair_b = np.full(len(tok), -1, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        T, t_ptr = kernels.ngram_terms(tok, doc_ptr, bid, lo == 1, hi == 2, n_uni)
-        del bid
+            bid, pair_a, pair_b = np.full(len(tok), -1, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        T, t_ptr = kernels.ngram_terms(tok, doc_ptr, bid, lo == 1, hi == 2, n_uni,
+                                       _term_buffer((lo == 1) + (hi == 2), len(tok), n_uni + len(pair_a)))
+        del bid, tok
         tf = self._count_terms(T, t_ptr, n_uni + len(pair_a))
 
         def names(term_ids: np.ndarray) -> list[str]:
@@ -231,8 +241,10 @@ class TfidfVectorizer:
         tokens, n_tok, uni_col, bkeys, bcols = self._index or self._build_index()
         flat, doc_ptr = self._token_series(texts)
         tok = self._token_ids(flat, tokens)
+        del flat
         lo, hi = self.params.ngram_range
-        T, t_ptr = kernels.lookup_terms(tok, doc_ptr, n_tok, lo == 1, hi == 2, uni_col, bkeys, bcols)
+        T, t_ptr = kernels.lookup_terms(tok, doc_ptr, n_tok, lo == 1, hi == 2, uni_col, bkeys, bcols,
+                                        _term_buffer(2, len(tok), len(self.vocab)))
         return self._count_terms(T, t_ptr, len(self.vocab))
 
     # -- tokenization -------------------------------------------------------------------------
