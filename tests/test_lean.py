@@ -180,3 +180,58 @@ def test_l2_normalize_rows_in_blocks_equals_the_scipy_formula(monkeypatch):
     norms = np.sqrt(np.asarray(same.multiply(same).sum(axis=1)).ravel())
     np.testing.assert_allclose(norms[keep > 0], 1.0, rtol=1e-6)
     assert (norms[keep == 0] == 0).all()
+
+
+def test_cli_stage_lines_give_each_stage_its_memory(tmp_path, capsys):
+    """`xmc train -v` and `xmc evaluate -v`: one JSON line per stage, each with its peak and final
+    resident memory; the run's peak in train's output is the largest stage peak."""
+    import json
+
+    from xmc_core.cli import main
+
+    data = tmp_path / "d"
+    assert main(["synth", str(data), "--labels", "120", "--train", "1500", "--test", "200",
+                 "--words-per-doc", "30", "--labels-per-doc", "2.0"]) == 0
+    capsys.readouterr()
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(data), "--model", str(model), "--threads", "2", "-v",
+                 "--params", '{"tree": {"max_leaf_size": 10}}']) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out.strip().splitlines()[-1])
+    lines = [json.loads(x) for x in cap.err.splitlines() if x.startswith("{")]
+    names = [r["stage"] + (str(r["level"]) if "level" in r else "") for r in lines]
+    depth = len(lines[3]["level_sizes"])  # the label_tree line
+    assert depth >= 2
+    assert names == ["load", "features", "label_embeddings", "label_tree",
+                     *[f"rankers_level{t}" for t in range(depth)], "rankers", "save"]
+    for r in lines:
+        assert r["peak_rss_mb"] >= r["rss_mb"] - 1 > 0 and r["seconds"] >= 0
+    levels = [r for r in lines if r["stage"] == "rankers_level"]
+    assert all(r["W_mb"] > 0 and r["largest_block_mb"] > 0 for r in levels)
+    assert levels[0]["largest_block_mb"] >= max(r["largest_block_mb"] for r in levels)  # all instances at the top
+    rankers = next(r for r in lines if r["stage"] == "rankers")
+    assert rankers["peak_rss_mb"] == max(r["peak_rss_mb"] for r in [rankers, *levels])
+    assert out["peak_rss_mb"] == max(r["peak_rss_mb"] for r in lines)
+
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--json", "-v"]) == 0
+    cap = capsys.readouterr()
+    stages = [json.loads(x)["stage"] for x in cap.err.splitlines() if x.startswith("{")]
+    assert stages == ["load_model", "load_data", "predict"]
+    assert json.loads(cap.out.strip().splitlines()[-1])["p@1"] > 20
+
+
+def test_synth_density_options_change_nonzeros_and_labels_per_document(tmp_path, capsys):
+    import json
+
+    from xmc_core.cli import main
+    from xmc_core.data import load_dataset
+
+    stats = {}
+    for name, words, labels in (("sparse", 12, 1.5), ("dense", 90, 4.4)):
+        assert main(["synth", str(tmp_path / name), "--labels", "300", "--train", "2000", "--test", "100",
+                     "--features", "5000", "--words-per-doc", str(words), "--labels-per-doc", str(labels)]) == 0
+        json.loads(capsys.readouterr().out)
+        tr = load_dataset(tmp_path / name, splits=("train",)).train
+        stats[name] = (tr.X.nnz / tr.n, tr.Y.nnz / tr.n)
+    assert 9 < stats["sparse"][0] < 12.5 and 60 < stats["dense"][0] < 90
+    assert 1.3 < stats["sparse"][1] < 1.6 and 3.6 < stats["dense"][1] < 4.4

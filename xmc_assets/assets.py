@@ -235,7 +235,7 @@ def label_embeddings(
     X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
     Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
     t0 = time.perf_counter()
-    Z = pifa(X, Y, params.pifa)
+    Z = pifa(X, Y, params.pifa, threads=params.tree.threads)
     seconds = time.perf_counter() - t0
     artifacts.write_sparse(dataset, "label_embeddings", "Z.npz", Z)
     Z = smat.csr_matrix(Z)

@@ -189,8 +189,9 @@ def cmd_train(args) -> dict:
     log(memory.add({"stage": "load", "seconds": load_s, "n_train": ds.train.n}))
     t0 = time.perf_counter()
     try:
+        # copy_X=False: the split's matrix is normalized in place, not copied (it is not used again)
         model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=texts, X=X, log=log,
-                                label_titles=ds.label_titles, memory=memory)
+                                label_titles=ds.label_titles, memory=memory, copy_X=False)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
             raise

@@ -5,6 +5,8 @@ z_l = v_l / ||v_l||, v_l = Σ_{i: y_il = 1} x_i, i.e. Z = normalize_rows(Yᵀ X)
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,13 +30,28 @@ class PifaParams(ParamsBase):
 
 
 
-def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):
+def _rows_times(A: smat.csr_matrix, B: smat.csr_matrix, threads: int) -> smat.csr_matrix:
+    """A @ B (CSR), A's rows cut into `threads` blocks multiplied in threads (scipy's kernel
+    releases the GIL) and stacked. Each row of the product is computed as one product computes
+    it, so the result is the same bits."""
+    threads = max(1, os.cpu_count() or 1) if threads < 1 else threads
+    if threads == 1 or A.shape[0] < 2 * threads or A.nnz < 100_000:
+        return A @ B
+    cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, threads + 1)[1:-1])
+    cuts = np.unique(np.concatenate([[0], cuts, [A.shape[0]]]))
+    with ThreadPoolExecutor(threads) as ex:
+        parts = list(ex.map(lambda ab: A[ab[0]:ab[1]] @ B, zip(cuts[:-1], cuts[1:])))
+    return smat.vstack(parts, format="csr")
+
+
+def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None, threads: int = 1):
     """PIFA label embeddings Z from instance features X and labels Y: Z = normalize_rows(Yᵀ X).
 
     Args:
         X: N × D float32 features, CSR or dense ndarray (TF-IDF rows, or [TF-IDF ⊕ embedding]).
         Y: N × L sparse label matrix, binary (entries are used as given, as weights).
         params: :class:`PifaParams` (None: defaults).
+        threads: threads of the sparse product (-1: all cores); the result does not depend on it.
 
     Returns:
         Z: L × D float32 (CSR when X is sparse, ndarray when dense) with unit l2-norm rows; a
@@ -56,7 +73,7 @@ def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None):
     Yt = smat.csr_matrix(Y.T, dtype=np.float32)
     if smat.issparse(X):
         # Yᵀ X is a fresh matrix: normalized in place, not copied
-        return l2_normalize_rows(Yt @ smat.csr_matrix(X, dtype=np.float32), copy=False)
+        return l2_normalize_rows(_rows_times(Yt, smat.csr_matrix(X, dtype=np.float32), threads), copy=False)
     Z = np.asarray(Yt @ np.asarray(X, dtype=np.float32), dtype=np.float32)
     norms = np.linalg.norm(Z, axis=1, keepdims=True)
     norms[norms == 0] = 1.0

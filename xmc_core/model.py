@@ -543,6 +543,7 @@ def train_xr_linear(
     log: Callable[[dict], None] | None = None,
     label_titles: Sequence[str] | None = None,
     memory: StageMemory | None = None,
+    copy_X: bool = True,
 ) -> XmcModel:
     """Train an XR-Linear model: TF-IDF (texts) or l2-normalized X → PIFA → tree → rankers.
 
@@ -558,6 +559,8 @@ def train_xr_linear(
         label_titles: L titles for people (`Dataset.label_titles`), used only by the copies table.
         memory: the :class:`memory.StageMemory` that adds each stage's peak and final resident
             memory (MiB) to its record (None: a new one, started here).
+        copy_X: False lets a float32 CSR X be l2-normalized in place instead of copied (the
+            caller must not need its values afterwards; `xmc train` does so).
 
     Returns:
         XmcModel whose predict gives N × L float32 CSR scores.
@@ -586,7 +589,7 @@ def train_xr_linear(
         featurizer = TfidfVectorizer(params.tfidf)
         X = featurizer.fit_transform(list(texts))
     else:
-        X = l2_normalize_rows(X)
+        X = l2_normalize_rows(X, copy=copy_X)
     emit(memory.add({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1],
                      "X_mb": nbytes_mb(X)}))
     return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory)
@@ -628,7 +631,7 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
 
     if tree is None:
         t0 = time.perf_counter()
-        Z = pifa(X, Y, params.pifa)
+        Z = pifa(X, Y, params.pifa, threads=params.tree.threads)
         emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0, "Z_mb": nbytes_mb(Z)})
         t0 = time.perf_counter()
         tree = build_tree(Z, params.tree)
