@@ -235,3 +235,35 @@ def test_synth_density_options_change_nonzeros_and_labels_per_document(tmp_path,
         stats[name] = (tr.X.nnz / tr.n, tr.Y.nnz / tr.n)
     assert 9 < stats["sparse"][0] < 12.5 and 60 < stats["dense"][0] < 90
     assert 1.3 < stats["sparse"][1] < 1.6 and 3.6 < stats["dense"][1] < 4.4
+
+
+def _chunks_reference(c_indptr, W):
+    """The per-parent layout written plainly: rows in first-seen order, each row's (child, weight)
+    entries in column order, parents one after another."""
+    rows_all, spans, ent_child, ent_val, rows_off = [], [], [], [], [0]
+    start = 0
+    for p in range(len(c_indptr) - 1):
+        rows = {}
+        for c in range(c_indptr[p], c_indptr[p + 1]):
+            for e in range(W.indptr[c], W.indptr[c + 1]):
+                rows.setdefault(int(W.indices[e]), []).append((c - c_indptr[p], W.data[e]))
+        for f, ents in rows.items():
+            rows_all.append(f)
+            spans.append((start << 24) | len(ents))
+            ent_child += [k for k, _ in ents]
+            ent_val += [v for _, v in ents]
+            start += len(ents)
+        rows_off.append(len(rows_all))
+    return rows_all, spans, ent_child, ent_val, rows_off
+
+
+def test_prediction_layout_equals_the_plain_regrouping(problem):
+    X, Y, _, tree = problem
+    m = XLinearModel.train(X, Y, tree, RankerParams(threads=2))
+    for C, W in zip(tree.C, m.W):
+        rows_all, row_span, entries, rows_off = kernels.build_chunks(C.indptr, W.indptr, W.indices, W.data, W.shape[0])
+        ref = _chunks_reference(C.indptr, W)
+        assert rows_all.dtype == np.int32
+        assert rows_all.tolist() == ref[0] and row_span.tolist() == ref[1] and rows_off.tolist() == ref[4]
+        assert entries[0::2].tolist() == ref[2]
+        np.testing.assert_array_equal(entries.view(np.float32)[1::2], np.asarray(ref[3], np.float32))

@@ -327,9 +327,11 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
 
     c_indptr: parent p's children are columns c_indptr[p]:c_indptr[p+1] of W (CSC: w_indptr,
     w_indices, w_data). Returns (rows_all, row_span, entries, rows_off): for each parent, the
-    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, in first-seen
-    order); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1] (int32,
-    the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
+    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, int32, in
+    first-seen order); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1]
+    (int32, the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
+    Beside the result it allocates two n_features scratch arrays only (a parent's row counts and
+    fill positions live in them), not arrays of the result's size.
     """
     n_parents = c_indptr.shape[0] - 1
     mark = np.full(n_features, -1, np.int64)
@@ -347,38 +349,40 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
         rows_off[p + 1] = rows_off[p] + m
     n_rows = rows_off[n_parents]
     nnz = w_indptr[w_indptr.shape[0] - 1]
-    rows_all = np.empty(n_rows, np.int64)
-    row_ptr = np.zeros(n_rows + 1, np.int64)
+    rows_all = np.empty(n_rows, np.int32)
+    row_span = np.empty(n_rows, np.int64)
     entries = np.empty(2 * nnz, np.int32)
     vals = entries.view(np.float32)
-    slot = np.full(n_features, -1, np.int64)
+    slot = mark  # reused: -1 = feature not yet a row of the current parent
+    slot[:] = -1
+    fill = np.zeros(n_features, np.int64)  # per local row: count, then next free entry
+    start = np.int64(0)  # parent p's entries follow p-1's
     for p in range(n_parents):
         lo = rows_off[p]
-        m = lo
+        m = 0
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
                 f = w_indices[e]
                 if slot[f] < 0:
                     slot[f] = m
-                    rows_all[m] = f
+                    rows_all[lo + m] = f
+                    fill[m] = 0
                     m += 1
-                row_ptr[slot[f] + 1] += 1
-        # row_ptr holds counts for this parent's rows; entries of parent p start where p-1's end
-        start = row_ptr[lo]
-        for a in range(lo, m):
-            start += row_ptr[a + 1]
-            row_ptr[a + 1] = start
-        fill = row_ptr[lo:m].copy()
+                fill[slot[f]] += 1
+        for a in range(m):
+            count = fill[a]
+            row_span[lo + a] = (start << _SPAN_BITS) | count
+            fill[a] = start
+            start += count
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
                 a = slot[w_indices[e]]
-                q = fill[a - lo]
+                q = fill[a]
                 entries[2 * q] = c - c_indptr[p]
                 vals[2 * q + 1] = w_data[e]
-                fill[a - lo] += 1
-        for a in range(lo, m):
-            slot[rows_all[a]] = -1
-    row_span = (row_ptr[:n_rows] << _SPAN_BITS) | (row_ptr[1:] - row_ptr[:n_rows])
+                fill[a] = q + 1
+        for a in range(m):
+            slot[rows_all[lo + a]] = -1
     return rows_all, row_span, entries, rows_off
 
 
