@@ -267,3 +267,40 @@ def test_prediction_layout_equals_the_plain_regrouping(problem):
         assert rows_all.tolist() == ref[0] and row_span.tolist() == ref[1] and rows_off.tolist() == ref[4]
         assert entries[0::2].tolist() == ref[2]
         np.testing.assert_array_equal(entries.view(np.float32)[1::2], np.asarray(ref[3], np.float32))
+
+
+def _codes_gathered(Z, depth, max_iter=20, seed=0):
+    """binary_codes as it was: every node's rows gathered into a block (kernels.balanced_2means)."""
+    from xmc_core.tree import _first_seed
+
+    L = Z.shape[0]
+    node = np.zeros(L, np.int64)
+    ss = np.random.SeedSequence(seed)
+    for d in range(depth):
+        n_nodes = 1 << d
+        order = np.argsort(node, kind="stable")
+        bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
+        seeds = ss.spawn(1)[0].generate_state(n_nodes)
+        new_node = 2 * node
+        for n in range(n_nodes):
+            members = order[bounds[n]:bounds[n + 1]]
+            if len(members) < 2:
+                continue
+            side = kernels.balanced_2means(Z.indptr, Z.indices, Z.data, members, kernels.scratch("colmap", Z.shape[1]),
+                                           _first_seed(int(seeds[n]), len(members)), max_iter)
+            new_node[members] += side
+        node = new_node
+    return node
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tree_splits_nodes_in_place_as_gathered_blocks_did(problem, threads):
+    from xmc_core.tree import binary_codes
+
+    X, Y, _, _ = problem
+    Z = pifa(X, Y)
+    before = (Z.indices.copy(), Z.data.copy())
+    codes = binary_codes(Z, 5, 20, 7, threads)
+    np.testing.assert_array_equal(codes, _codes_gathered(Z, 5, 20, 7))
+    assert np.array_equal(Z.indices, before[0]) and np.array_equal(Z.data, before[1])  # Z untouched
+    assert np.bincount(codes, minlength=32).max() - np.bincount(codes, minlength=32).min() <= 1

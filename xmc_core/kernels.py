@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "build_chunks", "gather_rows",
-           "balanced_2means", "scratch", "bigram_ids", "ngram_terms", "lookup_terms",
+           "balanced_2means", "renumber_nodes", "balanced_2means_rows", "scratch", "bigram_ids", "ngram_terms", "lookup_terms",
            "count_terms", "tfidf_weight", "remap_columns", "dcd_squared_hinge_lanes", "LANES"]
 
 _SCRATCH = threading.local()
@@ -440,7 +440,44 @@ def balanced_2means(indptr, indices, data, members, colmap, i0, max_iter):
     """
     lptr, lind, ldat, used = gather_rows(indptr, indices, data, members, colmap)
     n_cols = used.shape[0]
-    return _balanced_2means_local(lptr, lind, ldat, n_cols, i0, max_iter)
+    return _balanced_2means_local(lptr, lind, ldat, None, n_cols, i0, max_iter)
+
+
+@njit(nogil=True, cache=True)
+def renumber_nodes(indptr, indices, order, bounds, colmap, used):
+    """In place: the column ids of each node's rows renumbered 0.. in order of first use over the
+    node's members (rows order[bounds[n]:bounds[n+1]], in that order): the numbering
+    `gather_rows` gives a node's block, without making the block. The ids of a node's rows must
+    be distinct columns across the node (true of a matrix's own ids, and of ids this renumbered
+    per node at the depth above, since a node's members are all in one node above).
+
+    colmap: int64 of length > every id, all -1 (left so); used: int64 scratch of that length.
+    Returns (n_nodes,) int64: the columns each node uses.
+    """
+    n_nodes = bounds.shape[0] - 1
+    n_cols = np.zeros(n_nodes, np.int64)
+    for n in range(n_nodes):
+        k = 0
+        for r in range(bounds[n], bounds[n + 1]):
+            i = order[r]
+            for p in range(indptr[i], indptr[i + 1]):
+                f = indices[p]
+                if colmap[f] < 0:
+                    colmap[f] = k
+                    used[k] = f
+                    k += 1
+                indices[p] = colmap[f]
+        for c in range(k):
+            colmap[used[c]] = -1
+        n_cols[n] = k
+    return n_cols
+
+
+@njit(nogil=True, cache=True)
+def balanced_2means_rows(indptr, indices, data, members, n_cols, i0, max_iter):
+    """`balanced_2means` of the rows `members` where they lie, their column ids already local
+    to the node (`renumber_nodes`): the same sides, bit for bit, with no copy of the rows."""
+    return _balanced_2means_local(indptr, indices, data, members, n_cols, i0, max_iter)
 
 
 @njit(nogil=True, cache=True)
@@ -471,42 +508,54 @@ def _first_k_stable(v, k, side):
             side[i] = 1
 
 
+@njit(inline="always")
+def _row_of(rows, i):
+    return i if rows is None else rows[i]
+
+
 @njit(nogil=True, cache=True)
-def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
-    """Balanced spherical 2-means of the rows of one CSR block (m × n_cols, m >= 2).
+def _balanced_2means_local(indptr, indices, data, rows, n_cols, i0, max_iter):
+    """Balanced spherical 2-means of m rows of a CSR matrix (m >= 2) whose column ids are
+    0..n_cols-1: row i of the problem is rows[i] of the matrix (rows None: row i, a compact
+    block of m rows).
 
     Seeds: row i0 and the row least similar to it. Each round ranks the rows by
     <z, c0> - <z, c1> and gives the first ceil(m/2) (stable order, lower index first on ties) to
     side 0; centroids are the normalized sums of each side. Stops when the sides repeat or after
     max_iter rounds. Returns (m,) int64 sides.
     """
-    m = indptr.shape[0] - 1
+    m = indptr.shape[0] - 1 if rows is None else rows.shape[0]
     n_left = (m + 1) // 2
     cd = np.zeros(n_cols, np.float64)  # c0 - c1: the ranking needs only the difference
-    for p in range(indptr[i0], indptr[i0 + 1]):
+    r0 = _row_of(rows, i0)
+    for p in range(indptr[r0], indptr[r0 + 1]):
         cd[indices[p]] = data[p]
     sims = np.empty(m, np.float64)
     for i in range(m):
+        r = _row_of(rows, i)
         s = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
+        for p in range(indptr[r], indptr[r + 1]):
             s += data[p] * cd[indices[p]]
         sims[i] = s
     i1 = np.argmin(sims)
     if i1 == i0:
         i1 = (i0 + 1) % m
-    for p in range(indptr[i1], indptr[i1 + 1]):
+    r1 = _row_of(rows, i1)
+    for p in range(indptr[r1], indptr[r1 + 1]):
         cd[indices[p]] -= data[p]
     total = np.zeros(n_cols, np.float64)
     for i in range(m):
-        for p in range(indptr[i], indptr[i + 1]):
+        r = _row_of(rows, i)
+        for p in range(indptr[r], indptr[r + 1]):
             total[indices[p]] += data[p]
     side = np.full(m, -1, np.int64)
     new_side = np.empty(m, np.int64)
     sum0 = np.zeros(n_cols, np.float64)
     for _ in range(max_iter):
         for i in range(m):
+            r = _row_of(rows, i)
             s = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
+            for p in range(indptr[r], indptr[r + 1]):
                 s += data[p] * cd[indices[p]]
             sims[i] = -s
         _first_k_stable(sims, n_left, new_side)
@@ -521,7 +570,8 @@ def _balanced_2means_local(indptr, indices, data, n_cols, i0, max_iter):
         sum0[:] = 0.0
         for i in range(m):
             if side[i] == 0:
-                for p in range(indptr[i], indptr[i + 1]):
+                r = _row_of(rows, i)
+                for p in range(indptr[r], indptr[r + 1]):
                     sum0[indices[p]] += data[p]
         n0 = 0.0
         n1 = 0.0

@@ -243,7 +243,9 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
     a random member and the member least similar to it, then up to ``max_iter`` rounds of
     assigning members by the margin of their cosine similarities to the two centroids (sorted,
     first half left) and re-normalizing the centroids. Nodes of a depth are split independently
-    (threads > 1 runs them concurrently); sparse Z goes through :func:`kernels.balanced_2means`.
+    (threads > 1 runs them concurrently); sparse Z goes through
+    :func:`kernels.balanced_2means_rows` on its own rows, their columns renumbered per node
+    (:func:`kernels.renumber_nodes`) in a copy of Z's indices: memory Z + nnz(Z) int32.
 
     Args:
         Z: L × D float32 label embeddings, CSR or dense, rows unit l2 norm (zero rows allowed).
@@ -268,21 +270,29 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
     else:
         Z = np.ascontiguousarray(Z, dtype=np.float32)
     node = np.zeros(L, dtype=np.int64)
+    if sparse:
+        # Each depth renumbers every node's columns in place in a copy of Z's column ids (half
+        # Z's size) and splits the node where its rows lie: no gathered copy of a node's rows,
+        # which at the top depths would be a second Z; the same sides as gathered blocks.
+        local = np.array(Z.indices, dtype=np.int32)
+        colmap = np.full(Z.shape[1], -1, np.int64)
+        used = np.empty(Z.shape[1], np.int64)
     ss = np.random.SeedSequence(seed)
     for d in range(depth):
         n_nodes = 1 << d
         order = np.argsort(node, kind="stable")
         bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
         seeds = ss.spawn(1)[0].generate_state(n_nodes)
+        if sparse:
+            n_cols = kernels.renumber_nodes(Z.indptr, local, order, bounds, colmap, used)
 
         def split(n):
             members = order[bounds[n]:bounds[n + 1]]
             if len(members) < 2:
                 return members, np.zeros(len(members), np.int64)
             if sparse:
-                return members, kernels.balanced_2means(
-                    Z.indptr, Z.indices, Z.data, members, kernels.scratch("colmap", Z.shape[1]),
-                    _first_seed(int(seeds[n]), len(members)), max_iter)
+                return members, kernels.balanced_2means_rows(
+                    Z.indptr, local, Z.data, members, n_cols[n], _first_seed(int(seeds[n]), len(members)), max_iter)
             return members, _split_node(Z[members], int(seeds[n]), max_iter)
 
         if threads > 1 and n_nodes > 1:
