@@ -31,17 +31,33 @@ class PifaParams(ParamsBase):
 
 
 def _rows_times(A: smat.csr_matrix, B: smat.csr_matrix, threads: int) -> smat.csr_matrix:
-    """A @ B (CSR), A's rows cut into `threads` blocks multiplied in threads (scipy's kernel
-    releases the GIL) and stacked. Each row of the product is computed as one product computes
-    it, so the result is the same bits."""
+    """A @ B (CSR), A's rows cut into 2 · threads blocks multiplied in threads (scipy's kernel
+    releases the GIL). Each row of the product is computed as one product computes it, so the
+    result is the same bits. The blocks are copied into the result one by one, each dropped once
+    copied, so the product's memory peaks near its size plus a block or two, not twice its size
+    (blocks of a large product are big enough to be returned to the system when dropped)."""
     threads = max(1, os.cpu_count() or 1) if threads < 1 else threads
-    if threads == 1 or A.shape[0] < 2 * threads or A.nnz < 100_000:
+    if threads == 1 or A.shape[0] < 4 * threads or A.nnz < 100_000:
         return A @ B
-    cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, threads + 1)[1:-1])
+    cuts = np.searchsorted(A.indptr, np.linspace(0, A.nnz, 2 * threads + 1)[1:-1])
     cuts = np.unique(np.concatenate([[0], cuts, [A.shape[0]]]))
     with ThreadPoolExecutor(threads) as ex:
         parts = list(ex.map(lambda ab: A[ab[0]:ab[1]] @ B, zip(cuts[:-1], cuts[1:])))
-    return smat.vstack(parts, format="csr")
+    nnz = sum(P.nnz for P in parts)
+    idx_t = np.int32 if nnz < 2**31 and B.shape[1] < 2**31 else np.int64
+    indptr = np.empty(A.shape[0] + 1, idx_t)
+    indices = np.empty(nnz, idx_t)
+    data = np.empty(nnz, np.result_type(A.dtype, B.dtype))
+    indptr[0] = 0
+    row = pos = 0
+    for i in range(len(parts)):
+        P, parts[i] = parts[i], None
+        indptr[row + 1:row + 1 + P.shape[0]] = P.indptr[1:] + pos
+        indices[pos:pos + P.nnz] = P.indices
+        data[pos:pos + P.nnz] = P.data
+        row, pos = row + P.shape[0], pos + P.nnz
+        del P
+    return smat.csr_matrix((data, indices, indptr), shape=(A.shape[0], B.shape[1]))
 
 
 def pifa(X, Y: smat.spmatrix, params: PifaParams | None = None, threads: int = 1):
