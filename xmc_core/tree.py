@@ -208,7 +208,7 @@ def _first_seed(seed: int, m: int) -> int:
 
 def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
     """Balanced spherical 2-means of one node's labels. Zn: m × d dense, m >= 2 (sparse
-    embeddings go through `kernels.balanced_2means`, the same rounds compiled). Returns (m,)
+    embeddings go through `kernels.balanced_2means_rows`, the same rounds compiled). Returns (m,)
     int64 sides, 0 for the first ceil(m/2) by similarity margin."""
     m = Zn.shape[0]
     n_left = (m + 1) // 2
