@@ -778,6 +778,18 @@ LANES = 8
 
 
 @njit(nogil=True, cache=True)
+def _lane_rows(n):
+    """n × LANES float64 zeros starting on a 64-byte boundary, so each row is exactly one cache line.
+
+    numba aligns arrays to 32 bytes only: half of the allocations would put every row of w across
+    two lines, each visit of a feature then touching two (measured up to 1.4× slower on eurlex57k
+    blocks, depending on the block's size alone)."""
+    buf = np.zeros(n * LANES + LANES, np.float64)
+    off = ((64 - buf.ctypes.data % 64) % 64) // 8
+    return buf[off:off + n * LANES].reshape((n, LANES))
+
+
+@njit(nogil=True, cache=True)
 def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, Cn, eps, max_iter, seed,
                             threshold, visits, width):
     """`dcd_squared_hinge` for `width` (<= LANES) columns at a time, sharing each visit of an instance.
@@ -796,9 +808,9 @@ def dcd_squared_hinge_lanes(indptr, indices, data, n_features, Ypos, cols, Cp, C
     sqnorm = _row_sqnorms(indptr, data)
     diag_p = 0.5 / Cp
     diag_n = 0.5 / Cn
-    w = np.zeros((n_features, LANES), np.float64)
-    alpha = np.zeros((n, LANES), np.float64)
-    yv = np.zeros((n, LANES), np.float64)  # +1 / -1; 0 in a lane that has shrunk the instance
+    w = _lane_rows(n_features)
+    alpha = _lane_rows(n)
+    yv = _lane_rows(n)  # +1 / -1; 0 in a lane that has shrunk the instance
     n_act = np.zeros(LANES, np.int64)  # instances active per lane
     live = np.zeros(LANES, np.bool_)
     it = np.zeros(LANES, np.int64)
