@@ -544,6 +544,7 @@ def train_xr_linear(
     label_titles: Sequence[str] | None = None,
     memory: StageMemory | None = None,
     copy_X: bool = True,
+    engine=None,
 ) -> XmcModel:
     """Train an XR-Linear model: TF-IDF (texts) or l2-normalized X → PIFA → tree → rankers.
 
@@ -561,6 +562,7 @@ def train_xr_linear(
             memory (MiB) to its record (None: a new one, started here).
         copy_X: False lets a float32 CSR X be l2-normalized in place instead of copied (the
             caller must not need its values afterwards; `xmc train` does so).
+        engine: execution engine of the tree and rankers (`fit_rankers`; None: this process).
 
     Returns:
         XmcModel whose predict gives N × L float32 CSR scores.
@@ -592,12 +594,14 @@ def train_xr_linear(
         X = l2_normalize_rows(X, copy=copy_X)
     emit(memory.add({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1],
                      "X_mb": nbytes_mb(X)}))
-    return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory)
+    return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory,
+                       engine=engine)
 
 
 def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree: LabelTree | None = None,
                 log: Callable[[dict], None] | None = None, disentangle: bool = True,
-                label_titles: Sequence[str] | None = None, memory: StageMemory | None = None) -> XmcModel:
+                label_titles: Sequence[str] | None = None, memory: StageMemory | None = None,
+                engine=None) -> XmcModel:
     """PIFA → tree (unless given) → [label disentanglement] → rankers on ready features X.
 
     With a `params.disentangle` section (and `disentangle=True`) the first matcher is trained on the
@@ -615,6 +619,9 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         disentangle: False: `tree` is final already (the Dagster `disentangled_tree` asset made it).
         label_titles: optional L titles for the copies table.
         memory: the :class:`memory.StageMemory` of the caller's stages (None: a new one).
+        engine: an execution engine with ``fit_xlinear(X, Y, params, log) -> (tree, ranker)``
+            (:class:`engine_ray.RayEngine`) that builds the tree and trains the rankers in place
+            of this process; None: here, with threads.
 
     Returns:
         XmcModel; its method is "xr-linear-ld" whenever params has a disentangle section; when
@@ -629,6 +636,16 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
     def emit(rec):
         _emit(memory.add(rec))
 
+    if engine is not None:
+        if tree is not None:
+            raise ValueError(f"fit_rankers: engine {engine.name} builds its own tree; a ready tree was given")
+        t0 = time.perf_counter()
+        tree, ranker = engine.fit_xlinear(X, Y, params, log=emit)
+        rec = {"stage": "rankers", "seconds": time.perf_counter() - t0, "engine": engine.name,
+               "W_mb": nbytes_mb(*ranker.W)}
+        _emit(memory.add(rec))
+        return XmcModel(params, list(label_names), ranker, featurizer, method=params.method,
+                        info={"engine": engine.name})
     if tree is None:
         t0 = time.perf_counter()
         Z = pifa(X, Y, params.pifa, threads=params.tree.threads)

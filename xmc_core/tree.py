@@ -33,7 +33,7 @@ from .params import ParamsBase
 from .sparse import binarize
 
 
-__all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes"]
+__all__ = ["TreeParams", "LabelTree", "build_tree", "binary_codes", "chain_bits", "tree_from_codes"]
 
 
 @dataclass
@@ -236,7 +236,8 @@ def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
     return side
 
 
-def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1) -> np.ndarray:
+def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1,
+                 first_depth: int = 0, prefix: int = 0) -> np.ndarray:
     """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
 
     Each node of a binary depth is split in two halves (sizes ceil(m/2), floor(m/2)): seeds are
@@ -254,10 +255,14 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
         max_iter: 2-means rounds per node (int).
         seed: random seed of the first centroid of every node (int).
         threads: worker threads per depth (int; <= 1: sequential).
+        first_depth, prefix: Z's rows are the labels of node `prefix` at binary depth
+            `first_depth` of a larger tree, and only the depths first_depth..depth-1 below it are
+            split (a sub-tree of the distributed engine). Every node's seed is the one it has in
+            the whole tree, so the sub-tree equals that part of ``binary_codes`` of all labels.
 
     Returns:
-        (L,) int64 codes in [0, 2**depth); ``code >> (depth - d)`` is the label's node at binary
-        depth d; node sizes at every depth differ by at most one.
+        (L,) int64 codes in [0, 2**(depth - first_depth)); ``code >> (depth - d)`` is the label's
+        node at binary depth d (below `prefix`); node sizes at every depth differ by at most one.
 
     Source:
         PECOS ``HierarchicalKMeans`` with ``spherical=True``, balanced 2-means splits
@@ -277,12 +282,14 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
         local = np.array(Z.indices, dtype=np.int32)
         colmap = np.full(Z.shape[1], -1, np.int64)
         used = np.empty(Z.shape[1], np.int64)
-    ss = np.random.SeedSequence(seed)
-    for d in range(depth):
-        n_nodes = 1 << d
+    for d in range(first_depth, depth):
+        n_nodes = 1 << (d - first_depth)
         order = np.argsort(node, kind="stable")
         bounds = np.searchsorted(node[order], np.arange(n_nodes + 1))
-        seeds = ss.spawn(1)[0].generate_state(n_nodes)
+        # depth d's seeds: the d-th child of SeedSequence(seed) (what spawn(1) gave at depth d),
+        # indexed by the node's number in the whole tree
+        first = prefix << (d - first_depth)
+        seeds = np.random.SeedSequence(seed, spawn_key=(d,)).generate_state(first + n_nodes)[first:]
         if sparse:
             n_cols = kernels.renumber_nodes(Z.indptr, local, order, bounds, colmap, used)
 
@@ -337,23 +344,57 @@ def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
     L = Z.shape[0]
     if L == 0:
         raise ValueError("build_tree: no labels")
-    if params.max_leaf_size >= L:
+    bits = chain_bits(L, params)
+    if not bits:
         return LabelTree([smat.csc_matrix(np.ones((L, 1), np.float32))])
+    threads = params.threads if params.threads > 0 else (os.cpu_count() or 1)
+    codes = binary_codes(Z, bits[-1], params.kmeans_max_iter, params.seed, threads)
+    return tree_from_codes(codes, bits)
+
+
+def chain_bits(L: int, params: TreeParams) -> list[int]:
+    """The binary depth of every internal level of :func:`build_tree`'s chain, top to bottom.
+
+    Depth = ceil(log2(L / max_leaf_size)) (lowered so every binary node keeps two labels); binary
+    depths are kept from the bottom every log2(nr_splits), so every node below the top has
+    nr_splits children and the top level takes the remainder (PECOS's chain: 64 leaf clusters,
+    nr_splits 16 → [2, 6], levels [4, 64, L]); min_codes, when set, is the top level's minimum.
+
+    Args:
+        L: number of labels (int >= 1).
+        params: :class:`TreeParams`.
+
+    Returns:
+        list of ints b_0 < ... < b_last = depth: level t (t < T-1) has 2**b_t nodes; empty when
+        max_leaf_size >= L (a flat one-vs-all tree).
+    """
+    if params.max_leaf_size >= L:
+        return []
     depth = max(1, math.ceil(math.log2(L / params.max_leaf_size)))
     if (1 << depth) > L // 2 and L >= 2:
         # every binary split needs two members per node
         depth = max(1, int(math.floor(math.log2(L / 2))))
-    threads = params.threads if params.threads > 0 else (os.cpu_count() or 1)
-    codes = binary_codes(Z, depth, params.kmeans_max_iter, params.seed, threads)
-    # Keep binary depths from the bottom every log2(nr_splits) levels, so every node below the top
-    # has nr_splits children and the top level takes the remainder (PECOS's chain: 64 leaf
-    # clusters, nr_splits 16 → [4, 64, L]). min_codes, when set, is the top level's minimum size.
     step = int(math.log2(params.nr_splits))
     min_bits = int(math.log2(params.min_codes)) if params.min_codes else 1
     bits = [depth]
     while bits[-1] - step >= max(min_bits, 1):
         bits.append(bits[-1] - step)
-    bits = bits[::-1]  # top to bottom
+    return bits[::-1]
+
+
+def tree_from_codes(codes: np.ndarray, bits: list[int]) -> LabelTree:
+    """The chain of :func:`chain_bits` levels over labels with binary leaf codes.
+
+    Args:
+        codes: (L,) int codes in [0, 2**bits[-1]) (:func:`binary_codes`).
+        bits: binary depth of each internal level, top to bottom (empty: a flat tree).
+
+    Returns:
+        LabelTree: C[0] 2**b_0 × 1, C[t] 2**b_t × 2**b_{t-1}, C[-1] L × 2**b_last.
+    """
+    L = len(codes)
+    if not bits:
+        return LabelTree([smat.csc_matrix(np.ones((L, 1), np.float32))])
     C = [smat.csc_matrix(np.ones((1 << bits[0], 1), np.float32))]
     for upper, lower in zip(bits[:-1], bits[1:]):
         n_lower = 1 << lower
@@ -361,5 +402,5 @@ def build_tree(Z, params: TreeParams | None = None) -> LabelTree:
         C.append(smat.csc_matrix(
             (np.ones(n_lower, np.float32), (np.arange(n_lower), parent)), shape=(n_lower, 1 << upper)
         ))
-    C.append(smat.csc_matrix((np.ones(L, np.float32), (np.arange(L), codes)), shape=(L, 1 << depth)))
+    C.append(smat.csc_matrix((np.ones(L, np.float32), (np.arange(L), codes)), shape=(L, 1 << bits[-1])))
     return LabelTree(C)

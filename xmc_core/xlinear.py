@@ -662,6 +662,7 @@ class XLinearModel:
         params: RankerParams | None = None,
         pred_params: PredParams | None = None,
         log: Callable[[dict], None] | None = None,
+        parent_offset: list[int] | None = None,
     ) -> "XLinearModel":
         """Train all levels, coarse to fine.
 
@@ -679,6 +680,10 @@ class XLinearModel:
             log: called once per level with {"level", "n_nodes", "n_parents", "seconds"
                 (wall time, s), "nnz_W", "active_pairs", "W_mb" (the level's weights, MiB),
                 "largest_block_mb" (the largest parent's gathered instance block, MiB)}.
+            parent_offset: when `tree` is a sub-tree of a larger one (the distributed engine,
+                :mod:`engine_ray`), the number in the whole tree of each level's first parent:
+                a parent's instance-order seed is then the one it has there, so the sub-tree's
+                weights equal that part of the whole model's (None: all zeros).
 
         Returns:
             XLinearModel with W[t] of shape (D+1) × nnz(C[t]), float32 CSC.
@@ -723,7 +728,8 @@ class XLinearModel:
                                                         level_scores=True)))
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
             stats: dict = {}
-            W_t = _train_level(X, Y_t, C, active, params, threads, stats)
+            W_t = _train_level(X, Y_t, C, active, params, threads, stats,
+                               parent_offset=parent_offset[t] if parent_offset is not None else 0)
             W.append(W_t)
             if log is not None:
                 log({
@@ -991,8 +997,8 @@ def _parent_columns(D1, n_cols, rows, cols, vals, no_positive, bias):
     return counts, rows[order].astype(np.int32), vals[order].astype(np.float32, copy=False)
 
 
-def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None
-                 ) -> smat.csc_matrix:
+def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None,
+                 parent_offset: int = 0) -> smat.csc_matrix:
     """Weights of one level: (D+1) × nnz(C) float32 CSC (int32 indices), children-contiguous
     column order; a node with no positive in Y_t scores NO_POSITIVE_SCORE (its column is the one
     bias-row entry; bias 0: empty).
@@ -1003,7 +1009,8 @@ def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: d
     float32 values) inside its own job, so a level holds its gathered blocks only while they are
     solved and its weights as int32/float32 pieces, never as int64 triplets; the pieces are
     copied into the level's arrays one by one, each freed as it is copied.
-    stats (out): "largest_block_bytes", the largest gathered instance block."""
+    stats (out): "largest_block_bytes", the largest gathered instance block. parent_offset: the
+    number of C's first parent in the whole tree (seeds are params.seed + that number)."""
     stats = {} if stats is None else stats
     stats.setdefault("largest_block_bytes", 0)
     C = smat.csc_matrix(C)
@@ -1036,7 +1043,7 @@ def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: d
                                            Xp.data.nbytes + Xp.indices.nbytes + Xp.indptr.nbytes + Ypos.nbytes)
         if params.solver == "dcd":
             r, k, v = solve_squared_hinge_dcd(Xp, Ypos, params.Cp, params.Cn, params.eps, params.max_iter,
-                                              threads=inner_threads, seed=params.seed + p,
+                                              threads=inner_threads, seed=params.seed + parent_offset + p,
                                               threshold=params.threshold)
         else:
             Wp = solve_squared_hinge(

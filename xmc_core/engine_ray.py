@@ -1,0 +1,377 @@
+"""Ray execution engine: XR-Linear training split into sub-trees, and batch prediction by actors.
+
+Training decomposition (PECOS's distributed XR-Linear, ``pecos/distributed/xmc/xlinear``, there over
+MPI; here over Ray tasks and the object store):
+
+- the driver computes PIFA (Z), the top `split_level` levels of the label tree (binary 2-means down
+  to the sub-tree roots) and the rankers of those levels: the meta-problem, over all N instances;
+- every node of level `split_level - 1` roots one sub-tree. One Ray task per sub-tree clusters its
+  labels the rest of the way down and trains the rankers of all levels below, on the instances
+  that have a positive among its labels (TFN: exactly the instances active anywhere in it);
+- X, Y (CSC) and Z are put in the object store once; a task reads them zero-copy and copies out
+  only its rows (X, Y) and labels (Z). Tasks are submitted largest first (labels × instances), so
+  Ray's queue hands the big ones out before the small ones;
+- the driver assembles the codes into one :class:`LabelTree` and each level's weight columns
+  (contiguous per sub-tree: nodes are numbered by their binary code) into one
+  :class:`XLinearModel`, an ordinary model folder that loads and predicts without Ray.
+
+Same model: every 2-means node takes the seed it has in the whole tree (`tree.binary_codes`
+first_depth/prefix) and every ranker parent its instance-order seed (`XLinearModel.train`
+parent_offset); a task's instance blocks are the same rows in the same order. So the tree and
+the weights equal the single-process model's, bit for bit, with TFN negatives. MAN negatives need
+the beam of the whole model above each level, so they (and label disentanglement) are refused.
+
+Faults: a task whose worker process or node dies is retried by Ray (`RayParams.max_retries`,
+system failures only) and recomputes the same result; a task that raises (bad data) fails the run
+with its own exception, re-raised here without Ray's wrapping. No sockets or process pools of our
+own: Ray is the distributed layer, imported only in this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+from .label_embedding import pifa
+from .memory import peak_rss_mb, reset_peak
+from .params import ParamsBase
+from .sparse import binarize
+from .tree import LabelTree, binary_codes, chain_bits, tree_from_codes
+from .xlinear import XLinearModel
+
+__all__ = ["RayParams", "RayEngine", "train_xlinear_ray", "predict_files_ray", "ray_session"]
+
+#: test hook: when set to a path, the first sub-tree task that finds no file there creates it and
+#: SIGKILLs its own worker process (a worker lost mid-task; Ray must retry it)
+FAULT_ENV = "XMC_RAY_KILL_ONCE"
+
+
+@dataclass
+class RayParams(ParamsBase):
+    """Settings of the Ray engine.
+
+    address: Ray cluster to join ("auto": the one `ray start` runs here; "ray://HOST:10001": Ray
+        Client); None starts a local Ray for the run and stops it after.
+    split_level: tree level whose nodes root the sub-tree tasks (1: the top level's clusters, as
+        PECOS does; deeper levels give more, smaller tasks). Clipped to the tree's depth - 1.
+    cpus_per_task: CPUs Ray reserves for one task; the task's threads (int >= 1).
+    max_retries: retries of a task whose worker or node died (Ray's system-failure retries; a
+        task that raises is not retried).
+    """
+
+    address: str | None = None
+    split_level: int = 1
+    cpus_per_task: int = 1
+    max_retries: int = 3
+
+    def __post_init__(self):
+        if self.split_level < 1:
+            raise ValueError(f"RayParams.split_level: must be >= 1, got {self.split_level}")
+        if self.cpus_per_task < 1:
+            raise ValueError(f"RayParams.cpus_per_task: must be >= 1, got {self.cpus_per_task}")
+        if self.max_retries < 0:
+            raise ValueError(f"RayParams.max_retries: must be >= 0, got {self.max_retries}")
+
+
+class ray_session:
+    """Context manager: join `address` (or start a local Ray when None); a Ray started here is
+    shut down on exit, one joined is left running.
+
+    Args:
+        address: as :attr:`RayParams.address`.
+        num_cpus: CPUs of a local Ray started here (None: all).
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self.address, self.num_cpus, self.started = address, num_cpus, False
+
+    def __enter__(self):
+        import ray
+
+        if not ray.is_initialized():
+            kw = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
+            ray.init(**kw, include_dashboard=False, log_to_driver=True, configure_logging=False)
+            self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        import ray
+
+        if self.started:
+            ray.shutdown()
+        return False
+
+
+def _get(refs):
+    """ray.get that re-raises a task's own exception (its type and message), not Ray's wrapper."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause.with_traceback(None) from None
+        raise
+
+
+def _maybe_die():
+    marker = os.environ.get(FAULT_ENV)
+    if marker:
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return
+        os.close(fd)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _subtree_task(X, Y_csc, Z, labels, root, depth, bits_below, first_depth, parent_offset, tree_params,
+                  ranker_params, pred_params, threads):
+    """One sub-tree: the codes of its labels below `root` and the rankers of its levels.
+
+    X: N × D float32 CSR (rows l2-normalized); Y_csc: N × L CSC; Z: L × D' label embeddings
+    (zero-copy views from the object store). labels: (L_k,) int64 ascending, the sub-tree's
+    labels. Returns (codes (L_k,) int64 below `root`, [W per level below], seconds, peak MiB)."""
+    reset_peak()
+    t0 = time.perf_counter()
+    _maybe_die()
+    Zk = Z[labels]
+    codes = binary_codes(Zk, depth, tree_params.kmeans_max_iter, tree_params.seed, threads,
+                         first_depth=first_depth, prefix=root)
+    del Zk
+    local_bits = [b - first_depth for b in bits_below]
+    sub = tree_from_codes(codes, local_bits)
+    Yk = Y_csc[:, labels].tocsr()
+    rows = np.flatnonzero(np.diff(Yk.indptr))
+    Yk = Yk[rows]
+    Xk = X[rows]  # the instances active anywhere in the sub-tree (TFN), in global order
+    ranker_params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
+    model = XLinearModel.train(Xk, Yk, sub, ranker_params, pred_params, parent_offset=parent_offset)
+    return codes, model.W, time.perf_counter() - t0, peak_rss_mb()
+
+
+def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: RayParams | None = None,
+                      log: Callable[[dict], None] | None = None) -> tuple[LabelTree, XLinearModel]:
+    """PIFA → label tree → rankers of XR-Linear with the sub-trees trained as Ray tasks.
+
+    Runs inside a Ray session (:class:`ray_session`, or `ray.init` by the caller).
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized.
+        Y: N × L label matrix (sparse), entries > 0 positives.
+        params: :class:`model.XRLinearParams` (pifa, tree, ranker, pred sections; TFN negatives,
+            no disentangle section).
+        ray_params: :class:`RayParams` (None: defaults).
+        log: receives {"stage": "label_embeddings" | "label_tree_top" | "rankers_top" |
+            "subtree" | "assemble", "seconds", ...} records; "subtree" ones carry the task's
+            "root", "n_labels", "n_rows", "seconds" and the worker's "peak_rss_mb".
+
+    Returns:
+        (tree, ranker): equal to `build_tree(pifa(X, Y))` and `XLinearModel.train` on it with
+        the same params.
+
+    Raises:
+        ValueError: MAN negatives or a disentangle section (not decomposable); X/Y shapes that
+            do not match; a task's own error, re-raised as it was raised.
+    """
+    import ray
+
+    ray_params = ray_params or RayParams()
+    emit = log or (lambda rec: None)
+    if "man" in params.ranker.negative_sampling:
+        raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
+    if params.disentangle is not None:
+        raise ValueError("engine ray: label disentanglement is not decomposed; train xr-linear-ld locally")
+    X = smat.csr_matrix(X, dtype=np.float32)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    Y = binarize(Y)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"engine ray: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
+    N, L = Y.shape
+    tp = params.tree
+    threads = tp.threads if tp.threads > 0 else (os.cpu_count() or 1)
+
+    t0 = time.perf_counter()
+    Z = pifa(X, Y, params.pifa, threads=threads)
+    emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0})
+    bits = chain_bits(L, tp)
+    s = min(ray_params.split_level, len(bits))
+    if s == 0:  # a flat tree: one problem, nothing to split
+        tree = tree_from_codes(np.zeros(L, np.int64), [])
+        return tree, XLinearModel.train(X, Y, tree, params.ranker, params.pred)
+    b = bits[s - 1]  # binary depth of the sub-tree roots
+    t0 = time.perf_counter()
+    top = binary_codes(Z, b, tp.kmeans_max_iter, tp.seed, threads)
+    emit({"stage": "label_tree_top", "seconds": time.perf_counter() - t0, "n_subtrees": 1 << b})
+
+    # one task per sub-tree root, largest first (labels × instances is its work's scale)
+    order = np.argsort(top, kind="stable")
+    bounds = np.searchsorted(top[order], np.arange((1 << b) + 1))
+    Y_csc = Y.tocsc()
+    col_nnz = np.diff(Y_csc.indptr)
+    work = np.array([col_nnz[order[bounds[k]:bounds[k + 1]]].sum() * (bounds[k + 1] - bounds[k])
+                     for k in range(1 << b)])
+    X_ref, Y_ref, Z_ref = ray.put(X), ray.put(Y_csc), ray.put(Z)
+    del Z
+    task = ray.remote(_subtree_task).options(num_cpus=ray_params.cpus_per_task,
+                                             max_retries=ray_params.max_retries, retry_exceptions=False)
+    # level s+j's first parent under root k: k's first descendant at level s+j-1
+    level_bits = [b] + bits[s:]  # binary depth of the parents of levels s, s+1, ...
+    refs = {}
+    for k in np.argsort(-work, kind="stable"):
+        k = int(k)
+        labels = order[bounds[k]:bounds[k + 1]].astype(np.int64)
+        offsets = [k << (pb - b) for pb in level_bits]
+        refs[k] = task.remote(X_ref, Y_ref, Z_ref, labels, k, bits[-1], bits[s:], b, offsets, tp,
+                              params.ranker, params.pred, ray_params.cpus_per_task)
+
+    # the meta-problem on the driver while the tasks run: levels 0..s-1 over the top nodes
+    t0 = time.perf_counter()
+    top_tree = tree_from_codes(top, bits[:s])  # levels 0..s-1, then the labels under them
+    Y_top = binarize(Y @ smat.csr_matrix(top_tree.C[-1]))  # N × (level s-1 nodes)
+    top_W = XLinearModel.train(X, Y_top, LabelTree(top_tree.C[:-1]), params.ranker, params.pred).W
+    emit({"stage": "rankers_top", "seconds": time.perf_counter() - t0, "levels": s})
+
+    results = {}
+    pending = {ref: k for k, ref in refs.items()}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        k = pending.pop(done[0])
+        codes_k, W_k, sec, peak = _get(done[0])
+        results[k] = (codes_k, W_k)
+        n_k = int(bounds[k + 1] - bounds[k])
+        emit({"stage": "subtree", "root": k, "n_labels": n_k, "seconds": round(sec, 3),
+              "peak_rss_mb": round(peak, 1)})
+
+    t0 = time.perf_counter()
+    codes = np.empty(L, np.int64)
+    shift = bits[-1] - b
+    for k in range(1 << b):
+        labels = order[bounds[k]:bounds[k + 1]]
+        if len(labels):
+            codes[labels] = (np.int64(k) << shift) | results[k][0]
+    tree = tree_from_codes(codes, bits)
+    W = list(top_W)
+    for j in range(len(tree.C) - s):
+        W.append(_hstack_csc([results[k][1][j] for k in range(1 << b) if k in results], X.shape[1] + 1))
+    ranker = XLinearModel(tree, W, params.ranker.bias, params.pred)
+    emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
+    return tree, ranker
+
+
+class RayEngine:
+    """The Ray engine as `model.fit_rankers` uses it: tree and rankers by sub-tree tasks.
+
+    Args:
+        params: :class:`RayParams`; training runs in a :class:`ray_session` of its address.
+    """
+
+    name = "ray"
+
+    def __init__(self, params: RayParams | None = None):
+        self.params = params or RayParams()
+
+    def fit_xlinear(self, X, Y, params, log=None) -> tuple[LabelTree, XLinearModel]:
+        """`train_xlinear_ray` inside a session (see there for arguments and errors)."""
+        with ray_session(self.params.address):
+            return train_xlinear_ray(X, Y, params, self.params, log)
+
+
+def _hstack_csc(blocks: Sequence[smat.csc_matrix], n_rows: int) -> smat.csc_matrix:
+    """Columns of CSC blocks side by side, int32 indices kept (scipy's hstack upcasts)."""
+    nnz = sum(int(B.nnz) for B in blocks)
+    n_cols = sum(B.shape[1] for B in blocks)
+    indptr = np.zeros(n_cols + 1, np.int64)
+    indices = np.empty(nnz, np.int32)
+    data = np.empty(nnz, np.float32)
+    c = p = 0
+    for B in blocks:
+        m = B.shape[1]
+        indptr[c + 1:c + m + 1] = p + B.indptr[1:]
+        indices[p:p + B.nnz] = B.indices
+        data[p:p + B.nnz] = B.data
+        c += m
+        p += B.nnz
+    W = smat.csc_matrix((data, indices, indptr.astype(np.int32 if nnz < 2**31 else np.int64)), shape=(n_rows, n_cols))
+    W.has_sorted_indices = True
+    return W
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch prediction
+# ---------------------------------------------------------------------------------------------
+class _Predictor:
+    """Ray actor: one model loaded once per worker; scores shards of documents."""
+
+    def __init__(self, model_path: str):
+        from .model import load_model
+
+        self.model = load_model(model_path)
+
+    def predict(self, shard: int, first_doc: int, inputs, out_path: str, topk: int, beam_size: int | None):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        t0 = time.perf_counter()
+        res = self.model.predict_labels(inputs, topk=topk, beam_size=beam_size)
+        n = len(res)
+        table = pa.table({
+            "doc": pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)),
+            "labels": pa.array([[str(name) for name, _ in r] for r in res], type=pa.list_(pa.string())),
+            "scores": pa.array([[float(s) for _, s in r] for r in res], type=pa.list_(pa.float32())),
+        })
+        tmp = out_path + ".tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, out_path)  # a shard is there whole or not at all
+        return shard, n, time.perf_counter() - t0
+
+
+def predict_files_ray(model_path: str | Path, shards: Sequence, out_dir: str | Path, n_actors: int = 2,
+                      topk: int = 5, beam_size: int | None = None,
+                      log: Callable[[dict], None] | None = None) -> dict:
+    """Score document shards on Ray actors (the model loaded once per actor) into Parquet.
+
+    Args:
+        model_path: a model folder (any kind `model.load_model` reads).
+        shards: sequence of inputs, each a list of texts or an n_i × D CSR; shard i's documents
+            are numbered after those of shards 0..i-1 (input order).
+        out_dir: folder for ``part-00000.parquet``, ... (one per shard, columns doc int64,
+            labels list<string>, scores list<float32>, rows in input order); created if missing.
+        n_actors: model replicas (int >= 1), each a Ray actor of 1 CPU.
+        topk, beam_size: as `predict_labels`.
+        log: receives one {"stage": "shard", "shard", "n", "seconds"} per shard.
+
+    Returns:
+        {"n_docs", "n_shards", "seconds", "docs_per_s", "files": [paths]}.
+    """
+    import ray
+
+    emit = log or (lambda rec: None)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_Predictor)
+    actors = [Actor.remote(str(Path(model_path).resolve())) for _ in range(max(1, min(n_actors, len(shards))))]
+    refs, files, first = [], [], 0
+    for i, inputs in enumerate(shards):
+        path = out_dir / f"part-{i:05d}.parquet"
+        files.append(str(path))
+        refs.append(actors[i % len(actors)].predict.remote(i, first, inputs, str(path), topk, beam_size))
+        first += inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
+    n_docs = 0
+    for shard, n, sec in _get(refs):
+        n_docs += n
+        emit({"stage": "shard", "shard": shard, "n": n, "seconds": round(sec, 3)})
+    seconds = time.perf_counter() - t0
+    return {"n_docs": n_docs, "n_shards": len(shards), "seconds": round(seconds, 3),
+            "docs_per_s": round(n_docs / seconds, 1) if seconds > 0 else None, "files": files}
