@@ -68,7 +68,8 @@ def _check_args(args) -> None:
     wrote: `folders.check_replaceable`)."""
     from .folders import check_replaceable
 
-    for name in ("topk", "beam_size", "max_rows", "threads"):
+    for name in ("topk", "beam_size", "max_rows", "threads", "ray_split_level", "ray_cpus_per_task",
+                 "shard_rows", "actors"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
@@ -82,6 +83,17 @@ def _check_args(args) -> None:
         check_replaceable(args.model, "--model", kind="model")
         if args.method == "xr-transformer":
             check_replaceable(_checkpoint_dir(args.model), "checkpoint folder", kind="checkpoint")
+        if args.engine == "ray" and args.method not in ("xr-linear",):
+            raise UsageError(f"--engine ray: trains xr-linear; {args.method} trains locally (drop --engine)")
+    elif args.command == "predict":
+        if args.engine == "ray":
+            if not args.out:
+                raise UsageError("--engine ray: give --out, the folder for the Parquet shards")
+            if args.text is not None:
+                raise UsageError("--engine ray: scores files or a split (--inputs, --data), not one --text")
+            check_replaceable(args.out, "--out", kind="predictions")
+        elif args.inputs or args.out:
+            raise UsageError("--inputs and --out go with --engine ray (without it, predict prints JSON lines)")
     elif args.command == "synth":
         check_replaceable(args.out, "dataset folder", kind="dataset")
 
@@ -178,6 +190,12 @@ def cmd_train(args) -> dict:
         params = XRLinearParams().merged(overrides)
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
+    engine = None
+    if args.engine == "ray":
+        from .engine_ray import RayEngine, RayParams
+
+        engine = RayEngine(RayParams(address=args.ray_address, split_level=args.ray_split_level,
+                                     cpus_per_task=args.ray_cpus_per_task))
     memory = StageMemory()
 
     def log(rec):
@@ -191,11 +209,15 @@ def cmd_train(args) -> dict:
     try:
         # copy_X=False: the split's matrix is normalized in place, not copied (it is not used again)
         model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=texts, X=X, log=log,
-                                label_titles=ds.label_titles, memory=memory, copy_X=False)
+                                label_titles=ds.label_titles, memory=memory, copy_X=False, engine=engine)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
             raise
         raise UsageError(f"{args.data}: cannot train on this data: {e} (-v shows the traceback)") from None
+    except RuntimeError as e:  # engine_ray.RayRunError: Ray itself failed (one line already)
+        if engine is None or args.verbose:
+            raise
+        raise UsageError(f"--engine ray: {e} (-v shows the traceback)") from None
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
@@ -206,6 +228,8 @@ def cmd_train(args) -> dict:
     out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
            "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "features": features,
            "load_s": round(load_s, 3), "train_s": round(train_s, 3), "peak_rss_mb": round(memory.run_peak_mb, 1)}
+    if engine is not None:
+        out["engine"] = engine.name
     if "disentangle" in model.info:
         stats = model.info["disentangle"]
         out.update({"copies_added": stats["copies_added"], "labels_with_copies": stats["labels_with_copies"]})
@@ -295,6 +319,8 @@ def cmd_predict(args) -> None:
     from .model import load_model
     from .textio import text_argument
 
+    if args.engine == "ray":
+        return cmd_predict_ray(args)
     stage = _StageLog(args.verbose)
     model = load_model(args.model)
     stage("load_model")
@@ -320,6 +346,55 @@ def cmd_predict(args) -> None:
     for i, labels in enumerate(results):
         out.write(json.dumps({"doc": i, "labels": [name for name, _ in labels],
                               "scores": [round(s, 6) for _, s in labels]}) + "\n")
+
+
+def _read_shard_file(path: str):
+    """One --inputs file: an .npz CSR feature matrix, or text with one document per line."""
+    import numpy as np
+    import scipy.sparse as smat
+
+    from .textio import text_lines
+
+    if path.endswith(".npz"):
+        try:
+            return smat.csr_matrix(smat.load_npz(path), dtype=np.float32)
+        except (ValueError, KeyError) as e:
+            raise UsageError(f"{path}: not a scipy sparse .npz matrix ({e})") from None
+    with open(path, "rb") as f:
+        return text_lines(f.read(), path)
+
+
+def cmd_predict_ray(args) -> None:
+    """predict --engine ray: shards of --inputs files (or of the --data split, or stdin) scored by
+    Ray actors into Parquet under --out; prints one JSON summary line."""
+    from .data import load_dataset
+    from .engine_ray import predict_files_ray, ray_session
+    from .model import load_model
+
+    model = load_model(args.model)  # checked here once: a bad folder fails before Ray starts
+    if args.inputs:
+        shards = [_read_shard_file(p) for p in args.inputs]
+        source = ", ".join(args.inputs)
+    else:
+        if args.data:
+            ds = load_dataset(args.data, splits=_with_train(args.split), max_rows=args.max_rows)
+            split = getattr(ds, args.split)
+            if split is None:
+                raise UsageError(f"--data {args.data}: no {args.split} split")
+            inputs, source = _split_inputs(split, model), args.data
+        else:
+            inputs, source = _stdin_lines(), "<stdin>"
+        n = inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
+        shards = [inputs[i:i + args.shard_rows] for i in range(0, n, args.shard_rows)] or [inputs]
+    for sh in shards:
+        _check_model_inputs(model, sh, args.model, source)
+    del model
+    log = (lambda rec: print(json.dumps(rec), file=sys.stderr)) if args.verbose else None
+    with ray_session(args.ray_address):
+        res = predict_files_ray(args.model, shards, args.out, n_actors=args.actors, topk=args.topk,
+                                beam_size=args.beam_size, log=log)
+    res.pop("files")
+    print(json.dumps({"engine": "ray", **res}))
 
 
 def cmd_evaluate(args) -> dict:
@@ -468,6 +543,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr (JSON): seconds, peak and final resident memory (MiB) of each "
                         "stage (load, features, label_embeddings, label_tree, each rankers_level, save)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="xr-linear: 'local' (default) trains in this process with threads; 'ray' trains every "
+                        "top-level sub-tree of the label tree as a Ray task (same model; TFN negatives only)")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: the cluster to join ('auto': the one 'ray start' runs on this machine; "
+                        "'ray://HOST:10001': Ray Client); default: a local Ray started for the run")
+    p.add_argument("--ray-split-level", type=int, default=1,
+                   help="--engine ray: tree level whose nodes root the tasks (1: the top clusters; deeper: more, "
+                        "smaller tasks)")
+    p.add_argument("--ray-cpus-per-task", type=int, default=1, help="--engine ray: CPUs (threads) per task")
 
     p = sub.add_parser("predict", help="predict labels (JSON lines)")
     p.add_argument("--model", required=True)
@@ -480,6 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="'ray': score shards on Ray actors (the model loaded once per actor) and write Parquet "
+                        "shards to --out (doc, labels, scores; input order) instead of JSON lines")
+    p.add_argument("--inputs", nargs="+", default=None, metavar="FILE",
+                   help="--engine ray: input files, each a shard (text: one document per line; or an .npz CSR "
+                        "feature matrix); instead of --data/--text/stdin")
+    p.add_argument("--out", default=None, help="--engine ray: output folder of the Parquet shards")
+    p.add_argument("--shard-rows", type=int, default=50000,
+                   help="--engine ray: documents per shard when the input is one split or file (default 50000)")
+    p.add_argument("--actors", type=int, default=2, help="--engine ray: model replicas (Ray actors, 1 CPU each)")
+    p.add_argument("--ray-address", default=None, help="--engine ray: cluster to join (default: a local Ray)")
 
     p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split")
     p.add_argument("--model", required=True)

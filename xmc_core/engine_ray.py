@@ -46,7 +46,7 @@ from .sparse import binarize
 from .tree import LabelTree, binary_codes, chain_bits, tree_from_codes
 from .xlinear import XLinearModel
 
-__all__ = ["RayParams", "RayEngine", "train_xlinear_ray", "predict_files_ray", "ray_session"]
+__all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "predict_files_ray", "ray_session"]
 
 #: test hook: when set to a path, the first sub-tree task that finds no file there creates it and
 #: SIGKILLs its own worker process (a worker lost mid-task; Ray must retry it)
@@ -109,18 +109,31 @@ class ray_session:
         return False
 
 
+class RayRunError(RuntimeError):
+    """The run failed in Ray itself (a worker or node lost more often than the retries allow, the
+    cluster gone); the message is one line, naming Ray's error class."""
+
+
 def _get(refs):
-    """ray.get that re-raises a task's own exception (its type and message), not Ray's wrapper."""
+    """ray.get that re-raises a task's own exception (its type and message), not Ray's wrapper,
+    and Ray's own failures as :class:`RayRunError` (one line), the original chained."""
     import ray
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     try:
         return ray.get(refs)
     except RayTaskError as e:
         cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):
+        if isinstance(cause, BaseException) and not isinstance(cause, RayError):
             raise cause.with_traceback(None) from None
-        raise
+        raise RayRunError(f"a Ray task failed: {type(e).__name__}: {_first_line(e)}") from e
+    except RayError as e:
+        raise RayRunError(f"a Ray task failed: {type(e).__name__}: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else ""
 
 
 def _maybe_die():
@@ -154,6 +167,11 @@ def _subtree_task(X, Y_csc, Z, labels, root, depth, bits_below, first_depth, par
     rows = np.flatnonzero(np.diff(Yk.indptr))
     Yk = Yk[rows]
     Xk = X[rows]  # the instances active anywhere in the sub-tree (TFN), in global order
+    bad = ~np.isfinite(Xk.data)
+    if bad.any():
+        at = int(np.searchsorted(Xk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
+        raise ValueError(f"X row {int(rows[at])}: a non-finite feature value (NaN or inf); "
+                         f"sub-tree {root} cannot be trained on it")
     ranker_params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
     model = XLinearModel.train(Xk, Yk, sub, ranker_params, pred_params, parent_offset=parent_offset)
     return codes, model.W, time.perf_counter() - t0, peak_rss_mb()
@@ -173,7 +191,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         ray_params: :class:`RayParams` (None: defaults).
         log: receives {"stage": "label_embeddings" | "label_tree_top" | "rankers_top" |
             "subtree" | "assemble", "seconds", ...} records; "subtree" ones carry the task's
-            "root", "n_labels", "n_rows", "seconds" and the worker's "peak_rss_mb".
+            "root", "n_labels", "seconds" and the worker process's "worker_peak_rss_mb".
 
     Returns:
         (tree, ranker): equal to `build_tree(pifa(X, Y))` and `XLinearModel.train` on it with
@@ -182,6 +200,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     Raises:
         ValueError: MAN negatives or a disentangle section (not decomposable); X/Y shapes that
             do not match; a task's own error, re-raised as it was raised.
+        RayRunError: a task lost more often than `max_retries` allows, or Ray itself failed.
     """
     import ray
 
@@ -251,7 +270,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         results[k] = (codes_k, W_k)
         n_k = int(bounds[k + 1] - bounds[k])
         emit({"stage": "subtree", "root": k, "n_labels": n_k, "seconds": round(sec, 3),
-              "peak_rss_mb": round(peak, 1)})
+              "worker_peak_rss_mb": round(peak, 1)})
 
     t0 = time.perf_counter()
     codes = np.empty(L, np.int64)
@@ -346,32 +365,43 @@ def predict_files_ray(model_path: str | Path, shards: Sequence, out_dir: str | P
         shards: sequence of inputs, each a list of texts or an n_i × D CSR; shard i's documents
             are numbered after those of shards 0..i-1 (input order).
         out_dir: folder for ``part-00000.parquet``, ... (one per shard, columns doc int64,
-            labels list<string>, scores list<float32>, rows in input order); created if missing.
+            labels list<string>, scores list<float32>, rows in input order): a new path or a
+            predictions folder xmc wrote, replaced only when every shard is written. On a
+            cluster it must be a filesystem all nodes share.
         n_actors: model replicas (int >= 1), each a Ray actor of 1 CPU.
         topk, beam_size: as `predict_labels`.
         log: receives one {"stage": "shard", "shard", "n", "seconds"} per shard.
 
     Returns:
-        {"n_docs", "n_shards", "seconds", "docs_per_s", "files": [paths]}.
+        {"n_docs", "n_shards", "seconds", "docs_per_s", "out", "files": [paths]}.
+
+    Raises:
+        folders.PathInUseError: out_dir holds something xmc did not write; a shard's own error
+            (as raised in the actor).
     """
     import ray
 
+    from .folders import atomic_dir
+
     emit = log or (lambda rec: None)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     Actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2)(_Predictor)
     actors = [Actor.remote(str(Path(model_path).resolve())) for _ in range(max(1, min(n_actors, len(shards))))]
-    refs, files, first = [], [], 0
-    for i, inputs in enumerate(shards):
-        path = out_dir / f"part-{i:05d}.parquet"
-        files.append(str(path))
-        refs.append(actors[i % len(actors)].predict.remote(i, first, inputs, str(path), topk, beam_size))
-        first += inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
     n_docs = 0
-    for shard, n, sec in _get(refs):
-        n_docs += n
-        emit({"stage": "shard", "shard": shard, "n": n, "seconds": round(sec, 3)})
+    # the shards are written into a temporary sibling folder that replaces out_dir only when all
+    # are there: a failed run leaves out_dir as it was
+    with atomic_dir(out_dir, kind="predictions") as tmp:
+        refs, first = [], 0
+        for i, inputs in enumerate(shards):
+            path = tmp.resolve() / f"part-{i:05d}.parquet"
+            refs.append(actors[i % len(actors)].predict.remote(i, first, inputs, str(path), topk, beam_size))
+            first += inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
+        for shard, n, sec in _get(refs):
+            n_docs += n
+            emit({"stage": "shard", "shard": shard, "n": n, "seconds": round(sec, 3)})
     seconds = time.perf_counter() - t0
+    files = [str(out_dir / f"part-{i:05d}.parquet") for i in range(len(shards))]
     return {"n_docs": n_docs, "n_shards": len(shards), "seconds": round(seconds, 3),
-            "docs_per_s": round(n_docs / seconds, 1) if seconds > 0 else None, "files": files}
+            "docs_per_s": round(n_docs / seconds, 1) if seconds > 0 else None, "out": str(out_dir),
+            "files": files}

@@ -1,0 +1,138 @@
+"""The Ray engine on a local two-node cluster (`ray.cluster_utils.Cluster`, 2 nodes × 1 CPU):
+the distributed model equals the single-process one, a killed worker is retried into the same
+model, a task's own error reaches the caller as itself, and batch prediction equals `predict`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as smat
+
+from conftest import require_module
+
+ray = require_module("ray")
+
+from xmc_core.engine_ray import FAULT_ENV, RayEngine, RayParams, RayRunError, predict_files_ray  # noqa: E402
+from xmc_core.model import XRLinearParams, load_model, train_xr_linear  # noqa: E402
+from xmc_core.synth import SynthParams, generate  # noqa: E402
+
+PARAMS = {"tree": {"max_leaf_size": 20, "nr_splits": 4, "threads": 1}, "ranker": {"threads": 1}}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+
+    # the fault hook's marker exists: no task dies until a test removes it
+    marker = tmp_path_factory.mktemp("fault") / "killed"
+    marker.touch()
+    os.environ[FAULT_ENV] = str(marker)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address, log_to_driver=False)
+    yield marker
+    ray.shutdown()
+    c.shutdown()
+    os.environ.pop(FAULT_ENV, None)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    Xtr, Ytr, Xte, Yte = generate(SynthParams(n_labels=600, n_train=1500, n_test=300, n_features=2000, seed=3))
+    names = [f"l{i}" for i in range(Ytr.shape[1])]
+    local = train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=Xtr)
+    return Xtr, Ytr, Xte, names, local
+
+
+def _same_model(a, b):
+    ta, tb = a.ranker.tree, b.ranker.tree
+    assert ta.level_sizes() == tb.level_sizes()
+    for Ca, Cb in zip(ta.C, tb.C):
+        assert np.array_equal(Ca.indptr, Cb.indptr) and np.array_equal(Ca.indices, Cb.indices)
+    assert len(a.ranker.W) == len(b.ranker.W)
+    for Wa, Wb in zip(a.ranker.W, b.ranker.W):
+        assert Wa.shape == Wb.shape
+        assert np.array_equal(Wa.indptr, Wb.indptr) and np.array_equal(Wa.indices, Wb.indices)
+        assert np.array_equal(Wa.data, Wb.data)  # bit for bit
+
+
+@pytest.mark.parametrize("split_level", [1, 2])
+def test_distributed_model_equals_local(cluster, problem, split_level):
+    Xtr, Ytr, _, names, local = problem
+    recs = []
+    dist = train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=Xtr, log=recs.append,
+                           engine=RayEngine(RayParams(split_level=split_level)))
+    assert local.ranker.tree.level_sizes() == [2, 8, 32, 600]
+    _same_model(local, dist)
+    subtrees = [r for r in recs if r["stage"] == "subtree"]
+    assert len(subtrees) == [2, 8][split_level - 1]
+    assert sum(r["n_labels"] for r in subtrees) == 600
+    # the tasks ran on both nodes' workers (each reports its own process's peak)
+    assert all(r["worker_peak_rss_mb"] > 0 for r in subtrees)
+
+
+def test_killed_worker_is_retried_into_the_same_model(cluster, problem):
+    Xtr, Ytr, _, names, local = problem
+    cluster.unlink()  # the next sub-tree task SIGKILLs its worker once
+    dist = train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=Xtr,
+                           engine=RayEngine(RayParams(max_retries=2)))
+    assert cluster.exists()  # a task did die
+    _same_model(local, dist)
+
+
+def test_killed_worker_without_retries_fails_the_run(cluster, problem):
+    Xtr, Ytr, _, names, _ = problem
+    cluster.unlink()
+    with pytest.raises(RayRunError, match=r"^a Ray task failed: \w*(Crashed|Died|Worker)\w*: ") as err:
+        train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=Xtr,
+                        engine=RayEngine(RayParams(max_retries=0)))
+    assert "\n" not in str(err.value)
+    assert cluster.exists()
+
+
+def test_a_tasks_error_is_raised_as_itself(cluster, problem):
+    Xtr, Ytr, _, names, _ = problem
+    X = Xtr.copy().astype(np.float32)
+    X.data[X.indptr[7]] = np.nan  # row 7
+    with pytest.raises(ValueError) as err:
+        train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=X, engine=RayEngine())
+    msg = str(err.value)
+    assert msg.startswith("X row 7: a non-finite feature value"), msg
+    assert "Traceback" not in msg and "ray" not in msg.lower()
+    assert type(err.value) is ValueError
+
+
+def test_man_negatives_are_refused(cluster, problem):
+    Xtr, Ytr, _, names, _ = problem
+    params = XRLinearParams().merged({**PARAMS, "ranker": {"negative_sampling": "tfn+man"}})
+    with pytest.raises(ValueError, match="MAN negatives"):
+        train_xr_linear(Ytr, names, params, X=Xtr, engine=RayEngine())
+
+
+def test_batch_prediction_equals_predict(cluster, problem, tmp_path):
+    Xtr, Ytr, Xte, names, local = problem
+    folder = local.save(tmp_path / "model")
+    model = load_model(folder)
+    shards = [Xte[i:i + 70] for i in range(0, Xte.shape[0], 70)]  # 5 shards, the last short
+    res = predict_files_ray(folder, shards, tmp_path / "preds", n_actors=2, topk=5)
+    assert res["n_docs"] == Xte.shape[0] and res["n_shards"] == 5 and res["docs_per_s"] > 0
+    import polars as pl
+
+    df = pl.concat([pl.read_parquet(f) for f in res["files"]])
+    assert df["doc"].to_list() == list(range(Xte.shape[0]))
+    ref = model.predict_labels(Xte, topk=5)
+    for row, labels, scores in zip(ref, df["labels"].to_list(), df["scores"].to_list()):
+        assert labels == [n for n, _ in row]
+        assert np.allclose(scores, [s for _, s in row], rtol=0, atol=1e-6)
+    # a second run replaces the folder it wrote; a folder xmc did not write is refused
+    predict_files_ray(folder, shards[:1], tmp_path / "preds", n_actors=1)
+    assert sorted(p.name for p in (tmp_path / "preds").glob("*.parquet")) == ["part-00000.parquet"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError):
+        predict_files_ray(folder, shards[:1], other, n_actors=1)
+    assert (other / "keep.txt").read_text() == "x"
