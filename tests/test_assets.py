@@ -15,7 +15,7 @@ from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_con
 from xmc_assets.assets import metrics, xr_linear_assets
 from xmc_assets.definitions import JOB_NAME, defs
 from xmc_assets.partitions import dataset_folders_sensor, dataset_partitions
-from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+from xmc_assets.resources import RayEngineResource, ArtifactStore, DataRoot, EvaluationDB, XmcSettings
 from xmc_core.model import XmcModel
 from xmc_core.results_db import read_evaluation
 
@@ -37,6 +37,7 @@ def _run(tmp_path: Path, data_root: Path, dataset: str, max_rows: int | None = N
         "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
         "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
         "xmc_settings": XmcSettings(max_rows=max_rows),
+        "ray_engine": RayEngineResource(),
     }
     return instance, resources
 

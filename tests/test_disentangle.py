@@ -363,7 +363,7 @@ def _pipeline(tmp_path, dataset: str, params: dict):
     from dagster import DagsterInstance
 
     from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+    from xmc_assets.resources import RayEngineResource, ArtifactStore, DataRoot, EvaluationDB, XmcSettings
 
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
@@ -372,6 +372,7 @@ def _pipeline(tmp_path, dataset: str, params: dict):
         "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
         "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
         "xmc_settings": XmcSettings(params_json=json.dumps(params)),
+        "ray_engine": RayEngineResource(),
     }
     return instance, resources
 

@@ -136,3 +136,90 @@ def test_batch_prediction_equals_predict(cluster, problem, tmp_path):
     with pytest.raises(FileExistsError):
         predict_files_ray(folder, shards[:1], other, n_actors=1)
     assert (other / "keep.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize("split_level", [1, 2, 3])
+def test_rankers_of_a_given_disentangled_tree_equal_local(cluster, problem, split_level):
+    """The Dagster path: the tree is an input (here with label copies: a label in two leaf
+    clusters of different sub-trees); the rankers equal XLinearModel.train's bit for bit."""
+    from xmc_core.engine_ray import train_rankers_ray
+    from xmc_core.tree import LabelTree
+    from xmc_core.xlinear import XLinearModel
+
+    Xtr, Ytr, _, _, local = problem
+    tree = local.ranker.tree
+    leaf = tree.C[-1].tolil()
+    leaf[5, tree.C[-1].shape[1] - 1] = 1  # label 5 copied into the last leaf cluster (another sub-tree)
+    leaf[17, 0] = 1
+    tree = LabelTree([*tree.C[:-1], smat.csc_matrix(leaf)])
+    params = XRLinearParams().merged(PARAMS)
+    from xmc_core.model import fit_rankers  # noqa: F401  (the asset's call path is fit_rankers → engine)
+
+    ref = XLinearModel.train(Xtr, Ytr, tree, params.ranker, params.pred)
+    dist = train_rankers_ray(Xtr, Ytr, tree, params, RayParams(split_level=split_level))
+    for Wa, Wb in zip(ref.W, dist.W):
+        assert Wa.shape == Wb.shape
+        assert np.array_equal(Wa.indptr, Wb.indptr) and np.array_equal(Wa.indices, Wb.indices)
+        assert np.array_equal(Wa.data, Wb.data)
+
+
+def test_dagster_rankers_on_ray_and_batch_predictions(cluster, reuters_dir, tmp_path):
+    """The code location with the ray_engine resource enabled: `rankers` trains its sub-trees as
+    Ray tasks (the weights equal XLinearModel.train on the same artifacts), and
+    `batch_predictions` scores an incoming batch on actors, equal to the model's own predictions."""
+    import gzip
+
+    from dagster import DagsterInstance, build_sensor_context, materialize
+
+    from xmc_assets.assets import xr_linear_assets
+    from xmc_assets.batch import IncomingBatches, batch_partitions, batch_predictions, incoming_batches_sensor
+    from xmc_assets.checks import xr_linear_checks
+    from xmc_assets.partitions import dataset_partitions
+    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, RayEngineResource, XmcSettings
+    from xmc_core.tree import LabelTree
+    from xmc_core.xlinear import XLinearModel
+
+    ds = "reuters-21578"
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(dataset_partitions.name, [ds])
+    resources = {
+        "data_root": DataRoot(path=str(reuters_dir.parent), synthetic_dir=str(tmp_path / "synthetic")),
+        "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
+        "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
+        "xmc_settings": XmcSettings(max_rows=600, params_json=json.dumps({"tree": {"max_leaf_size": 10}})),
+        "ray_engine": RayEngineResource(enabled=True, actors=2),
+        "incoming": IncomingBatches(root=str(tmp_path / "incoming")),
+    }
+    result = materialize([*xr_linear_assets, *xr_linear_checks], instance=instance, resources=resources,
+                         partition_key=ds)
+    assert result.success
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata
+            for e in result.get_asset_materialization_events()}["rankers"]
+    assert meta["engine"].value == "ray" and meta["ray_subtrees"].value >= 2
+
+    art = tmp_path / "artifacts" / ds
+    model = load_model(art / "model")
+    X = smat.load_npz(art / "tfidf" / "X_train.npz").tocsr()
+    Y = smat.load_npz(art / "corpus" / "Y_train.npz").tocsr()
+    tree = LabelTree.from_arrays(np.load(art / "disentangled_tree" / "tree.npz"))
+    params = model.params
+    ref = XLinearModel.train(X, Y, tree, params.ranker, params.pred)
+    for Wa, Wb in zip(ref.W, model.ranker.W):
+        assert np.array_equal(Wa.indices, Wb.indices) and np.array_equal(Wa.data, Wb.data)
+
+    with gzip.open(reuters_dir / "test_texts.txt.gz", "rt", encoding="utf-8") as f:
+        texts = [next(f).rstrip("\n") for _ in range(40)]
+    (tmp_path / "incoming" / ds).mkdir(parents=True)
+    (tmp_path / "incoming" / ds / "b1.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    with build_sensor_context(instance=instance, resources={"incoming": resources["incoming"]}) as context:
+        req = incoming_batches_sensor(context)
+    assert [r.partition_key for r in req.run_requests] == [f"{ds}/b1"]
+    instance.add_dynamic_partitions(batch_partitions.name, [f"{ds}/b1"])
+    out = materialize([batch_predictions], instance=instance, resources=resources, partition_key=f"{ds}/b1")
+    assert out.success
+    import polars as pl
+
+    df = pl.read_parquet(sorted((art / "batch_predictions" / "b1").glob("part-*.parquet")))
+    assert df["doc"].to_list() == list(range(40))
+    want = model.predict_labels(texts, topk=5)
+    assert df["labels"].to_list() == [[n for n, _ in r] for r in want]

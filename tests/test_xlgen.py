@@ -301,7 +301,7 @@ def test_assets_materialize_mcg_chain(data, tmp_path):
     from xmc_assets.assets import corpus
     from xmc_assets.generative import GENERATIVE_ASSETS, XLGenSettings
     from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+    from xmc_assets.resources import RayEngineResource, ArtifactStore, DataRoot, EvaluationDB, XmcSettings
     from xmc_core.results_db import read_evaluation
 
     _write_dataset(tmp_path / "data" / "tiny", data)
@@ -315,6 +315,7 @@ def test_assets_materialize_mcg_chain(data, tmp_path):
         "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
         "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
         "xmc_settings": XmcSettings(),
+        "ray_engine": RayEngineResource(),
         "xlgen_settings": settings,
     })
     assert result.success

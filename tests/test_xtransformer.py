@@ -199,7 +199,7 @@ def test_dagster_assets_materialize(data, tmp_path):
 
     from xmc_assets.assets import corpus, label_embeddings, tfidf
     from xmc_assets.partitions import dataset_partitions
-    from xmc_assets.resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
+    from xmc_assets.resources import RayEngineResource, ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
     from xmc_assets.transformer_assets import xr_transformer_assets
     from xmc_core.results_db import read_evaluation
 
@@ -221,6 +221,7 @@ def test_dagster_assets_materialize(data, tmp_path):
         "artifacts": ArtifactStore(base_dir=str(tmp_path / "artifacts")),
         "evaluation_db": EvaluationDB(path=str(tmp_path / "xmc.duckdb")),
         "xmc_settings": XmcSettings(),
+        "ray_engine": RayEngineResource(),
         "xrt_settings": XTransformerSettings(params_json=json.dumps(xrt_params)),
     }
     result = materialize([corpus, tfidf, label_embeddings, *xr_transformer_assets], instance=instance,

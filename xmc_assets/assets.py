@@ -48,7 +48,7 @@ from .metadata import (
     metrics_at_k_plot,
 )
 from .partitions import dataset_partitions
-from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings
+from .resources import ArtifactStore, DataRoot, EvaluationDB, RayEngineResource, XmcSettings
 from .versions import code_version, settings_hash
 
 # `backfill_policy` (beta) and partitioned asset checks (preview) are what we want here; their
@@ -334,9 +334,11 @@ def disentangled_tree(
 @stage_asset(
     deps=[disentangled_tree],
     kinds={"python", "scipy"},
-    description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster.",
+    description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster. "
+                "With the ray_engine resource enabled, every top sub-tree's rankers are a Ray task (same model).",
 )
-def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings,
+            ray_engine: RayEngineResource) -> MaterializeResult:
     dataset = context.partition_key
     params = xmc_settings.params()
     info = _corpus_info(artifacts, dataset)
@@ -348,15 +350,27 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     featurizer = TfidfVectorizer.load(featurizer_dir) if info["has_texts"] else None
 
     levels: list[dict] = []
+    subtrees: list[dict] = []
 
     def log(rec: dict) -> None:
         if rec.get("stage") == "rankers_level":
             levels.append(rec)
             context.log.info(f"level {rec['level']}: {rec['n_nodes']} nodes in {rec['seconds']:.1f}s")
+        elif rec.get("stage") == "subtree":  # engine ray: one per task as it finishes
+            subtrees.append(rec)
+            context.log.info(f"sub-tree {rec['root']}: {rec['n_labels']} labels in {rec['seconds']:.1f}s "
+                             f"(worker peak {rec['worker_peak_rss_mb']:.0f} MiB)")
 
+    engine = ray_engine.engine()
     t0 = time.perf_counter()
     # the tree is final: disentanglement (when set) ran in `disentangled_tree`
-    model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log, disentangle=False)
+    try:
+        model = fit_rankers(X, Y, info["label_names"], params, featurizer, tree=tree, log=log, disentangle=False,
+                            engine=engine)
+    except (ValueError, RuntimeError) as e:
+        if engine is None:
+            raise
+        raise Failure(description=f"rankers on Ray: {e}") from None
     train_s = time.perf_counter() - t0
     model.set_label_counts(Y)  # for PSP@k
     if artifacts.path(dataset, "disentangled_tree", "copies.parquet").is_file():
@@ -382,6 +396,9 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
         "model_mb": size / 2**20,
         "n_train": int(Y.shape[0]),
         "params": MetadataValue.json(params.to_dict()),
+        "engine": "ray" if engine is not None else "local",
+        **({"ray_subtrees": len(subtrees),
+            "ray_worker_peak_mb": max(r["worker_peak_rss_mb"] for r in subtrees)} if subtrees else {}),
         **_settings_metadata(context, xmc_settings, "rankers"),
     })
 

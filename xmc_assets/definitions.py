@@ -8,6 +8,7 @@ from the environment when the code location loads:
     XMC_MAX_ROWS=300                     read only the first N documents of each split
     XMC_XRT_PARAMS='{"finetune": {"steps_per_level": 50}}'   XTransformerParams overrides (JSON)
     XMC_XLGEN_PARAMS='{"steps": 300, "pu_drop": 0.5}'       XLGenParams overrides (JSON)
+    XMC_RAY=1  XMC_RAY_ADDRESS=auto      `rankers` and `batch_predictions` on Ray (RayEngineResource)
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from .assets import xr_linear_assets, with_settings
 from .automation import build_automation_sensor, build_weekly_retrain_schedule
 from .checks import xr_linear_checks
 from .partitions import dataset_folders_sensor
-from .resources import ArtifactStore, DataRoot, EvaluationDB, XmcSettings, XTransformerSettings
+from .batch import IncomingBatches, batch_predictions, incoming_batches_sensor
+from .resources import ArtifactStore, DataRoot, EvaluationDB, RayEngineResource, XmcSettings, XTransformerSettings
 from .generative import GENERATIVE_ASSETS, XLGenSettings, with_xlgen_settings
 from .transformer_assets import with_xrt_settings, xr_transformer_assets
 
@@ -31,6 +33,8 @@ XLGEN_JOB_NAME = "xlgen_pipeline"
 XLGEN_PARAMS_ENV = "XMC_XLGEN_PARAMS"
 PARAMS_ENV = "XMC_PARAMS"
 MAX_ROWS_ENV = "XMC_MAX_ROWS"
+RAY_ENV = "XMC_RAY"
+RAY_ADDRESS_ENV = "XMC_RAY_ADDRESS"
 
 
 def settings_from_env() -> XmcSettings:
@@ -48,6 +52,9 @@ def default_resources(settings: XmcSettings | None = None) -> dict:
         "xmc_settings": settings or XmcSettings(),
         "xrt_settings": XTransformerSettings(params_json=os.environ.get(XRT_PARAMS_ENV) or "{}"),
         "xlgen_settings": XLGenSettings(params_json=os.environ.get(XLGEN_PARAMS_ENV) or "{}"),
+        "ray_engine": RayEngineResource(enabled=os.environ.get(RAY_ENV, "") not in ("", "0"),
+                                        address=os.environ.get(RAY_ADDRESS_ENV) or None),
+        "incoming": IncomingBatches(),
     }
 
 
@@ -80,11 +87,11 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
                      "Launch a backfill over all datasets from the asset graph: 'Materialize all' → all partitions."),
     )
     return Definitions(
-        assets=assets + xrt_assets + xlgen_assets,
+        assets=assets + xrt_assets + xlgen_assets + [batch_predictions],
         asset_checks=xr_linear_checks,
         jobs=[job, xrt_job, xlgen_job],
         schedules=[build_weekly_retrain_schedule(JOB_NAME, keys)],
-        sensors=[dataset_folders_sensor, build_automation_sensor(keys)],
+        sensors=[dataset_folders_sensor, build_automation_sensor(keys), incoming_batches_sensor],
         resources=all_resources,
     )
 

@@ -324,3 +324,38 @@ class XTransformerSettings(ConfigurableResource):
             return params
         except (TypeError, ValueError) as e:
             raise Failure(description=f"XTransformerSettings.params_json: {e}") from None
+
+
+class RayEngineResource(ConfigurableResource):
+    """Where the `rankers` asset trains and `batch_predictions` scores: in the run's process
+    (enabled False, the default) or on a Ray cluster (`xmc_core.engine_ray`).
+
+    Ours rather than the `dagster-ray` library's: xmc needs a Ray to join, not a cluster whose
+    lifecycle Dagster manages, and `xmc_core` opens its own session (`engine_ray.ray_session`), so
+    a CLI run and an asset run behave alike; a KubeRay cluster that dagster-ray or an operator
+    starts is joined by giving its address here.
+
+    enabled: use Ray (XMC_RAY=1 in the code location's environment sets it).
+    address: cluster to join ("auto", "ray://HOST:10001"); None starts a local Ray per run.
+    split_level, cpus_per_task, max_retries: `engine_ray.RayParams`.
+    actors: model replicas of `batch_predictions` (Ray actors, 1 CPU each).
+    """
+
+    enabled: bool = False
+    address: Optional[str] = None
+    split_level: int = 1
+    cpus_per_task: int = 1
+    max_retries: int = 3
+    actors: int = 2
+
+    def engine(self):
+        """The `engine_ray.RayEngine` of these settings, or None when not enabled."""
+        if not self.enabled:
+            return None
+        from xmc_core.engine_ray import RayEngine, RayParams
+
+        try:
+            return RayEngine(RayParams(address=self.address, split_level=self.split_level,
+                                       cpus_per_task=self.cpus_per_task, max_retries=self.max_retries))
+        except ValueError as e:
+            raise Failure(description=f"RayEngineResource: {e}") from None

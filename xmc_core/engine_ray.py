@@ -46,7 +46,7 @@ from .sparse import binarize
 from .tree import LabelTree, binary_codes, chain_bits, tree_from_codes
 from .xlinear import XLinearModel
 
-__all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "predict_files_ray", "ray_session"]
+__all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "train_rankers_ray", "predict_files_ray", "ray_session"]
 
 #: test hook: when set to a path, the first sub-tree task that finds no file there creates it and
 #: SIGKILLs its own worker process (a worker lost mid-task; Ray must retry it)
@@ -161,20 +161,148 @@ def _subtree_task(X, Y_csc, Z, labels, root, depth, bits_below, first_depth, par
     codes = binary_codes(Zk, depth, tree_params.kmeans_max_iter, tree_params.seed, threads,
                          first_depth=first_depth, prefix=root)
     del Zk
-    local_bits = [b - first_depth for b in bits_below]
-    sub = tree_from_codes(codes, local_bits)
+    sub = tree_from_codes(codes, [b - first_depth for b in bits_below])
+    W = _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads)
+    return codes, W, time.perf_counter() - t0, peak_rss_mb()
+
+
+def _subtree_rankers_task(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads):
+    """One sub-tree of a given tree (`sub`, its chain below `root` over `labels`): its rankers.
+    Returns (None, [W per level below], seconds, peak MiB)."""
+    reset_peak()
+    t0 = time.perf_counter()
+    _maybe_die()
+    W = _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads)
+    return None, W, time.perf_counter() - t0, peak_rss_mb()
+
+
+def _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads):
+    """The rankers of sub-tree `sub` on the instances with a positive among `labels` (TFN: those
+    active anywhere in it), taken in their global order so every block equals the whole model's."""
     Yk = Y_csc[:, labels].tocsr()
     rows = np.flatnonzero(np.diff(Yk.indptr))
     Yk = Yk[rows]
-    Xk = X[rows]  # the instances active anywhere in the sub-tree (TFN), in global order
+    Xk = X[rows]
     bad = ~np.isfinite(Xk.data)
     if bad.any():
         at = int(np.searchsorted(Xk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
         raise ValueError(f"X row {int(rows[at])}: a non-finite feature value (NaN or inf); "
                          f"sub-tree {root} cannot be trained on it")
     ranker_params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
-    model = XLinearModel.train(Xk, Yk, sub, ranker_params, pred_params, parent_offset=parent_offset)
-    return codes, model.W, time.perf_counter() - t0, peak_rss_mb()
+    return XLinearModel.train(Xk, Yk, sub, ranker_params, pred_params, parent_offset=parent_offset).W
+
+
+def _subtrees(tree: LabelTree, s: int):
+    """Sub-trees rooted at the level-(s-1) nodes of a given tree: per root, (its labels ascending,
+    its chain below as a LabelTree, the number of each local level's first parent in the whole tree).
+
+    A root's weight columns at every level are the nonzeros of its parents' columns of C (one
+    contiguous run, as CSC keeps each parent's children together), so the tasks' columns go side
+    by side in root order. Internal nodes must be numbered contiguously per root (as every
+    :func:`tree.build_tree` chain is, disentangled or not): a local node's seed is offset + its
+    local number. Raises ValueError otherwise."""
+    out = []
+    for k in range(tree.C[s - 1].shape[0]):
+        lo, hi = k, k + 1  # the parents' range at the current level
+        chain, offsets = [], []
+        for t in range(s, tree.depth):
+            block = tree.C[t][:, lo:hi]
+            offsets.append(lo)
+            rows = np.unique(block.indices)
+            if t == tree.depth - 1:
+                labels = rows.astype(np.int64)
+                chain.append(block[labels])
+                break
+            if len(rows) == 0 or rows[-1] - rows[0] + 1 != len(rows):
+                raise ValueError(f"engine ray: the level-{t} nodes under sub-tree {k} are not numbered "
+                                 "contiguously; its weights could not be assembled")
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            chain.append(block[lo:hi])
+        out.append((labels, LabelTree(chain), offsets))
+    return out
+
+
+def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, params,
+                      ray_params: RayParams | None = None, log: Callable[[dict], None] | None = None) -> XLinearModel:
+    """The rankers of a given tree (`XLinearModel.train`'s result) with its sub-trees as Ray tasks.
+
+    What the Dagster `rankers` asset runs when a Ray resource is configured: the tree (plain or
+    disentangled) is an input there. The meta-problem (levels 0..split_level-1) is trained on the
+    driver while the tasks run.
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized. Y: N × L label matrix, entries > 0 positives.
+        tree: :class:`LabelTree` over the L labels whose levels are contiguous per sub-tree (any
+            :func:`tree.build_tree` chain, disentangled or not).
+        params: :class:`model.XRLinearParams` (ranker and pred sections; TFN negatives).
+        ray_params: :class:`RayParams`. log: as :func:`train_xlinear_ray`.
+
+    Returns:
+        XLinearModel equal to ``XLinearModel.train(X, Y, tree, params.ranker, params.pred)``.
+
+    Raises:
+        ValueError: MAN negatives; a tree whose levels are not contiguous per sub-tree; a task's
+            own error. RayRunError: as :func:`train_xlinear_ray`.
+    """
+    import ray
+
+    ray_params = ray_params or RayParams()
+    emit = log or (lambda rec: None)
+    if "man" in params.ranker.negative_sampling:
+        raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
+    X, Y = _checked(X, Y)
+    s = min(ray_params.split_level, tree.depth - 1)
+    if s == 0:
+        return XLinearModel.train(X, Y, tree, params.ranker, params.pred)
+    parts = _subtrees(tree, s)
+    Y_csc = Y.tocsc()
+    col_nnz = np.diff(Y_csc.indptr)
+    X_ref, Y_ref = ray.put(X), ray.put(Y_csc)
+    task = ray.remote(_subtree_rankers_task).options(num_cpus=ray_params.cpus_per_task,
+                                                     max_retries=ray_params.max_retries, retry_exceptions=False)
+    work = [col_nnz[labels].sum() * len(labels) for labels, _, _ in parts]
+    refs = {}
+    for k in np.argsort(-np.asarray(work), kind="stable"):
+        labels, sub, offsets = parts[int(k)]
+        refs[int(k)] = task.remote(X_ref, Y_ref, labels, sub, int(k), offsets, params.ranker, params.pred,
+                                   ray_params.cpus_per_task)
+    t0 = time.perf_counter()
+    Y_top = binarize(Y @ tree.label_to_level(s - 1))
+    top_W = XLinearModel.train(X, Y_top, LabelTree(tree.C[:s]), params.ranker, params.pred).W
+    emit({"stage": "rankers_top", "seconds": time.perf_counter() - t0, "levels": s})
+    results = _collect(refs, {k: len(parts[k][0]) for k in refs}, emit)
+    t0 = time.perf_counter()
+    W = list(top_W)
+    for j in range(tree.depth - s):
+        W.append(_hstack_csc([results[k][1][j] for k in range(len(parts))], X.shape[1] + 1))
+    emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
+    return XLinearModel(tree, W, params.ranker.bias, params.pred)
+
+
+def _checked(X, Y):
+    X = smat.csr_matrix(X, dtype=np.float32)
+    if not X.has_sorted_indices:
+        X = X.sorted_indices()
+    Y = binarize(Y)
+    if X.shape[0] != Y.shape[0]:
+        raise ValueError(f"engine ray: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
+    return X, Y
+
+
+def _collect(refs: dict, n_labels: dict, emit) -> dict:
+    """Results of the sub-tree tasks as they finish (one "subtree" record each)."""
+    import ray
+
+    results = {}
+    pending = {ref: k for k, ref in refs.items()}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        k = pending.pop(done[0])
+        codes_k, W_k, sec, peak = _get(done[0])
+        results[k] = (codes_k, W_k)
+        emit({"stage": "subtree", "root": k, "n_labels": n_labels[k], "seconds": round(sec, 3),
+              "worker_peak_rss_mb": round(peak, 1)})
+    return results
 
 
 def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: RayParams | None = None,
@@ -210,12 +338,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
     if params.disentangle is not None:
         raise ValueError("engine ray: label disentanglement is not decomposed; train xr-linear-ld locally")
-    X = smat.csr_matrix(X, dtype=np.float32)
-    if not X.has_sorted_indices:
-        X = X.sorted_indices()
-    Y = binarize(Y)
-    if X.shape[0] != Y.shape[0]:
-        raise ValueError(f"engine ray: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
+    X, Y = _checked(X, Y)
     N, L = Y.shape
     tp = params.tree
     threads = tp.threads if tp.threads > 0 else (os.cpu_count() or 1)
@@ -261,16 +384,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     top_W = XLinearModel.train(X, Y_top, LabelTree(top_tree.C[:-1]), params.ranker, params.pred).W
     emit({"stage": "rankers_top", "seconds": time.perf_counter() - t0, "levels": s})
 
-    results = {}
-    pending = {ref: k for k, ref in refs.items()}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        k = pending.pop(done[0])
-        codes_k, W_k, sec, peak = _get(done[0])
-        results[k] = (codes_k, W_k)
-        n_k = int(bounds[k + 1] - bounds[k])
-        emit({"stage": "subtree", "root": k, "n_labels": n_k, "seconds": round(sec, 3),
-              "worker_peak_rss_mb": round(peak, 1)})
+    results = _collect(refs, {k: int(bounds[k + 1] - bounds[k]) for k in refs}, emit)
 
     t0 = time.perf_counter()
     codes = np.empty(L, np.int64)
@@ -301,9 +415,30 @@ class RayEngine:
         self.params = params or RayParams()
 
     def fit_xlinear(self, X, Y, params, log=None) -> tuple[LabelTree, XLinearModel]:
-        """`train_xlinear_ray` inside a session (see there for arguments and errors)."""
+        """Tree and rankers: `train_xlinear_ray` inside a session of this engine's address.
+
+        Args:
+            X: N × D float32 CSR, rows l2-normalized. Y: N × L labels (sparse).
+            params: :class:`model.XRLinearParams`. log: stage records, as `train_xlinear_ray`.
+
+        Returns:
+            (LabelTree, XLinearModel), equal to the local ones.
+        """
         with ray_session(self.params.address):
             return train_xlinear_ray(X, Y, params, self.params, log)
+
+    def fit_rankers(self, X, Y, tree: LabelTree, params, log=None) -> XLinearModel:
+        """Rankers of a given tree: `train_rankers_ray` inside a session of this engine's address.
+
+        Args:
+            X: N × D float32 CSR, rows l2-normalized. Y: N × L labels (sparse).
+            tree: the :class:`LabelTree`. params: :class:`model.XRLinearParams`. log: stage records.
+
+        Returns:
+            XLinearModel equal to ``XLinearModel.train(X, Y, tree, ...)``.
+        """
+        with ray_session(self.params.address):
+            return train_rankers_ray(X, Y, tree, params, self.params, log)
 
 
 def _hstack_csc(blocks: Sequence[smat.csc_matrix], n_rows: int) -> smat.csc_matrix:
@@ -338,20 +473,10 @@ class _Predictor:
         self.model = load_model(model_path)
 
     def predict(self, shard: int, first_doc: int, inputs, out_path: str, topk: int, beam_size: int | None):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        from .batch import predict_shard
 
         t0 = time.perf_counter()
-        res = self.model.predict_labels(inputs, topk=topk, beam_size=beam_size)
-        n = len(res)
-        table = pa.table({
-            "doc": pa.array(np.arange(first_doc, first_doc + n, dtype=np.int64)),
-            "labels": pa.array([[str(name) for name, _ in r] for r in res], type=pa.list_(pa.string())),
-            "scores": pa.array([[float(s) for _, s in r] for r in res], type=pa.list_(pa.float32())),
-        })
-        tmp = out_path + ".tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, out_path)  # a shard is there whole or not at all
+        n = predict_shard(self.model, inputs, out_path, first_doc, topk, beam_size)
         return shard, n, time.perf_counter() - t0
 
 
@@ -364,8 +489,8 @@ def predict_files_ray(model_path: str | Path, shards: Sequence, out_dir: str | P
         model_path: a model folder (any kind `model.load_model` reads).
         shards: sequence of inputs, each a list of texts or an n_i × D CSR; shard i's documents
             are numbered after those of shards 0..i-1 (input order).
-        out_dir: folder for ``part-00000.parquet``, ... (one per shard, columns doc int64,
-            labels list<string>, scores list<float32>, rows in input order): a new path or a
+        out_dir: folder for ``part-00000.parquet``, ... (one per shard in :mod:`batch`'s format:
+            doc, labels, scores; rows in input order): a new path or a
             predictions folder xmc wrote, replaced only when every shard is written. On a
             cluster it must be a filesystem all nodes share.
         n_actors: model replicas (int >= 1), each a Ray actor of 1 CPU.

@@ -619,9 +619,10 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         disentangle: False: `tree` is final already (the Dagster `disentangled_tree` asset made it).
         label_titles: optional L titles for the copies table.
         memory: the :class:`memory.StageMemory` of the caller's stages (None: a new one).
-        engine: an execution engine with ``fit_xlinear(X, Y, params, log) -> (tree, ranker)``
-            (:class:`engine_ray.RayEngine`) that builds the tree and trains the rankers in place
-            of this process; None: here, with threads.
+        engine: an execution engine (:class:`engine_ray.RayEngine`) that builds the tree
+            (``fit_xlinear(X, Y, params, log) -> (tree, ranker)``) or, given `tree`, trains its
+            rankers (``fit_rankers(X, Y, tree, params, log)``) in place of this process; None:
+            here, with threads.
 
     Returns:
         XmcModel; its method is "xr-linear-ld" whenever params has a disentangle section; when
@@ -637,10 +638,14 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
         _emit(memory.add(rec))
 
     if engine is not None:
-        if tree is not None:
-            raise ValueError(f"fit_rankers: engine {engine.name} builds its own tree; a ready tree was given")
+        if disentangle and params.disentangle is not None:
+            raise ValueError(f"fit_rankers: engine {engine.name} does not run label disentanglement; give the "
+                             "disentangled tree (disentangle=False), as the Dagster assets do")
         t0 = time.perf_counter()
-        tree, ranker = engine.fit_xlinear(X, Y, params, log=emit)
+        if tree is None:
+            tree, ranker = engine.fit_xlinear(X, Y, params, log=emit)
+        else:
+            ranker = engine.fit_rankers(X, Y, tree, params, log=emit)
         rec = {"stage": "rankers", "seconds": time.perf_counter() - t0, "engine": engine.name,
                "W_mb": nbytes_mb(*ranker.W)}
         _emit(memory.add(rec))
