@@ -79,10 +79,15 @@ def _precision_at(P: smat.csr_matrix, Y: smat.csr_matrix, k: int) -> float:
 def test_definitions_load():
     Definitions.validate_loadable(defs)
     assert defs.resolve_job_def(JOB_NAME).partitions_def == dataset_partitions
-    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == ASSET_NAMES | XRT_ASSET_NAMES | XLGEN_ASSET_NAMES
+    assert ({k.to_user_string() for k in defs.resolve_all_asset_keys()}
+            == ASSET_NAMES | XRT_ASSET_NAMES | XLGEN_ASSET_NAMES | {"batch_predictions"})
+    from xmc_assets.batch import batch_partitions
+
     for spec in defs.resolve_all_asset_specs():
         assert spec.code_version, spec.key
-        assert spec.partitions_def == dataset_partitions
+        # every model asset by dataset; new documents by incoming batch
+        want = batch_partitions if spec.key.to_user_string() == "batch_predictions" else dataset_partitions
+        assert spec.partitions_def == want, spec.key
 
 
 def test_reuters_slice_materializes_and_history_grows(tmp_path, reuters_dir):

@@ -89,6 +89,7 @@ def incoming_batches_sensor(context: SensorEvaluationContext, incoming: Incoming
 @asset(
     partitions_def=batch_partitions,
     group_name="serving",
+    code_version="1",
     kinds={"python", "parquet", "ray"},
     description="Label predictions (Parquet: doc, labels, scores) of one incoming batch, by the dataset's last "
                 "accepted model; on Ray actors when the ray_engine resource is enabled.",

@@ -250,14 +250,14 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
     emit = log or (lambda rec: None)
     if "man" in params.ranker.negative_sampling:
         raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
-    X, Y = _checked(X, Y)
+    X_ref, X, Y = _checked(X, Y)
     s = min(ray_params.split_level, tree.depth - 1)
     if s == 0:
         return XLinearModel.train(X, Y, tree, params.ranker, params.pred)
     parts = _subtrees(tree, s)
     Y_csc = Y.tocsc()
     col_nnz = np.diff(Y_csc.indptr)
-    X_ref, Y_ref = ray.put(X), ray.put(Y_csc)
+    X_ref, Y_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc)
     task = ray.remote(_subtree_rankers_task).options(num_cpus=ray_params.cpus_per_task,
                                                      max_retries=ray_params.max_retries, retry_exceptions=False)
     work = [col_nnz[labels].sum() * len(labels) for labels, _, _ in parts]
@@ -280,13 +280,24 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
 
 
 def _checked(X, Y):
-    X = smat.csr_matrix(X, dtype=np.float32)
-    if not X.has_sorted_indices:
-        X = X.sorted_indices()
+    """(X_ref or None, X, Y): X as float32 CSR with sorted indices, Y binarized. X given as an
+    ObjectRef is read zero-copy from the object store (it must be float32 CSR, indices sorted:
+    a stored object is read-only), so the driver holds no private copy of it."""
+    import ray
+
+    X_ref = None
+    if isinstance(X, ray.ObjectRef):
+        X_ref, X = X, ray.get(X)
+        if not (smat.isspmatrix_csr(X) and X.dtype == np.float32 and X.has_sorted_indices):
+            raise ValueError("engine ray: an X in the object store must be a float32 CSR with sorted indices")
+    else:
+        X = smat.csr_matrix(X, dtype=np.float32)
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()
     Y = binarize(Y)
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"engine ray: X has {X.shape[0]} rows, Y has {Y.shape[0]}")
-    return X, Y
+    return X_ref, X, Y
 
 
 def _collect(refs: dict, n_labels: dict, emit) -> dict:
@@ -312,7 +323,8 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     Runs inside a Ray session (:class:`ray_session`, or `ray.init` by the caller).
 
     Args:
-        X: N × D float32 CSR, rows l2-normalized.
+        X: N × D float32 CSR, rows l2-normalized; or an ObjectRef of one (float32, sorted
+            indices) already in the object store, read zero-copy (the driver then holds no copy).
         Y: N × L label matrix (sparse), entries > 0 positives.
         params: :class:`model.XRLinearParams` (pifa, tree, ranker, pred sections; TFN negatives,
             no disentangle section).
@@ -338,7 +350,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
     if params.disentangle is not None:
         raise ValueError("engine ray: label disentanglement is not decomposed; train xr-linear-ld locally")
-    X, Y = _checked(X, Y)
+    X_ref, X, Y = _checked(X, Y)
     N, L = Y.shape
     tp = params.tree
     threads = tp.threads if tp.threads > 0 else (os.cpu_count() or 1)
@@ -363,7 +375,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     col_nnz = np.diff(Y_csc.indptr)
     work = np.array([col_nnz[order[bounds[k]:bounds[k + 1]]].sum() * (bounds[k + 1] - bounds[k])
                      for k in range(1 << b)])
-    X_ref, Y_ref, Z_ref = ray.put(X), ray.put(Y_csc), ray.put(Z)
+    X_ref, Y_ref, Z_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc), ray.put(Z)
     del Z
     task = ray.remote(_subtree_task).options(num_cpus=ray_params.cpus_per_task,
                                              max_retries=ray_params.max_retries, retry_exceptions=False)

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Ray engine against one process, side by side on the same data, and a scaling model.
+
+    .venv/bin/python bench/ray_scale.py --data bench/out/data/synth-1000000l-1000000d \
+        [--nodes 2] [--cpus-per-node 1] [--threads 2] [--split-level 1] [--model-split-level 2]
+
+Per dataset folder (X.trn.npz, Y.trn.npz, X.tst.npz, Y.tst.npz, as bench/compare_peers.py
+prepares them): `bench/ours_run.py` (one process, --threads threads) and `bench/ray_run.py`
+(--nodes local Ray nodes of --cpus-per-node CPUs, `ray.cluster_utils.Cluster`), one after the
+other. Rows: train_s, predict_s, P@1/3/5 and peak_rss_mb, which is the single process's training
+peak (its PIFA, tree and ranker stages; the test split it also holds is included) or, for Ray,
+the largest node's peak (PSS of the node's processes plus its object store, bench/ray_run.py).
+
+Scaling model (--model-split-level, one more Ray run): the measured serial part (PIFA, the top of
+the tree, assembly; the meta-problem's rankers overlap the tasks on the driver) plus the
+longest-processing-time schedule of the measured task seconds over W workers gives the makespan at
+W = 2, 8, 32, 128; per-worker memory is the largest task's worker peak plus the stored X, Y, Z
+each node maps. 10M labels are extrapolated, not measured: ten times the tasks of the same sizes
+and a serial part ten times as long (PIFA and the top tree are linear in labels and nonzeros).
+A table on stdout, rows in DuckDB `benchmark` (bench/record.py), a plot in bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+
+def _run(cmd: list[str]) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"ray_scale: {' '.join(cmd[:3])} failed (exit {proc.returncode})")
+    return json.loads(lines[-1])
+
+
+def _files(d: Path) -> list[str]:
+    return ["--train-X", str(d / "X.trn.npz"), "--train-Y", str(d / "Y.trn.npz"),
+            "--test-X", str(d / "X.tst.npz"), "--test-Y", str(d / "Y.tst.npz")]
+
+
+def lpt_makespan(seconds: list[float], workers: int) -> float:
+    """Longest-processing-time-first schedule of independent tasks on `workers` machines."""
+    loads = [0.0] * workers
+    heapq.heapify(loads)
+    for s in sorted(seconds, reverse=True):
+        heapq.heappush(loads, heapq.heappop(loads) + s)
+    return max(loads)
+
+
+def scaling_table(ray_row: dict, stored_mb: float) -> list[dict]:
+    """Makespan and per-worker memory at 2..128 workers, measured (1M) and extrapolated (10M)."""
+    d = ray_row["train_detail_s"]
+    serial = d.get("label_embeddings", 0) + d.get("label_tree_top", 0) + d.get("assemble", 0)
+    tasks = [t["seconds"] for t in ray_row["subtrees"]]
+    worker_mb = max(t["worker_peak_rss_mb"] for t in ray_row["subtrees"])
+    rows = []
+    for scale, label in ((1, "measured tasks"), (10, "extrapolated x10")):
+        for W in (2, 8, 32, 128):
+            span = serial * scale + max(lpt_makespan(tasks * scale, W), d.get("rankers_top", 0) * scale)
+            rows.append({"labels": ray_row["n_labels"] * scale, "basis": label, "workers": W,
+                         "tasks": len(tasks) * scale, "serial_s": round(serial * scale, 1),
+                         "makespan_s": round(span, 1), "speedup_vs_1": round((serial * scale + sum(tasks) * scale) / span, 2),
+                         "worker_mb": round(worker_mb + stored_mb * scale, 0)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", nargs="+", required=True)
+    ap.add_argument("--nodes", type=int, default=2)
+    ap.add_argument("--cpus-per-node", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--split-level", type=int, default=1)
+    ap.add_argument("--model-split-level", type=int, default=None,
+                    help="also run Ray at this split level for the scaling model (more, smaller tasks)")
+    ap.add_argument("--params", default="{}")
+    ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
+    args = ap.parse_args(argv)
+    from record import Run
+
+    run = Run("ray", settings=vars(args))
+    py = sys.executable
+    rows, table = [], []
+    for data in args.data:
+        d = Path(data)
+        name = d.name
+        single = _run([py, str(REPO / "bench" / "ours_run.py"), *_files(d), "--threads", str(args.threads),
+                       "--params", args.params])
+        sp = single["stage_peak_mb"]
+        single_peak = max(v for k, v in sp.items() if k.startswith(("label_", "rankers")) and v)
+        dist = _run([py, str(REPO / "bench" / "ray_run.py"), *_files(d), "--nodes", str(args.nodes),
+                     "--cpus-per-node", str(args.cpus_per_node), "--split-level", str(args.split_level),
+                     "--params", args.params])
+        for sys_name, r, peak, threads in (("xmc", single, single_peak, args.threads),
+                                           ("xmc-ray", dist, dist["peak_node_mb"], args.nodes * args.cpus_per_node)):
+            rows.append({"bench": "ray-vs-single", "dataset": name, "system": sys_name, "threads": threads,
+                         "n_labels": r["n_labels"], "n_train": r["n_train"], "n_test": r["n_test"],
+                         "train_s": r["train_s"], "predict_s": r["predict_s"], "peak_rss_mb": peak,
+                         "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"], "extra": r})
+        table.append((name, single, single_peak, dist))
+        if args.model_split_level:
+            fine = _run([py, str(REPO / "bench" / "ray_run.py"), *_files(d), "--nodes", str(args.nodes),
+                         "--cpus-per-node", str(args.cpus_per_node), "--split-level", str(args.model_split_level),
+                         "--params", args.params])
+            rows.append({"bench": "ray-vs-single", "dataset": name, "system": f"xmc-ray-split{args.model_split_level}",
+                         "threads": args.nodes * args.cpus_per_node, "n_labels": fine["n_labels"],
+                         "n_train": fine["n_train"], "n_test": fine["n_test"], "train_s": fine["train_s"],
+                         "predict_s": fine["predict_s"], "peak_rss_mb": fine["peak_node_mb"], "p1": fine["p@1"],
+                         "p3": fine["p@3"], "p5": fine["p@5"], "extra": fine})
+            stored_mb = sum((d / f).stat().st_size for f in ("X.trn.npz", "Y.trn.npz")) / 2**20
+            model = scaling_table(fine, stored_mb)
+            for m in model:
+                rows.append({"bench": "ray-scaling-model", "dataset": name, "system": f"model-{m['workers']}w-{m['labels']}l",
+                             "threads": m["workers"], "n_labels": m["labels"], "train_s": m["makespan_s"],
+                             "peak_rss_mb": m["worker_mb"], "extra": m})
+            print("\nscaling model (" + name + "):")
+            print(f"{'labels':>9} {'basis':>17} {'workers':>7} {'tasks':>6} {'serial_s':>9} {'makespan_s':>10} "
+                  f"{'speedup':>7} {'worker_mb':>9}")
+            for m in model:
+                print(f"{m['labels']:>9} {m['basis']:>17} {m['workers']:>7} {m['tasks']:>6} {m['serial_s']:>9} "
+                      f"{m['makespan_s']:>10} {m['speedup_vs_1']:>7} {m['worker_mb']:>9}")
+            _plot(model, REPO / "bench" / "out" / f"ray_scaling_{name}.png")
+
+    print(f"\n{'dataset':<34} {'train s (1p / ray)':>20} {'ratio':>6} {'peak MB (1p / node)':>21} {'ratio':>6} "
+          f"{'P@1/3/5 1p':>20} {'P@1/3/5 ray':>20}")
+    for name, s, sp, r in table:
+        print(f"{name:<34} {s['train_s']:>9.1f} / {r['train_s']:<8.1f} {r['train_s'] / s['train_s']:>6.2f} "
+              f"{sp:>9.0f} / {r['peak_node_mb']:<9.0f} {r['peak_node_mb'] / sp:>6.2f} "
+              f"{s['p@1']:.2f}/{s['p@3']:.2f}/{s['p@5']:.2f}".ljust(20) + f" {r['p@1']:.2f}/{r['p@3']:.2f}/{r['p@5']:.2f}")
+    csv, md = run.finish(args.db, rows)
+    print(f"\nrecorded {run.run_id}: {csv.relative_to(REPO)}")
+    return 0
+
+
+def _plot(model: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for basis in sorted({m["basis"] for m in model}):
+        pts = [m for m in model if m["basis"] == basis]
+        ax.plot([m["workers"] for m in pts], [m["makespan_s"] for m in pts], marker="o",
+                label=f"{pts[0]['labels']:,} labels ({basis})")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("Ray workers (1 CPU each)")
+    ax.set_ylabel("training makespan (s)")
+    ax.set_title("XR-Linear on Ray: scaling model from measured task times")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
