@@ -135,8 +135,9 @@ def main(argv=None) -> int:
     nodes = [cluster.head_node, *cluster.worker_nodes]
     roots = [[p.process.pid for _, ps in n.all_processes.items() for p in ps] for n in nodes]
 
+    # X as bench/ours_run.py takes it: rows l2-normalized already (featurized as the peers get it)
     Ytr = smat.load_npz(args.train_Y).tocsr().astype(np.float32)
-    Xtr = l2_normalize_rows(smat.load_npz(args.train_X).tocsr().astype(np.float32), copy=False)
+    Xtr = smat.load_npz(args.train_X).tocsr().astype(np.float32)
     Xtr.sort_indices()
     X_ref = ray.put(Xtr)
     del Xtr  # the driver reads the stored X (zero-copy) from here on
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
     ray.shutdown()
     cluster.shutdown()
 
-    Xte = l2_normalize_rows(smat.load_npz(args.test_X).tocsr().astype(np.float32), copy=False)
+    # prediction input as XmcModel.featurize (bench/ours_run.py's path) makes it: rows l2-normalized
+    Xte = l2_normalize_rows(smat.load_npz(args.test_X).tocsr().astype(np.float32))
     Yte = smat.load_npz(args.test_Y).tocsr()
     t0 = time.perf_counter()
     P = ranker.predict(Xte, beam_size=args.beam_size, only_topk=10)
