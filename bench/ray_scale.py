@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/ray_scale.py --data bench/out/data/synth-1000000l-1000000d \
         [--nodes 2] [--cpus-per-node 1] [--threads 2] [--split-level 1] [--model-split-level 2]
+    .venv/bin/python bench/ray_scale.py --model-from RUN_ID     # the scaling model of a recorded run
 
 Per dataset folder (X.trn.npz, Y.trn.npz, X.tst.npz, Y.tst.npz, as bench/compare_peers.py
 prepares them): `bench/ours_run.py` (one process, --threads threads) and `bench/ray_run.py`
@@ -76,7 +77,9 @@ def scaling_table(ray_row: dict, stored_mb: float) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", nargs="+", required=True)
+    ap.add_argument("--data", nargs="+", default=None)
+    ap.add_argument("--model-from", default=None, metavar="RUN_ID",
+                    help="only the scaling model, from the xmc-ray rows of a recorded run (bench/results/RUN_ID.csv)")
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
@@ -89,6 +92,10 @@ def main(argv=None) -> int:
     from record import Run
 
     run = Run("ray", settings=vars(args))
+    if args.model_from:
+        return model_from(args, run)
+    if not args.data:
+        ap.error("give --data DIR ... (or --model-from RUN_ID)")
     py = sys.executable
     rows, table = [], []
     for data in args.data:
@@ -123,12 +130,7 @@ def main(argv=None) -> int:
                 rows.append({"bench": "ray-scaling-model", "dataset": name, "system": f"model-{m['workers']}w-{m['labels']}l",
                              "threads": m["workers"], "n_labels": m["labels"], "train_s": m["makespan_s"],
                              "peak_rss_mb": m["worker_mb"], "extra": m})
-            print("\nscaling model (" + name + "):")
-            print(f"{'labels':>9} {'basis':>17} {'workers':>7} {'tasks':>6} {'serial_s':>9} {'makespan_s':>10} "
-                  f"{'speedup':>7} {'worker_mb':>9}")
-            for m in model:
-                print(f"{m['labels']:>9} {m['basis']:>17} {m['workers']:>7} {m['tasks']:>6} {m['serial_s']:>9} "
-                      f"{m['makespan_s']:>10} {m['speedup_vs_1']:>7} {m['worker_mb']:>9}")
+            _print_model(name, model)
             _plot(model, REPO / "bench" / "out" / f"ray_scaling_{name}.png")
 
     print(f"\n{'dataset':<34} {'train s (1p / ray)':>20} {'ratio':>6} {'peak MB (1p / node)':>21} {'ratio':>6} "
@@ -139,6 +141,40 @@ def main(argv=None) -> int:
               f"{s['p@1']:.2f}/{s['p@3']:.2f}/{s['p@5']:.2f}".ljust(20) + f" {r['p@1']:.2f}/{r['p@3']:.2f}/{r['p@5']:.2f}")
     csv, md = run.finish(args.db, rows)
     print(f"\nrecorded {run.run_id}: {csv.relative_to(REPO)}")
+    return 0
+
+
+def _print_model(name: str, model: list[dict]) -> None:
+    print("\nscaling model (" + name + "):")
+    print(f"{'labels':>9} {'basis':>17} {'workers':>7} {'tasks':>6} {'serial_s':>9} {'makespan_s':>10} "
+          f"{'speedup':>7} {'worker_mb':>9}")
+    for m in model:
+        print(f"{m['labels']:>9} {m['basis']:>17} {m['workers']:>7} {m['tasks']:>6} {m['serial_s']:>9} "
+              f"{m['makespan_s']:>10} {m['speedup_vs_1']:>7} {m['worker_mb']:>9}")
+
+
+def model_from(args, run) -> int:
+    """The scaling model of every xmc-ray row of a recorded run (its task seconds and peaks)."""
+    import csv
+
+    src = REPO / "bench" / "results" / f"{args.model_from}.csv"
+    rows = []
+    for r in csv.DictReader(open(src, encoding="utf-8")):
+        if not r["system"].startswith("xmc-ray"):
+            continue
+        extra = json.loads(r["extra"])
+        data = REPO / "bench" / "out" / "data" / r["dataset"]
+        stored_mb = sum((data / f).stat().st_size for f in ("X.trn.npz", "Y.trn.npz")) / 2**20 if data.is_dir() else 0.0
+        model = scaling_table(extra, stored_mb)
+        _print_model(r["dataset"], model)
+        _plot(model, REPO / "bench" / "out" / f"ray_scaling_{r['dataset']}.png")
+        for m in model:
+            rows.append({"bench": "ray-scaling-model", "dataset": r["dataset"],
+                         "system": f"model-{m['workers']}w-{m['labels']}l", "threads": m["workers"],
+                         "n_labels": m["labels"], "train_s": m["makespan_s"], "peak_rss_mb": m["worker_mb"],
+                         "extra": {**m, "from_run": args.model_from}})
+    csv_path, _ = run.finish(args.db, rows, notes=f"scaling model from {args.model_from}")
+    print(f"\nrecorded {run.run_id}: {csv_path.relative_to(REPO)}")
     return 0
 
 

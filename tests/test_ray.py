@@ -223,3 +223,83 @@ def test_dagster_rankers_on_ray_and_batch_predictions(cluster, reuters_dir, tmp_
     assert df["doc"].to_list() == list(range(40))
     want = model.predict_labels(texts, topk=5)
     assert df["labels"].to_list() == [[n for n, _ in r] for r in want]
+
+
+
+def test_cli_engine_ray_train_and_predict(cluster, tmp_path, capsys):
+    """`xmc train --engine ray` gives the model `xmc train` gives; `xmc predict --engine ray`
+    writes the shards of `xmc predict`'s lines; wrong combinations are one-line errors."""
+    from xmc_core.cli import main
+    from xmc_core.synth import write_synth
+
+    data = tmp_path / "syn"
+    write_synth(data, SynthParams(n_labels=300, n_train=800, n_test=150, n_features=1500, seed=5))
+    params = json.dumps(PARAMS)
+    assert main(["train", "--data", str(data), "--model", str(tmp_path / "m1"), "--params", params]) == 0
+    assert main(["train", "--data", str(data), "--model", str(tmp_path / "m2"), "--params", params,
+                 "--engine", "ray"]) == 0
+    out = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert out[-1]["engine"] == "ray" and "engine" not in out[0]
+    _same_model(load_model(tmp_path / "m1"), load_model(tmp_path / "m2"))
+
+    assert main(["predict", "--model", str(tmp_path / "m2"), "--data", str(data)]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--model", str(tmp_path / "m2"), "--data", str(data), "--engine", "ray",
+                 "--out", str(tmp_path / "preds"), "--shard-rows", "40"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_docs"] == 150 and summary["n_shards"] == 4 and summary["engine"] == "ray"
+    import polars as pl
+
+    df = pl.concat([pl.read_parquet(tmp_path / "preds" / f"part-{i:05d}.parquet") for i in range(4)])
+    assert df["labels"].to_list() == [ln["labels"] for ln in lines]
+
+    (tmp_path / "notmine").mkdir()
+    (tmp_path / "notmine" / "x.txt").write_text("keep")
+    for argv, why in (
+        (["predict", "--model", str(tmp_path / "m2"), "--data", str(data), "--engine", "ray",
+          "--out", str(tmp_path / "notmine")], "--out"),
+        (["predict", "--model", str(tmp_path / "m2"), "--data", str(data), "--engine", "ray"], "--out"),
+        (["train", "--data", str(data), "--model", str(tmp_path / "m3"), "--engine", "ray",
+          "--params", json.dumps({"ranker": {"negative_sampling": "man"}})], "MAN"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("xmc: error:") and why in err[0], err
+    assert (tmp_path / "notmine" / "x.txt").read_text() == "keep"
+
+
+def test_lost_node_is_retried_into_the_same_model(problem, tmp_path):
+    """A node (its raylet, object store and workers) killed mid-task: Ray reschedules the task on
+    the nodes left and the model is the same. Its own cluster: head + 2 nodes × 1 CPU, the last
+    one doomed (`engine_ray.FAULT_NODE_RESOURCE`)."""
+    from ray.cluster_utils import Cluster
+
+    from xmc_core.engine_ray import FAULT_NODE_ENV, FAULT_NODE_RESOURCE
+
+    Xtr, Ytr, _, names, local = problem
+    if ray.is_initialized():  # the module's cluster: this test needs one it may damage
+        ray.shutdown()
+    marker = tmp_path / "node-killed"
+    os.environ[FAULT_NODE_ENV] = str(marker)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        c.add_node(num_cpus=1)
+        doomed = c.add_node(num_cpus=1, resources={FAULT_NODE_RESOURCE: 1})
+        ray.init(address=c.address, log_to_driver=False)
+        c.wait_for_nodes()
+        dist = train_xr_linear(Ytr, names, XRLinearParams().merged(PARAMS), X=Xtr,
+                               engine=RayEngine(RayParams(split_level=2, max_retries=3)))
+        assert marker.exists()  # a task did run there
+        import time
+
+        for _ in range(60):  # the GCS marks a node dead after missed health checks
+            dead = [n["NodeID"] for n in ray.nodes() if not n["Alive"]]
+            if dead:
+                break
+            time.sleep(1)
+        assert dead == [doomed.node_id]  # and its node died
+        _same_model(local, dist)
+    finally:
+        os.environ.pop(FAULT_NODE_ENV, None)
+        ray.shutdown()
+        c.shutdown()

@@ -51,6 +51,10 @@ __all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "train_
 #: test hook: when set to a path, the first sub-tree task that finds no file there creates it and
 #: SIGKILLs its own worker process (a worker lost mid-task; Ray must retry it)
 FAULT_ENV = "XMC_RAY_KILL_ONCE"
+#: test hook: likewise, but the first task that runs on a node with the custom resource
+#: FAULT_NODE_RESOURCE SIGKILLs that node's raylet, then itself (a node lost mid-task)
+FAULT_NODE_ENV = "XMC_RAY_KILL_NODE_ONCE"
+FAULT_NODE_RESOURCE = "xmc_fault_node"
 
 
 @dataclass
@@ -136,15 +140,28 @@ def _first_line(e: BaseException) -> str:
     return lines[0] if lines else ""
 
 
+def _claim(marker: str) -> bool:
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
 def _maybe_die():
+    """The fault-injection hooks of the tests (FAULT_ENV, FAULT_NODE_ENV); nothing when unset."""
     marker = os.environ.get(FAULT_ENV)
-    if marker:
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
+    if marker and _claim(marker):
         os.kill(os.getpid(), signal.SIGKILL)
+    marker = os.environ.get(FAULT_NODE_ENV)
+    if marker:
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        doomed = any(n["NodeID"] == here and n["Resources"].get(FAULT_NODE_RESOURCE) for n in ray.nodes())
+        if doomed and _claim(marker):
+            os.kill(os.getppid(), signal.SIGKILL)  # the raylet that started this worker: the node is gone
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _subtree_task(X, Y_csc, Z, labels, root, depth, bits_below, first_depth, parent_offset, tree_params,
@@ -376,7 +393,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     work = np.array([col_nnz[order[bounds[k]:bounds[k + 1]]].sum() * (bounds[k + 1] - bounds[k])
                      for k in range(1 << b)])
     X_ref, Y_ref, Z_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc), ray.put(Z)
-    del Z
+    del Z, Y_csc  # the stored copies are what the tasks read; the driver keeps Y (CSR) and X
     task = ray.remote(_subtree_task).options(num_cpus=ray_params.cpus_per_task,
                                              max_retries=ray_params.max_retries, retry_exceptions=False)
     # level s+j's first parent under root k: k's first descendant at level s+j-1
