@@ -268,6 +268,27 @@ def test_cli_engine_ray_train_and_predict(cluster, tmp_path, capsys):
     assert (tmp_path / "notmine" / "x.txt").read_text() == "keep"
 
 
+
+def test_an_unreachable_ray_address_fails_fast_in_one_line():
+    """ray.init retries a dead address for minutes; the session checks it first."""
+    import socket
+    import time
+
+    from xmc_core.engine_ray import _check_reachable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        with pytest.raises(ConnectionError, match=r"nothing accepts connections there") as err:
+            _check_reachable(address, timeout=2.0)
+        assert "\n" not in str(err.value)
+    assert time.perf_counter() - t0 < 10
+    with pytest.raises(ConnectionError, match="expected HOST:PORT"):
+        _check_reachable("localhost")
+
+
 def test_lost_node_is_retried_into_the_same_model(problem, tmp_path):
     """A node (its raylet, object store and workers) killed mid-task: Ray reschedules the task on
     the nodes left and the model is the same. Its own cluster: head + 2 nodes × 1 CPU, the last

@@ -100,6 +100,8 @@ class ray_session:
         import ray
 
         if not ray.is_initialized():
+            if self.address and self.address != "auto":
+                _check_reachable(self.address)
             kw = {"address": self.address} if self.address else {"num_cpus": self.num_cpus}
             ray.init(**kw, include_dashboard=False, log_to_driver=True, configure_logging=False)
             self.started = True
@@ -116,6 +118,26 @@ class ray_session:
 class RayRunError(RuntimeError):
     """The run failed in Ray itself (a worker or node lost more often than the retries allow, the
     cluster gone); the message is one line, naming Ray's error class."""
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A preflight TCP connect to a Ray address ("HOST:PORT" or "ray://HOST:PORT"): ray.init keeps
+    retrying an address nobody listens on for minutes, logging a line every few seconds.
+
+    Raises:
+        ConnectionError: the address is malformed or does not accept a connection in `timeout` s.
+    """
+    import socket
+
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConnectionError(f"Ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"Ray address {address}: nothing accepts connections there ({e.strerror or e}); "
+                              "is 'ray start' running?") from None
 
 
 def _get(refs):
