@@ -91,6 +91,8 @@ def _check_args(args) -> None:
                 raise UsageError("--engine ray: give --out, the folder for the Parquet shards")
             if args.text is not None:
                 raise UsageError("--engine ray: scores files or a split (--inputs, --data), not one --text")
+            if args.inputs and args.data:
+                raise UsageError("--inputs and --data: give one source of documents")
             check_replaceable(args.out, "--out", kind="predictions")
         elif args.inputs or args.out:
             raise UsageError("--inputs and --out go with --engine ray (without it, predict prints JSON lines)")
@@ -573,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "feature matrix); instead of --data/--text/stdin")
     p.add_argument("--out", default=None, help="--engine ray: output folder of the Parquet shards")
     p.add_argument("--shard-rows", type=int, default=50000,
-                   help="--engine ray: documents per shard when the input is one split or file (default 50000)")
+                   help="--engine ray: documents per shard of a --data split or stdin (default 50000); each --inputs "
+                        "file is one shard")
     p.add_argument("--actors", type=int, default=2, help="--engine ray: model replicas (Ray actors, 1 CPU each)")
     p.add_argument("--ray-address", default=None, help="--engine ray: cluster to join (default: a local Ray)")
 
