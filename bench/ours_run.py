@@ -21,15 +21,33 @@ import time
 from pathlib import Path
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """The options every xmc bench run takes: the four .npz matrices, --beam-size, --params."""
     ap.add_argument("--train-X", required=True)
     ap.add_argument("--train-Y", required=True)
     ap.add_argument("--test-X", required=True)
     ap.add_argument("--test-Y", required=True)
-    ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--beam-size", type=int, default=10)
     ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
+
+
+def bench_params(params_json: str, threads: int, beam_size: int):
+    """XRLinearParams of a bench run: the --params overrides, with `threads` for the tree, the
+    rankers and prediction, and `beam_size` (xmc_core must be importable)."""
+    from xmc_core.model import XRLinearParams
+
+    overrides = json.loads(params_json)
+    overrides.setdefault("ranker", {})["threads"] = threads
+    overrides.setdefault("tree", {})["threads"] = threads
+    overrides.setdefault("pred", {})["beam_size"] = beam_size
+    overrides["pred"]["threads"] = threads
+    return XRLinearParams().merged(overrides)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    add_data_args(ap)
+    ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--save-ranker", default=None, help="also save the trained XLinearModel folder here")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -40,18 +58,13 @@ def main(argv=None) -> int:
 
     from xmc_core.metrics import ranking_metrics
     from xmc_core.memory import StageMemory
-    from xmc_core.model import XRLinearParams, fit_rankers
+    from xmc_core.model import fit_rankers
 
     Xtr = smat.load_npz(args.train_X).tocsr().astype(np.float32)
     Ytr = smat.load_npz(args.train_Y).tocsr().astype(np.float32)
     Xte = smat.load_npz(args.test_X).tocsr().astype(np.float32)
     Yte = smat.load_npz(args.test_Y).tocsr().astype(np.float32)
-    overrides = json.loads(args.params)
-    overrides.setdefault("ranker", {})["threads"] = args.threads
-    overrides.setdefault("tree", {})["threads"] = args.threads
-    overrides.setdefault("pred", {})["beam_size"] = args.beam_size
-    overrides["pred"]["threads"] = args.threads
-    params = XRLinearParams().merged(overrides)
+    params = bench_params(args.params, args.threads, args.beam_size)
     names = [str(i) for i in range(Ytr.shape[1])]
     t0 = time.perf_counter()
     stages, stages_mb = {}, {}

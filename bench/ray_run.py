@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from ours_run import add_data_args, bench_params  # this folder: the options and settings of every bench run
+
 
 def _pss_mb(pid: int) -> float:
     try:
@@ -94,16 +96,11 @@ class NodeSampler(threading.Thread):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train-X", required=True)
-    ap.add_argument("--train-Y", required=True)
-    ap.add_argument("--test-X", required=True)
-    ap.add_argument("--test-Y", required=True)
+    add_data_args(ap)
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--split-level", type=int, default=1)
     ap.add_argument("--interval", type=float, default=0.25, help="memory sampling interval (s)")
-    ap.add_argument("--beam-size", type=int, default=10)
-    ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
     repo = Path(__file__).resolve().parents[1]
@@ -111,21 +108,13 @@ def main(argv=None) -> int:
     import numpy as np
     import ray
     import scipy.sparse as smat
-    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
     from xmc_core.engine_ray import RayParams, train_xlinear_ray
     from xmc_core.metrics import ranking_metrics
-    from xmc_core.model import XRLinearParams
     from xmc_core.sparse import l2_normalize_rows
 
-    threads = args.cpus_per_node
-    overrides = json.loads(args.params)
-    overrides.setdefault("ranker", {})["threads"] = threads
-    overrides.setdefault("tree", {})["threads"] = threads
-    overrides.setdefault("pred", {})["beam_size"] = args.beam_size
-    overrides["pred"]["threads"] = threads
-    params = XRLinearParams().merged(overrides)
+    params = bench_params(args.params, args.cpus_per_node, args.beam_size)
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node,
                                                             "include_dashboard": False})

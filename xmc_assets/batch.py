@@ -119,8 +119,10 @@ def batch_predictions(context: AssetExecutionContext, artifacts: ArtifactStore, 
     if engine is not None:
         from xmc_core.engine_ray import predict_files_ray, ray_session
 
-        shard_rows = max(1, -(-len(texts) // (4 * ray_engine.actors)))
-        shards = [texts[i:i + shard_rows] for i in range(0, len(texts), shard_rows)] or [texts]
+        from xmc_core.batch import split_shards
+
+        # four shards per actor: the actors stay busy while the last shards are written
+        shards = split_shards(texts, max(1, -(-len(texts) // (4 * ray_engine.actors))))
         with ray_session(ray_engine.address):
             res = predict_files_ray(model_dir, shards, out, n_actors=ray_engine.actors)
         files = res["files"]

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["write_predictions", "predict_shard"]
+__all__ = ["write_predictions", "predict_shard", "split_shards"]
 
 
 def write_predictions(path: str | Path, first_doc: int, results: Sequence[Sequence[tuple[str, float]]]) -> int:
@@ -52,3 +52,18 @@ def predict_shard(model, inputs, path: str | Path, first_doc: int, topk: int = 5
         The number of documents (int).
     """
     return write_predictions(path, first_doc, model.predict_labels(inputs, topk=topk, beam_size=beam_size))
+
+
+def split_shards(inputs, rows: int) -> list:
+    """`inputs` (texts or an n × D CSR) cut into consecutive shards of at most `rows` documents,
+    in order; one empty shard when there are no documents (so the output still has a file).
+
+    Args:
+        inputs: list of texts or an n × D scipy CSR matrix.
+        rows: documents per shard (int >= 1).
+
+    Returns:
+        list of slices of `inputs`.
+    """
+    n = inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
+    return [inputs[i:i + rows] for i in range(0, n, rows)] or [inputs]

@@ -369,6 +369,7 @@ def _read_shard_file(path: str):
 def cmd_predict_ray(args) -> None:
     """predict --engine ray: shards of --inputs files (or of the --data split, or stdin) scored by
     Ray actors into Parquet under --out; prints one JSON summary line."""
+    from .batch import split_shards
     from .data import load_dataset
     from .engine_ray import predict_files_ray, ray_session
     from .model import load_model
@@ -386,8 +387,7 @@ def cmd_predict_ray(args) -> None:
             inputs, source = _split_inputs(split, model), args.data
         else:
             inputs, source = _stdin_lines(), "<stdin>"
-        n = inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
-        shards = [inputs[i:i + args.shard_rows] for i in range(0, n, args.shard_rows)] or [inputs]
+        shards = split_shards(inputs, args.shard_rows)
     for sh in shards:
         _check_model_inputs(model, sh, args.model, source)
     del model

@@ -287,8 +287,7 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
 
     ray_params = ray_params or RayParams()
     emit = log or (lambda rec: None)
-    if "man" in params.ranker.negative_sampling:
-        raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
+    _check_tfn(params)
     X_ref, X, Y = _checked(X, Y)
     s = min(ray_params.split_level, tree.depth - 1)
     if s == 0:
@@ -297,8 +296,7 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
     Y_csc = Y.tocsc()
     col_nnz = np.diff(Y_csc.indptr)
     X_ref, Y_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc)
-    task = ray.remote(_subtree_rankers_task).options(num_cpus=ray_params.cpus_per_task,
-                                                     max_retries=ray_params.max_retries, retry_exceptions=False)
+    task = _remote(_subtree_rankers_task, ray_params)
     work = [col_nnz[labels].sum() * len(labels) for labels, _, _ in parts]
     refs = {}
     for k in np.argsort(-np.asarray(work), kind="stable"):
@@ -316,6 +314,20 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
         W.append(_hstack_csc([results[k][1][j] for k in range(len(parts))], X.shape[1] + 1))
     emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
     return XLinearModel(tree, W, params.ranker.bias, params.pred)
+
+
+def _check_tfn(params) -> None:
+    if "man" in params.ranker.negative_sampling:
+        raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
+
+
+def _remote(fn, ray_params: RayParams):
+    """`fn` as a Ray task of the engine's settings: its CPUs, and retries on system failures
+    only (a task that raises fails the run at once)."""
+    import ray
+
+    return ray.remote(fn).options(num_cpus=ray_params.cpus_per_task, max_retries=ray_params.max_retries,
+                                  retry_exceptions=False)
 
 
 def _checked(X, Y):
@@ -385,8 +397,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
 
     ray_params = ray_params or RayParams()
     emit = log or (lambda rec: None)
-    if "man" in params.ranker.negative_sampling:
-        raise ValueError("engine ray: MAN negatives need the whole model above each level; use negative_sampling tfn")
+    _check_tfn(params)
     if params.disentangle is not None:
         raise ValueError("engine ray: label disentanglement is not decomposed; train xr-linear-ld locally")
     X_ref, X, Y = _checked(X, Y)
@@ -416,8 +427,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
                      for k in range(1 << b)])
     X_ref, Y_ref, Z_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc), ray.put(Z)
     del Z, Y_csc  # the stored copies are what the tasks read; the driver keeps Y (CSR) and X
-    task = ray.remote(_subtree_task).options(num_cpus=ray_params.cpus_per_task,
-                                             max_retries=ray_params.max_retries, retry_exceptions=False)
+    task = _remote(_subtree_task, ray_params)
     # level s+j's first parent under root k: k's first descendant at level s+j-1
     level_bits = [b] + bits[s:]  # binary depth of the parents of levels s, s+1, ...
     refs = {}
