@@ -259,7 +259,7 @@ def test_save_load_round_trip_and_dispatch(models, data, tmp_path):
         assert isinstance(loaded, XLGenModel) and loaded.params == model.params
         after = loaded.predict(test_texts, topk=5)
         assert (before != after).nnz == 0 and np.array_equal(before.indices, after.indices)
-        assert loaded.predict_sets(test_texts) == model.predict_sets(test_texts)
+        assert loaded.generated_sets(test_texts) == model.generated_sets(test_texts)
         assert (loaded.label_counts == model.label_counts).all()
     ev, extra = evaluate_xlgen(loaded, test_texts, Yte, LABELS)
     assert {"micro_f1", "macro_f1", "tail0_recall", "tail1_recall"} <= set(extra)
@@ -359,7 +359,7 @@ def test_cli_train_and_evaluate(data, tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--text", "wheat wheat wheat", "--topk", "2"]) == 0
     # the generated set's labels first, in generated order, by name; at most --topk of them
     labels = json.loads(capsys.readouterr().out.strip())["labels"]
-    generated = [LABELS[l] for l in saved.predict_sets(["wheat wheat wheat"])[0]]
+    generated = [LABELS[l] for l in saved.generated_sets(["wheat wheat wheat"])[0]]
     assert 1 <= len(labels) <= 2 and labels[:len(generated)] == generated[:2]
     assert main(["train", "--method", "xlgen", "--data", str(folder), "--model", str(tmp_path / "m2"),
                  "--params", '{"variant": "t5"}']) == 2

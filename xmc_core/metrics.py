@@ -37,6 +37,9 @@ __all__ = [
     "set_metrics",
     "tail_bucket_metrics",
     "topk_sets",
+    "calibration_metrics",
+    "set_report",
+    "FREQUENCY_BUCKETS",
 ]
 
 # Upper bound on the number of float64 cells a dense working block may hold
@@ -502,4 +505,117 @@ def tail_bucket_metrics(
         out[f"{name}_recall"] = 100.0 * tp / sup if sup else None
         out[f"{name}_precision"] = 100.0 * tp / pred if pred else None
         out[f"{name}_f1"] = 200.0 * tp / (pred + sup) if pred + sup else None
+    return out
+
+
+# --------------------------------------------------------------------------- label sets and probabilities
+
+#: EURLEX57K's label-frequency buckets (Chalkidis et al. 2019): name, fewest and most training
+#: documents (inclusive; None: no upper bound)
+FREQUENCY_BUCKETS: tuple[tuple[str, int, int | None], ...] = (("frequent", 50, None), ("few", 1, 49), ("zero", 0, 0))
+
+
+def _pattern(M) -> sp.csr_matrix:
+    """The stored entries of M as 1.0 (a stored 0.0, say a probability of 0, still counts)."""
+    M = sp.csr_matrix(M, dtype=np.float32, copy=True)
+    M.sum_duplicates()
+    M.data[:] = 1.0
+    return M
+
+
+def calibration_metrics(Y_true, P_proba, n_bins: int = 15) -> dict:
+    """How well probabilities match outcomes, over the (document, label) pairs a model returned.
+
+    Args:
+        Y_true: N × L' ground truth (nonzero = positive), L' >= L.
+        P_proba: N × L CSR; every stored entry (a 0.0 too) is a predicted probability.
+        n_bins: equal-width probability bins of the expected calibration error (int >= 1).
+
+    Returns:
+        {"ece": percent, Σ_b (n_b / n) |mean p_b − frac positive_b|, "brier": mean (p − y)²,
+        "n_pairs": n, "mean_proba", "frac_positive", "bins": [{"lo", "hi", "n", "mean_proba",
+        "frac_positive"}, ...] (empty bins left out)} — pairs outside P_proba are not scored.
+
+    Source:
+        ECE: Naeini, Cooper & Hauskrecht 2015 (AAAI); Guo et al. 2017 (ICML). Brier 1950.
+    """
+    from .calibration import pair_targets
+
+    P = sp.csr_matrix(P_proba, dtype=np.float32)
+    Y = sp.csr_matrix(Y_true)
+    if P.shape[0] != Y.shape[0]:
+        raise ValueError(f"Y_true has {Y.shape[0]} rows, P_proba {P.shape[0]}")
+    y = pair_targets(P, Y).astype(np.float64)
+    p = np.clip(P.data.astype(np.float64), 0.0, 1.0)
+    n = p.shape[0]
+    if n == 0:
+        return {"ece": 0.0, "brier": 0.0, "n_pairs": 0, "mean_proba": 0.0, "frac_positive": 0.0, "bins": []}
+    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    cnt = np.bincount(b, minlength=n_bins)
+    sp_ = np.bincount(b, weights=p, minlength=n_bins)
+    sy = np.bincount(b, weights=y, minlength=n_bins)
+    nz = cnt > 0
+    ece = float(np.abs(sp_[nz] - sy[nz]).sum() / n)
+    bins = [{"lo": i / n_bins, "hi": (i + 1) / n_bins, "n": int(cnt[i]), "mean_proba": float(sp_[i] / cnt[i]),
+             "frac_positive": float(sy[i] / cnt[i])} for i in np.flatnonzero(nz)]
+    return {"ece": 100.0 * ece, "brier": float(np.mean((p - y) ** 2)), "n_pairs": int(n),
+            "mean_proba": float(p.mean()), "frac_positive": float(y.mean()), "bins": bins}
+
+
+def set_report(Y_true, S, train_counts=None, buckets=FREQUENCY_BUCKETS) -> dict:
+    """Set metrics of predicted label sets, overall and by label-frequency bucket (percent).
+
+    Args:
+        Y_true: N × L' ground truth (nonzero = positive).
+        S: N × L'' predicted sets (every stored entry is in the set, a 0.0 too), L'' <= L'.
+        train_counts: (L,) training positives per label (L <= L'; columns past L count as 0),
+            or None for no buckets.
+        buckets: (name, lo, hi) training-count ranges, inclusive (hi None: unbounded).
+
+    Returns:
+        {"micro_precision", "micro_recall", "micro_f1", "macro_f1" (over labels present in
+        Y_true), "macro_f1_all" (the F1 sum over all L' labels / L': a label never true nor
+        predicted counts 0), "set_size" (mean labels per document), and per bucket
+        "{name}_micro_precision" / "_micro_recall" / "_micro_f1" / "_macro_f1" (labels of the bucket
+        present in Y_true) / "_labels" (how many are present)}.
+
+    Raises:
+        ValueError: row counts differ, or S is wider than Y_true.
+    """
+    Y = binarize(Y_true)
+    P = _pattern(S)
+    if P.shape[0] != Y.shape[0] or P.shape[1] > Y.shape[1]:
+        raise ValueError(f"Y_true shape {Y.shape}, sets {P.shape}")
+    if P.shape[1] < Y.shape[1]:
+        P = sp.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
+    n_labels = Y.shape[1]
+    TP = Y.multiply(P).tocsr()
+    TP.eliminate_zeros()
+    tp_l = np.bincount(TP.indices, minlength=n_labels).astype(np.float64)
+    true_l = np.bincount(Y.indices, minlength=n_labels).astype(np.float64)
+    pred_l = np.bincount(P.indices, minlength=n_labels).astype(np.float64)
+    denom = pred_l + true_l
+    f1_l = np.divide(2.0 * tp_l, denom, out=np.zeros(n_labels), where=denom > 0)
+
+    def block(mask) -> dict:
+        tp, n_true, n_pred = tp_l[mask].sum(), true_l[mask].sum(), pred_l[mask].sum()
+        present = mask & (true_l > 0)
+        return {"micro_precision": 100.0 * tp / n_pred if n_pred else 0.0,
+                "micro_recall": 100.0 * tp / n_true if n_true else 0.0,
+                "micro_f1": 200.0 * tp / (n_pred + n_true) if n_pred + n_true else 0.0,
+                "macro_f1": 100.0 * float(f1_l[present].mean()) if present.any() else 0.0,
+                "labels": int(present.sum())}
+
+    every = np.ones(n_labels, bool)
+    out = block(every)
+    out.pop("labels")
+    out["macro_f1_all"] = 100.0 * float(f1_l.sum() / n_labels) if n_labels else 0.0
+    out["set_size"] = float(P.nnz / P.shape[0]) if P.shape[0] else 0.0
+    if train_counts is not None:
+        counts = np.zeros(n_labels, np.int64)
+        tc = np.asarray(train_counts, np.int64).reshape(-1)
+        counts[: tc.shape[0]] = tc[:n_labels]
+        for name, lo, hi in buckets:
+            mask = (counts >= lo) & (counts <= (hi if hi is not None else np.iinfo(np.int64).max))
+            out.update({f"{name}_{k}": v for k, v in block(mask).items()})
     return out

@@ -9,6 +9,7 @@ A model folder loads without Dagster:
       ranker/            tree.npz, W{t}.npz, ranker.json
       copies.parquet     xr-linear-ld only: where each copied label sits and why
                          (`disentangle.copy_table`; `XmcModel.copies`)
+      label_counts.npy, train_stats.json, calibration/   as every model kind (`model_base`)
 
 `XmcModel.load(path).predict(texts_or_X, topk)` returns an N × L float32 CSR of scores.
 """
@@ -36,34 +37,22 @@ from .disentangle import (
     train_matcher,
 )
 from .folders import atomic_dir
+from .calibration import CalibrationParams
 from .label_embedding import PifaParams, pifa
 from .memory import StageMemory, nbytes_mb
+from .model_base import FORMAT_VERSION, LabelSpace, ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
 from .sparse import check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
-__all__ = ["FORMAT_VERSION", "METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "train_xr_linear", "check_predict_args", "evaluation_topk",
-           "fit_rankers", "evaluate_model", "Evaluation"]
-
-#: version of the model folder layout written to params.json (int); `read_model_meta` refuses others
-FORMAT_VERSION = 1
+__all__ = ["METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "train_xr_linear", "check_predict_args", "evaluation_topk",
+           "fit_rankers", "evaluate_model", "Evaluation", "keep_topk", "set_evaluation", "holdout_calibration"]
 
 #: method names: plain XR-Linear, and XR-Linear with label disentanglement (a `disentangle` section)
 METHOD_XR_LINEAR = "xr-linear"
 #: method name of XR-Linear with label disentanglement (params with a `disentangle` section)
 METHOD_XR_LINEAR_LD = "xr-linear-ld"
-
-
-class ModelFormatError(ValueError):
-    """A model folder that is missing, incomplete or of another format version.
-
-    A ValueError subclass; the message is one line naming the folder or file.
-    """
-
-
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 @dataclass
@@ -168,122 +157,7 @@ class XRLinearParams:
         return XRLinearParams.from_dict(base)
 
 
-class LabelSpace:
-    """Label names and training label statistics shared by every model kind (XR-Linear,
-    XR-Transformer, XLGen): aligning an evaluation split's labels, PSP@k propensities, unseen
-    labels. Subclasses set `label_names`, `label_counts` and `n_train`."""
-
-    label_names: list[str]
-    label_counts: np.ndarray | None = None  # (L,) int64 training positives per label
-    n_train: int | None = None
-
-    @property
-    def n_labels(self) -> int:
-        """Number of labels L the model ranks (int): len(label_names)."""
-        return len(self.label_names)
-
-    def set_label_counts(self, Y_train: smat.spmatrix) -> None:
-        """Remember per-label training frequencies (for PSP@k and tail buckets).
-
-        Args:
-            Y_train: N × L training label matrix (sparse; stored entries count as positives).
-                Sets label_counts ((L,) int64) and n_train (N).
-        """
-        Y = smat.csc_matrix(Y_train)
-        self.label_counts = np.diff(Y.indptr).astype(np.int64)
-        self.n_train = int(Y.shape[0])
-
-    def inverse_propensity(self, A: float = 0.55, B: float = 1.5, n_cols: int | None = None) -> np.ndarray | None:
-        """Inverse propensities 1/p_l from the training counts (Jain et al. 2016, KDD).
-
-        Args:
-            A, B: propensity model parameters (see `metrics.inverse_propensity`).
-            n_cols: width of the evaluation matrix (L + unseen labels); columns past L count
-                as labels seen 0 times (None: L).
-
-        Returns:
-            (n_cols or L,) float64, or None when the training counts are unknown.
-        """
-        if self.label_counts is None:
-            return None
-        from .metrics import inverse_propensity_from_counts
-
-        counts = self.label_counts
-        if n_cols is not None and n_cols > len(counts):
-            counts = np.concatenate([counts, np.zeros(n_cols - len(counts), np.int64)])
-        return inverse_propensity_from_counts(counts, self.n_train, A, B)
-
-    def align_labels(self, Y: smat.spmatrix, names: Sequence[str]) -> smat.csr_matrix:
-        """Re-index an evaluation split's Y (columns named `names`) to this model's label ids.
-
-        Labels the model never saw get extra columns after the model's L, so they still count in
-        |y| (a model can never predict them). Returns N × (L + unseen) float32 CSR.
-        """
-        Y = smat.csr_matrix(Y, dtype=np.float32)
-        if list(names) == self.label_names:
-            return Y
-        index = {n: i for i, n in enumerate(self.label_names)}
-        used = np.unique(Y.indices)
-        extra = [names[j] for j in used if names[j] not in index]
-        extra_index = {n: self.n_labels + k for k, n in enumerate(extra)}
-        remap = np.array([index.get(n, extra_index.get(n, -1)) for n in names], dtype=np.int64)
-        out = smat.csr_matrix((Y.data, remap[Y.indices], Y.indptr), shape=(Y.shape[0], self.n_labels + len(extra)))
-        out.sort_indices()
-        return out
-
-    def unseen_label_count(self, Y_aligned: smat.spmatrix) -> int:
-        """Distinct labels of Y_aligned absent from training (no positives, or not in the model).
-
-        Args:
-            Y_aligned: N × (L + unseen) sparse matrix from :meth:`align_labels`.
-
-        Returns:
-            int, the count of such labels with at least one positive in Y_aligned.
-        """
-        used = np.unique(smat.csr_matrix(Y_aligned).indices)
-        unseen = used >= self.n_labels
-        if self.label_counts is not None:
-            inside = used[~unseen]
-            unseen[~unseen] = self.label_counts[inside] == 0
-        return int(unseen.sum())
-
-    def named_rankings(self, P: smat.csr_matrix) -> list[list[tuple[str, float]]]:
-        """Each row of a score matrix as (label name, score) pairs, best first.
-
-        Args:
-            P: N × L float32 CSR of predicted scores (a model's ``predict`` output).
-
-        Returns:
-            N lists of (label name, float score), by decreasing score; ties keep the stored
-            order (lower label id first in a model's sorted CSR).
-        """
-        out = []
-        for i in range(P.shape[0]):
-            a, b = P.indptr[i], P.indptr[i + 1]
-            order = np.argsort(-P.data[a:b], kind="stable")
-            out.append([(self.label_names[P.indices[a + j]], float(P.data[a + j])) for j in order])
-        return out
-
-    def save_label_counts(self, folder: Path) -> None:
-        """Write label_counts.npy ((L,) int64) and train_stats.json (n_train) into `folder`
-        (a Path that exists); nothing when the counts are unknown."""
-        if self.label_counts is not None:
-            np.save(folder / "label_counts.npy", self.label_counts)
-            (folder / "train_stats.json").write_text(json.dumps({"n_train": self.n_train}))
-
-    def load_label_counts(self, folder: Path) -> None:
-        """Read what :meth:`save_label_counts` wrote into `folder` (a Path), when it is there.
-
-        Raises:
-            OSError, ValueError, KeyError: train_stats.json missing or unreadable beside
-                label_counts.npy (model loaders turn these into ModelFormatError).
-        """
-        if (folder / "label_counts.npy").is_file():
-            self.label_counts = np.load(folder / "label_counts.npy")
-            self.n_train = json.loads((folder / "train_stats.json").read_text())["n_train"]
-
-
-class XmcModel(LabelSpace):
+class XmcModel(ModelBase):
     """A trained XR-Linear model: featurizer + label tree + rankers + label names.
 
     Attributes:
@@ -322,6 +196,7 @@ class XmcModel(LabelSpace):
 
         self.label_counts: np.ndarray | None = None
         self.n_train: int | None = None
+        self.calibration = None
 
     def featurize(self, texts_or_X) -> smat.csr_matrix:
         """Model features of raw texts or of a feature matrix.
@@ -376,22 +251,6 @@ class XmcModel(LabelSpace):
                                   post_processor=post_processor)
         return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
 
-    def predict_labels(self, texts_or_X, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
-        """The top labels of every document by name.
-
-        Args:
-            texts_or_X: N texts or an N × D feature matrix, as :meth:`predict`.
-            topk: labels per document (int >= 1).
-            **kw: beam_size, post_processor (see :meth:`predict`).
-
-        Returns:
-            N lists of (label name, float score), best first (ties: lower label id first).
-
-        Raises:
-            ValueError: as :meth:`predict`.
-        """
-        return self.named_rankings(self.predict(texts_or_X, topk=topk, **kw))
-
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write the model folder (layout in the module docstring) atomically (`folders.atomic_dir`).
@@ -407,22 +266,11 @@ class XmcModel(LabelSpace):
         """
         path = Path(path)
         with atomic_dir(path) as tmp:
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "method": self.method,
-                "n_labels": self.n_labels,
-                "n_features": self.ranker.n_features,
-                "has_text_featurizer": self.featurizer is not None,
-                "params": self.params.to_dict(),
-                "info": self.info,
-            }
-            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
-            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
-                fh.write("".join(f"{name}\n" for name in self.label_names))
+            self.write_common(tmp, {"n_features": self.ranker.n_features,
+                                    "has_text_featurizer": self.featurizer is not None})
             if self.featurizer is not None:
                 self.featurizer.save(tmp / "featurizer")
             self.ranker.save(tmp / "ranker")
-            self.save_label_counts(tmp)
             if self.copies is not None:
                 self.copies.write_parquet(tmp / "copies.parquet")
         return path
@@ -445,13 +293,12 @@ class XmcModel(LabelSpace):
         path = Path(path)
         meta = read_model_meta(path)
         try:
-            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
-                names = fh.read().split("\n")[:-1]
+            names = read_label_names(path)
             featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
             ranker = XLinearModel.load(path / "ranker")
             model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
                         meta.get("method", "xr-linear"), meta.get("info"))
-            model.load_label_counts(path)
+            model.load_common(path)
             if (path / "copies.parquet").is_file():
                 model.copies = _read_copies(path / "copies.parquet")
         except ModelFormatError:
@@ -460,7 +307,7 @@ class XmcModel(LabelSpace):
             # a file missing, truncated or unparsable (json.JSONDecodeError and
             # UnicodeDecodeError are ValueErrors)
             raise ModelFormatError(
-                _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
+                one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
             ) from None
         return model
 
@@ -469,39 +316,8 @@ def _read_copies(path: Path) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except pl.exceptions.PolarsError as e:  # not a ValueError: say which file, as for the others
-        raise ModelFormatError(_one_line(f"{path}: unreadable copies table ({type(e).__name__}: {e}); "
+        raise ModelFormatError(one_line(f"{path}: unreadable copies table ({type(e).__name__}: {e}); "
                                          "retrain the model")) from None
-
-
-def read_model_meta(path: str | Path) -> dict:
-    """params.json of a model folder, checked: a JSON object of this format version.
-
-    Args:
-        path: the model folder (str or Path).
-
-    Returns:
-        dict: format_version, method, n_labels, params, info, ...
-
-    Raises:
-        ModelFormatError: (one line naming the folder or file) no params.json, unreadable or not
-            a JSON object, or a format_version other than FORMAT_VERSION.
-    """
-    path = Path(path)
-    meta_file = path / "params.json"
-    if not meta_file.is_file():
-        raise ModelFormatError(f"{path}: not a model folder (no params.json)")
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFormatError(_one_line(f"{meta_file}: unreadable model metadata ({e})")) from None
-    if not isinstance(meta, dict):
-        raise ModelFormatError(f"{meta_file}: unreadable model metadata (not a JSON object)")
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ModelFormatError(
-            f"{meta_file}: model format version {version!r}, this xmc reads version {FORMAT_VERSION}; retrain the model"
-        )
-    return meta
 
 
 #: model kinds beyond XR-Linear: method → (module, class); imported only when such a model is loaded
@@ -723,19 +539,26 @@ class Evaluation:
         n_test: number of evaluated documents N (int).
         predict_s: wall time of the prediction, seconds (float).
         unseen_test_labels: distinct test labels absent from training (int).
+        sets: a calibrated model's label-set and probability numbers (:func:`set_evaluation`),
+            else None.
     """
 
     metrics: dict
     n_test: int
     predict_s: float
     unseen_test_labels: int
+    sets: dict | None = None
 
     def flat(self) -> dict:
         """One flat dict: {"p@1": percent rounded to 4 places, ..., "n_test", "predict_s"
-        (seconds, 3 places), "unseen_test_labels"}."""
+        (seconds, 3 places), "unseen_test_labels"}, plus the `sets` entries (rounded; the
+        reliability bins left out) for a calibrated model."""
         out = {f"{m}@{k}": round(v, 4) for m, ks in self.metrics.items() for k, v in ks.items()}
         out.update({"n_test": self.n_test, "predict_s": round(self.predict_s, 3),
                     "unseen_test_labels": self.unseen_test_labels})
+        for k, v in (self.sets or {}).items():
+            if not k.startswith("bins"):
+                out[k] = round(float(v), 4) if isinstance(v, (float, np.floating)) else v
         return out
 
 
@@ -763,7 +586,8 @@ def check_predict_args(topk: int | None, beam_size: int | None) -> None:
 
 
 def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Sequence[str],
-                   metric_params=None, topk: int | None = None, beam_size: int | None = None) -> Evaluation:
+                   metric_params=None, topk: int | None = None, beam_size: int | None = None,
+                   policy: str = "micro") -> Evaluation:
     """Predict `inputs` (texts or X) and score against Y (columns named `label_names`).
 
     Test labels the model never saw stay in |y| (a model cannot predict them); PSP@k uses the
@@ -779,13 +603,15 @@ def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Seque
             metrics at a cut-off above topk count the places left empty as misses (P@3 of a
             1-label ranking is at most 33.3).
         beam_size: beam width per tree level (None: the model's).
+        policy: the decision policy of a calibrated model's label sets ("micro" or "macro").
 
     Returns:
-        Evaluation: metrics in percent, n_test, predict_s (seconds), unseen_test_labels.
+        Evaluation: metrics in percent, n_test, predict_s (seconds), unseen_test_labels; with a
+        calibrated model also `sets` (:func:`set_evaluation` of `policy`).
 
     Raises:
         ValueError: topk or beam_size not an integer >= 1; Y with a negative or non-finite
-            entry, or a row count other than N; as the model's predict.
+            entry, or a row count other than N; as the model's predict; an unknown policy.
     """
     from .metrics import MetricParams, ranking_metrics
 
@@ -793,11 +619,123 @@ def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Seque
     topk = evaluation_topk(topk, mp)
     check_label_matrix(Y, inputs.shape[0] if hasattr(inputs, "shape") else len(inputs))
     Y = model.align_labels(Y, label_names)
+    cal = getattr(model, "calibration", None)
+    # one prediction serves both: the ranking's topk and the sets' candidates
+    n_pred = max(topk, cal.params.max_set_size) if cal is not None else topk
     t0 = time.perf_counter()
-    P = model.predict(inputs, topk=topk, beam_size=beam_size)
+    P = model.predict(inputs, topk=n_pred, beam_size=beam_size)
     predict_s = time.perf_counter() - t0
     if Y.shape[1] > P.shape[1]:
         P = smat.csr_matrix((P.data, P.indices, P.indptr), shape=Y.shape)
     inv_prop = model.inverse_propensity(mp.propensity_A, mp.propensity_B, n_cols=Y.shape[1])
-    result = ranking_metrics(Y, P, mp, inv_prop=inv_prop)
-    return Evaluation(result, int(Y.shape[0]), predict_s, model.unseen_label_count(Y))
+    result = ranking_metrics(Y, keep_topk(P, topk) if n_pred > topk else P, mp, inv_prop=inv_prop)
+    sets = set_evaluation(cal, P, Y, model.label_counts, policy) if cal is not None else None
+    return Evaluation(result, int(Y.shape[0]), predict_s, model.unseen_label_count(Y), sets)
+
+
+def keep_topk(P: smat.csr_matrix, k: int) -> smat.csr_matrix:
+    """The `k` highest-scored entries of every row of P (N × L CSR), as a new CSR (indices sorted)."""
+    from .calibration import row_ranks
+
+    keep = row_ranks(P) < k
+    rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
+    out = smat.csr_matrix((P.data[keep], (rows[keep], P.indices[keep])), shape=P.shape)
+    out.sort_indices()
+    return out
+
+
+def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, policy: str = "micro") -> dict:
+    """Label sets and probabilities of a calibrated model's scores, scored against Y.
+
+    Args:
+        cal: the model's :class:`calibration.Calibration`.
+        P: N × L' float32 CSR of the model's scores (at least its top `cal.params.max_set_size`).
+        Y: N × L' ground truth aligned to the model's labels.
+        label_counts: (L,) training positives per label, or None (no buckets).
+        policy: "micro" or "macro".
+
+    Returns:
+        {"policy", "set_micro_precision", "set_micro_recall", "set_micro_f1", "set_macro_f1",
+        "set_macro_f1_all", "set_size", "{bucket}_micro_f1" ... (`metrics.set_report`), "ece",
+        "brier" (calibrated), "ece_raw", "brier_raw" (the scores clipped to [0, 1]),
+        "{bucket}_ece", "bins" / "bins_raw" (the reliability diagram's bins, calibrated / raw)};
+        percent except brier.
+    """
+    from .metrics import FREQUENCY_BUCKETS, calibration_metrics, set_report
+
+    Pp = cal.proba(P)
+    rep = set_report(Y, cal.decide(Pp, policy), label_counts)
+    out: dict = {"policy": policy}
+    for k, v in rep.items():
+        out[k if k == "set_size" or k.split("_")[0] in {b[0] for b in FREQUENCY_BUCKETS} else f"set_{k}"] = v
+    cm = calibration_metrics(Y, Pp)
+    raw = P.copy()
+    raw.data = np.clip(raw.data, 0.0, 1.0)
+    cm_raw = calibration_metrics(Y, raw)
+    out.update({"ece": cm["ece"], "brier": cm["brier"], "ece_raw": cm_raw["ece"], "brier_raw": cm_raw["brier"],
+                "calibration_pairs": cm["n_pairs"]})
+    if label_counts is not None:
+        counts = np.zeros(Pp.shape[1], np.int64)
+        counts[: len(label_counts)] = label_counts
+        for name, lo, hi in FREQUENCY_BUCKETS:
+            in_bucket = (counts >= lo) & (counts <= (hi if hi is not None else np.iinfo(np.int64).max))
+            m = in_bucket[Pp.indices]
+            if m.any():
+                rows = np.repeat(np.arange(Pp.shape[0]), np.diff(Pp.indptr))
+                sub = smat.csr_matrix((Pp.data[m], (rows[m], Pp.indices[m])), shape=Pp.shape)
+                out[f"{name}_ece"] = calibration_metrics(Y, sub)["ece"]
+    out["bins"], out["bins_raw"] = cm["bins"], cm_raw["bins"]
+    return out
+
+
+def holdout_calibration(Y: smat.spmatrix, label_names: Sequence[str], params: XRLinearParams,
+                        cal_params: CalibrationParams | None = None, texts: Sequence[str] | None = None,
+                        X: smat.spmatrix | None = None, log: Callable[[dict], None] | None = None,
+                        tree: LabelTree | None = None):
+    """A calibration for a dataset without a dev split: a seeded `holdout_frac` of the training
+    documents is held out, a sibling model with the same settings is trained on the others and
+    calibrated on the held-out ones. The final model (trained on all documents by the caller)
+    takes that calibration: its scores on new documents are distributed as the sibling's are.
+
+    Args:
+        Y: N × L training label matrix; label_names: its L column names.
+        params: the final model's :class:`XRLinearParams`.
+        cal_params: :class:`calibration.CalibrationParams` (holdout_frac, seed; None: defaults).
+        texts, X: the N training documents, as `train_xr_linear` takes them (one of the two).
+        log: receives the sibling's stage records, marked {"sibling": True}.
+        tree: the final model's label tree (with X: ready features, l2-normalized rows): the sibling
+            trains only its rankers on it (the Dagster `calibration` asset); None: the sibling
+            builds its own tree from its documents.
+
+    Returns:
+        calibration.Calibration (info: source "holdout", holdout_frac, seed, n_docs).
+
+    Raises:
+        ValueError: fewer than 2 documents on either side; as `train_xr_linear`.
+    """
+    cal_params = cal_params or CalibrationParams()
+    n = Y.shape[0]
+    n_held = int(round(cal_params.holdout_frac * n))
+    if n_held < 2 or n - n_held < 2:
+        raise ValueError(f"holdout calibration: {n} documents leave {n_held} to hold out at holdout_frac "
+                         f"{cal_params.holdout_frac}; give a dev split")
+    held = np.sort(np.random.default_rng(cal_params.seed).choice(n, size=n_held, replace=False))
+    rest = np.setdiff1d(np.arange(n), held)
+    Y = smat.csr_matrix(Y)
+    emit = (lambda rec: log({**rec, "sibling": True})) if log is not None else None
+    if texts is not None:
+        texts = list(texts)
+        sibling = train_xr_linear(Y[rest], label_names, params, texts=[texts[i] for i in rest], log=emit)
+        inputs = [texts[i] for i in held]
+    elif tree is not None:
+        X = smat.csr_matrix(X, dtype=np.float32)
+        sibling = fit_rankers(X[rest], Y[rest], label_names, params, tree=tree, log=emit, disentangle=False)
+        inputs = X[held]
+    else:
+        X = smat.csr_matrix(X)
+        sibling = train_xr_linear(Y[rest], label_names, params, X=X[rest], log=emit)
+        inputs = X[held]
+    sibling.set_label_counts(Y[rest])
+    return sibling.calibrate(inputs, Y[held], label_names, cal_params,
+                             info={"source": "holdout", "holdout_frac": cal_params.holdout_frac,
+                                   "seed": cal_params.seed})

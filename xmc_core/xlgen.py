@@ -69,7 +69,8 @@ import scipy.sparse as smat
 
 from .encoder import DEFAULT_ENCODER, EncoderParams, autocast, pad_batch, pick_device, resolve_checkpoint, tokenize
 from .folders import atomic_dir
-from .model import FORMAT_VERSION, LabelSpace, ModelFormatError, check_predict_args, read_model_meta
+from .model import check_predict_args
+from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
 from .params import ParamsBase
 from .sparse import check_label_matrix
 
@@ -681,7 +682,7 @@ class Generation:
     scores: smat.csr_matrix
 
 
-class XLGenModel(LabelSpace):
+class XLGenModel(ModelBase):
     """A trained XLGen model: tokenizer + seq2seq module + the label/cluster token vocabulary.
 
     Folder layout (`save` / `load`; loads without Dagster):
@@ -694,6 +695,8 @@ class XLGenModel(LabelSpace):
         weights.safetensors    the seq2seq module's state dict (float32)
         tokenizer/             the encoder's tokenizer files
         label_counts.npy, train_stats.json   training label counts (PSP@k, tail buckets)
+        calibration/           when calibrated (`model_base`): the generated set is kept as the
+                               decision; its labels get calibrated probabilities
     """
 
     method = METHOD_XLGEN
@@ -710,6 +713,7 @@ class XLGenModel(LabelSpace):
         self.info = dict(info or {})
         self.label_counts = None
         self.n_train = None
+        self.calibration = None
         self._device = None
 
     @property
@@ -886,7 +890,7 @@ class XLGenModel(LabelSpace):
         """
         return self.generate(texts, beam_size=beam_size, topk=topk).scores
 
-    def predict_sets(self, texts, beam_size: int | None = None) -> list[list[int]]:
+    def generated_sets(self, texts, beam_size: int | None = None) -> list[list[int]]:
         """The generated label set per document.
 
         Args:
@@ -897,18 +901,34 @@ class XLGenModel(LabelSpace):
         """
         return self.generate(texts, beam_size=beam_size).sets
 
-    def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
-        """The top labels of every document by name (as `XmcModel.predict_labels`).
+    def predict_sets(self, inputs, policy: str = "micro", **kw) -> smat.csr_matrix:
+        """The generated set of every document (XLGen's own decision: `policy` is not used), its
+        labels holding their calibrated probabilities.
 
         Args:
-            texts: N documents (str).
-            topk: labels per document (int >= 1).
-            **kw: beam_size (other keys are ignored).
+            inputs: N documents (str).
+            policy: accepted for the shared interface ("micro" or "macro"); the set is the decoder's.
+            **kw: beam_size.
 
         Returns:
-            N lists of (label name, float score), best first.
+            N × L float32 CSR, indices sorted.
+
+        Raises:
+            NotCalibratedError: the model has no calibration.
+            ValueError: an unknown policy; as :meth:`predict`.
         """
-        return self.named_rankings(self.predict(texts, topk=topk, beam_size=kw.get("beam_size")))
+        from .calibration import POLICIES, pair_targets
+
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        cal = self._calibration()
+        gen = self.generate(inputs, beam_size=kw.get("beam_size"))
+        Pp = cal.proba(gen.scores)  # every generated label is among the scores
+        keep = pair_targets(Pp, sets_matrix(gen.sets, self.n_labels))  # structural: a probability 0.0 stays
+        rows = np.repeat(np.arange(Pp.shape[0]), np.diff(Pp.indptr))
+        out = smat.csr_matrix((Pp.data[keep], (rows[keep], Pp.indices[keep])), shape=Pp.shape, dtype=np.float32)
+        out.sort_indices()
+        return out
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -931,19 +951,11 @@ class XLGenModel(LabelSpace):
         path = Path(path)
         v = self.vocab
         with atomic_dir(path) as tmp:
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "method": METHOD_XLGEN,
-                "n_labels": self.n_labels,
+            self.write_common(tmp, {
                 "n_clusters": v.n_clusters,
                 "decoder_layers": int(self.module.decoder.config.num_hidden_layers),
                 "n_cluster_head": int(self.module.cluster_head.out_features) if self.module.cluster_head is not None else 0,
-                "params": self.params.to_dict(),
-                "info": self.info,
-            }
-            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
-            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
-                fh.write("".join(f"{name}\n" for name in self.label_names))
+            })
             empty = np.zeros(0, np.int64)
             np.savez(tmp / "vocab.npz", label_rank=v.label_rank,
                      cluster_rank=v.cluster_rank if v.cluster_rank is not None else empty,
@@ -952,7 +964,6 @@ class XLGenModel(LabelSpace):
             state = {k: t.detach().float().contiguous().cpu() for k, t in self.module.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            self.save_label_counts(tmp)
         return path
 
     @classmethod
@@ -978,8 +989,7 @@ class XLGenModel(LabelSpace):
             from transformers import AutoTokenizer, BertConfig, BertModel
 
             params = XLGenParams.from_dict(meta["params"])
-            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
-                names = fh.read().split("\n")[:-1]
+            names = read_label_names(path)
             with np.load(path / "vocab.npz") as z:
                 cr, lc = z["cluster_rank"], z["label_cluster"]
                 vocab = _Vocab(z["label_rank"], cr if len(cr) else None, lc if len(lc) else None)
@@ -991,11 +1001,11 @@ class XLGenModel(LabelSpace):
             module.eval()
             tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
             model = cls(params, names, module, tokenizer, vocab, meta.get("info"))
-            model.load_label_counts(path)
+            model.load_common(path)
         except ModelFormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, zipfile.BadZipFile) as e:
-            msg = " ".join(f"{path}: incomplete or corrupt XLGen model folder ({type(e).__name__}: {e})".split())
+            msg = one_line(f"{path}: incomplete or corrupt XLGen model folder ({type(e).__name__}: {e})")
             raise ModelFormatError(msg[:400] + "; retrain the model") from None
         return model
 
@@ -1028,6 +1038,13 @@ def evaluate_xlgen(model: XLGenModel, texts: Sequence[str], Y: smat.spmatrix, la
     extra = set_metrics(Ya, S)
     counts = model.label_counts if model.label_counts is not None else np.zeros(model.n_labels, np.int64)
     extra.update(tail_bucket_metrics(Ya, S, counts))
+    if model.calibration is not None:  # the generated sets' labels and the other beams' get probabilities
+        from .metrics import calibration_metrics
+
+        raw = P.copy()
+        raw.data = np.clip(raw.data, 0.0, 1.0)
+        cm, cm_raw = calibration_metrics(Ya, model.calibration.proba(P)), calibration_metrics(Ya, raw)
+        extra.update({"ece": cm["ece"], "brier": cm["brier"], "ece_raw": cm_raw["ece"], "brier_raw": cm_raw["brier"]})
     return Evaluation(result, int(Ya.shape[0]), predict_s, model.unseen_label_count(Ya)), extra
 
 

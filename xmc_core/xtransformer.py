@@ -47,8 +47,8 @@ from .encoder import (EncoderParams, autocast, check_lengths, encode, load_encod
                       tokenize)
 from .label_embedding import PifaParams, pifa
 from .folders import atomic_dir
-from .model import (FORMAT_VERSION, LabelSpace, ModelFormatError, XRLinearParams, _one_line, check_predict_args,
-                    read_model_meta)
+from .model import XRLinearParams, check_predict_args
+from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
 from .params import ParamsBase
 from .sparse import binarize, check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
@@ -587,12 +587,13 @@ def _average_with_head(P: smat.csr_matrix, E: np.ndarray, head: dict, weight: fl
     return out
 
 
-class XTransformerModel(LabelSpace):
+class XTransformerModel(ModelBase):
     """A trained XR-Transformer: TF-IDF featurizer + fine-tuned encoder + rankers on [X ⊕ E].
 
     Folder layout: params.json (method "xr-transformer"), labels.txt, featurizer/, encoder/
     (a Hugging Face checkpoint: config, weights, tokenizer), ranker/ (XLinearModel on the
-    concatenated features), label_counts.npy.
+    concatenated features), head.npz / projection.npz when present, and what every kind has
+    (label counts, calibration/: `model_base`).
     """
 
     method = METHOD_XR_TRANSFORMER
@@ -616,6 +617,7 @@ class XTransformerModel(LabelSpace):
         self.projection = projection  # {"mean": (H,), "components": H × d}: see ConcatParams, or None
         self.label_counts = None
         self.n_train = None
+        self.calibration = None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """N × H float32 l2-normalized embeddings of raw texts."""
@@ -678,22 +680,6 @@ class XTransformerModel(LabelSpace):
             return P
         return _average_with_head(P, E, self.head, ens.weight, max(ens.head_topk, topk), topk)
 
-    def predict_labels(self, texts, topk: int = 5, **kw) -> list[list[tuple[str, float]]]:
-        """The top labels of every document by name.
-
-        Args:
-            texts: N documents (str).
-            topk: labels per document (int >= 1).
-            **kw: beam_size, post_processor, ensemble (see :meth:`predict`).
-
-        Returns:
-            N lists of (label name, float score), best first.
-
-        Raises:
-            ValueError: as :meth:`predict`.
-        """
-        return self.named_rankings(self.predict(texts, topk=topk, **kw))
-
     def save(self, path: str | Path) -> Path:
         """Write the model folder atomically (`folders.atomic_dir`).
 
@@ -711,12 +697,7 @@ class XTransformerModel(LabelSpace):
         """
         path = Path(path)
         with atomic_dir(path) as tmp:
-            meta = {"format_version": FORMAT_VERSION, "method": self.method, "n_labels": self.n_labels,
-                    "n_features": self.ranker.n_features, "has_text_featurizer": True,
-                    "params": self.params.to_dict(), "info": self.info}
-            (tmp / "params.json").write_text(json.dumps(meta, indent=2))
-            with open(tmp / "labels.txt", "w", encoding="utf-8") as fh:
-                fh.write("".join(f"{name}\n" for name in self.label_names))
+            self.write_common(tmp, {"n_features": self.ranker.n_features, "has_text_featurizer": True})
             self.featurizer.save(tmp / "featurizer")
             self.encoder.save(tmp / "encoder")
             self.tokenizer.save_pretrained(str(tmp / "encoder"))
@@ -726,7 +707,6 @@ class XTransformerModel(LabelSpace):
                          b=np.asarray(self.head["b"], np.float32))
             if self.projection is not None:
                 np.savez(tmp / "projection.npz", **self.projection)
-            self.save_label_counts(tmp)
         return path
 
     @classmethod
@@ -747,8 +727,7 @@ class XTransformerModel(LabelSpace):
         meta = read_model_meta(path)
         try:
             params = XTransformerParams.from_dict(meta["params"])
-            with open(path / "labels.txt", encoding="utf-8", newline="\n") as fh:
-                names = fh.read().split("\n")[:-1]
+            names = read_label_names(path)
             featurizer = TfidfVectorizer.load(path / "featurizer")
             tokenizer, encoder = load_encoder(params.encoder, checkpoint=path / "encoder")
             ranker = XLinearModel.load(path / "ranker")
@@ -761,10 +740,10 @@ class XTransformerModel(LabelSpace):
                 with np.load(path / "projection.npz") as z:
                     projection = {"mean": z["mean"], "components": z["components"]}
             model = cls(params, names, featurizer, tokenizer, encoder, ranker, meta.get("info"), head, projection)
-            model.load_label_counts(path)
+            model.load_common(path)
         except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
             raise ModelFormatError(
-                _one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
+                one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
             ) from None
         return model
 
