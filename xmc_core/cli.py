@@ -93,6 +93,8 @@ def _check_args(args) -> None:
                 raise UsageError("--engine ray: scores files or a split (--inputs, --data), not one --text")
             if args.inputs and args.data:
                 raise UsageError("--inputs and --data: give one source of documents")
+            if args.sets:
+                raise UsageError("--sets: prints label sets as JSON lines; --engine ray writes rankings to Parquet")
             check_replaceable(args.out, "--out", kind="predictions")
         elif args.inputs or args.out:
             raise UsageError("--inputs and --out go with --engine ray (without it, predict prints JSON lines)")
@@ -135,7 +137,9 @@ def _train_split(args):
     from .data import DataFormatError, load_dataset
 
     t0 = time.perf_counter()
-    ds = load_dataset(args.data, splits=("train",), max_rows=args.max_rows)
+    # --calibrate fits on the dev split where the dataset has one
+    splits = ("train", "dev") if getattr(args, "calibrate", False) else ("train",)
+    ds = load_dataset(args.data, splits=splits, max_rows=args.max_rows)
     load_s = time.perf_counter() - t0
     files = ds.train.files or (str(args.data),)
     if ds.train.n == 0:
@@ -146,6 +150,33 @@ def _train_split(args):
 
 
 TRAIN_METHODS = ("xr-linear", "xr-linear-ld", "xr-transformer", "xlgen")
+
+
+def _calibration_params(value: str | None):
+    """--calibration-params (JSON file or inline object) as CalibrationParams; UsageError if bad."""
+    from .calibration import CalibrationParams
+
+    try:
+        return CalibrationParams.from_dict(_load_params(value))
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--calibration-params: {e}") from None
+
+
+def _calibrate_on_dev(model, ds, args, cal_params) -> dict:
+    """Fit `model`'s calibration on the dataset's dev split; the summary for the output line."""
+    split = ds.dev
+    inputs = _split_inputs(split, model)
+    _check_model_inputs(model, inputs, args.model, f"{args.data} (dev split)")
+    t0 = time.perf_counter()
+    cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, info={"source": "dev", "data": str(args.data)})
+    return _calibration_summary(cal, time.perf_counter() - t0)
+
+
+def _calibration_summary(cal, seconds: float) -> dict:
+    info = cal.info
+    return {"source": info.get("source"), "n_docs": info["n_docs"], "threshold": round(cal.threshold, 6),
+            "heldout_micro_f1": info["heldout_micro_f1"], "heldout_macro_f1": info["heldout_macro_f1"],
+            "labels_own_threshold": info["labels_own_threshold"], "seconds": round(seconds, 3)}
 
 
 def _train_features(ds, args) -> tuple[list | None, object, str]:
@@ -204,9 +235,22 @@ def cmd_train(args) -> dict:
         if args.verbose:
             print(json.dumps(rec), file=sys.stderr)
 
+    cal_params = _calibration_params(args.calibration_params) if args.calibrate else None
     ds, load_s = _train_split(args)
     texts, X, features = _train_features(ds, args)
     log(memory.add({"stage": "load", "seconds": load_s, "n_train": ds.train.n}))
+    holdout = None
+    if args.calibrate and ds.dev is None:
+        # no dev split: a sibling trained on all but a held-out slice calibrates (before the final
+        # training, which normalizes the split's X in place)
+        from .model import holdout_calibration
+
+        t0 = time.perf_counter()
+        try:
+            holdout = holdout_calibration(ds.train.Y, ds.label_names, params, cal_params, texts=texts, X=X, log=log)
+        except ValueError as e:
+            raise UsageError(f"--calibrate: {e}") from None
+        holdout_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     try:
         # copy_X=False: the split's matrix is normalized in place, not copied (it is not used again)
@@ -224,6 +268,14 @@ def cmd_train(args) -> dict:
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
+    calibration = None
+    if holdout is not None:
+        model.calibration = holdout
+        calibration = _calibration_summary(holdout, holdout_s)
+    elif args.calibrate:
+        calibration = _calibrate_on_dev(model, ds, args, cal_params)
+    if calibration is not None:
+        log(memory.add({"stage": "calibrate", **calibration}))
     t0 = time.perf_counter()
     model.save(args.model)
     log(memory.add({"stage": "save", "seconds": time.perf_counter() - t0}))
@@ -232,6 +284,8 @@ def cmd_train(args) -> dict:
            "load_s": round(load_s, 3), "train_s": round(train_s, 3), "peak_rss_mb": round(memory.run_peak_mb, 1)}
     if engine is not None:
         out["engine"] = engine.name
+    if calibration is not None:
+        out["calibration"] = calibration
     if "disentangle" in model.info:
         stats = model.info["disentangle"]
         out.update({"copies_added": stats["copies_added"], "labels_with_copies": stats["labels_with_copies"]})
@@ -258,10 +312,14 @@ def cmd_train_xr_transformer(args) -> dict:
         raise UsageError(f"--method xr-transformer needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
+    cal_params = _calibration_params(args.calibration_params) if args.calibrate else None
     ds, load_s = _train_split(args)
     if ds.train.texts is None:
         raise UsageError(f"--data {args.data}: xr-transformer reads raw texts; this dataset ({ds.layout}) has "
                          "only feature vectors")
+    if args.calibrate and ds.dev is None:
+        raise UsageError(f"--calibrate: {args.data} has no dev split; xr-transformer calibrates on dev documents "
+                         "(or run 'xmc calibrate --split SPLIT' on documents it was not trained on)")
     model_path = Path(args.model)
     ckpt = _checkpoint_dir(model_path)
 
@@ -275,11 +333,13 @@ def cmd_train_xr_transformer(args) -> dict:
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
+    calibration = _calibrate_on_dev(model, ds, args, cal_params) if args.calibrate else None
     model.save(model_path)
     remove_xmc_folder(ckpt, kind="checkpoint")
-    return {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
-            "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
-            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    out = {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
+           "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
+           "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    return {**out, "calibration": calibration} if calibration is not None else out
 
 
 def cmd_train_xlgen(args) -> dict:
@@ -297,9 +357,13 @@ def cmd_train_xlgen(args) -> dict:
         raise UsageError(f"--method xlgen needs the transformer extra (pip install -e '.[transformer]'): {e}") from None
     except (TypeError, ValueError) as e:
         raise UsageError(f"--params: {e}") from None
+    cal_params = _calibration_params(args.calibration_params) if args.calibrate else None
     ds, load_s = _train_split(args)
     if ds.train.texts is None:
         raise UsageError(f"--data {args.data}: xlgen reads raw texts; this dataset ({ds.layout}) has only feature vectors")
+    if args.calibrate and ds.dev is None:
+        raise UsageError(f"--calibrate: {args.data} has no dev split; xlgen calibrates on dev documents "
+                         "(or run 'xmc calibrate --split SPLIT' on documents it was not trained on)")
 
     def log(rec):
         if args.verbose:
@@ -310,10 +374,13 @@ def cmd_train_xlgen(args) -> dict:
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
+    model.set_label_counts(ds.train.Y)
+    calibration = _calibrate_on_dev(model, ds, args, cal_params) if args.calibrate else None
     model.save(args.model)
-    return {"model": str(args.model), "method": model.method, "variant": params.variant, "dataset": ds.name,
-            "n_train": ds.train.n, "n_labels": ds.n_labels, "device": model.info.get("device"),
-            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    out = {"model": str(args.model), "method": model.method, "variant": params.variant, "dataset": ds.name,
+           "n_train": ds.train.n, "n_labels": ds.n_labels, "device": model.info.get("device"),
+           "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
+    return {**out, "calibration": calibration} if calibration is not None else out
 
 
 def cmd_predict(args) -> None:
@@ -342,9 +409,16 @@ def cmd_predict(args) -> None:
     if args.verbose and _text_model(model) and not hasattr(inputs, "shape"):
         inputs = model.featurize(inputs)
         stage("features")
+    out = sys.stdout
+    if args.sets:
+        results = model.named_sets(inputs, policy=args.policy, beam_size=args.beam_size)
+        stage("predict")
+        for i, labels in enumerate(results):
+            out.write(json.dumps({"doc": i, "labels": [name for name, _ in labels],
+                                  "probabilities": [round(p, 6) for _, p in labels]}) + "\n")
+        return
     results = model.predict_labels(inputs, topk=args.topk, beam_size=args.beam_size)
     stage("predict")
-    out = sys.stdout
     for i, labels in enumerate(results):
         out.write(json.dumps({"doc": i, "labels": [name for name, _ in labels],
                               "scores": [round(s, 6) for _, s in labels]}) + "\n")
@@ -426,9 +500,41 @@ def cmd_evaluate(args) -> dict:
     if args.verbose and _text_model(model) and not hasattr(inputs, "shape"):
         inputs = model.featurize(inputs)  # texts -> X here, so that -v times the two apart
         stage("features")
-    ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size)
+    ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size, policy=args.policy)
     stage("predict", predict_s=round(ev.predict_s, 3))
     return {**ev.flat(), "model": str(args.model), "split": args.split}
+
+
+def cmd_calibrate(args) -> dict:
+    """`xmc calibrate`: fit probabilities and decision policies on a split the model was not
+    trained on (default: dev) and write them into the model folder (its calibration/ part only)."""
+    from .data import load_dataset
+    from .model import load_model
+
+    cal_params = _calibration_params(args.calibration_params)
+    model = load_model(args.model)
+    split_name = args.split
+    ds = load_dataset(args.data, splits=("train", split_name or "dev"), max_rows=args.max_rows)
+    if split_name is None:
+        if ds.dev is None:
+            raise UsageError(f"--data {args.data}: no dev split; give --split with documents the model was not "
+                             "trained on, or train with --calibrate (it holds out a slice of train)")
+        split_name = "dev"
+    split = getattr(ds, split_name)
+    if split is None:
+        raise UsageError(f"--data {args.data}: no {split_name} split")
+    trained_on = model.info.get("data")
+    if split_name == "train" and trained_on and Path(trained_on) == Path(args.data).resolve():
+        raise UsageError(f"--split train: {args.model} was trained on these documents; its probabilities would be "
+                         "over-confident. Calibrate on dev (or train with --calibrate)")
+    inputs = _split_inputs(split, model)
+    _check_model_inputs(model, inputs, args.model, args.data)
+    t0 = time.perf_counter()
+    cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, beam_size=args.beam_size,
+                          info={"source": split_name, "data": str(Path(args.data).resolve())})
+    seconds = time.perf_counter() - t0
+    folder = model.save_calibration(args.model)
+    return {"model": str(args.model), "calibration": str(folder), **_calibration_summary(cal, seconds)}
 
 
 def _text_model(model) -> bool:
@@ -555,6 +661,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: tree level whose nodes root the tasks (1: the top clusters; deeper: more, "
                         "smaller tasks)")
     p.add_argument("--ray-cpus-per-task", type=int, default=1, help="--engine ray: CPUs (threads) per task")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also fit probabilities and label-set thresholds (see 'xmc calibrate'): on the dev split "
+                        "where the dataset has one; otherwise (xr-linear) a sibling model trained on all but a seeded "
+                        "10%% of train is calibrated on that 10%% (the saved model is trained on all of train)")
+    p.add_argument("--calibration-params", default=None,
+                   help="JSON file or inline object of CalibrationParams (method, groups, topk, max_set_size, "
+                        "at_least_one, min_label_positives, holdout_frac, seed)")
 
     p = sub.add_parser("predict", help="predict labels (JSON lines)")
     p.add_argument("--model", required=True)
@@ -567,6 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
+    p.add_argument("--sets", action="store_true",
+                   help="each document's label set with calibrated probabilities ({doc, labels, probabilities}); "
+                        "needs a calibrated model ('xmc calibrate' or train --calibrate)")
+    p.add_argument("--policy", choices=("micro", "macro"), default="micro",
+                   help="--sets: 'micro' one threshold (best micro-F1 on the held-out documents), 'macro' per-label "
+                        "thresholds (best macro-F1)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="'ray': score shards on Ray actors (the model loaded once per actor) and write Parquet "
                         "shards to --out (doc, labels, scores; input order) instead of JSON lines")
@@ -580,7 +699,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, default=2, help="--engine ray: model replicas (Ray actors, 1 CPU each)")
     p.add_argument("--ray-address", default=None, help="--engine ray: cluster to join (default: a local Ray)")
 
-    p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split")
+    p = sub.add_parser("calibrate", help="fit probabilities and label-set thresholds on held-out documents; "
+                                         "written into the model folder")
+    p.add_argument("--model", required=True, help="a model folder xmc wrote (its calibration/ part is replaced)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default=None, choices=("dev", "test", "train"),
+                   help="documents the model was not trained on (default: dev); train is refused for the dataset "
+                        "the model was trained on")
+    p.add_argument("--calibration-params", default=None,
+                   help="JSON file or inline object of CalibrationParams (method, groups, topk, max_set_size, "
+                        "at_least_one, min_label_positives)")
+    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument("--max-rows", type=int, default=None)
+
+    p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split; for a calibrated model also "
+                                        "label-set P/R/F1, ECE and Brier score, overall and by label frequency")
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=("train", "test", "dev"))
@@ -591,6 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--propensity-a", type=float, default=0.55)
     p.add_argument("--propensity-b", type=float, default=1.5)
+    p.add_argument("--policy", choices=("micro", "macro"), default="micro",
+                   help="a calibrated model's label-set policy to score (default micro)")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
@@ -619,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `xmc` command line: train, predict, evaluate, synth, runs.
+    """The `xmc` command line: train, calibrate, predict, evaluate, synth, runs.
 
     Args:
         argv: the arguments after the program name (None: ``sys.argv[1:]``).
@@ -636,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     _set_threads(getattr(args, "threads", None))
     from .data import DataFormatError
     from .model import ModelFormatError
+    from .model_base import NotCalibratedError
 
     try:
         _check_args(args)
@@ -643,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cmd_train(args)))
         elif args.command == "predict":
             cmd_predict(args)
+        elif args.command == "calibrate":
+            print(json.dumps(cmd_calibrate(args)))
         elif args.command == "evaluate":
             res = cmd_evaluate(args)
             if args.json:
@@ -656,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd_runs(args)
     except BrokenPipeError:  # an OSError: before the handler below
         return 0
-    except (UsageError, DataFormatError, ModelFormatError, OSError) as e:
+    except (UsageError, DataFormatError, ModelFormatError, NotCalibratedError, OSError) as e:
         # OSError: a path that cannot be read or written (missing, a file where a folder is
         # expected, permissions, disk full); one line, the message names the path.
         print("xmc: error: " + " ".join(str(e).split()), file=sys.stderr)
