@@ -34,7 +34,8 @@ from xmc_core.data import load_dataset
 from xmc_core.disentangle import changes_tree, copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.folders import remove_xmc_folder
-from xmc_core.model import XmcModel, evaluate_model, fit_rankers
+from xmc_core.metrics import calibration_metrics
+from xmc_core.model import XmcModel, evaluate_model, fit_rankers, holdout_calibration
 from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
@@ -46,6 +47,7 @@ from .metadata import (
     histogram_plot,
     label_frequency_plot,
     metrics_at_k_plot,
+    reliability_plot,
 )
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, DataRoot, EvaluationDB, RayEngineResource, XmcSettings
@@ -405,9 +407,61 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
 
 @stage_asset(
     deps=[rankers],
+    kinds={"python", "scipy"},
+    description="Probabilities and label-set thresholds of the saved model (its calibration/ part), fitted on "
+                "the dev split, or without one on a seeded slice of train held out from a sibling's rankers.",
+)
+def calibration(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+    dataset = context.partition_key
+    info = _corpus_info(artifacts, dataset)
+    cal_params = xmc_settings.calibration_params()
+    model_dir = artifacts.existing(dataset, "model", "params.json").parent
+    model = XmcModel.load(model_dir)
+    t0 = time.perf_counter()
+    if "dev" in info["splits"]:
+        X_dev = artifacts.read_sparse(dataset, "tfidf", "X_dev.npz")
+        Y_dev = artifacts.read_sparse(dataset, "corpus", "Y_dev.npz")
+        cal = model.calibrate(X_dev, Y_dev, info["label_names"], cal_params, info={"source": "dev"})
+        P_held, Y_held = model.predict(X_dev, topk=cal_params.topk), model.align_labels(Y_dev, info["label_names"])
+        source = f"dev split ({Y_dev.shape[0]} documents)"
+    else:
+        # the same tree; rankers of a sibling trained without the held-out slice score it
+        X = artifacts.read_sparse(dataset, "tfidf", "X_train.npz")
+        Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
+        tree = LabelTree.from_arrays(artifacts.read_arrays(dataset, "disentangled_tree", "tree.npz"))
+        try:
+            cal = holdout_calibration(Y, info["label_names"], xmc_settings.params(), cal_params, X=X, tree=tree)
+        except ValueError as e:
+            raise Failure(description=f"calibration of {dataset!r}: {e}") from None
+        P_held = Y_held = None
+        source = (f"no dev split: {cal.info['n_docs']} training documents held out (holdout_frac "
+                  f"{cal_params.holdout_frac}, seed {cal_params.seed}) from a sibling's rankers on the same tree")
+    seconds = time.perf_counter() - t0
+    model.calibration = cal
+    folder = model.save_calibration(model_dir)
+    metadata = {
+        "source": source,
+        "calibration_dir": MetadataValue.path(str(folder)),
+        "n_docs": cal.info["n_docs"],
+        "threshold_micro": float(cal.threshold),
+        "labels_own_threshold": cal.info["labels_own_threshold"],
+        "heldout_micro_f1": cal.info["heldout_micro_f1"],
+        "heldout_macro_f1": cal.info["heldout_macro_f1"],
+        "map_groups": len(cal.maps),
+        "seconds": seconds,
+        **_settings_metadata(context, xmc_settings, "calibration"),
+    }
+    if P_held is not None:  # fitted on these documents: an in-sample view, the test split's is in `metrics`
+        metadata["heldout_ece"] = calibration_metrics(Y_held, cal.proba(P_held))["ece"]
+    return MaterializeResult(metadata=metadata)
+
+
+@stage_asset(
+    deps=[calibration],
     kinds={"python", "duckdb"},
     pool="duckdb",  # the only DuckDB writer; a pool limit of 1 serializes it across runs
-    description="P/R/RP/nDCG/PSP@k of the saved model on the test split, appended to the DuckDB history.",
+    description="P/R/RP/nDCG/PSP@k, label-set P/R/F1 (micro policy), ECE and Brier score of the saved model on the "
+                "test split, appended to the DuckDB history; a reliability diagram.",
 )
 def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation_db: EvaluationDB) -> MaterializeResult:
     dataset = context.partition_key
@@ -419,16 +473,20 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     # Raw test texts go through the model's own featurizer (BoW: raw X, normalized by the model).
     inputs = (artifacts.read_texts(dataset, "corpus", "texts_test.parquet") if info["has_texts"]
               else artifacts.read_sparse(dataset, "corpus", "X_test.npz"))
-    ev = evaluate_model(model, inputs, artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
+    Y_test = artifacts.read_sparse(dataset, "corpus", "Y_test.npz")
+    ev = evaluate_model(model, inputs, Y_test, info["label_names"])
     result = ev.metrics
+    # set and calibration numbers are rows of k = 0 ("set_micro_f1", "ece", "few_macro_f1", ...)
+    sets = {k: v for k, v in (ev.sets or {}).items() if isinstance(v, (int, float)) and k != "calibration_pairs"}
 
     rows = evaluation_db.append_evaluation(
         run_id=context.run.run_id, dataset=dataset, model=model.method, split="test",
-        metrics=result, params=model.params.to_dict(),
+        metrics={**result, **{k: {0: float(v)} for k, v in sets.items()}}, params=model.params.to_dict(),
     )
     # Read back what was stored, so the metadata shows the history's view of this run.
     table = evaluation_db.p_at_k_table(context.run.run_id)
-    table = table.filter(table["dataset"] == dataset).drop(["dataset", "model", "split"])
+    table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))
+    table = table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
     metadata = {
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),
@@ -438,13 +496,28 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
         "n_test": ev.n_test,
         "unseen_test_labels": ev.unseen_test_labels,
         "predict_seconds": ev.predict_s,
+        **({"set_micro_f1": float(sets["set_micro_f1"]), "set_macro_f1": float(sets["set_macro_f1"]),
+            "set_macro_f1_all": float(sets["set_macro_f1_all"]), "ece": float(sets["ece"]),
+            "ece_raw": float(sets["ece_raw"]), "brier": float(sets["brier"]),
+            "sets_by_frequency": MetadataValue.md(_bucket_markdown(sets)),
+            "reliability": reliability_plot(ev.sets["bins"], ev.sets["bins_raw"], f"{dataset} test")} if sets else {}),
         "rows_appended": rows,
         "duckdb": MetadataValue.path(str(evaluation_db.db_path())),
     }
     return MaterializeResult(metadata=metadata)
 
 
-xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, disentangled_tree, rankers, metrics]
+def _bucket_markdown(sets: dict) -> str:
+    from .metadata import markdown_table
+
+    rows = [[b, sets.get(f"{b}_labels", 0), sets.get(f"{b}_micro_precision", 0.0), sets.get(f"{b}_micro_recall", 0.0),
+             sets.get(f"{b}_micro_f1", 0.0), sets.get(f"{b}_macro_f1", 0.0), sets.get(f"{b}_ece", float("nan"))]
+            for b in ("frequent", "few", "zero")]
+    return markdown_table(["bucket", "labels in test", "micro P", "micro R", "micro F1", "macro F1", "ECE"], rows)
+
+
+
+xr_linear_assets = [corpus, tfidf, label_embeddings, label_tree, disentangled_tree, rankers, calibration, metrics]
 
 
 def with_settings(assets: list[AssetsDefinition], settings: XmcSettings) -> list[AssetsDefinition]:

@@ -98,6 +98,24 @@ def histogram_plot(values: np.ndarray, xlabel: str, title: str) -> MetadataValue
     return png_markdown(fig, title)
 
 
+def reliability_plot(bins: Sequence[dict], bins_raw: Sequence[dict] | None = None, title: str = "") -> MetadataValue:
+    """A reliability diagram (PNG): fraction of right labels against mean predicted probability per
+    bin (`metrics.calibration_metrics` bins), the raw scores' beside the calibrated ones."""
+    fig, ax = _figure(3.6, 3.0)
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+    for b, label, style in ((bins_raw, "raw scores", "o-"), (bins, "calibrated", "s-")):
+        if b:
+            ax.plot([x["mean_proba"] for x in b], [x["frac_positive"] for x in b], style, ms=3, lw=1, label=label)
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("fraction right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=8)
+    return png_markdown(fig, "reliability diagram")
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 

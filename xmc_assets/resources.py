@@ -273,11 +273,26 @@ class XmcSettings(ConfigurableResource):
     max_rows: read only the first N documents of each split (quick runs and tests).
     p1_margin: the blocking check on `metrics` fails when P@1 falls more than this many points
         below the last accepted run of the dataset (same max_rows slice).
+    calibration_json: CalibrationParams overrides as a JSON object (the `calibration` asset),
+        e.g. '{"max_set_size": 10}'.
     """
 
     params_json: str = "{}"
     max_rows: Optional[int] = None
     p1_margin: float = 1.0
+    calibration_json: str = "{}"
+
+    def calibration_params(self):
+        """The `calibration` asset's CalibrationParams; Failure (one line) on a bad value."""
+        from xmc_core.calibration import CalibrationParams
+
+        try:
+            overrides = json.loads(self.calibration_json or "{}")
+            return CalibrationParams.from_dict(overrides if isinstance(overrides, dict) else None)
+        except json.JSONDecodeError as e:
+            raise Failure(description=f"XmcSettings.calibration_json: invalid JSON ({e.msg} at char {e.pos})") from None
+        except (TypeError, ValueError) as e:
+            raise Failure(description=f"XmcSettings.calibration_json: {e}") from None
 
     def params(self) -> XRLinearParams:
         try:

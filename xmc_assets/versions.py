@@ -31,7 +31,8 @@ CODE_REVISIONS = {
     "label_tree": "2",
     "disentangled_tree": "2",
     "rankers": "3",
-    "metrics": "1",
+    "calibration": "1",
+    "metrics": "2",
 }
 
 #: The XRLinearParams sections each asset reads (`max_rows` is the corpus's slice).
@@ -46,6 +47,7 @@ SECTIONS = {
     "disentangled_tree": ("disentangle",),
     # `pred` and `disentangle.merge` are saved in the model folder and used by `metrics`
     "rankers": ("ranker", "pred"),
+    "calibration": (),  # its own settings: XmcSettings.calibration_json (see `settings_section`)
     "metrics": (),
 }
 
@@ -70,6 +72,8 @@ def settings_section(settings: XmcSettings, asset_name: str) -> dict:
         section["disentangle"] = clean("disentangle", drop=("merge",))
         if section["disentangle"] is not None:
             section.update({name: clean(name) for name in ("ranker", "pred")})
+    if asset_name == "calibration":
+        section["calibration"] = settings.calibration_params().to_dict()
     if asset_name == "rankers" and params.get("disentangle") is not None:
         section["merge"] = params["disentangle"]["merge"]
     return section
