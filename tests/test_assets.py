@@ -16,13 +16,13 @@ from xmc_assets.assets import metrics, xr_linear_assets
 from xmc_assets.definitions import JOB_NAME, defs
 from xmc_assets.partitions import dataset_folders_sensor, dataset_partitions
 from xmc_assets.resources import RayEngineResource, ArtifactStore, DataRoot, EvaluationDB, XmcSettings
-from xmc_core.model import XmcModel
+from xmc_core.model import XmcModel, evaluate_model
 from xmc_core.results_db import read_evaluation
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()  # the repo-relative default root
 REUTERS = "reuters-21578"
-ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"}
+ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "calibration", "metrics"}
 XRT_ASSET_NAMES = {f"xr_transformer/{n}" for n in ("encoder", "refined_tree", "rankers", "metrics")}
 XLGEN_ASSET_NAMES = {"xlgen_label_clusters"} | {f"xlgen_{v}_{kind}" for v in ("base", "bcl", "mcg")
                                                 for kind in ("model", "metrics")}
@@ -151,6 +151,18 @@ def test_reuters_slice_materializes_and_history_grows(tmp_path, reuters_dir):
     majority = 100.0 * Y_test[:, names.index("earn")].sum() / n
     assert majority == pytest.approx(42.5)
     assert p[1] > majority + 20.0, f"P@1 {p[1]:.1f} vs majority-label baseline {majority:.1f}"
+
+    # calibration: reuters has no dev split, so 10% of train was held out from a sibling's rankers;
+    # the set and ECE rows (k = 0) are what the saved, calibrated model gives on the test texts.
+    cal_meta = _meta(first, "calibration")
+    assert cal_meta["source"].startswith("no dev split") and cal_meta["n_docs"] == n // 10
+    assert model.calibration is not None and (art / "model" / "calibration" / "calibration.npz").is_file()
+    ev = evaluate_model(model, texts["test"], Y_test, names)
+    sets = dict(zip(rows.filter(rows["k"] == 0)["metric"], rows.filter(rows["k"] == 0)["value"]))
+    for key in ("set_micro_f1", "set_macro_f1", "ece", "brier", "few_micro_f1"):
+        assert sets[key] == pytest.approx(ev.sets[key], abs=1e-6), key
+    assert meta["set_micro_f1"] == pytest.approx(ev.sets["set_micro_f1"]) and sets["set_micro_f1"] > 50
+    assert "reliability" in meta and "sets_by_frequency" in meta
 
     # The saved model folder stands alone (no Dagster needed to use it).
     assert model.featurizer is not None and model.label_names == names

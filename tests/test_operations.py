@@ -40,7 +40,7 @@ from xmc_core.cli import main as xmc_main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "tiny"
-ORDER = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
+ORDER = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "calibration", "metrics"]
 KEYS = [AssetKey(name) for name in ORDER]
 BASE = {"tree": {"max_leaf_size": 8}}  # 60 labels → a real two-level tree of 8 leaves
 CHECKS = {"no_empty_label_rows", "every_label_in_tree", "leaf_cluster_sizes", "copies_within_bounds", "copies_added",
@@ -105,10 +105,10 @@ def test_ranker_settings_change_makes_only_rankers_and_metrics_stale(env):
     assert {k for k in ORDER if versions[k] != old_versions[k]} == {"rankers"}
     assert stale_or_missing(instance, new_defs.resolve_asset_graph(), DATASET, KEYS) == {AssetKey("rankers")}
 
-    # The automation sensor's conditions request rankers (code version changed) and metrics (eager).
+    # The automation sensor's conditions request rankers (code version changed), then calibration and metrics (eager).
     evaluation = evaluate_automation_conditions(new_defs, instance, cursor=automation_cursor)
     requested = {k.to_user_string() for k in KEYS if evaluation.get_num_requested(k)}
-    assert requested == {"rankers", "metrics"}
+    assert requested == {"rankers", "calibration", "metrics"}
 
     # The weekly schedule asks for exactly the stale assets and what follows them, per partition.
     schedule = new_defs.resolve_schedule_def(SCHEDULE_NAME)
@@ -116,11 +116,11 @@ def test_ranker_settings_change_makes_only_rankers_and_metrics_stale(env):
         requests = schedule(context)
     [request] = requests
     assert request.partition_key == DATASET
-    assert [k.to_user_string() for k in request.asset_selection] == ["rankers", "metrics"]
+    assert [k.to_user_string() for k in request.asset_selection] == ["rankers", "calibration", "metrics"]
 
     second = _run(new_defs, instance, selection=request.asset_selection)
     assert second.success
-    assert _materialized_in_log(instance, second.run_id) == ["rankers", "metrics"]
+    assert _materialized_in_log(instance, second.run_id) == ["rankers", "calibration", "metrics"]
     assert _checks(second) == {"p1_no_regression": True}
     assert stale_or_missing(instance, new_defs.resolve_asset_graph(), DATASET, KEYS) == set()
     with build_schedule_context(instance=instance, repository_def=new_defs.get_repository_def()) as context:
@@ -169,7 +169,7 @@ def test_blocking_check_fails_when_p1_drops(env):
 
     # A much worse model: one flat cluster, tiny Cp, strong pruning.
     worse_defs = _defs(resources, {"tree": {"max_leaf_size": 100000}, "ranker": {"Cp": 0.001, "Cn": 0.001}})
-    worse = _run(worse_defs, instance, selection=[AssetKey("label_tree"), AssetKey("disentangled_tree"), AssetKey("rankers"), AssetKey("metrics")],
+    worse = _run(worse_defs, instance, selection=[AssetKey("label_tree"), AssetKey("disentangled_tree"), AssetKey("rankers"), AssetKey("calibration"), AssetKey("metrics")],
                  raise_on_error=False)
     assert not worse.success  # the blocking check fails the run
     evaluation = [e for e in worse.get_asset_check_evaluations() if e.asset_check_key.name == "p1_no_regression"][0]

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "metrics"]
+ASSETS = ["corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "calibration", "metrics"]
 # with several groups the global lineage shows one box per group; a group's page shows its assets
 GROUPS = {"xr_linear": ASSETS, "xr_transformer": ["encoder", "refined_tree", "rankers", "metrics"],
           "xlgen": ["xlgen_label_clusters", "xlgen_base_model", "xlgen_mcg_metrics"]}
