@@ -364,3 +364,26 @@ def test_cli_train_and_evaluate(data, tmp_path, capsys):
     assert main(["train", "--method", "xlgen", "--data", str(folder), "--model", str(tmp_path / "m2"),
                  "--params", '{"variant": "t5"}']) == 2
     assert "variant" in capsys.readouterr().err
+
+
+def test_calibrated_sets_are_the_generated_sets_with_probabilities(models, data, tmp_path):
+    from xmc_core.calibration import CalibrationParams
+    from xmc_core.model_base import NotCalibratedError
+
+    texts, Y, test_texts, Yte = data
+    model = models["bcl"]
+    with pytest.raises(NotCalibratedError):
+        model.predict_sets(test_texts)
+    model.calibrate(texts[:24], Y[:24], LABELS, CalibrationParams(min_group_pairs=1))
+    try:
+        S = model.predict_sets(test_texts, policy="macro")  # the decoder decides: the policy does not
+        gen = model.generate(test_texts)
+        assert [sorted(S.indices[S.indptr[i]:S.indptr[i + 1]].tolist()) for i in range(len(test_texts))] == \
+            [sorted(s) for s in gen.sets]
+        assert S.data.min() >= 0.0 and S.data.max() <= 1.0
+        loaded = load_model(model.save(tmp_path / "cal"))
+        assert loaded.calibration is not None and (loaded.predict_sets(test_texts) != S).nnz == 0
+        _, extra = evaluate_xlgen(loaded, test_texts, Yte, LABELS)
+        assert {"ece", "ece_raw", "brier"} <= set(extra)
+    finally:
+        model.calibration = None  # the module's models are shared

@@ -123,6 +123,15 @@ def test_train_one_step_per_level_shapes_and_save_load(data, tmp_path):
     expected = np.where(cand, 0.75 * P2.toarray() + 0.25 * head_p, -1.0)
     _assert_top_of(loaded.predict(texts[:6], topk=3), expected, 3)
 
+    # calibration lives on the shared base: sets and probabilities survive save / load
+    from xmc_core.calibration import CalibrationParams
+
+    model.calibrate(texts, Y, names, CalibrationParams(min_group_pairs=1, topk=4))
+    S = model.predict_sets(texts[:6])
+    again = load_model(model.save(tmp_path / "cal"))
+    assert again.calibration is not None and (again.predict_sets(texts[:6]) != S).nnz == 0
+    assert np.all(np.diff(S.indptr) >= 1) and S.data.max() <= 1.0
+
     (tmp_path / "m" / "ranker" / "W0.npz").unlink()
     with pytest.raises(ModelFormatError, match="incomplete or corrupt"):
         load_model(tmp_path / "m")
