@@ -1,6 +1,6 @@
 """XR-Linear as a chain of assets, one `dataset` partition per dataset folder:
 
-    corpus → tfidf → label_embeddings → label_tree → disentangled_tree → rankers → metrics
+    corpus → tfidf → label_embeddings → label_tree → disentangled_tree → rankers → calibration → metrics
 
 (`disentangled_tree` passes the tree through unless the settings have a `disentangle` section.)
 

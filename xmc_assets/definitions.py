@@ -83,7 +83,7 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
     job = define_asset_job(
         JOB_NAME,
         selection=AssetSelection.assets(*assets),  # partitioned by dataset like its assets; checks included
-        description=("corpus → tfidf → label_embeddings → label_tree → disentangled_tree → rankers → metrics (and their checks). "
+        description=("corpus → tfidf → label_embeddings → label_tree → disentangled_tree → rankers → calibration → metrics (and their checks). "
                      "Launch a backfill over all datasets from the asset graph: 'Materialize all' → all partitions."),
     )
     return Definitions(

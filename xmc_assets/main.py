@@ -136,7 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     db = EvaluationDB()
     table = db.p_at_k_table(result.run_id)
     print(f"\nrun {result.run_id} — {dataset}, {seconds:.1f}s; metrics from {db.db_path()}:\n")
-    _print_table(table)
+    # ranking metrics by k; the label-set and calibration numbers (k = 0) on one line of their own
+    sets = table.filter(table["metric"].str.starts_with("set_") | table["metric"].is_in(["ece", "ece_raw", "brier"]))
+    ranking = table.filter(~table["metric"].is_in(table.filter(table["@0"].is_not_null())["metric"].to_list())
+                           ).drop("@0") if "@0" in table.columns else table
+    _print_table(ranking)
+    if sets.height:
+        print("\nlabel sets (micro policy) and probabilities on test: "
+              + ", ".join(f"{m} {v:.2f}" for m, v in zip(sets["metric"], sets["@0"])))
     steps = {}
     for event in result.all_events:
         if event.event_type_value == "STEP_SUCCESS":
