@@ -16,7 +16,6 @@ A model folder loads without Dagster:
 
 from __future__ import annotations
 
-import json
 import time
 import zipfile
 from dataclasses import dataclass, field, fields
@@ -40,7 +39,8 @@ from .folders import atomic_dir
 from .calibration import CalibrationParams
 from .label_embedding import PifaParams, pifa
 from .memory import StageMemory, nbytes_mb
-from .model_base import FORMAT_VERSION, LabelSpace, ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
+# FORMAT_VERSION, LabelSpace, ModelFormatError and read_model_meta lived here before `model_base`; still importable
+from .model_base import FORMAT_VERSION, LabelSpace, ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta  # noqa: F401
 from .sparse import check_label_matrix, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
