@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -90,6 +89,9 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
     """One benchmark row: ranking P@k, both policies' sets, calibration of the probabilities."""
     from xmc_core.metrics import MetricParams, calibration_metrics, ranking_metrics, set_report
 
+    extra = dict(extra)
+    row = {k: extra.pop(k, None) for k in ("threads", "train_s", "predict_s", "peak_rss_mb")}
+
     Pp = cal.proba(P_tst)
     micro = set_report(Y_tst, cal.decide(Pp, "micro"), counts)
     macro = set_report(Y_tst, cal.decide(Pp, "macro"), counts)
@@ -108,10 +110,8 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
              for b in ("frequent", "few", "zero") for m in ("micro_f1", "macro_f1")},
           **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")},
           "heldout": meta["heldout"], **extra}
-    return {"dataset": dataset, "system": system, "threads": extra.pop("threads", None), "n_labels": meta["n_labels"],
-            "n_train": meta["n_trn"], "n_test": meta["n_tst"], "train_s": extra.pop("train_s", None),
-            "predict_s": extra.pop("predict_s", None), "peak_rss_mb": extra.pop("peak_rss_mb", None),
-            "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]), "extra": ex}
+    return {"dataset": dataset, "system": system, "n_labels": meta["n_labels"], "n_train": meta["n_trn"],
+            "n_test": meta["n_tst"], **row, "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]), "extra": ex}
 
 
 def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
@@ -140,8 +140,9 @@ def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
     P = model.predict(Xte, topk=TOPK)
     predict_s = time.perf_counter() - t0
     rows.append(score("xmc xr-linear", name, meta, P, Yte, cal, counts, {
+        # no peak_rss_mb: training resets this process's high-water mark per stage (`memory.StageMemory`),
+        # so ru_maxrss here is not the run's peak; bench/compare_peers.py measures memory
         "threads": threads, "train_s": round(train_s, 2), "predict_s": round(predict_s, 2),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "calibrate_s": round(calibrate_s, 2), "calibration": "isotonic by frequency group"}))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     del model
