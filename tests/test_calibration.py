@@ -158,14 +158,55 @@ def test_calibration_saves_loads_and_only_its_part_is_replaced(calibrated, tmp_p
     assert {"frequent_micro_f1", "few_micro_f1", "zero_micro_f1", "brier"} <= set(flat)
 
 
-def test_a_corrupt_calibration_is_one_line(calibrated, tmp_path):
-    model, _, _, _, _, _ = calibrated
+def test_a_damaged_or_stale_calibration_leaves_a_model_that_ranks(calibrated, tmp_path):
+    model, _, _, X, Y, names = calibrated
     folder = model.save(tmp_path / "m")
     (folder / "calibration" / "calibration.npz").write_bytes(b"not a zip")
-    from xmc_core.model import ModelFormatError
+    damaged = XmcModel.load(folder)  # the ranker is intact: it still ranks
+    assert damaged.calibration is None and "calibration" in damaged.calibration_error
+    assert (damaged.predict(X[750:]) != model.predict(X[750:])).nnz == 0
+    with pytest.raises(NotCalibratedError, match="again"):
+        damaged.predict_sets(X[750:])
+    damaged.calibrate(X[600:750], Y[600:750], names, CalibrationParams(min_group_pairs=50))
+    damaged.save_calibration(folder)  # calibrating again repairs it
+    assert XmcModel.load(folder).calibration is not None
+    # a model trained into the folder while a calibration was being fitted: not written ...
+    stale = XmcModel.load(folder)
+    XmcModel.load(folder).save(folder)  # the same weights, a new params.json (a new save)
+    (folder / "params.json").write_text((folder / "params.json").read_text().replace('"info": {', '"info": {"x": 1, ', 1))
+    with pytest.raises(Exception, match="replaced since"):
+        stale.save_calibration(folder)
+    # ... and one fitted for another model is not used
+    import shutil
 
-    with pytest.raises(ModelFormatError, match="calibration"):
-        XmcModel.load(folder)
+    other = model.save(tmp_path / "other")
+    shutil.rmtree(folder / "calibration")
+    shutil.copytree(other / "calibration", folder / "calibration")
+    assert "another model" in XmcModel.load(folder).calibration_error
+
+
+def test_bad_settings_and_bad_held_out_data_are_refused(calibrated):
+    model, _, _, X, Y, names = calibrated
+    for bad in ({"seed": "x"}, {"seed": 1.5}, {"at_least_one": "no"}, {"threshold_shrinkage": float("inf")},
+                {"topk": 5, "max_set_size": 10}, {"holdout_frac": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CalibrationParams.from_dict(bad)
+    with pytest.raises(ValueError, match="at least 10 held-out documents"):
+        model.calibrate(X[600:605], Y[600:605], names)
+    # held-out labels of another label space (names the model does not know)
+    with pytest.raises(ValueError, match="labels of this model"):
+        model.calibrate(X[600:750], Y[600:750], [f"other{j}" for j in range(40)])
+    # a huge topk is the whole label space, not a huge buffer
+    assert np.diff(model.predict(X[:3], topk=10**9, beam_size=10**9).indptr).max() <= 40
+
+
+def test_ties_of_probability_go_to_the_higher_score():
+    cal = Calibration(CalibrationParams(max_set_size=1, topk=1), {-1: (np.array([0., 1.]), np.array([.5, .5]))},
+                      np.full(3, -1), 0.9, np.full(3, 0.9, np.float32))
+    P = smat.csr_matrix(np.array([[0.2, 0.6, 0.4]], np.float32))
+    Pp = cal.proba(P)  # all 0.5: the flat map
+    assert cal.decide(Pp, "micro", P).indices.tolist() == [1]  # the top label by score
+    assert cal.decide(Pp, "micro").indices.tolist() == [0]  # without scores: stored order
 
 
 # ----------------------------------------------------------------------------- command line
@@ -203,6 +244,10 @@ def test_cli_calibrate_predict_sets_and_evaluate(tmp_path):
     # the training documents are refused: the probabilities would be over-confident
     r = _xmc("calibrate", "--model", model, "--data", data, "--split", "train")
     assert r.returncode == 2 and "trained on these documents" in r.stderr
+    r = _xmc("calibrate", "--model", model, "--data", data, "--calibration-params", '{"seed": "x"}')
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "seed" in r.stderr
+    r = _xmc("calibrate", "--model", model, "--data", data, "--max-rows", 3)
+    assert r.returncode == 2 and "cannot calibrate" in r.stderr and r.stderr.count("\n") == 1
     r = _xmc("calibrate", "--model", model, "--data", data)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -211,6 +256,9 @@ def test_cli_calibrate_predict_sets_and_evaluate(tmp_path):
     line = json.loads(r.stdout)
     assert line["labels"][:2] and set(line["labels"]) <= set(WORDS) and "topic0" in line["labels"]
     assert all(0.0 <= p <= 1.0 for p in line["probabilities"])
+    for bad in (["--policy", "macro"], ["--sets", "--topk", "3"]):  # --policy goes with --sets; a set has no topk
+        r = _xmc("predict", "--model", model, "--text", "w0_1", *bad)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, bad
     r = _xmc("evaluate", "--model", model, "--data", data, "--json")
     ev = json.loads(r.stdout)
     assert ev["set_micro_f1"] > 50 and ev["policy"] == "micro" and "ece" in ev and "frequent_micro_f1" in ev

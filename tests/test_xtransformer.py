@@ -126,7 +126,7 @@ def test_train_one_step_per_level_shapes_and_save_load(data, tmp_path):
     # calibration lives on the shared base: sets and probabilities survive save / load
     from xmc_core.calibration import CalibrationParams
 
-    model.calibrate(texts, Y, names, CalibrationParams(min_group_pairs=1, topk=4))
+    model.calibrate(texts, Y, names, CalibrationParams(min_group_pairs=1, topk=4, max_set_size=4))
     S = model.predict_sets(texts[:6])
     again = load_model(model.save(tmp_path / "cal"))
     assert again.calibration is not None and (again.predict_sets(texts[:6]) != S).nnz == 0

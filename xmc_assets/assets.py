@@ -421,7 +421,10 @@ def calibration(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
     if "dev" in info["splits"]:
         X_dev = artifacts.read_sparse(dataset, "tfidf", "X_dev.npz")
         Y_dev = artifacts.read_sparse(dataset, "corpus", "Y_dev.npz")
-        cal = model.calibrate(X_dev, Y_dev, info["label_names"], cal_params, info={"source": "dev"})
+        try:
+            cal = model.calibrate(X_dev, Y_dev, info["label_names"], cal_params, info={"source": "dev"})
+        except ValueError as e:
+            raise Failure(description=f"calibration of {dataset!r} on its dev split: {e}") from None
         P_held, Y_held = model.predict(X_dev, topk=cal_params.topk), model.align_labels(Y_dev, info["label_names"])
         source = f"dev split ({Y_dev.shape[0]} documents)"
     else:

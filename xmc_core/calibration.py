@@ -42,6 +42,10 @@ __all__ = ["CalibrationParams", "Calibration", "POLICIES", "fit_calibration", "p
 
 #: decision policies a Calibration holds
 POLICIES = ("micro", "macro")
+#: fewest held-out documents, and right (document, label) pairs among their top-k, to calibrate on
+MIN_DOCS = 10
+#: see MIN_DOCS
+MIN_RIGHT = 5
 
 _METHODS = ("isotonic", "platt", "none")
 _GROUPS = ("global", "frequency")
@@ -94,10 +98,19 @@ class CalibrationParams(ParamsBase):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"CalibrationParams.{name} must be an integer >= 1, got {v!r}")
-        if not float(self.threshold_shrinkage) >= 0.0:
-            raise ValueError(f"CalibrationParams.threshold_shrinkage must be >= 0, got {self.threshold_shrinkage!r}")
-        if not 0.0 < float(self.holdout_frac) < 1.0:
-            raise ValueError(f"CalibrationParams.holdout_frac must be in (0, 1), got {self.holdout_frac!r}")
+        if self.topk < self.max_set_size:
+            raise ValueError(f"CalibrationParams.topk ({self.topk}) must be >= max_set_size ({self.max_set_size}): "
+                             "the thresholds are fitted on the top-k candidates a set is drawn from")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"CalibrationParams.seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.at_least_one, bool):
+            raise ValueError(f"CalibrationParams.at_least_one must be true or false, got {self.at_least_one!r}")
+        for name, ok in (("threshold_shrinkage", lambda v: 0.0 <= v < float("inf")),
+                         ("holdout_frac", lambda v: 0.0 < v < 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(float(v)):
+                raise ValueError(f"CalibrationParams.{name} must be a number "
+                                 f"{'>= 0' if name == 'threshold_shrinkage' else 'in (0, 1)'}, got {v!r}")
 
 
 def frequency_groups(label_counts: np.ndarray) -> np.ndarray:
@@ -136,12 +149,14 @@ def pair_targets(P: smat.csr_matrix, Y: smat.spmatrix) -> np.ndarray:
     return np.isin(rows_p * width + P.indices.astype(np.int64), keys_y, assume_unique=False)
 
 
-def row_ranks(P: smat.csr_matrix) -> np.ndarray:
-    """For P (N × L CSR): the (nnz,) int64 rank of every entry within its row by decreasing score (0 = best; ties by
-    stored order)."""
+def row_ranks(P: smat.csr_matrix, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """For P (N × L CSR): the (nnz,) int64 rank of every entry within its row by decreasing score
+    (0 = best); ties by decreasing `tiebreak` ((nnz,) values, e.g. the raw scores behind
+    probabilities), then by stored order."""
     n = P.nnz
     rows = np.repeat(np.arange(P.shape[0], dtype=np.int64), np.diff(P.indptr))
-    order = np.lexsort((-P.data.astype(np.float64), rows))  # by row, then score descending
+    second = np.zeros(n) if tiebreak is None else -np.asarray(tiebreak, np.float64)
+    order = np.lexsort((second, -P.data.astype(np.float64), rows))  # by row, score desc, tiebreak desc
     ranks = np.empty(n, np.int64)
     starts = P.indptr[:-1][rows[order]]
     ranks[order] = np.arange(n, dtype=np.int64) - starts
@@ -350,12 +365,14 @@ class Calibration:
         P.data = np.clip(out, 0.0, 1.0).astype(np.float32)
         return P
 
-    def decide(self, Pp: smat.csr_matrix, policy: str = "micro") -> smat.csr_matrix:
+    def decide(self, Pp: smat.csr_matrix, policy: str = "micro", P: smat.csr_matrix | None = None) -> smat.csr_matrix:
         """Label sets from calibrated probabilities.
 
         Args:
             Pp: N × L' float32 CSR of probabilities (:meth:`proba`).
             policy: "micro" (the global threshold) or "macro" (per-label thresholds).
+            P: the raw scores Pp was made of (same sparsity), which break ties of probability in
+                the top-label and set-size rules (None: stored order).
 
         Returns:
             N × L' float32 CSR holding each document's set, the values its probabilities (indices
@@ -374,7 +391,7 @@ class Calibration:
             t = np.concatenate([self.label_threshold.astype(np.float64),
                                 np.full(max(Pp.shape[1] - self.n_labels, 0), self.threshold)])
             thr = t[Pp.indices]
-        rank = row_ranks(Pp)
+        rank = row_ranks(Pp, None if P is None else smat.csr_matrix(P).data)
         keep = (Pp.data >= thr) & (rank < self.params.max_set_size)
         if self.params.at_least_one:
             keep |= rank == 0
@@ -385,18 +402,20 @@ class Calibration:
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        """Write calibration.json (params, threshold, info, method) and calibration.npz
-        (label_group, label_threshold, map_{g}_x / map_{g}_y) into `folder` (a Path that exists)."""
+        """Write calibration.npz (label_group, label_threshold, map_{g}_x / map_{g}_y, and `meta`:
+        the JSON of params, threshold, groups and info) into `folder` (a Path that exists), and
+        calibration.json, the same JSON for people. `load` reads only the .npz: one file, so a
+        reader never pairs the arrays of one calibration with the settings of another."""
         folder = Path(folder)
+        meta = json.dumps({"params": self.params.to_dict(), "threshold": _json_float(self.threshold),
+                           "groups": sorted(int(g) for g in self.maps), "info": self.info}, indent=2)
         arrays = {"label_group": self.label_group.astype(np.int64),
-                  "label_threshold": self.label_threshold.astype(np.float32)}
+                  "label_threshold": self.label_threshold.astype(np.float32), "meta": np.array(meta)}
         for g, (x, y) in self.maps.items():
             arrays[f"map_{g}_x"] = np.asarray(x, np.float64)
             arrays[f"map_{g}_y"] = np.asarray(y, np.float64)
         np.savez(folder / "calibration.npz", **arrays)
-        meta = {"params": self.params.to_dict(), "threshold": _json_float(self.threshold),
-                "groups": sorted(int(g) for g in self.maps), "info": self.info}
-        (folder / "calibration.json").write_text(json.dumps(meta, indent=2))
+        (folder / "calibration.json").write_text(meta)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Calibration":
@@ -407,8 +426,8 @@ class Calibration:
                 into ModelFormatError).
         """
         folder = Path(folder)
-        meta = json.loads((folder / "calibration.json").read_text(encoding="utf-8"))
         with np.load(folder / "calibration.npz") as z:
+            meta = json.loads(str(z["meta"]))
             maps = {int(g): (z[f"map_{g}_x"], z[f"map_{g}_y"]) for g in meta["groups"]}
             label_group, label_threshold = z["label_group"], z["label_threshold"]
         return cls(CalibrationParams.from_dict(meta["params"]), maps, label_group,
@@ -437,7 +456,9 @@ def fit_calibration(P: smat.csr_matrix, Y: smat.spmatrix, label_counts: np.ndarr
         labels with their own threshold.
 
     Raises:
-        ValueError: P and Y with different row counts, or no stored pair in P.
+        ValueError: P and Y with different row counts; fewer than MIN_DOCS documents; no stored
+            pair in P; fewer than half of Y's positives on the model's labels (data of another
+            label space); fewer than MIN_RIGHT right pairs.
 
     Source:
         Isotonic calibration: Zadrozny & Elkan 2002 (KDD); Platt 1999; thresholds tuned per label
@@ -450,10 +471,19 @@ def fit_calibration(P: smat.csr_matrix, Y: smat.spmatrix, label_counts: np.ndarr
     Y.eliminate_zeros()
     if P.shape[0] != Y.shape[0]:
         raise ValueError(f"fit_calibration: P has {P.shape[0]} rows, Y {Y.shape[0]}")
+    if P.shape[0] < MIN_DOCS:
+        raise ValueError(f"calibration needs at least {MIN_DOCS} held-out documents, got {P.shape[0]}")
     if P.nnz == 0:
-        raise ValueError("fit_calibration: the model predicted no label for any held-out document")
+        raise ValueError("the model predicted no label for any held-out document")
     L = P.shape[1]
+    known = int(smat.csr_matrix(Y[:, :L]).nnz) if Y.shape[1] > L else int(Y.nnz)
+    if Y.nnz and known < 0.5 * Y.nnz:
+        raise ValueError(f"only {known} of the held-out documents' {Y.nnz} labels are labels of this model; "
+                         "is this data of the label space the model was trained on?")
     target = pair_targets(P, Y)
+    if target.sum() < MIN_RIGHT:
+        raise ValueError(f"the model gets only {int(target.sum())} of the held-out labels right in its top "
+                         f"{params.topk}; thresholds fitted on that would be noise (at least {MIN_RIGHT} needed)")
     s = P.data.astype(np.float64)
     fit = {"isotonic": _fit_isotonic, "platt": _fit_platt, "none": _fit_none}[params.method]
     maps = {-1: fit(s, target)}
@@ -489,7 +519,7 @@ def fit_calibration(P: smat.csr_matrix, Y: smat.spmatrix, label_counts: np.ndarr
     label_threshold = np.where(np.isnan(t_l), shared, shrunk)
     cal.label_threshold = label_threshold.astype(np.float32)
 
-    S_macro = cal.decide(cal.proba(P), "macro")
+    S_macro = cal.decide(cal.proba(P), "macro", P)
     from .metrics import set_metrics
 
     Yfull = smat.csr_matrix((np.ones(Y.nnz, np.float32), Y.indices, Y.indptr), shape=(Y.shape[0], max(L, Y.shape[1])))

@@ -20,18 +20,18 @@ class UsageError(Exception):
     """An error in the user's input: printed as one line, exit status 2."""
 
 
-def _load_params(value: str | None) -> dict:
+def _load_params(value: str | None, option: str = "--params") -> dict:
     if not value:
         return {}
     from .textio import decode_text, text_argument
 
-    source = "--params"
+    source = option
     if value.lstrip().startswith("{"):
         text = text_argument(value, source)
     else:
         path = Path(value)
         if not path.is_file():
-            raise UsageError(f"--params: {value}: no such file (give a JSON file or an inline JSON object)")
+            raise UsageError(f"{option}: {value}: not a file and not an inline JSON object ({{...}})")
         text, source = decode_text(path.read_bytes(), str(path)), str(path)
     try:
         params = json.loads(text)
@@ -74,6 +74,8 @@ def _check_args(args) -> None:
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
     if args.command == "train":
+        if args.calibration_params and not args.calibrate:
+            raise UsageError("--calibration-params goes with --calibrate")
         if args.features != "auto" and args.method in ("xr-transformer", "xlgen"):
             raise UsageError(f"--features: {args.method} reads the raw texts; --features applies to xr-linear and "
                              "xr-linear-ld")
@@ -86,6 +88,13 @@ def _check_args(args) -> None:
         if args.engine == "ray" and args.method not in ("xr-linear",):
             raise UsageError(f"--engine ray: trains xr-linear; {args.method} trains locally (drop --engine)")
     elif args.command == "predict":
+        if args.policy is not None and not args.sets:
+            raise UsageError("--policy goes with --sets")
+        if args.sets and args.topk is not None:
+            raise UsageError("--topk: a label set's size comes from its thresholds (at most the calibration's "
+                             "max_set_size); drop --topk with --sets")
+        args.topk = 5 if args.topk is None else args.topk
+        args.policy = args.policy or "micro"
         if args.engine == "ray":
             if not args.out:
                 raise UsageError("--engine ray: give --out, the folder for the Parquet shards")
@@ -157,7 +166,7 @@ def _calibration_params(value: str | None):
     from .calibration import CalibrationParams
 
     try:
-        return CalibrationParams.from_dict(_load_params(value))
+        return CalibrationParams.from_dict(_load_params(value, "--calibration-params"))
     except (TypeError, ValueError) as e:
         raise UsageError(f"--calibration-params: {e}") from None
 
@@ -168,13 +177,19 @@ def _calibrate_on_dev(model, ds, args, cal_params) -> dict:
     inputs = _split_inputs(split, model)
     _check_model_inputs(model, inputs, args.model, f"{args.data} (dev split)")
     t0 = time.perf_counter()
-    cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, info={"source": "dev", "data": str(args.data)})
+    try:
+        cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, info={"source": "dev", "data": str(args.data)})
+    except ValueError as e:  # too few documents, another label space, nothing right
+        raise UsageError(f"{args.data} (dev split): cannot calibrate: {e}") from None
     return _calibration_summary(cal, time.perf_counter() - t0)
 
 
 def _calibration_summary(cal, seconds: float) -> dict:
+    import math
+
     info = cal.info
-    return {"source": info.get("source"), "n_docs": info["n_docs"], "threshold": round(cal.threshold, 6),
+    threshold = round(cal.threshold, 6) if math.isfinite(cal.threshold) else "inf"  # strict JSON has no Infinity
+    return {"source": info.get("source"), "n_docs": info["n_docs"], "threshold": threshold,
             "heldout_micro_f1": info["heldout_micro_f1"], "heldout_macro_f1": info["heldout_macro_f1"],
             "labels_own_threshold": info["labels_own_threshold"], "seconds": round(seconds, 3)}
 
@@ -487,6 +502,9 @@ def cmd_evaluate(args) -> dict:
         raise UsageError(f"--data {args.data}: no {args.split} split")
     stage("load_data", n=getattr(split, "n", None))
     mp = MetricParams(propensity_A=args.propensity_a, propensity_B=args.propensity_b)
+    if args.policy is not None and getattr(model, "calibration", None) is None:
+        why = f" (not loaded: {model.calibration_error})" if getattr(model, "calibration_error", None) else ""
+        raise UsageError(f"--policy: the model {args.model} has no calibration{why}; run 'xmc calibrate' first")
     if getattr(model, "method", None) == "xlgen":  # one decoding pass: ranking + set metrics
         from .xlgen import evaluate_xlgen
 
@@ -500,7 +518,8 @@ def cmd_evaluate(args) -> dict:
     if args.verbose and _text_model(model) and not hasattr(inputs, "shape"):
         inputs = model.featurize(inputs)  # texts -> X here, so that -v times the two apart
         stage("features")
-    ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size, policy=args.policy)
+    ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size,
+                        policy=args.policy or "micro")
     stage("predict", predict_s=round(ev.predict_s, 3))
     return {**ev.flat(), "model": str(args.model), "split": args.split}
 
@@ -530,8 +549,11 @@ def cmd_calibrate(args) -> dict:
     inputs = _split_inputs(split, model)
     _check_model_inputs(model, inputs, args.model, args.data)
     t0 = time.perf_counter()
-    cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, beam_size=args.beam_size,
-                          info={"source": split_name, "data": str(Path(args.data).resolve())})
+    try:
+        cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, beam_size=args.beam_size,
+                              info={"source": split_name, "data": str(Path(args.data).resolve())})
+    except ValueError as e:  # too few documents, another label space, nothing right
+        raise UsageError(f"--data {args.data} ({split_name} split): cannot calibrate: {e}") from None
     seconds = time.perf_counter() - t0
     folder = model.save_calibration(args.model)
     return {"model": str(args.model), "calibration": str(folder), **_calibration_summary(cal, seconds)}
@@ -675,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data")
     src.add_argument("--text")
     p.add_argument("--split", default="test", choices=("train", "test", "dev"))
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=None, help="labels per document (default 5; not with --sets)")
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true",
@@ -683,8 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sets", action="store_true",
                    help="each document's label set with calibrated probabilities ({doc, labels, probabilities}); "
                         "needs a calibrated model ('xmc calibrate' or train --calibrate)")
-    p.add_argument("--policy", choices=("micro", "macro"), default="micro",
-                   help="--sets: 'micro' one threshold (best micro-F1 on the held-out documents), 'macro' per-label "
+    p.add_argument("--policy", choices=("micro", "macro"), default=None,
+                   help="--sets (default micro): 'micro' one threshold (best micro-F1 on the held-out documents), 'macro' per-label "
                         "thresholds (best macro-F1)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="'ray': score shards on Ray actors (the model loaded once per actor) and write Parquet "
@@ -724,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=None)
     p.add_argument("--propensity-a", type=float, default=0.55)
     p.add_argument("--propensity-b", type=float, default=1.5)
-    p.add_argument("--policy", choices=("micro", "macro"), default="micro",
+    p.add_argument("--policy", choices=("micro", "macro"), default=None,
                    help="a calibrated model's label-set policy to score (default micro)")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("-v", "--verbose", action="store_true",

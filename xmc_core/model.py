@@ -664,7 +664,7 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
     from .metrics import FREQUENCY_BUCKETS, calibration_metrics, set_report
 
     Pp = cal.proba(P)
-    rep = set_report(Y, cal.decide(Pp, policy), label_counts)
+    rep = set_report(Y, cal.decide(Pp, policy, P), label_counts)
     out: dict = {"policy": policy}
     for k, v in rep.items():
         out[k if k == "set_size" or k.split("_")[0] in {b[0] for b in FREQUENCY_BUCKETS} else f"set_{k}"] = v

@@ -17,6 +17,7 @@ beam_size, ...)`` → N × L float32 CSR. The base gives them, once:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -227,6 +228,10 @@ class ModelBase(LabelSpace):
 
     method: str = ""
     calibration: Calibration | None = None
+    #: why a folder's calibration/ was not loaded (unreadable, or fitted for another model), or None
+    calibration_error: str | None = None
+    #: sha256 (16 hex) of the params.json this model was loaded from or saved as
+    params_sha: str | None = None
 
     def predict(self, inputs, topk: int | None = None, beam_size: int | None = None, **kw) -> smat.csr_matrix:
         """Scores of the top labels (implemented by each model kind).
@@ -290,6 +295,9 @@ class ModelBase(LabelSpace):
 
     def _calibration(self) -> Calibration:
         if self.calibration is None:
+            if self.calibration_error:
+                raise NotCalibratedError(f"this model's calibration was not loaded ({self.calibration_error}); run "
+                                         "'xmc calibrate --model MODEL --data DATA' again (it replaces calibration/)")
             raise NotCalibratedError(
                 f"this {self.method} model has no calibration: run 'xmc calibrate --model MODEL --data DATA' "
                 "(or train with --calibrate)")
@@ -329,8 +337,22 @@ class ModelBase(LabelSpace):
             NotCalibratedError: the model has no calibration.
             ValueError: an unknown policy; as the model's `predict`.
         """
+        return self._sets(inputs, policy, **kw)[0]
+
+    def _sets(self, inputs, policy: str, **kw) -> tuple[smat.csr_matrix, smat.csr_matrix]:
+        """(the sets with their probabilities, the raw scores of the same entries)."""
         cal = self._calibration()
-        return cal.decide(self.predict_proba(inputs, topk=cal.params.max_set_size, **kw), policy)
+        P = self.predict(inputs, topk=cal.params.max_set_size, **kw)
+        S = cal.decide(cal.proba(P), policy, P)
+        from .calibration import pair_targets
+
+        pattern = S.copy()
+        pattern.data[:] = 1.0  # a probability of 0.0 is still in the set
+        keep = pair_targets(P, pattern)  # P's entries in the sets: the same (row, label)s as S's
+        rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
+        R = smat.csr_matrix((P.data[keep], (rows[keep], P.indices[keep])), shape=P.shape, dtype=np.float32)
+        R.sort_indices()
+        return S, R
 
     def named_sets(self, inputs, policy: str = "micro", **kw) -> list[list[tuple[str, float]]]:
         """:meth:`predict_sets` by name.
@@ -341,9 +363,15 @@ class ModelBase(LabelSpace):
             **kw: the model's `predict` options.
 
         Returns:
-            N lists of (label name, probability), most probable first.
+            N lists of (label name, probability), most probable first (ties: higher score first).
         """
-        return self.named_rankings(self.predict_sets(inputs, policy=policy, **kw))
+        S, R = self._sets(inputs, policy, **kw)
+        out = []
+        for i in range(S.shape[0]):
+            a, b = S.indptr[i], S.indptr[i + 1]
+            order = np.lexsort((-R.data[a:b].astype(np.float64), -S.data[a:b].astype(np.float64)))
+            out.append([(self.label_names[S.indices[a + j]], float(S.data[a + j])) for j in order])
+        return out
 
     # -- the folder contract ---------------------------------------------------------------------
     def base_meta(self) -> dict:
@@ -354,11 +382,14 @@ class ModelBase(LabelSpace):
     def write_common(self, folder: Path, meta: dict | None = None) -> None:
         """Write params.json (:meth:`base_meta` updated with `meta`), labels.txt, the label counts
         and calibration/ (when calibrated) into `folder` (a Path that exists, being built)."""
-        (folder / "params.json").write_text(json.dumps({**self.base_meta(), **(meta or {})}, indent=2))
+        params_json = json.dumps({**self.base_meta(), **(meta or {})}, indent=2).encode("utf-8")
+        (folder / "params.json").write_bytes(params_json)
+        self.params_sha = _sha(params_json)
         with open(folder / "labels.txt", "w", encoding="utf-8") as fh:
             fh.write("".join(f"{name}\n" for name in self.label_names))
         self.save_label_counts(folder)
         if self.calibration is not None:
+            self.calibration.info["model_sha"] = self.params_sha  # which model it belongs to
             (folder / CALIBRATION_DIR).mkdir()
             mark(folder / CALIBRATION_DIR, "calibration")  # `save_calibration` may replace it later
             self.calibration.save(folder / CALIBRATION_DIR)
@@ -366,16 +397,26 @@ class ModelBase(LabelSpace):
     def load_common(self, folder: Path) -> None:
         """Read the label counts and calibration/ of a model folder, where present.
 
+        A calibration/ that cannot be read, covers another label count, or was fitted for another
+        model (its `model_sha` is not this params.json's) is left unloaded: the model still ranks,
+        and `calibration_error` says why (asking for sets then says to calibrate again).
+
         Raises:
-            OSError, ValueError, KeyError: one of them is there but unreadable, or the calibration
-                covers another number of labels (loaders turn these into ModelFormatError).
+            OSError, ValueError, KeyError: the label counts are there but unreadable (loaders turn
+                these into ModelFormatError).
         """
         self.load_label_counts(folder)
+        self.params_sha = _sha((folder / "params.json").read_bytes())
         if (folder / CALIBRATION_DIR).is_dir():
-            cal = Calibration.load(folder / CALIBRATION_DIR)
-            if cal.n_labels != self.n_labels:
-                raise ValueError(f"calibration covers {cal.n_labels} labels, the model has {self.n_labels}")
-            self.calibration = cal
+            try:
+                cal = Calibration.load(folder / CALIBRATION_DIR)
+                if cal.n_labels != self.n_labels:
+                    raise ValueError(f"it covers {cal.n_labels} labels, the model has {self.n_labels}")
+                if cal.info.get("model_sha") not in (None, self.params_sha):
+                    raise ValueError("it was fitted for another model trained into this folder")
+                self.calibration = cal
+            except Exception as e:  # any damage: rank without it (corrupt npz raises many kinds)
+                self.calibration_error = one_line(f"{folder / CALIBRATION_DIR}: {type(e).__name__}: {e}")[:300]
 
     def save_calibration(self, path: str | Path) -> Path:
         """Write (or replace) only the calibration/ part of this model's existing folder, atomically.
@@ -397,6 +438,15 @@ class ModelBase(LabelSpace):
         if meta.get("method") != self.method or meta.get("n_labels") != self.n_labels:
             raise ModelFormatError(f"{path}: a {meta.get('method')} model of {meta.get('n_labels')} labels, not this "
                                    f"{self.method} model of {self.n_labels}")
+        sha = _sha((path / "params.json").read_bytes())
+        if self.params_sha is not None and sha != self.params_sha:
+            raise ModelFormatError(f"{path}: the model folder was replaced since this model was read (another "
+                                   "training?); its calibration was not written: calibrate the new model")
+        cal.info["model_sha"] = sha
         with atomic_dir(path / CALIBRATION_DIR, kind="calibration") as tmp:
             cal.save(tmp)
         return path / CALIBRATION_DIR
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -776,8 +776,9 @@ class XLinearModel:
             PECOS ``XLinearModel.predict`` beam search (Yu et al. 2022, JMLR).
         """
         pp = self.pred_params
-        beam_size = beam_size or pp.beam_size
-        only_topk = only_topk or pp.only_topk
+        # past the widest level / all labels a larger value changes nothing but the buffers' size
+        beam_size = min(beam_size or pp.beam_size, max(self.tree.level_sizes()))
+        only_topk = min(only_topk or pp.only_topk, self.n_labels)
         post_processor = post_processor or pp.post_processor
         if post_processor not in POST_PROCESSORS:
             raise ValueError(f"predict: unknown post_processor {post_processor!r}")
