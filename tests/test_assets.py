@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()  # the repo-relative default root
 REUTERS = "reuters-21578"
 ASSET_NAMES = {"corpus", "tfidf", "label_embeddings", "label_tree", "disentangled_tree", "rankers", "calibration", "metrics"}
-XRT_ASSET_NAMES = {f"xr_transformer/{n}" for n in ("encoder", "refined_tree", "rankers", "metrics")}
+XRT_ASSET_NAMES = {f"xr_transformer/{n}" for n in ("encoder", "refined_tree", "rankers", "calibration", "metrics")}
 XLGEN_ASSET_NAMES = {"xlgen_label_clusters"} | {f"xlgen_{v}_{kind}" for v in ("base", "bcl", "mcg")
                                                 for kind in ("model", "metrics")}
 

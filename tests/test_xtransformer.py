@@ -216,7 +216,7 @@ def test_dagster_assets_materialize(data, tmp_path):
     root = tmp_path / "root"
     d = root / "tiny"
     d.mkdir(parents=True)
-    for split, rows in (("train", slice(0, 40)), ("test", slice(40, 48))):
+    for split, rows in (("train", slice(0, 30)), ("dev", slice(30, 40)), ("test", slice(40, 48))):
         (d / f"{split}_texts.txt").write_text("".join(t + "\n" for t in texts[rows]))
         lab = Y[rows]
         (d / f"{split}_labels.txt").write_text(
@@ -244,6 +244,10 @@ def test_dagster_assets_materialize(data, tmp_path):
     assert isinstance(model, XTransformerModel)
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xr-transformer"} and set(rows["split"]) == {"test"}
+    # calibrated on the dev split: the metrics add the sets' rows (k = 0), as the saved model evaluates them
+    assert model.calibration is not None and model.calibration.info["n_docs"] == 10
+    k0 = dict(zip(rows.filter(rows["k"] == 0)["metric"], rows.filter(rows["k"] == 0)["value"]))
+    assert 0 < k0["set_micro_f1"] <= 100 and "ece" in k0
     # the stored P@1 is the one counted from the stored model's top label on the 8 test documents
     P = model.predict(texts[40:48], topk=1)
     Yte = Y[40:48].toarray()

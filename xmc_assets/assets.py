@@ -479,8 +479,7 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     Y_test = artifacts.read_sparse(dataset, "corpus", "Y_test.npz")
     ev = evaluate_model(model, inputs, Y_test, info["label_names"])
     result = ev.metrics
-    # set and calibration numbers are rows of k = 0 ("set_micro_f1", "ece", "few_macro_f1", ...)
-    sets = {k: v for k, v in (ev.sets or {}).items() if isinstance(v, (int, float)) and k != "calibration_pairs"}
+    sets = set_rows(ev)
 
     rows = evaluation_db.append_evaluation(
         run_id=context.run.run_id, dataset=dataset, model=model.method, split="test",
@@ -499,15 +498,30 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
         "n_test": ev.n_test,
         "unseen_test_labels": ev.unseen_test_labels,
         "predict_seconds": ev.predict_s,
-        **({"set_micro_f1": float(sets["set_micro_f1"]), "set_macro_f1": float(sets["set_macro_f1"]),
-            "set_macro_f1_all": float(sets["set_macro_f1_all"]), "ece": float(sets["ece"]),
-            "ece_raw": float(sets["ece_raw"]), "brier": float(sets["brier"]),
-            "sets_by_frequency": MetadataValue.md(_bucket_markdown(sets)),
-            "reliability": reliability_plot(ev.sets["bins"], ev.sets["bins_raw"], f"{dataset} test")} if sets else {}),
+        **set_metadata(ev, dataset),
         "rows_appended": rows,
         "duckdb": MetadataValue.path(str(evaluation_db.db_path())),
     }
     return MaterializeResult(metadata=metadata)
+
+
+def set_rows(ev) -> dict:
+    """A calibrated model's set and calibration numbers of an Evaluation, as DuckDB rows of k = 0
+    ({"set_micro_f1": value, "ece": value, "few_macro_f1": value, ...}); {} without calibration."""
+    return {k: v for k, v in (ev.sets or {}).items() if isinstance(v, (int, float)) and k != "calibration_pairs"}
+
+
+def set_metadata(ev, dataset: str) -> dict:
+    """The `metrics` metadata of a calibrated model's sets: F1s, ECE, Brier, a table by label
+    frequency and a reliability diagram ({} without calibration)."""
+    sets = set_rows(ev)
+    if not sets:
+        return {}
+    return {"set_micro_f1": float(sets["set_micro_f1"]), "set_macro_f1": float(sets["set_macro_f1"]),
+            "set_macro_f1_all": float(sets["set_macro_f1_all"]), "ece": float(sets["ece"]),
+            "ece_raw": float(sets["ece_raw"]), "brier": float(sets["brier"]),
+            "sets_by_frequency": MetadataValue.md(_bucket_markdown(sets)),
+            "reliability": reliability_plot(ev.sets["bins"], ev.sets["bins_raw"], f"{dataset} test")}
 
 
 def _bucket_markdown(sets: dict) -> str:

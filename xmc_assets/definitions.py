@@ -71,7 +71,7 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
     xrt_job = define_asset_job(
         XRT_JOB_NAME,
         selection=AssetSelection.assets(*xrt_assets),
-        description=("XR-Transformer: encoder → refined_tree → rankers → metrics (needs the XR-Linear job's "
+        description=("XR-Transformer: encoder → refined_tree → rankers → calibration → metrics (needs the XR-Linear job's "
                      "corpus, tfidf and label_embeddings of the partition)."),
     )
     xlgen_assets = with_xlgen_settings(GENERATIVE_ASSETS, all_resources["xlgen_settings"])

@@ -1,7 +1,7 @@
 """XR-Transformer as assets (group `xr_transformer`, keys prefixed `xr_transformer/`), on the same
 `dataset` partitions, branching off the shared TF-IDF stages:
 
-    tfidf, label_embeddings → encoder → refined_tree → rankers → metrics
+    tfidf, label_embeddings → encoder → refined_tree → rankers → calibration → metrics
 
 * `encoder`: fine-tuning tree from PIFA on TF-IDF, TF-IDF matcher, level-by-level fine-tuning
   (checkpoint after each level: a killed run resumes from its last finished level), then the
@@ -35,7 +35,7 @@ from xmc_core.folders import atomic_dir, remove_xmc_folder
 from xmc_core.model import evaluate_model, load_model
 from xmc_core.tree import LabelTree
 
-from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION
+from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, set_metadata, set_rows
 from .metadata import folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB, XmcSettings, XTransformerSettings
@@ -45,11 +45,12 @@ PREFIX = "xr_transformer"
 MODEL_NAME = "xr-transformer"
 
 #: code revision of each asset; the settings sections each one reads are hashed in
-CODE_REVISIONS = {"encoder": "1", "refined_tree": "1", "rankers": "1", "metrics": "1"}
+CODE_REVISIONS = {"encoder": "1", "refined_tree": "1", "rankers": "1", "calibration": "1", "metrics": "2"}
 SECTIONS = {
     "encoder": ("encoder", "finetune", "ranker", "pred"),
     "refined_tree": ("pifa", "tree", "concat"),
     "rankers": ("ranker", "pred", "ensemble", "concat"),
+    "calibration": (),  # its settings are XmcSettings.calibration_json
     "metrics": (),
 }
 _NON_RESULT_KEYS = {"threads", "device", "batch_size"}
@@ -266,11 +267,46 @@ def frame_markdown_rows(levels: list[dict]) -> str:
 
 
 @_xrt_asset(
-    "metrics",
+    "calibration",
     deps=[AssetKey([PREFIX, "rankers"])],
+    kinds={"python", "scipy"},
+    description="Probabilities and label-set thresholds of the XR-Transformer model (its calibration/ part), "
+                "fitted on the dev split; without one nothing is fitted (its encoder saw every training document).",
+)
+def xrt_calibration(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings) -> MaterializeResult:
+    dataset = context.partition_key
+    info = artifacts.read_json(dataset, "corpus", "corpus.json")
+    cal_params = xmc_settings.calibration_params()
+    model_dir = artifacts.existing(dataset, "xr_transformer_model", "model")
+    if "dev" not in info["splits"]:
+        # a sibling's rankers would still read an encoder fine-tuned on the held-out documents: over-confident
+        context.log.warning(f"{dataset}: no dev split; the XR-Transformer model stays uncalibrated "
+                            "(`xmc calibrate --split SPLIT` on documents it never saw calibrates it)")
+        return MaterializeResult(metadata={"source": "none: the dataset has no dev split", "calibrated": False})
+    model = load_model(model_dir)
+    t0 = time.perf_counter()
+    try:
+        cal = model.calibrate(artifacts.read_texts(dataset, "corpus", "texts_dev.parquet"),
+                              artifacts.read_sparse(dataset, "corpus", "Y_dev.npz"), info["label_names"], cal_params,
+                              info={"source": "dev"})
+    except ValueError as e:
+        raise Failure(description=f"calibration of {dataset!r} on its dev split: {e}") from None
+    folder = model.save_calibration(model_dir)
+    return MaterializeResult(metadata={
+        "source": f"dev split ({cal.info['n_docs']} documents)", "calibrated": True,
+        "calibration_dir": MetadataValue.path(str(folder)), "threshold_micro": float(cal.threshold),
+        "heldout_micro_f1": cal.info["heldout_micro_f1"], "heldout_macro_f1": cal.info["heldout_macro_f1"],
+        "seconds": time.perf_counter() - t0,
+    })
+
+
+@_xrt_asset(
+    "metrics",
+    deps=[AssetKey([PREFIX, "calibration"])],
     kinds={"python", "duckdb"},
     pool="duckdb",
-    description="P/R/nDCG/PSP@k of the saved XR-Transformer model on the test split, appended to DuckDB.",
+    description="P/R/nDCG/PSP@k (and, calibrated, label-set F1, ECE, Brier) of the saved XR-Transformer model on the "
+                "test split, appended to DuckDB.",
 )
 def xrt_metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation_db: EvaluationDB) -> MaterializeResult:
     dataset = context.partition_key
@@ -281,21 +317,25 @@ def xrt_metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evalua
     texts = artifacts.read_texts(dataset, "corpus", "texts_test.parquet")
     ev = evaluate_model(model, texts, artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
     result = ev.metrics
+    sets = set_rows(ev)
     rows = evaluation_db.append_evaluation(run_id=context.run.run_id, dataset=dataset, model=MODEL_NAME, split="test",
-                                           metrics=result, params=model.params.to_dict())
+                                           metrics={**result, **{k: {0: float(v)} for k, v in sets.items()}},
+                                           params=model.params.to_dict())
     table = evaluation_db.p_at_k_table(context.run.run_id)
-    table = table.filter(table["dataset"] == dataset).drop(["dataset", "model", "split"])
+    table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))
+    table = table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
     return MaterializeResult(metadata={
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),
         **{f"p@{k}": float(result["p"][k]) for k in (1, 3, 5)},
         "n_test": ev.n_test,
         "predict_seconds": ev.predict_s,
+        **set_metadata(ev, dataset),
         "rows_appended": rows,
     })
 
 
-xr_transformer_assets = [encoder, refined_tree, xrt_rankers, xrt_metrics]
+xr_transformer_assets = [encoder, refined_tree, xrt_rankers, xrt_calibration, xrt_metrics]
 
 
 def with_xrt_settings(assets: list, xmc: XmcSettings, xrt: XTransformerSettings) -> list:
