@@ -42,6 +42,7 @@ TOPK = 20
 
 def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
     """X/Y .npz of trn, dev (the dev split, or a seeded 10% of train) and tst (cached)."""
+    from xmc_core.calibration import holdout_split
     from xmc_core.data import load_dataset
     from xmc_core.sparse import l2_normalize_rows
     from xmc_core.tfidf import TfidfParams, TfidfVectorizer
@@ -52,13 +53,11 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(ds_dir, splits=("train", "dev", "test"))
     tr = ds.train
-    idx = np.arange(tr.n)
     if ds.dev is not None:
         dev_note = "dev split"
         parts = {"trn": (tr.texts, tr.X, tr.Y), "dev": (ds.dev.texts, ds.dev.X, ds.dev.Y)}
     else:
-        held = np.sort(np.random.default_rng(seed).choice(tr.n, size=int(round(0.1 * tr.n)), replace=False))
-        rest = np.setdiff1d(idx, held)
+        held, rest = holdout_split(tr.n, 0.1, seed)  # the slice `train --calibrate` holds out
         dev_note = f"no dev split: 10% of train held out (seed {seed}); systems train on the other 90%"
 
         def take(rows):

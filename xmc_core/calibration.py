@@ -36,9 +36,10 @@ import numpy as np
 import scipy.sparse as smat
 
 from .params import ParamsBase
+from .sparse import keep_entries, row_ids
 
 __all__ = ["CalibrationParams", "Calibration", "POLICIES", "fit_calibration", "pair_targets", "frequency_groups",
-           "best_threshold", "label_thresholds", "shared_threshold", "row_ranks"]
+           "best_threshold", "label_thresholds", "shared_threshold", "row_ranks", "holdout_split"]
 
 #: decision policies a Calibration holds
 POLICIES = ("micro", "macro")
@@ -113,6 +114,13 @@ class CalibrationParams(ParamsBase):
                                  f"{'>= 0' if name == 'threshold_shrinkage' else 'in (0, 1)'}, got {v!r}")
 
 
+def holdout_split(n: int, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded held-out slice of n documents: (held, rest), sorted int64 row ids; held has
+    round(frac * n) rows, drawn without replacement by ``np.random.default_rng(seed)``."""
+    held = np.sort(np.random.default_rng(seed).choice(n, size=int(round(frac * n)), replace=False))
+    return held, np.setdiff1d(np.arange(n), held)
+
+
 def frequency_groups(label_counts: np.ndarray) -> np.ndarray:
     """The calibration group of every label: 0 for labels never seen in training, else
     1 + floor(log2(count)) (1: seen once, 2: 2–3 times, 3: 4–7, ...).
@@ -143,10 +151,8 @@ def pair_targets(P: smat.csr_matrix, Y: smat.spmatrix) -> np.ndarray:
     Y = smat.csr_matrix(Y)
     Y.eliminate_zeros()
     width = max(P.shape[1], Y.shape[1])
-    rows_p = np.repeat(np.arange(P.shape[0], dtype=np.int64), np.diff(P.indptr))
-    rows_y = np.repeat(np.arange(Y.shape[0], dtype=np.int64), np.diff(Y.indptr))
-    keys_y = np.sort(rows_y * width + Y.indices.astype(np.int64))
-    return np.isin(rows_p * width + P.indices.astype(np.int64), keys_y, assume_unique=False)
+    keys_y = np.sort(row_ids(Y.indptr) * width + Y.indices.astype(np.int64))
+    return np.isin(row_ids(P.indptr) * width + P.indices.astype(np.int64), keys_y, assume_unique=False)
 
 
 def row_ranks(P: smat.csr_matrix, tiebreak: np.ndarray | None = None) -> np.ndarray:
@@ -154,7 +160,7 @@ def row_ranks(P: smat.csr_matrix, tiebreak: np.ndarray | None = None) -> np.ndar
     (0 = best); ties by decreasing `tiebreak` ((nnz,) values, e.g. the raw scores behind
     probabilities), then by stored order."""
     n = P.nnz
-    rows = np.repeat(np.arange(P.shape[0], dtype=np.int64), np.diff(P.indptr))
+    rows = row_ids(P.indptr)
     second = np.zeros(n) if tiebreak is None else -np.asarray(tiebreak, np.float64)
     order = np.lexsort((second, -P.data.astype(np.float64), rows))  # by row, score desc, tiebreak desc
     ranks = np.empty(n, np.int64)
@@ -382,6 +388,12 @@ class Calibration:
         Raises:
             ValueError: an unknown policy.
         """
+        Pp = smat.csr_matrix(Pp, dtype=np.float32)
+        return keep_entries(Pp, self.set_mask(Pp, policy, P))
+
+    def set_mask(self, Pp: smat.csr_matrix, policy: str = "micro", P: smat.csr_matrix | None = None) -> np.ndarray:
+        """Which entries of Pp (in its storage order) :meth:`decide` puts in the sets: (nnz,) bool.
+        Arguments and errors as :meth:`decide`."""
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         Pp = smat.csr_matrix(Pp, dtype=np.float32)
@@ -395,10 +407,7 @@ class Calibration:
         keep = (Pp.data >= thr) & (rank < self.params.max_set_size)
         if self.params.at_least_one:
             keep |= rank == 0
-        rows = np.repeat(np.arange(Pp.shape[0], dtype=np.int64), np.diff(Pp.indptr))
-        S = smat.csr_matrix((Pp.data[keep], (rows[keep], Pp.indices[keep])), shape=Pp.shape)
-        S.sort_indices()
-        return S
+        return keep
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -519,16 +528,14 @@ def fit_calibration(P: smat.csr_matrix, Y: smat.spmatrix, label_counts: np.ndarr
     label_threshold = np.where(np.isnan(t_l), shared, shrunk)
     cal.label_threshold = label_threshold.astype(np.float32)
 
-    S_macro = cal.decide(cal.proba(P), "macro", P)
-    from .metrics import set_metrics
+    from .metrics import set_report
 
-    Yfull = smat.csr_matrix((np.ones(Y.nnz, np.float32), Y.indices, Y.indptr), shape=(Y.shape[0], max(L, Y.shape[1])))
-    S_macro = smat.csr_matrix((S_macro.data, S_macro.indices, S_macro.indptr), shape=Yfull.shape)
+    macro_f1 = set_report(Y, cal.decide(cal.proba(P), "macro", P))["macro_f1"]
     cal.info.update({
         "n_docs": int(P.shape[0]), "n_pairs": int(P.nnz), "n_positives": n_true,
         "n_right_pairs": int(target.sum()),
         "heldout_micro_f1": round(100.0 * f1_micro, 4),
-        "heldout_macro_f1": round(set_metrics(Yfull, S_macro)["macro_f1"], 4),
+        "heldout_macro_f1": round(macro_f1, 4),
         "labels_own_threshold": int(np.count_nonzero(~np.isnan(t_l))),
         "shared_threshold": _json_float(shared),
         "map_groups": sorted(int(g) for g in maps),

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .sparse import binarize
+from .sparse import binarize, pattern, row_ids
 
 __all__ = [
     "MetricParams",
@@ -40,6 +40,7 @@ __all__ = [
     "calibration_metrics",
     "set_report",
     "FREQUENCY_BUCKETS",
+    "bucket_masks",
 ]
 
 # Upper bound on the number of float64 cells a dense working block may hold
@@ -79,10 +80,7 @@ def _canonical_scores(S) -> sp.csr_matrix:
     return S
 
 
-def _row_ids(indptr: np.ndarray) -> np.ndarray:
-    """Row id of each stored entry, (nnz,) int64, from a CSR ``indptr`` (N+1,)."""
-    n_rows = indptr.shape[0] - 1
-    return np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr).astype(np.int64))
+_row_ids = row_ids
 
 
 # --------------------------------------------------------------------------- propensity
@@ -515,14 +513,6 @@ def tail_bucket_metrics(
 FREQUENCY_BUCKETS: tuple[tuple[str, int, int | None], ...] = (("frequent", 50, None), ("few", 1, 49), ("zero", 0, 0))
 
 
-def _pattern(M) -> sp.csr_matrix:
-    """The stored entries of M as 1.0 (a stored 0.0, say a probability of 0, still counts)."""
-    M = sp.csr_matrix(M, dtype=np.float32, copy=True)
-    M.sum_duplicates()
-    M.data[:] = 1.0
-    return M
-
-
 def calibration_metrics(Y_true, P_proba, n_bins: int = 15) -> dict:
     """How well probabilities match outcomes, over the (document, label) pairs a model returned.
 
@@ -583,7 +573,7 @@ def set_report(Y_true, S, train_counts=None, buckets=FREQUENCY_BUCKETS) -> dict:
         ValueError: row counts differ, or S is wider than Y_true.
     """
     Y = binarize(Y_true)
-    P = _pattern(S)
+    P = pattern(S)
     if P.shape[0] != Y.shape[0] or P.shape[1] > Y.shape[1]:
         raise ValueError(f"Y_true shape {Y.shape}, sets {P.shape}")
     if P.shape[1] < Y.shape[1]:
@@ -612,10 +602,25 @@ def set_report(Y_true, S, train_counts=None, buckets=FREQUENCY_BUCKETS) -> dict:
     out["macro_f1_all"] = 100.0 * float(f1_l.sum() / n_labels) if n_labels else 0.0
     out["set_size"] = float(P.nnz / P.shape[0]) if P.shape[0] else 0.0
     if train_counts is not None:
-        counts = np.zeros(n_labels, np.int64)
-        tc = np.asarray(train_counts, np.int64).reshape(-1)
-        counts[: tc.shape[0]] = tc[:n_labels]
-        for name, lo, hi in buckets:
-            mask = (counts >= lo) & (counts <= (hi if hi is not None else np.iinfo(np.int64).max))
+        for name, mask in bucket_masks(train_counts, n_labels, buckets).items():
             out.update({f"{name}_{k}": v for k, v in block(mask).items()})
     return out
+
+
+def bucket_masks(train_counts, n_labels: int, buckets=FREQUENCY_BUCKETS) -> dict[str, np.ndarray]:
+    """The labels of each frequency bucket.
+
+    Args:
+        train_counts: (L,) training positives per label; labels past L (up to n_labels) count 0,
+            and entries past n_labels are ignored.
+        n_labels: the number of columns to cover.
+        buckets: (name, lo, hi) training-count ranges, inclusive (hi None: unbounded).
+
+    Returns:
+        {name: (n_labels,) bool}.
+    """
+    counts = np.zeros(n_labels, np.int64)
+    tc = np.asarray(train_counts, np.int64).reshape(-1)[:n_labels]
+    counts[: tc.shape[0]] = tc
+    return {name: (counts >= lo) & (counts <= (hi if hi is not None else np.iinfo(np.int64).max))
+            for name, lo, hi in buckets}

@@ -36,7 +36,7 @@ from .disentangle import (
     train_matcher,
 )
 from .folders import atomic_dir
-from .calibration import CalibrationParams
+from .calibration import CalibrationParams, holdout_split
 from .label_embedding import PifaParams, pifa
 from .memory import StageMemory, nbytes_mb
 # FORMAT_VERSION, LabelSpace, ModelFormatError and read_model_meta lived here before `model_base`; still importable
@@ -636,12 +636,9 @@ def evaluate_model(model: XmcModel, inputs, Y: smat.spmatrix, label_names: Seque
 def keep_topk(P: smat.csr_matrix, k: int) -> smat.csr_matrix:
     """The `k` highest-scored entries of every row of P (N × L CSR), as a new CSR (indices sorted)."""
     from .calibration import row_ranks
+    from .sparse import keep_entries
 
-    keep = row_ranks(P) < k
-    rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
-    out = smat.csr_matrix((P.data[keep], (rows[keep], P.indices[keep])), shape=P.shape)
-    out.sort_indices()
-    return out
+    return keep_entries(P, row_ranks(P) < k)
 
 
 def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, policy: str = "micro") -> dict:
@@ -661,7 +658,8 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
         "{bucket}_ece", "bins" / "bins_raw" (the reliability diagram's bins, calibrated / raw)};
         percent except brier.
     """
-    from .metrics import FREQUENCY_BUCKETS, calibration_metrics, set_report
+    from .metrics import FREQUENCY_BUCKETS, bucket_masks, calibration_metrics, set_report
+    from .sparse import keep_entries
 
     Pp = cal.proba(P)
     rep = set_report(Y, cal.decide(Pp, policy, P), label_counts)
@@ -675,15 +673,10 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
     out.update({"ece": cm["ece"], "brier": cm["brier"], "ece_raw": cm_raw["ece"], "brier_raw": cm_raw["brier"],
                 "calibration_pairs": cm["n_pairs"]})
     if label_counts is not None:
-        counts = np.zeros(Pp.shape[1], np.int64)
-        counts[: len(label_counts)] = label_counts
-        for name, lo, hi in FREQUENCY_BUCKETS:
-            in_bucket = (counts >= lo) & (counts <= (hi if hi is not None else np.iinfo(np.int64).max))
+        for name, in_bucket in bucket_masks(label_counts, Pp.shape[1]).items():
             m = in_bucket[Pp.indices]
             if m.any():
-                rows = np.repeat(np.arange(Pp.shape[0]), np.diff(Pp.indptr))
-                sub = smat.csr_matrix((Pp.data[m], (rows[m], Pp.indices[m])), shape=Pp.shape)
-                out[f"{name}_ece"] = calibration_metrics(Y, sub)["ece"]
+                out[f"{name}_ece"] = calibration_metrics(Y, keep_entries(Pp, m))["ece"]
     out["bins"], out["bins_raw"] = cm["bins"], cm_raw["bins"]
     return out
 
@@ -719,8 +712,7 @@ def holdout_calibration(Y: smat.spmatrix, label_names: Sequence[str], params: XR
     if n_held < 2 or n - n_held < 2:
         raise ValueError(f"holdout calibration: {n} documents leave {n_held} to hold out at holdout_frac "
                          f"{cal_params.holdout_frac}; give a dev split")
-    held = np.sort(np.random.default_rng(cal_params.seed).choice(n, size=n_held, replace=False))
-    rest = np.setdiff1d(np.arange(n), held)
+    held, rest = holdout_split(n, cal_params.holdout_frac, cal_params.seed)
     Y = smat.csr_matrix(Y)
     emit = (lambda rec: log({**rec, "sibling": True})) if log is not None else None
     if texts is not None:

@@ -341,18 +341,13 @@ class ModelBase(LabelSpace):
 
     def _sets(self, inputs, policy: str, **kw) -> tuple[smat.csr_matrix, smat.csr_matrix]:
         """(the sets with their probabilities, the raw scores of the same entries)."""
+        from .sparse import keep_entries
+
         cal = self._calibration()
         P = self.predict(inputs, topk=cal.params.max_set_size, **kw)
-        S = cal.decide(cal.proba(P), policy, P)
-        from .calibration import pair_targets
-
-        pattern = S.copy()
-        pattern.data[:] = 1.0  # a probability of 0.0 is still in the set
-        keep = pair_targets(P, pattern)  # P's entries in the sets: the same (row, label)s as S's
-        rows = np.repeat(np.arange(P.shape[0]), np.diff(P.indptr))
-        R = smat.csr_matrix((P.data[keep], (rows[keep], P.indices[keep])), shape=P.shape, dtype=np.float32)
-        R.sort_indices()
-        return S, R
+        Pp = cal.proba(P)  # P's sparsity: one mask selects both
+        keep = cal.set_mask(Pp, policy, P)
+        return keep_entries(Pp, keep), keep_entries(P, keep)
 
     def named_sets(self, inputs, policy: str = "micro", **kw) -> list[list[tuple[str, float]]]:
         """:meth:`predict_sets` by name.

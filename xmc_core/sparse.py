@@ -5,7 +5,33 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as smat
 
-__all__ = ["binarize", "l2_normalize_rows", "first_entry", "first_bad_label", "check_label_matrix"]
+__all__ = ["binarize", "pattern", "row_ids", "keep_entries", "l2_normalize_rows", "first_entry", "first_bad_label",
+           "check_label_matrix"]
+
+
+def row_ids(indptr: np.ndarray) -> np.ndarray:
+    """Row id of each stored entry, (nnz,) int64, from a CSR ``indptr`` (N+1,)."""
+    n_rows = indptr.shape[0] - 1
+    return np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(indptr).astype(np.int64))
+
+
+def pattern(M) -> smat.csr_matrix:
+    """The stored entries of M as 1.0, a float32 CSR copy: unlike :func:`binarize`, a stored 0.0
+    (a probability of 0, say) stays an entry."""
+    M = smat.csr_matrix(M, dtype=np.float32, copy=True)
+    M.sum_duplicates()
+    M.data[:] = 1.0
+    return M
+
+
+def keep_entries(M: smat.csr_matrix, keep: np.ndarray) -> smat.csr_matrix:
+    """The entries of CSR M where `keep` ((nnz,) bool, in M's storage order) is true, same shape,
+    values as stored (a 0.0 too), indices sorted."""
+    M = smat.csr_matrix(M)
+    counts = np.bincount(row_ids(M.indptr)[keep], minlength=M.shape[0])
+    out = smat.csr_matrix((M.data[keep], M.indices[keep], np.concatenate([[0], np.cumsum(counts)])), shape=M.shape)
+    out.sort_indices()
+    return out
 
 
 def binarize(M) -> smat.csr_matrix:

@@ -918,6 +918,7 @@ class XLGenModel(ModelBase):
             ValueError: an unknown policy; as :meth:`predict`.
         """
         from .calibration import POLICIES, pair_targets
+        from .sparse import keep_entries
 
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -925,10 +926,7 @@ class XLGenModel(ModelBase):
         gen = self.generate(inputs, beam_size=kw.get("beam_size"))
         Pp = cal.proba(gen.scores)  # every generated label is among the scores
         keep = pair_targets(Pp, sets_matrix(gen.sets, self.n_labels))  # structural: a probability 0.0 stays
-        rows = np.repeat(np.arange(Pp.shape[0]), np.diff(Pp.indptr))
-        out = smat.csr_matrix((Pp.data[keep], (rows[keep], Pp.indices[keep])), shape=Pp.shape, dtype=np.float32)
-        out.sort_indices()
-        return out
+        return keep_entries(Pp, keep)
 
     # -- persistence -------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
