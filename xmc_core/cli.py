@@ -171,17 +171,27 @@ def _calibration_params(value: str | None):
         raise UsageError(f"--calibration-params: {e}") from None
 
 
-def _calibrate_on_dev(model, ds, args, cal_params) -> dict:
-    """Fit `model`'s calibration on the dataset's dev split; the summary for the output line."""
-    split = ds.dev
+def _calibrate_split(model, ds, split_name: str, args, cal_params, beam_size: int | None = None) -> dict:
+    """Fit `model`'s calibration on the split `split_name` of `ds` (the --data dataset); the
+    summary for the output line. Unusable held-out data is a UsageError (one line)."""
+    split = getattr(ds, split_name)
+    where = f"--data {args.data} ({split_name} split)"
     inputs = _split_inputs(split, model)
-    _check_model_inputs(model, inputs, args.model, f"{args.data} (dev split)")
+    _check_model_inputs(model, inputs, args.model, where)
     t0 = time.perf_counter()
     try:
-        cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, info={"source": "dev", "data": str(args.data)})
+        cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, beam_size=beam_size,
+                              info={"source": split_name, "data": str(Path(args.data).resolve())})
     except ValueError as e:  # too few documents, another label space, nothing right
-        raise UsageError(f"{args.data} (dev split): cannot calibrate: {e}") from None
+        raise UsageError(f"{where}: cannot calibrate: {e}") from None
     return _calibration_summary(cal, time.perf_counter() - t0)
+
+
+def _require_dev(args, ds) -> None:
+    """--calibrate of a method that calibrates on dev documents only (xr-transformer, xlgen)."""
+    if args.calibrate and ds.dev is None:
+        raise UsageError(f"--calibrate: {args.data} has no dev split; {args.method} calibrates on dev documents "
+                         "(or run 'xmc calibrate --split SPLIT' on documents it was not trained on)")
 
 
 def _calibration_summary(cal, seconds: float) -> dict:
@@ -288,7 +298,7 @@ def cmd_train(args) -> dict:
         model.calibration = holdout
         calibration = _calibration_summary(holdout, holdout_s)
     elif args.calibrate:
-        calibration = _calibrate_on_dev(model, ds, args, cal_params)
+        calibration = _calibrate_split(model, ds, "dev", args, cal_params)
     if calibration is not None:
         log(memory.add({"stage": "calibrate", **calibration}))
     t0 = time.perf_counter()
@@ -332,9 +342,7 @@ def cmd_train_xr_transformer(args) -> dict:
     if ds.train.texts is None:
         raise UsageError(f"--data {args.data}: xr-transformer reads raw texts; this dataset ({ds.layout}) has "
                          "only feature vectors")
-    if args.calibrate and ds.dev is None:
-        raise UsageError(f"--calibrate: {args.data} has no dev split; xr-transformer calibrates on dev documents "
-                         "(or run 'xmc calibrate --split SPLIT' on documents it was not trained on)")
+    _require_dev(args, ds)
     model_path = Path(args.model)
     ckpt = _checkpoint_dir(model_path)
 
@@ -348,7 +356,7 @@ def cmd_train_xr_transformer(args) -> dict:
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
-    calibration = _calibrate_on_dev(model, ds, args, cal_params) if args.calibrate else None
+    calibration = _calibrate_split(model, ds, "dev", args, cal_params) if args.calibrate else None
     model.save(model_path)
     remove_xmc_folder(ckpt, kind="checkpoint")
     out = {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
@@ -376,9 +384,7 @@ def cmd_train_xlgen(args) -> dict:
     ds, load_s = _train_split(args)
     if ds.train.texts is None:
         raise UsageError(f"--data {args.data}: xlgen reads raw texts; this dataset ({ds.layout}) has only feature vectors")
-    if args.calibrate and ds.dev is None:
-        raise UsageError(f"--calibrate: {args.data} has no dev split; xlgen calibrates on dev documents "
-                         "(or run 'xmc calibrate --split SPLIT' on documents it was not trained on)")
+    _require_dev(args, ds)
 
     def log(rec):
         if args.verbose:
@@ -390,7 +396,7 @@ def cmd_train_xlgen(args) -> dict:
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
-    calibration = _calibrate_on_dev(model, ds, args, cal_params) if args.calibrate else None
+    calibration = _calibrate_split(model, ds, "dev", args, cal_params) if args.calibrate else None
     model.save(args.model)
     out = {"model": str(args.model), "method": model.method, "variant": params.variant, "dataset": ds.name,
            "n_train": ds.train.n, "n_labels": ds.n_labels, "device": model.info.get("device"),
@@ -539,24 +545,15 @@ def cmd_calibrate(args) -> dict:
             raise UsageError(f"--data {args.data}: no dev split; give --split with documents the model was not "
                              "trained on, or train with --calibrate (it holds out a slice of train)")
         split_name = "dev"
-    split = getattr(ds, split_name)
-    if split is None:
+    if getattr(ds, split_name) is None:
         raise UsageError(f"--data {args.data}: no {split_name} split")
     trained_on = model.info.get("data")
     if split_name == "train" and trained_on and Path(trained_on) == Path(args.data).resolve():
         raise UsageError(f"--split train: {args.model} was trained on these documents; its probabilities would be "
                          "over-confident. Calibrate on dev (or train with --calibrate)")
-    inputs = _split_inputs(split, model)
-    _check_model_inputs(model, inputs, args.model, args.data)
-    t0 = time.perf_counter()
-    try:
-        cal = model.calibrate(inputs, split.Y, ds.label_names, cal_params, beam_size=args.beam_size,
-                              info={"source": split_name, "data": str(Path(args.data).resolve())})
-    except ValueError as e:  # too few documents, another label space, nothing right
-        raise UsageError(f"--data {args.data} ({split_name} split): cannot calibrate: {e}") from None
-    seconds = time.perf_counter() - t0
+    summary = _calibrate_split(model, ds, split_name, args, cal_params, beam_size=args.beam_size)
     folder = model.save_calibration(args.model)
-    return {"model": str(args.model), "calibration": str(folder), **_calibration_summary(cal, seconds)}
+    return {"model": str(args.model), "calibration": str(folder), **summary}
 
 
 def _text_model(model) -> bool:
