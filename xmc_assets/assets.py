@@ -479,16 +479,7 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     Y_test = artifacts.read_sparse(dataset, "corpus", "Y_test.npz")
     ev = evaluate_model(model, inputs, Y_test, info["label_names"])
     result = ev.metrics
-    sets = set_rows(ev)
-
-    rows = evaluation_db.append_evaluation(
-        run_id=context.run.run_id, dataset=dataset, model=model.method, split="test",
-        metrics={**result, **{k: {0: float(v)} for k, v in sets.items()}}, params=model.params.to_dict(),
-    )
-    # Read back what was stored, so the metadata shows the history's view of this run.
-    table = evaluation_db.p_at_k_table(context.run.run_id)
-    table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))
-    table = table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
+    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, model.method, ev, model.params)
     metadata = {
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),
@@ -503,6 +494,20 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
         "duckdb": MetadataValue.path(str(evaluation_db.db_path())),
     }
     return MaterializeResult(metadata=metadata)
+
+
+def record_evaluation(evaluation_db: EvaluationDB, run_id: str, dataset: str, model_name: str, ev, params):
+    """Append an Evaluation of the test split to DuckDB (ranking rows by k; a calibrated model's
+    set and calibration numbers as rows of k = 0) and read the ranking rows back, so the metadata
+    shows the history's view of the run. Returns (rows appended, the ranking table by k)."""
+    sets = set_rows(ev)
+    rows = evaluation_db.append_evaluation(
+        run_id=run_id, dataset=dataset, model=model_name, split="test",
+        metrics={**ev.metrics, **{k: {0: float(v)} for k, v in sets.items()}}, params=params.to_dict(),
+    )
+    table = evaluation_db.p_at_k_table(run_id)
+    table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))
+    return rows, table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
 
 
 def set_rows(ev) -> dict:

@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nrun {result.run_id} — {dataset}, {seconds:.1f}s; metrics from {db.db_path()}:\n")
     # ranking metrics by k; the label-set and calibration numbers (k = 0) on one line of their own
     sets = table.filter(table["metric"].str.starts_with("set_") | table["metric"].is_in(["ece", "ece_raw", "brier"]))
-    ranking = table.filter(~table["metric"].is_in(table.filter(table["@0"].is_not_null())["metric"].to_list())
-                           ).drop("@0") if "@0" in table.columns else table
+    ranking = table.filter(table["@0"].is_null()).drop("@0") if "@0" in table.columns else table
     _print_table(ranking)
     if sets.height:
         print("\nlabel sets (micro policy) and probabilities on test: "

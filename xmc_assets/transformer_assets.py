@@ -35,7 +35,7 @@ from xmc_core.folders import atomic_dir, remove_xmc_folder
 from xmc_core.model import evaluate_model, load_model
 from xmc_core.tree import LabelTree
 
-from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, set_metadata, set_rows
+from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, record_evaluation, set_metadata
 from .metadata import folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB, XmcSettings, XTransformerSettings
@@ -317,13 +317,7 @@ def xrt_metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evalua
     texts = artifacts.read_texts(dataset, "corpus", "texts_test.parquet")
     ev = evaluate_model(model, texts, artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
     result = ev.metrics
-    sets = set_rows(ev)
-    rows = evaluation_db.append_evaluation(run_id=context.run.run_id, dataset=dataset, model=MODEL_NAME, split="test",
-                                           metrics={**result, **{k: {0: float(v)} for k, v in sets.items()}},
-                                           params=model.params.to_dict())
-    table = evaluation_db.p_at_k_table(context.run.run_id)
-    table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))
-    table = table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
+    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, MODEL_NAME, ev, model.params)
     return MaterializeResult(metadata={
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),
