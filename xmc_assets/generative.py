@@ -13,7 +13,8 @@ CPU), so these assets have no automation condition: a person materializes them.
 
 Models are folders written through the ArtifactStore (`<dataset>/xlgen_<variant>/model`, loadable
 with `xmc_core.model.load_model`); the metrics assets append rows to the DuckDB `evaluation` table
-(model `xlgen-<variant>`, `-pu` in the PU setting; set and tail metrics with k = 0), serialized by
+(model `xlgen-<variant>`, `-text` in label_text decoding, `-pu` in the PU setting; set and tail
+metrics with k = 0), serialized by
 the `duckdb` pool like `metrics`.
 
 No `from __future__ import annotations` here: Dagster inspects the `context` annotation.
@@ -48,7 +49,7 @@ warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of funct
 GROUP = "xlgen"
 VARIANTS = ("base", "bcl", "mcg")
 #: code revision of every XLGen asset: bump when the code changes what they write
-CODE_REVISION = "1"
+CODE_REVISION = "2"
 #: settings that change speed or placement, never results: left out of the code-version hashes
 _NON_RESULT_KEYS = {"threads", "device", "eval_batch_size"}
 _CLUSTER_KEYS = {"n_clusters", "pu_drop", "seed", "encoder", "max_length", "cluster_docs_per_label", "kmeans_iter"}
@@ -150,7 +151,7 @@ def _setting(params) -> str:
 def xlgen_label_clusters(
     context: AssetExecutionContext, artifacts: ArtifactStore, xlgen_settings: XLGenSettings
 ) -> MaterializeResult:
-    from xmc_core.xlgen import cluster_labels, pu_drop_labels
+    from xmc_core.xlgen import cluster_labels, label_texts, pu_drop_labels
 
     dataset = context.partition_key
     info = _text_corpus(artifacts, dataset)
@@ -158,7 +159,7 @@ def xlgen_label_clusters(
     texts = artifacts.read_texts(dataset, "corpus", "texts_train.parquet")
     Y = pu_drop_labels(artifacts.read_sparse(dataset, "corpus", "Y_train.npz"), params.pu_drop, params.seed)
     t0 = time.perf_counter()
-    clusters, cinfo = cluster_labels(texts, Y, info["label_names"], params)
+    clusters, cinfo = cluster_labels(texts, Y, label_texts(info["label_names"], info.get("label_titles")), params)
     seconds = time.perf_counter() - t0
     artifacts.write_arrays(dataset, "xlgen_label_clusters", "clusters.npz", {"label_cluster": clusters})
     names = info["label_names"]
@@ -192,7 +193,8 @@ def _model_asset(variant: str):
     )
     def _model(context: AssetExecutionContext, artifacts: ArtifactStore,
                xlgen_settings: XLGenSettings) -> MaterializeResult:
-        from xmc_core.xlgen import train_xlgen
+        from xmc_core.folders import remove_xmc_folder
+        from xmc_core.xlgen import train_with_checkpoints
 
         dataset = context.partition_key
         info = _text_corpus(artifacts, dataset)
@@ -208,14 +210,21 @@ def _model_asset(variant: str):
             if rec.get("stage") == "train":
                 curve.append(rec)
                 context.log.info(f"step {rec['step']}: loss {rec['loss']:.4f} ({rec['step_s']:.2f}s/step)")
+            elif rec.get("stage") in ("epoch", "resume_from", "encoder_cache", "checkpoint"):
+                context.log.info(json.dumps(rec, default=str))
 
+        # a killed run resumes from here (same settings and data), like XR-Transformer's encoder
+        ckpt = artifacts.path(dataset, f"xlgen_{variant}", "checkpoint")
         t0 = time.perf_counter()
-        model = train_xlgen(texts, Y, info["label_names"], params, log=log, clusters=clusters)
+        model = train_with_checkpoints(texts, Y, info["label_names"], params, ckpt, log=log, clusters=clusters,
+                                       label_titles=info.get("label_titles"))
         train_s = time.perf_counter() - t0
         model.info.update({"dataset": dataset, "run_id": context.run.run_id, "n_train": int(Y.shape[0]),
                            "train_s": train_s, "max_rows": info["max_rows"]})
         model_dir = model.save(artifacts.folder(dataset, f"xlgen_{variant}") / "model")
+        remove_xmc_folder(ckpt, kind="checkpoint")
         size = folder_bytes(model_dir)
+        epochs = model.info.get("epochs") or []
         return MaterializeResult(metadata={
             "model_dir": MetadataValue.path(str(model_dir)),
             "variant": variant,
@@ -223,7 +232,13 @@ def _model_asset(variant: str):
             "train_seconds": train_s,
             "device": model.info.get("device"),
             "train_docs": model.info.get("train_docs"),
+            "decoding": params.decoding,
             "final_loss": float(curve[-1]["loss"]) if curve else float("nan"),
+            "epochs": MetadataValue.md(markdown_table(
+                ["epoch", "last step", "mean loss", "seconds"],
+                [[r["epoch"], r["step"], r["loss"], r["seconds"]] for r in epochs], ".3f")),
+            "resumed_at_step": model.info.get("resumed_at_step") if model.info.get("resumed_at_step") is not None
+            else -1,
             "loss_curve": MetadataValue.md(markdown_table(
                 ["step", "loss", "s/step"], [[r["step"], r["loss"], r["step_s"]] for r in curve], ".3f")),
             "model_mb": size / 2**20,
@@ -264,7 +279,9 @@ def _metrics_asset(variant: str, model_asset):
         rows += [{"metric": k, "k": 0, "value": float(v)} for k, v in sets.items() if v is not None]
         setting = _setting(model.params)
         appended = evaluation_db.append_evaluation(
-            run_id=context.run.run_id, dataset=dataset, model=f"xlgen-{variant}" + ("-pu" if setting == "pu" else ""),
+            run_id=context.run.run_id, dataset=dataset,
+            model=f"xlgen-{variant}" + ("-text" if model.params.decoding == "label_text" else "")
+            + ("-pu" if setting == "pu" else ""),
             split="test", metrics=rows,
             params={"setting": setting, "pu_drop": model.params.pu_drop, "variant": variant,
                     "train_s": model.info.get("train_s"), "xlgen": model.params.to_dict()},

@@ -83,7 +83,7 @@ def _check_args(args) -> None:
         if model == data or model in data.parents:
             raise UsageError(f"--model {args.model}: holds the dataset {args.data}; give another path")
         check_replaceable(args.model, "--model", kind="model")
-        if args.method == "xr-transformer":
+        if args.method in ("xr-transformer", "xlgen"):
             check_replaceable(_checkpoint_dir(args.model), "checkpoint folder", kind="checkpoint")
         if args.engine == "ray" and args.method not in ("xr-linear",):
             raise UsageError(f"--engine ray: trains xr-linear; {args.method} trains locally (drop --engine)")
@@ -112,7 +112,8 @@ def _check_args(args) -> None:
 
 
 def _checkpoint_dir(model_path) -> Path:
-    """MODEL.checkpoint/, beside the model folder: the fine-tuning levels done so far."""
+    """MODEL.checkpoint/, beside the model folder: the training done so far (XR-Transformer's
+    fine-tuning levels, XLGen's steps)."""
     model_path = Path(model_path)
     return model_path.with_name(model_path.name + ".checkpoint")
 
@@ -367,12 +368,15 @@ def cmd_train_xr_transformer(args) -> dict:
 
 def cmd_train_xlgen(args) -> dict:
     """`xmc train --method xlgen`: a generative model (xmc_core.xlgen); --params holds XLGenParams
-    (e.g. '{"variant": "mcg", "pu_drop": 0.5}')."""
+    (e.g. '{"variant": "mcg", "pu_drop": 0.5, "decoding": "label_text"}'). Checkpoints in
+    MODEL.checkpoint/ after each epoch and every 200 steps: a killed run resumes when started again."""
+    from .folders import remove_xmc_folder
+
     overrides = _load_params(args.params)
     if args.threads:
         overrides.setdefault("threads", args.threads)
     try:
-        from .xlgen import XLGenParams, train_xlgen
+        from .xlgen import XLGenParams, train_with_checkpoints
 
         params = XLGenParams.from_dict(overrides)
         params.check_lengths()
@@ -387,18 +391,22 @@ def cmd_train_xlgen(args) -> dict:
     _require_dev(args, ds)
 
     def log(rec):
-        if args.verbose:
+        if args.verbose or rec.get("stage") in ("epoch", "resume_from"):
             print(json.dumps(rec, default=str), file=sys.stderr)
 
+    ckpt = _checkpoint_dir(args.model)
     t0 = time.perf_counter()
-    model = train_xlgen(ds.train.texts, ds.train.Y, ds.label_names, params, log=log)
+    model = train_with_checkpoints(ds.train.texts, ds.train.Y, ds.label_names, params, ckpt, log=log,
+                                   label_titles=ds.label_titles)
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
                        "train_s": train_s})
     model.set_label_counts(ds.train.Y)
     calibration = _calibrate_split(model, ds, "dev", args, cal_params) if args.calibrate else None
     model.save(args.model)
-    out = {"model": str(args.model), "method": model.method, "variant": params.variant, "dataset": ds.name,
+    remove_xmc_folder(ckpt, kind="checkpoint")
+    out = {"model": str(args.model), "method": model.method, "variant": params.variant,
+           "decoding": params.decoding, "dataset": ds.name,
            "n_train": ds.train.n, "n_labels": ds.n_labels, "device": model.info.get("device"),
            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
     return {**out, "calibration": calibration} if calibration is not None else out
@@ -655,7 +663,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="xr-linear; xr-linear-ld (label disentanglement; settings in the params' "
                         "`disentangle` section: max_copies, rounds, size_cap_factor, min_share, merge); "
                         "xr-transformer (raw texts; sections encoder, finetune besides XR-Linear's; resumes "
-                        "from MODEL.checkpoint/ after a kill)")
+                        "from MODEL.checkpoint/ after a kill); xlgen (raw texts; generates the labels, flat "
+                        "XLGenParams: variant base|bcl|mcg, decoding label_token|label_text, pu_drop, steps, ...; "
+                        "resumes from MODEL.checkpoint/ after a kill)")
     p.add_argument("--data", required=True, help="dataset folder (raw text, XC BoW or PECOS xmc-base layout)")
     p.add_argument("--model", required=True,
                    help="output model folder: a new path, or a model folder xmc wrote (replaced when training "

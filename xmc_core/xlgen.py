@@ -29,6 +29,15 @@ Design choices (why not a stock `EncoderDecoderModel` over word pieces):
   small vocabulary, and the output softmax costs L + K + 4 instead of 30k. The label tokens are
   initialized from the mean MiniLM word-piece embedding of the label's name (clusters: mean of their
   labels), so names carry their meaning in; the output layer is tied to these embeddings.
+* **Label-text decoding** (`decoding="label_text"`), for labels with few or no training
+  documents: a label is written as the word pieces of its title (`label_texts`: `label_names.tsv`
+  titles, ids where there are none) followed by an end-of-label token LSEP; the decoder vocabulary
+  is ``[pad, bos, eos, sep, lsep] + K clusters + P pieces``, the P word pieces that some title
+  uses (3,209 for EUROVOC's 4,271 titles), each initialized from the encoder's word-piece
+  embedding and tied to the output layer. So a label without training documents is spelled with
+  pieces trained on other labels' titles, and can be generated. A prefix trie over every label's
+  sequence (`xmc_core.label_trie`) constrains decoding to whole titles, in increasing frequency
+  rank, never one twice. Titles that tokenize alike get their id appended.
 * **Tokens in frequency-rank order.** Label token ids follow the training-frequency rank, so the
   training order "most frequent first" is "increasing token id". Decoding only allows a label whose
   rank is above the last one emitted: valid label names only, never a repeat, and no beam slots
@@ -45,7 +54,16 @@ Design choices (why not a stock `EncoderDecoderModel` over word pieces):
   skipped when training the generator (`skip_unlabeled`): in PU learning a missing label is not
   evidence of absence, and "text → end" targets would teach the model to stop early.
 
-Shapes: N documents, L labels, K clusters, H = 384 hidden size, V = 4 + K + L decoder tokens.
+* **Decoding caches the decoder's keys and values** (cross-attention once per batch, self-attention
+  growing by one position a step, reordered with the beams), so a label_text sequence of tens of
+  pieces costs one position per step, not the whole prefix again.
+* **CPU budgets** (`cache_encoder_states`): with the bottom of the encoder frozen, its output is
+  computed once per training document and training runs only the layers above and the decoder.
+* **Resume**: `train_with_checkpoints` saves an `XLGenState` after each epoch and every few hundred
+  steps; a killed run started again goes on from it (same weights, optimizer, data order, RNG).
+
+Shapes: N documents, L labels, K clusters, H = 384 hidden size, V = 4 + K + L decoder tokens
+(label_token) or 5 + K + P (label_text).
 `predict` returns an N × L float32 CSR: the generated set's labels score in (1, 2], decreasing
 along the generated order; other labels that some finished beam generated score their beam
 posterior mass in [0, 1) (so P@k beyond the set's size still ranks something sensible, and
@@ -56,6 +74,7 @@ torch/transformers are imported lazily; nothing here reads or writes paths excep
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -69,13 +88,16 @@ import scipy.sparse as smat
 
 from .encoder import DEFAULT_ENCODER, EncoderParams, autocast, pad_batch, pick_device, resolve_checkpoint, tokenize
 from .folders import atomic_dir
+from .label_trie import LabelTrie, TrieTensors, build_trie
 from .model import check_predict_args
 from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
 from .params import ParamsBase
 from .sparse import check_label_matrix
 
-__all__ = ["METHOD_XLGEN", "VARIANTS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters", "pu_drop_labels",
-           "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix", "Generation", "SET_SCORE_FLOOR"]
+__all__ = ["METHOD_XLGEN", "VARIANTS", "DECODINGS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters",
+           "pu_drop_labels", "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix",
+           "Generation", "SET_SCORE_FLOOR", "label_texts", "XLGenState", "save_state", "load_state",
+           "xlgen_checkpoint_key", "train_with_checkpoints"]
 
 #: method name of an XLGen model folder (params.json "method")
 METHOD_XLGEN = "xlgen"
@@ -85,7 +107,15 @@ VARIANTS = ("base", "bcl", "mcg")
 
 #: decoder token ids of the special tokens; clusters start at N_SPECIAL, labels after the clusters
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
+#: number of special tokens in label_token decoding
 N_SPECIAL = 4
+#: label_text decoding's end-of-label token (its specials are PAD, BOS, EOS, SEP, LSEP)
+LSEP = 4
+#: number of special tokens in label_text decoding
+N_SPECIAL_TEXT = 5
+#: how labels are written (`XLGenParams.decoding`): one token per label, or the word pieces of
+#: the label's name under a prefix trie
+DECODINGS = ("label_token", "label_text")
 
 #: scores above this are the generated set (see `XLGenModel.predict`)
 SET_SCORE_FLOOR = 1.0
@@ -103,6 +133,9 @@ class XLGenParams(ParamsBase):
         encoder: local checkpoint folder or installed model package (`xmc_core.encoder`).
         max_length: word pieces kept per document (training and inference).
         decoder_layers: decoder depth (initialized from the encoder checkpoint's first layers).
+        decoding: "label_token" (one decoder token per label) or "label_text" (a label is the word
+            pieces of its title, then an end-of-label token, under a prefix trie over every label's
+            title: labels without training documents can be written; see the module docstring).
     Training (AdamW, linear warm-up then linear decay):
         steps, batch_size: optimizer steps and documents per step. CPU defaults (1000 × 32, 64
             word pieces, first 2 encoder layers frozen): about 0.9 s a step on 2 cores, so one
@@ -115,6 +148,11 @@ class XLGenParams(ParamsBase):
             MiniLM's weights; saves optimizer time, and few steps would not move it usefully).
         freeze_layers: also keep the embeddings and the encoder's first n layers fixed (no
             backward pass through them: a cheaper step on CPU).
+        cache_encoder_states: compute the frozen part's output (embeddings and the first
+            `freeze_layers` layers) once for every training document and train from it, so a step
+            runs only the layers above (freeze_layers = the encoder's depth: the encoder is frozen
+            and only the decoder trains). Memory: N × max_length × H float16 (45k documents ×
+            128 word pieces × 384 ≈ 4.4 GB). Prediction runs the whole encoder as usual.
         bcl_weight: weight of the cluster bit-vector loss (variant bcl).
         skip_unlabeled: leave documents without labels out of generator training.
     Clustering:
@@ -137,6 +175,7 @@ class XLGenParams(ParamsBase):
     encoder: str = DEFAULT_ENCODER
     max_length: int = 64
     decoder_layers: int = 2
+    decoding: str = "label_token"
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
@@ -145,6 +184,7 @@ class XLGenParams(ParamsBase):
     weight_decay: float = 0.01
     freeze_word_embeddings: bool = True
     freeze_layers: int = 2
+    cache_encoder_states: bool = False
     bcl_weight: float = 1.0
     skip_unlabeled: bool = True
     cluster_docs_per_label: int = 32
@@ -164,6 +204,8 @@ class XLGenParams(ParamsBase):
             raise ValueError(f"XLGenParams.variant: one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if not 0.0 <= self.pu_drop < 1.0:
             raise ValueError(f"XLGenParams.pu_drop: must be in [0, 1), got {self.pu_drop}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"XLGenParams.decoding: one of {', '.join(DECODINGS)}, got {self.decoding!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"XLGenParams.device: 'auto', 'cpu' or 'cuda', got {self.device!r}")
         for name in ("n_clusters", "max_length", "decoder_layers", "batch_size", "beam_size", "max_labels",
@@ -174,6 +216,8 @@ class XLGenParams(ParamsBase):
             raise ValueError(f"XLGenParams.max_length: must be >= 2, got {self.max_length}")
         if min(self.steps, self.min_labels, self.cluster_docs_per_label, self.freeze_layers) < 0:
             raise ValueError("XLGenParams: steps, min_labels, cluster_docs_per_label and freeze_layers must be >= 0")
+        if self.cache_encoder_states and self.freeze_layers < 1:
+            raise ValueError("XLGenParams.cache_encoder_states: needs freeze_layers >= 1 (the cached part is frozen)")
 
     @property
     def uses_clusters(self) -> bool:
@@ -182,7 +226,9 @@ class XLGenParams(ParamsBase):
 
     @property
     def decode_steps(self) -> int:
-        """Decoder positions one generated sequence can take: (clusters + separator, mcg), labels, end."""
+        """Decoder positions one generated sequence can take in label_token decoding: (clusters +
+        separator, mcg), labels, end. In label_text decoding each label takes up to its longest
+        title's pieces + 1 (checked when the vocabulary is built)."""
         return (self.max_clusters + 1 if self.variant == "mcg" else 0) + self.max_labels + 1
 
     def check_lengths(self) -> None:
@@ -285,13 +331,32 @@ def label_clusters(doc_emb: np.ndarray, Y: smat.spmatrix, n_clusters: int, seed:
 
 @dataclass
 class _Vocab:
-    """The decoder vocabulary: specials, clusters in frequency-rank order, labels in frequency-rank
-    order. label_rank (L,), cluster_rank (K,) (−1-free), label_cluster_rank (L,) cluster rank of
-    each label's cluster (−1 without clusters)."""
+    """The decoder vocabulary: specials, clusters in frequency-rank order, then labels.
+
+    label_token mode (`label_pieces` None): one token per label, in frequency-rank order.
+    label_text mode: one token per word piece that some label's text uses (`piece_ids`, the
+    encoder's word-piece id of each, increasing) and the end-of-label token LSEP; label l is
+    written ``label_offset + label_pieces[label_ptr[l]:label_ptr[l + 1]]`` then LSEP.
+
+    label_rank (L,) int64 frequency rank; cluster_rank (K,) and label_cluster (L,) cluster id per
+    label, or None without clusters; label_texts: the L strings the label_text pieces spell.
+    """
 
     label_rank: np.ndarray
     cluster_rank: np.ndarray | None
     label_cluster: np.ndarray | None  # (L,) cluster id per label
+    piece_ids: np.ndarray | None = None  # (P,) encoder word-piece id per piece token
+    label_ptr: np.ndarray | None = None  # (L + 1,)
+    label_pieces: np.ndarray | None = None  # piece indices (0..P-1) of every label, concatenated
+    label_texts: list | None = None
+
+    @property
+    def text(self) -> bool:
+        return self.label_pieces is not None
+
+    @property
+    def n_special(self) -> int:
+        return N_SPECIAL_TEXT if self.text else N_SPECIAL
 
     @property
     def n_labels(self) -> int:
@@ -303,17 +368,38 @@ class _Vocab:
 
     @property
     def label_offset(self) -> int:
-        return N_SPECIAL + self.n_clusters
+        """First label token (label_token mode) or first piece token (label_text mode)."""
+        return self.n_special + self.n_clusters
 
     @property
     def size(self) -> int:
-        return self.label_offset + self.n_labels
+        return self.label_offset + (len(self.piece_ids) if self.text else self.n_labels)
 
     def label_token(self, labels: np.ndarray) -> np.ndarray:
         return self.label_offset + self.label_rank[labels]
 
     def cluster_token(self, clusters: np.ndarray) -> np.ndarray:
-        return N_SPECIAL + self.cluster_rank[clusters]
+        return self.n_special + self.cluster_rank[clusters]
+
+    def label_sequence(self, label: int) -> list[int]:
+        """Decoder tokens that write one label: its token, or its pieces then LSEP."""
+        if not self.text:
+            return [int(self.label_offset + self.label_rank[label])]
+        pieces = self.label_pieces[self.label_ptr[label]:self.label_ptr[label + 1]]
+        return (self.label_offset + pieces).tolist() + [LSEP]
+
+    @functools.cached_property
+    def trie(self) -> LabelTrie:
+        """The prefix trie over every label's sequence (label_text mode)."""
+        return build_trie([self.label_sequence(l) for l in range(self.n_labels)])
+
+    def labels_of(self, tokens: np.ndarray) -> list[int]:
+        """The labels a generated token row writes, in order (list of int; specials, clusters and
+        an unfinished name are skipped)."""
+        tokens = np.asarray(tokens)
+        if not self.text:
+            return self.rank_to_label()[tokens[tokens >= self.label_offset] - self.label_offset].tolist()
+        return self.trie.decode(tokens[(tokens >= self.label_offset) | (tokens == LSEP)].tolist())
 
     def rank_to_label(self) -> np.ndarray:
         """(L,) label id of each rank."""
@@ -325,6 +411,28 @@ class _Vocab:
         """(L,) cluster rank of the label at each label rank."""
         return self.cluster_rank[self.label_cluster[self.rank_to_label()]]
 
+    def arrays(self) -> dict:
+        """The arrays `save` writes to vocab.npz (empty arrays for what the mode lacks)."""
+        empty = np.zeros(0, np.int64)
+        out = {"label_rank": self.label_rank,
+               "cluster_rank": self.cluster_rank if self.cluster_rank is not None else empty,
+               "label_cluster": self.label_cluster if self.label_cluster is not None else empty}
+        if self.text:
+            out.update(piece_ids=self.piece_ids, label_ptr=self.label_ptr, label_pieces=self.label_pieces,
+                       label_texts=np.asarray(self.label_texts, dtype=str))
+        return out
+
+    @classmethod
+    def from_arrays(cls, z) -> "_Vocab":
+        """The inverse of `arrays` (z: a mapping such as an open .npz)."""
+        cr, lc = z["cluster_rank"], z["label_cluster"]
+        v = cls(np.asarray(z["label_rank"]), cr if len(cr) else None, lc if len(lc) else None)
+        if "label_pieces" in z:
+            v.piece_ids, v.label_ptr, v.label_pieces = (np.asarray(z[k], np.int64)
+                                                        for k in ("piece_ids", "label_ptr", "label_pieces"))
+            v.label_texts = [str(s) for s in z["label_texts"]]
+        return v
+
 
 def _make_vocab(counts: np.ndarray, label_cluster: np.ndarray | None) -> _Vocab:
     label_rank = frequency_rank(counts)
@@ -335,12 +443,59 @@ def _make_vocab(counts: np.ndarray, label_cluster: np.ndarray | None) -> _Vocab:
     return _Vocab(label_rank, frequency_rank(cluster_counts), np.asarray(label_cluster, np.int64))
 
 
+def label_texts(label_names: Sequence[str], label_titles: Sequence[str] | None = None) -> list[str]:
+    """What each label is called in label_text decoding: its title where there is one, else its
+    name, "_" read as a space.
+
+    Args:
+        label_names: L label ids / names; label_titles: optional L titles (`Dataset.label_titles`;
+            an empty title falls back to the name).
+
+    Returns:
+        L strings.
+    """
+    titles = label_titles if label_titles is not None else [None] * len(label_names)
+    return [(str(t) if t else str(n)).replace("_", " ").strip() or str(n) for n, t in zip(label_names, titles)]
+
+
+def _make_text_vocab(counts: np.ndarray, label_cluster: np.ndarray | None, texts: Sequence[str],
+                     label_names: Sequence[str], tokenizer) -> _Vocab:
+    """The label_text vocabulary: each label's text as word pieces; labels whose texts give the same
+    pieces (same title, or titles equal up to case under an uncased tokenizer) get their name (id)
+    appended, so every label stays reachable."""
+    texts = list(texts)
+
+    def pieces_of(s: str) -> tuple:
+        return tuple(tokenizer(s, add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id])
+
+    seqs = [pieces_of(t) for t in texts]
+    for _ in range(2):  # first the name (id), then the position: distinct in the end
+        groups: dict[tuple, list[int]] = {}
+        for lid, s in enumerate(seqs):
+            groups.setdefault(s, []).append(lid)
+        dups = [lid for g in groups.values() if len(g) > 1 for lid in g]
+        if not dups:
+            break
+        for lid in dups:
+            texts[lid] = f"{texts[lid]} {label_names[lid]}" if _ == 0 else f"{texts[lid]} #{lid}"
+            seqs[lid] = pieces_of(texts[lid])
+    flat = np.fromiter((p for s in seqs for p in s), dtype=np.int64)
+    piece_ids = np.unique(flat)
+    v = _make_vocab(counts, label_cluster)
+    v.piece_ids = piece_ids
+    v.label_ptr = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
+    v.label_pieces = np.searchsorted(piece_ids, flat).astype(np.int64)
+    v.label_texts = texts
+    return v
+
+
 def build_targets(Y: smat.spmatrix, vocab: _Vocab, variant: str) -> list[list[int]]:
-    """Decoder target per document (without bos): label tokens in rank order, then eos.
+    """Decoder target per document (without bos): its labels in frequency-rank order (one token
+    each, or each label's pieces then LSEP in label_text mode), then eos.
 
     Args:
         Y: N × L label matrix (sparse); stored nonzero entries are positives.
-        vocab: the decoder vocabulary (label ranks and clusters, `_make_vocab`).
+        vocab: the decoder vocabulary (label ranks and clusters, `_make_vocab` / `_make_text_vocab`).
         variant: "base", "bcl" or "mcg"; for mcg the rank-ordered cluster tokens of the
             document's labels and sep come first.
 
@@ -357,7 +512,8 @@ def build_targets(Y: smat.spmatrix, vocab: _Vocab, variant: str) -> list[list[in
             clusters = np.unique(vocab.label_cluster[labels])
             seq += sorted(vocab.cluster_token(clusters).tolist())
             seq.append(SEP)
-        seq += sorted(vocab.label_token(labels).tolist())
+        for lab in labels[np.argsort(vocab.label_rank[labels], kind="stable")]:
+            seq += vocab.label_sequence(int(lab))
         seq.append(EOS)
         out.append(seq)
     return out
@@ -391,9 +547,43 @@ def _seq2seq_class():
 
         def encode(self, ids, mask):
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            return hidden, self._pool(hidden, mask)
+
+        @staticmethod
+        def _pool(hidden, mask):
             m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-            return hidden, pooled
+            return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+        def frozen_states(self, ids, mask, n_frozen: int):
+            """The output of the embeddings and the first n_frozen encoder layers (B × S × H)."""
+            h = self.encoder.embeddings(input_ids=ids)
+            return self._layers(h, mask, 0, n_frozen)
+
+        def encode_from(self, states, mask, n_frozen: int):
+            """`encode` resumed from `frozen_states` (the layers above n_frozen run)."""
+            hidden = self._layers(states, mask, n_frozen, len(self.encoder.encoder.layer))
+            return hidden, self._pool(hidden, mask)
+
+        def _layers(self, h, mask, first: int, last: int):
+            from transformers.masking_utils import create_bidirectional_mask
+
+            if first >= last:
+                return h
+            ext = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=h, attention_mask=mask)
+            for layer in self.encoder.encoder.layer[first:last]:
+                h = layer(h, ext)
+            return h
+
+        def step(self, hidden, mask, pooled, tokens, cache):
+            """One decoding position for every row: tokens (n,) the last written token (bos on the
+            first call, cache None); returns (logits n × V, the cache to pass next time)."""
+            x = self.tokens(tokens).unsqueeze(1)
+            if cache is None:
+                x = x + self.bos_proj(pooled).unsqueeze(1).to(x.dtype)
+            out = self.decoder(inputs_embeds=x, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+                               cache=cache, use_cache=True)
+            h = out.last_hidden_state[:, -1]
+            return h @ self.tokens.weight.T.to(h.dtype) + self.out_bias.to(h.dtype), out.cache
 
         def decode(self, hidden, mask, pooled, tokens):
             x = self.tokens(tokens)
@@ -435,18 +625,27 @@ def _build_module(encoder, n_tokens: int, n_cluster_head: int, decoder_layers: i
     return _seq2seq_class()(encoder, decoder, n_tokens, n_cluster_head)
 
 
-def _init_token_embeddings(module, tokenizer, label_names: Sequence[str], vocab: _Vocab) -> None:
-    """Label tokens ← mean word-piece embedding of the name ("money-fx" → money, -, f, ##x);
-    clusters ← mean of their labels; bos ← [CLS], eos ← [SEP], sep ← [MASK], pad ← 0."""
+def _init_token_embeddings(module, tokenizer, texts: Sequence[str], vocab: _Vocab) -> None:
+    """Initialize the decoder's token table (tied to its output layer) from the encoder's word pieces.
+
+    label_token: a label's token ← the mean word-piece embedding of its text ("money-fx" → money,
+    -, f, ##x). label_text: each piece token ← that word piece's embedding, LSEP ← ";".
+    Clusters ← the mean of their labels; bos ← [CLS], eos ← [SEP], sep ← [MASK], pad ← 0.
+    """
     import torch
 
     words = module.encoder.embeddings.word_embeddings.weight.detach()
     E = torch.zeros(vocab.size, words.shape[1])
     label_vecs = torch.zeros(vocab.n_labels, words.shape[1])
-    for lid, name in enumerate(label_names):
-        pieces = tokenizer(str(name).replace("_", " "), add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+    for lid, text in enumerate(texts):
+        pieces = tokenizer(str(text), add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
         label_vecs[lid] = words[pieces].mean(0)
-    E[torch.from_numpy(vocab.label_token(np.arange(vocab.n_labels)))] = label_vecs
+    if vocab.text:
+        E[vocab.label_offset:] = words[torch.from_numpy(vocab.piece_ids)]
+        semicolon = tokenizer.convert_tokens_to_ids(";")
+        E[LSEP] = words[semicolon if semicolon is not None else tokenizer.sep_token_id]
+    else:
+        E[torch.from_numpy(vocab.label_token(np.arange(vocab.n_labels)))] = label_vecs
     for special, tok in ((BOS, tokenizer.cls_token_id), (EOS, tokenizer.sep_token_id), (SEP, tokenizer.mask_token_id)):
         if tok is not None:
             E[special] = words[tok]
@@ -454,7 +653,7 @@ def _init_token_embeddings(module, tokenizer, label_names: Sequence[str], vocab:
         for c in range(vocab.n_clusters):
             members = np.flatnonzero(vocab.label_cluster == c)
             if len(members):
-                E[N_SPECIAL + vocab.cluster_rank[c]] = label_vecs[torch.from_numpy(members)].mean(0)
+                E[vocab.n_special + vocab.cluster_rank[c]] = label_vecs[torch.from_numpy(members)].mean(0)
     with torch.no_grad():
         module.tokens.weight.copy_(E)
 
@@ -523,18 +722,177 @@ def cluster_labels(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence
                       "cluster_sizes": sizes.tolist()}
 
 
+@dataclass
+class XLGenState:
+    """A training checkpoint of XLGen: what a killed run resumes from (`save_state` / `load_state`).
+
+    key: `xlgen_checkpoint_key` of the settings and data it belongs to. step: optimizer steps done.
+    module, optimizer, scheduler: torch state dicts (CPU). rng: the numpy generator's state
+    (batch order); torch_rng: torch's CPU generator state (dropout). order (int64), cursor: the
+    current epoch's document order and position. clusters: (L,) int64 cluster id per label or
+    None. history: the finished epochs' records.
+    """
+
+    key: str
+    step: int
+    module: dict
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+    torch_rng: object
+    order: np.ndarray
+    cursor: int
+    clusters: np.ndarray | None = None
+    history: list = None
+
+
+def save_state(state: XLGenState, folder: str | Path) -> None:
+    """Write an XLGen checkpoint folder atomically (a kill while writing leaves the previous one).
+
+    Args:
+        state: the :class:`XLGenState`.
+        folder: destination (str or Path), kind "checkpoint": state.pt (torch tensors) and
+            state.json (key, step, cursor, rng, history).
+
+    Raises:
+        PathInUseError: `folder` exists and is not a folder xmc wrote.
+    """
+    import torch
+
+    with atomic_dir(folder, kind="checkpoint") as tmp:
+        torch.save({"module": state.module, "optimizer": state.optimizer, "scheduler": state.scheduler,
+                    "torch_rng": state.torch_rng, "order": torch.from_numpy(np.asarray(state.order, np.int64)),
+                    "clusters": None if state.clusters is None else torch.from_numpy(np.asarray(state.clusters,
+                                                                                                np.int64))},
+                   tmp / "state.pt")
+        (tmp / "state.json").write_text(json.dumps({"key": state.key, "step": state.step, "cursor": state.cursor,
+                                                      "rng": state.rng, "history": state.history or []}))
+
+
+def load_state(folder: str | Path, key: str | None = None) -> XLGenState | None:
+    """The XLGen checkpoint in `folder` (:func:`save_state`).
+
+    Args:
+        folder: the checkpoint folder (str or Path); it need not exist.
+        key: the expected `xlgen_checkpoint_key` (None: accept any).
+
+    Returns:
+        XLGenState, or None when there is no state.json or it belongs to another key.
+
+    Raises:
+        OSError, KeyError, ValueError, RuntimeError: a checkpoint with missing or unreadable files.
+    """
+    import torch
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        return None
+    meta = json.loads((folder / "state.json").read_text())
+    if key is not None and meta.get("key") != key:
+        return None
+    t = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    clusters = t["clusters"].numpy() if t["clusters"] is not None else None
+    return XLGenState(meta["key"], int(meta["step"]), t["module"], t["optimizer"], t["scheduler"], meta["rng"],
+                      t["torch_rng"], t["order"].numpy(), int(meta["cursor"]), clusters, meta.get("history", []))
+
+
+#: settings that do not change what training computes (left out of the checkpoint key)
+_NON_TRAINING_KEYS = ("device", "threads", "eval_batch_size", "beam_size", "max_labels", "max_clusters",
+                      "min_labels", "restrict_to_clusters", "length_penalty")
+
+
+def xlgen_checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XLGenParams,
+                         label_texts_: Sequence[str]) -> str:
+    """Fingerprint of an XLGen training run (settings that shape training, texts, labels and the
+    label texts); 40 hex digits.
+
+    Args:
+        texts: N training documents; Y: their N × L labels; params: XLGenParams;
+        label_texts_: the L label texts (`label_texts`).
+    """
+    from .checkpoint import checkpoint_key
+
+    settings = {k: v for k, v in params.to_dict().items() if k not in _NON_TRAINING_KEYS}
+    return checkpoint_key(texts, Y, settings, list(label_texts_))
+
+
+def _cache_states(module, flat, offsets, rows, n_frozen: int, pad_id: int, batch_size: int,
+                  device: str) -> np.ndarray:
+    """Frozen-part output of documents `rows`, stored like `flat` (total word pieces × H float16;
+    document i's at offsets[i]:offsets[i + 1]; other documents' rows stay zero)."""
+    import torch
+
+    H = module.encoder.config.hidden_size
+    states = np.zeros((int(offsets[-1]), H), dtype=np.float16)
+    order = np.asarray(rows)[np.argsort(np.diff(offsets)[rows], kind="stable")]
+    module.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            ids, mask = pad_batch(flat, offsets, batch, pad_id)
+            with autocast(device):
+                h = module.frozen_states(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                                         n_frozen)
+            h = h.float().cpu().numpy().astype(np.float16)
+            for b, doc in enumerate(batch):
+                n = offsets[doc + 1] - offsets[doc]
+                states[offsets[doc]:offsets[doc + 1]] = h[b, :n]
+    return states
+
+
+def _state_batch(states: np.ndarray, offsets: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
+    """(B × S × H float32 cached states, B × S int64 mask) of documents `rows`, right-padded."""
+    lengths = np.diff(offsets)[rows]
+    S = int(max(lengths.max(), 1))
+    out = np.zeros((len(rows), S, states.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(rows), S), dtype=np.int64)
+    for b, doc in enumerate(rows):
+        n = lengths[b]
+        out[b, :n] = states[offsets[doc]:offsets[doc + 1]]
+        mask[b, :n] = 1
+    return out, mask
+
+
+def _fit_targets(targets: list[list[int]], limit: int, vocab: _Vocab) -> int:
+    """Cut targets longer than `limit` tokens (the decoder's positions less bos) at their last
+    whole label that fits, keeping eos; returns how many were cut."""
+    cut = 0
+    for i, seq in enumerate(targets):
+        if len(seq) <= limit:
+            continue
+        keep = seq[:limit - 1]
+        if vocab.text:
+            ends = [j for j, t in enumerate(keep) if t == LSEP]
+            keep = keep[:ends[-1] + 1] if ends else []
+        targets[i] = keep + [EOS]
+        cut += 1
+    return cut
+
+
 def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
                 params: XLGenParams | None = None, log: Callable[[dict], None] | None = None,
-                clusters: np.ndarray | None = None) -> "XLGenModel":
+                clusters: np.ndarray | None = None, label_titles: Sequence[str] | None = None,
+                resume: XLGenState | None = None, on_checkpoint: Callable[[XLGenState], None] | None = None,
+                checkpoint_every: int = 0) -> "XLGenModel":
     """Train an XLGen model.
 
     Args:
         texts: N training documents.
         Y: N × L label matrix (nonzero = positive), columns named `label_names`.
-        params: settings (variant, PU drop, clustering, optimizer, decoding).
-        log: receives {"stage": ..., "seconds": ..., ...} records (clusters, train progress).
+        params: settings (variant, decoding, PU drop, clustering, optimizer, decoding).
+        log: receives {"stage": ..., "seconds": ..., ...} records: clusters, encoder_cache,
+            train (every few steps), epoch (each finished pass over the documents: mean loss,
+            steps, seconds), resume, checkpoint, train_done.
         clusters: optional (L,) int64 precomputed cluster id per label (from `cluster_labels` on the
             same, PU-dropped, labels); computed here for bcl/mcg when None.
+        label_titles: optional L label titles (`Dataset.label_titles`): what label_text decoding
+            writes and what initializes label tokens; the names where None (`label_texts`).
+        resume: a checkpoint of this run (`load_state` with `xlgen_checkpoint_key`): training goes
+            on from its step with its weights, optimizer, data order and random state, and its
+            clusters. A checkpoint of another key is an error.
+        on_checkpoint: called with an XLGenState after each epoch and every `checkpoint_every`
+            steps (0: epochs only); the caller writes it (`save_state`).
+        checkpoint_every: steps between checkpoints besides epoch ends.
 
     Returns:
         An XLGenModel (label counts are those of the labels it trained on, i.e. after PU dropping);
@@ -543,7 +901,8 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     Raises:
         EncoderError: an encoder, device or length setting that cannot work (before training).
         ValueError: Y with a negative or non-finite entry or a row count other than N; label
-            names or cluster ids whose count is not L.
+            names, titles or cluster ids whose count is not L; a resume state of another run;
+            max_labels whose longest label_text sequence exceeds the decoder's positions.
         DataFormatError: a text that is not valid Unicode.
 
     Source:
@@ -561,6 +920,12 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     check_label_matrix(Y, len(texts))
     if len(label_names) != Y.shape[1]:
         raise ValueError(f"train_xlgen: {len(label_names)} label names for {Y.shape[1]} label columns")
+    if label_titles is not None and len(label_titles) != Y.shape[1]:
+        raise ValueError(f"train_xlgen: {len(label_titles)} label titles for {Y.shape[1]} label columns")
+    names_text = label_texts(label_names, label_titles)
+    key = xlgen_checkpoint_key(texts, Y, params, names_text)
+    if resume is not None and resume.key != key:
+        raise ValueError("train_xlgen: the resume checkpoint belongs to other settings or data")
     if params.threads:
         torch.set_num_threads(params.threads)
     device = pick_device(params.device)
@@ -574,9 +939,11 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     tokenizer, text_encoder = load_encoder(EncoderParams(name=params.encoder, device=params.device),
                                            checkpoint=checkpoint)
 
+    if resume is not None and params.uses_clusters:
+        clusters = resume.clusters
     if params.uses_clusters and clusters is None:
         t0 = time.perf_counter()
-        clusters, cinfo = cluster_labels(texts, Y, label_names, params, encoder=(tokenizer, text_encoder))
+        clusters, cinfo = cluster_labels(texts, Y, names_text, params, encoder=(tokenizer, text_encoder))
         emit({"stage": "clusters", "seconds": time.perf_counter() - t0, **cinfo})
     if not params.uses_clusters:
         clusters = None
@@ -584,15 +951,25 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         raise ValueError(f"train_xlgen: {len(clusters)} cluster ids for {Y.shape[1]} labels")
     else:
         clusters = np.asarray(clusters, dtype=np.int64)
-    vocab = _make_vocab(counts, clusters)
+    if params.decoding == "label_text":
+        vocab = _make_text_vocab(counts, clusters, names_text, label_names, tokenizer)
+    else:
+        vocab = _make_vocab(counts, clusters)
+    max_pos = int(text_encoder.backbone.config.max_position_embeddings)
+    if vocab.text and _DecodeRules.count_steps(vocab, params) >= max_pos:
+        raise ValueError(f"XLGenParams.max_labels: {params.max_labels} labels of up to {vocab.trie.max_length} "
+                         f"tokens exceed the decoder's {max_pos} positions")
 
     module = _build_module(text_encoder.backbone, vocab.size, vocab.n_clusters if params.variant == "bcl" else 0,
                            params.decoder_layers, warm_start=True)
-    _init_token_embeddings(module, tokenizer, label_names, vocab)
+    _init_token_embeddings(module, tokenizer, names_text, vocab)
     module.to(device)
 
     t0 = time.perf_counter()
     targets = build_targets(Y, vocab, params.variant)
+    n_cut = _fit_targets(targets, max_pos - 1, vocab)
+    if n_cut:
+        emit({"stage": "targets_cut", "documents": n_cut, "limit": max_pos - 1})
     doc_rows = np.arange(len(texts))
     if params.skip_unlabeled:
         doc_rows = doc_rows[np.diff(Y.indptr) > 0]
@@ -607,11 +984,19 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
 
     if params.freeze_word_embeddings:
         module.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    n_frozen = min(params.freeze_layers, len(module.encoder.encoder.layer))
     if params.freeze_layers:
-        frozen = [module.encoder.embeddings, *module.encoder.encoder.layer[:params.freeze_layers]]
+        frozen = [module.encoder.embeddings, *module.encoder.encoder.layer[:n_frozen]]
         for part in frozen:
             for w in part.parameters():
                 w.requires_grad_(False)
+    pad_id = tokenizer.pad_token_id or 0
+    states = None
+    if params.cache_encoder_states:
+        tc = time.perf_counter()
+        states = _cache_states(module, flat, offsets, doc_rows, n_frozen, pad_id, params.eval_batch_size, device)
+        emit({"stage": "encoder_cache", "seconds": time.perf_counter() - tc, "documents": int(len(doc_rows)),
+              "frozen_layers": n_frozen, "mb": states.nbytes / 2**20})
     pretrained = [p for n, p in module.named_parameters()
                   if p.requires_grad and (n.startswith("encoder.") or
                                           (n.startswith("decoder.") and "crossattention" not in n))]
@@ -627,22 +1012,53 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         return max(0.0, (params.steps - step) / max(1, params.steps - warm))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    pad_id = tokenizer.pad_token_id or 0
-    module.train()
+    first_step, history = 0, []
     order = rng.permutation(doc_rows)
     cursor = 0
+    if resume is not None:
+        module.load_state_dict(resume.module)
+        opt.load_state_dict(resume.optimizer)
+        sched.load_state_dict(resume.scheduler)
+        rng.bit_generator.state = resume.rng
+        torch.set_rng_state(resume.torch_rng)
+        order, cursor = np.asarray(resume.order, np.int64), resume.cursor
+        first_step, history = resume.step, list(resume.history or [])
+        emit({"stage": "resume", "step": first_step, "epochs_done": len(history)})
+
+    def snapshot(step: int) -> XLGenState:
+        return XLGenState(key, step, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                          opt.state_dict(), sched.state_dict(), rng.bit_generator.state, torch.get_rng_state(),
+                          order.copy(), cursor, clusters, list(history))
+
+    module.train()
     loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+    epoch_sum, epoch_n, t_epoch = 0.0, 0, time.perf_counter()
     log_every = max(1, min(50, params.steps // 10 or 1))
-    for step in range(params.steps):
+    for step in range(first_step, params.steps):
         if cursor + params.batch_size > len(order):
+            if epoch_n:
+                history.append({"epoch": len(history) + 1, "step": step, "loss": epoch_sum / epoch_n,
+                                "seconds": time.perf_counter() - t_epoch})
+                emit({"stage": "epoch", **history[-1]})
+                epoch_sum, epoch_n, t_epoch = 0.0, 0, time.perf_counter()
             order, cursor = rng.permutation(doc_rows), 0
+            if on_checkpoint is not None and step > first_step:
+                on_checkpoint(snapshot(step))
+                emit({"stage": "checkpoint", "step": step})
+        elif on_checkpoint is not None and checkpoint_every and step > first_step and step % checkpoint_every == 0:
+            on_checkpoint(snapshot(step))
+            emit({"stage": "checkpoint", "step": step})
         rows = order[cursor:cursor + params.batch_size]
         cursor += params.batch_size
-        ids, mask = pad_batch(flat, offsets, rows, pad_id)
         tgt = torch.from_numpy(_pad_targets([targets[r] for r in rows])).to(device)
-        ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        if states is not None:
+            h0, mask = _state_batch(states, offsets, rows)
+            h0, mask = torch.from_numpy(h0).to(device), torch.from_numpy(mask).to(device)
+        else:
+            ids, mask = pad_batch(flat, offsets, rows, pad_id)
+            ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
         with autocast(device):
-            hidden, pooled = module.encode(ids, mask)
+            hidden, pooled = module.encode_from(h0, mask, n_frozen) if states is not None else module.encode(ids, mask)
             logits = module.decode(hidden, mask, pooled, tgt[:, :-1])
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab.size), tgt[:, 1:].reshape(-1),
                                                      ignore_index=PAD)
@@ -657,17 +1073,51 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         opt.zero_grad(set_to_none=True)
         loss_sum += float(loss.detach())
         loss_n += 1
+        epoch_sum += float(loss.detach())
+        epoch_n += 1
         if (step + 1) % log_every == 0 or step + 1 == params.steps:
             emit({"stage": "train", "step": step + 1, "loss": loss_sum / loss_n,
+                  "epoch": len(history) + cursor / len(doc_rows),
                   "seconds": time.perf_counter() - t0, "step_s": (time.perf_counter() - t_log) / loss_n})
             loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+    if epoch_n:  # the last, partial pass
+        history.append({"epoch": len(history) + cursor / len(doc_rows), "step": params.steps,
+                        "loss": epoch_sum / epoch_n, "seconds": time.perf_counter() - t_epoch})
+        emit({"stage": "epoch", **history[-1]})
     module.eval()
     model = XLGenModel(params, list(label_names), module, tokenizer, vocab,
                        info={"train_docs": int(len(doc_rows)), "device": device, "train_positives": int(Y.nnz),
-                             "train_positives_before_pu": n_pos_before})
+                             "train_positives_before_pu": n_pos_before, "epochs": history,
+                             "resumed_at_step": first_step if resume is not None else None})
     model.set_label_counts(Y)
     emit({"stage": "train_done", "seconds": time.perf_counter() - t0})
     return model
+
+
+def train_with_checkpoints(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
+                           params: XLGenParams, checkpoint_dir: str | Path, log: Callable[[dict], None] | None = None,
+                           clusters: np.ndarray | None = None, label_titles: Sequence[str] | None = None,
+                           checkpoint_every: int = 200) -> "XLGenModel":
+    """`train_xlgen` that writes a checkpoint to `checkpoint_dir` after each epoch and every
+    `checkpoint_every` steps and, when a checkpoint of the same settings and data is there, resumes
+    from it. The caller removes the folder once the model is saved.
+
+    Args:
+        texts, Y, label_names, params, log, clusters, label_titles: as :func:`train_xlgen`.
+        checkpoint_dir: the checkpoint folder (str or Path).
+        checkpoint_every: steps between checkpoints besides epoch ends (0: epochs only).
+
+    Returns:
+        The trained XLGenModel.
+    """
+    emit = log or (lambda rec: None)
+    key = xlgen_checkpoint_key(texts, Y, params, label_texts(label_names, label_titles))
+    state = load_state(checkpoint_dir, key)
+    if state is not None:
+        emit({"stage": "resume_from", "step": state.step, "checkpoint": str(checkpoint_dir)})
+    return train_xlgen(texts, Y, label_names, params, log=log, clusters=clusters, label_titles=label_titles,
+                       resume=state, on_checkpoint=lambda st: save_state(st, checkpoint_dir),
+                       checkpoint_every=checkpoint_every)
 
 
 # --------------------------------------------------------------------------- the model
@@ -682,6 +1132,105 @@ class Generation:
     scores: smat.csr_matrix
 
 
+class _DecodeRules:
+    """What each of n hypotheses may write next, and the bookkeeping after each step, for both
+    decodings: clusters (mcg) before SEP in increasing cluster rank, then labels in increasing
+    frequency rank (valid ones only, never a repeat), at most `max_labels`, EOS once `min_labels`
+    are written (or none is left). In label_text mode a label is its pieces then LSEP, walked on
+    the vocabulary's trie; EOS only between labels.
+    """
+
+    def __init__(self, vocab: _Vocab, params: XLGenParams, n: int, device):
+        import torch
+
+        self.v, self.p = vocab, params
+        K, L = vocab.n_clusters, vocab.n_labels
+        self.mcg = params.variant == "mcg" and K > 0
+        z = functools.partial(torch.zeros, n, dtype=torch.long, device=device)
+        self.phase = torch.full((n,), not self.mcg, dtype=torch.bool, device=device)  # True: label segment
+        self.last_c, self.last_l = z() - 1, z() - 1  # rank of the last cluster / label written
+        self.n_c, self.n_l = z(), z()
+        self.finished = torch.zeros(n, dtype=torch.bool, device=device)
+        self.chosen = torch.zeros(n, max(K, 1), dtype=torch.bool, device=device)
+        self.clu_rank = torch.arange(K, device=device)
+        self.label_rank = torch.as_tensor(vocab.label_rank, dtype=torch.long, device=device)
+        if vocab.text:
+            self.trie = TrieTensors(vocab.trie, device)
+            self.node = z()
+            self.next_node = None
+            self.cand_rank = self.label_rank[self.trie.pos_label]  # (L,) rank at each trie position
+            cand_label = self.trie.pos_label
+        else:
+            self.cand_rank = torch.arange(L, device=device)  # label tokens are in rank order
+            cand_label = torch.as_tensor(vocab.rank_to_label(), dtype=torch.long, device=device)
+        self.cand_cluster = (torch.as_tensor(vocab.cluster_rank[vocab.label_cluster], dtype=torch.long,
+                                             device=device)[cand_label] if self.mcg else None)
+
+    @property
+    def steps(self) -> int:
+        """Decoder positions one hypothesis can take."""
+        return self.count_steps(self.v, self.p)
+
+    @staticmethod
+    def count_steps(v: _Vocab, p: XLGenParams) -> int:
+        """Decoder positions one hypothesis can take under vocabulary v and settings p."""
+        per_label = v.trie.max_length if v.text else 1
+        mcg = p.variant == "mcg" and v.n_clusters > 0
+        return (p.max_clusters + 1 if mcg else 0) + p.max_labels * per_label + 1
+
+    def allowed(self):
+        """(n, V) bool: the tokens each hypothesis may write next."""
+        import torch
+
+        p, v = self.p, self.v
+        n, V, K, off = self.phase.shape[0], v.size, v.n_clusters, v.label_offset
+        allowed = torch.zeros(n, V, dtype=torch.bool, device=self.phase.device)
+        if self.mcg:
+            allowed[:, v.n_special:off] = ((~self.phase)[:, None] & (self.clu_rank[None] > self.last_c[:, None])
+                                           & (self.n_c < p.max_clusters)[:, None])
+            allowed[:, SEP] = ~self.phase & (self.n_c >= 1)
+        room = self.phase & (self.n_l < p.max_labels)
+        valid = room[:, None] & (self.cand_rank[None] > self.last_l[:, None])
+        if self.mcg and p.restrict_to_clusters:
+            valid &= self.chosen[:, self.cand_cluster]
+        if v.text:
+            ok, self.next_node = self.trie.allowed(self.node, valid, V)
+            allowed |= ok
+            allowed[:, EOS] = self.phase & (self.node == 0) & ((self.n_l >= p.min_labels) | ~ok.any(1))
+        else:
+            allowed[:, off:] = valid
+            allowed[:, EOS] = self.phase & ((self.n_l >= p.min_labels) | ~valid.any(1))
+        return allowed
+
+    def advance(self, src, tok) -> None:
+        """Hypotheses become src's (n,) continued by tok (n,)."""
+        import torch
+
+        v = self.v
+        off = v.label_offset
+        for name in ("phase", "last_c", "last_l", "n_c", "n_l", "finished", "chosen"):
+            setattr(self, name, getattr(self, name)[src])
+        if self.mcg:
+            is_c = (tok >= v.n_special) & (tok < off)
+            c_idx = (tok - v.n_special).clamp(0, v.n_clusters - 1)
+            self.chosen[torch.arange(len(tok), device=tok.device), c_idx] |= is_c
+            self.last_c = torch.where(is_c, tok - v.n_special, self.last_c)
+            self.n_c = self.n_c + is_c.long()
+            self.phase = self.phase | (tok == SEP)
+        if v.text:
+            node = self.next_node[src, tok]  # -1: a token off the trie (specials, clusters)
+            label = self.trie.node_label[node.clamp_min(0)]
+            done = (node >= 0) & (label >= 0)
+            self.last_l = torch.where(done, self.label_rank[label.clamp_min(0)], self.last_l)
+            self.n_l = self.n_l + done.long()
+            self.node = torch.where(done | (node < 0), 0, node)
+        else:
+            is_l = tok >= off
+            self.last_l = torch.where(is_l, tok - off, self.last_l)
+            self.n_l = self.n_l + is_l.long()
+        self.finished = self.finished | (tok == EOS)
+
+
 class XLGenModel(ModelBase):
     """A trained XLGen model: tokenizer + seq2seq module + the label/cluster token vocabulary.
 
@@ -690,7 +1239,8 @@ class XLGenModel(ModelBase):
         params.json            format_version, method "xlgen", params (XLGenParams), info,
                                n_labels, n_clusters, decoder_layers
         labels.txt             label names (line index = label id)
-        vocab.npz              label_rank (L,), cluster_rank (K,), label_cluster (L,)
+        vocab.npz              label_rank (L,), cluster_rank (K,), label_cluster (L,); label_text
+                               decoding: piece_ids (P,), label_ptr (L + 1,), label_pieces, label_texts
         encoder_config.json    the encoder's transformers config
         weights.safetensors    the seq2seq module's state dict (float32)
         tokenizer/             the encoder's tokenizer files
@@ -735,73 +1285,43 @@ class XLGenModel(ModelBase):
 
     # -- decoding ----------------------------------------------------------------------------
     def _beam_search(self, hidden, mask, pooled, beam: int):
-        """Constrained beam search for one batch. Returns (tokens (B, W, T) int64 numpy,
-        scores (B, W) float64 numpy with -inf for dead hypotheses), hypotheses of a document sorted
-        by decreasing score."""
+        """Constrained beam search for one batch (the decoder's keys and values cached across
+        positions, reordered with the beams). Returns (tokens (B, W, T) int64 numpy, scores (B, W)
+        float64 numpy with -inf for dead hypotheses), hypotheses of a document sorted by
+        decreasing score."""
         import torch
 
         p, v = self.params, self.vocab
         dev = hidden.device
-        B, W, V, K, L = hidden.shape[0], beam, v.size, v.n_clusters, v.n_labels
-        mcg = p.variant == "mcg" and K > 0
+        B, W, V = hidden.shape[0], beam, v.size
         n = B * W
         hidden = hidden.repeat_interleave(W, 0)
         mask = mask.repeat_interleave(W, 0)
         pooled = pooled.repeat_interleave(W, 0)
+        rules = _DecodeRules(v, p, n, dev)
         tokens = torch.full((n, 1), BOS, dtype=torch.long, device=dev)
         score = torch.zeros(B, W, dtype=torch.float32, device=dev)
         score[:, 1:] = -math.inf
-        phase = torch.full((n,), not mcg, dtype=torch.bool, device=dev)  # True: the label segment
-        last_c = torch.full((n,), -1, dtype=torch.long, device=dev)
-        last_l = torch.full((n,), -1, dtype=torch.long, device=dev)
-        n_c = torch.zeros(n, dtype=torch.long, device=dev)
-        n_l = torch.zeros(n, dtype=torch.long, device=dev)
-        finished = torch.zeros(n, dtype=torch.bool, device=dev)
-        chosen = torch.zeros(n, max(K, 1), dtype=torch.bool, device=dev)
-        lab_rank = torch.arange(L, device=dev)
-        clu_rank = torch.arange(K, device=dev)
-        lab_clu = torch.from_numpy(v.rank_cluster_of_label_rank()).to(dev) if mcg else None
-        off = v.label_offset
-        steps = (p.max_clusters + 1 if mcg else 0) + p.max_labels + 1
-        rows = torch.arange(n, device=dev)
-        for _ in range(steps):
-            with autocast(str(dev.type)):
-                logits = self.module.decode(hidden, mask, pooled, tokens)[:, -1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            allowed = torch.zeros(n, V, dtype=torch.bool, device=dev)
-            if mcg:
-                allowed[:, N_SPECIAL:N_SPECIAL + K] = ((~phase)[:, None] & (clu_rank[None] > last_c[:, None])
-                                                       & (n_c < p.max_clusters)[:, None])
-                allowed[:, SEP] = ~phase & (n_c >= 1)
-            l_ok = phase[:, None] & (lab_rank[None] > last_l[:, None]) & (n_l < p.max_labels)[:, None]
-            if mcg and p.restrict_to_clusters:
-                l_ok &= chosen[:, lab_clu]
-            allowed[:, off:] = l_ok
-            allowed[:, EOS] = phase & ((n_l >= p.min_labels) | ~l_ok.any(1))
-            logp = logp.masked_fill(~allowed, -math.inf)
-            logp[finished] = -math.inf
-            logp[finished, PAD] = 0.0
+        with autocast(str(dev.type)):
+            logits, cache = self.module.step(hidden, mask, pooled, tokens[:, 0], None)
+        for _ in range(rules.steps):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = logp.masked_fill(~rules.allowed(), -math.inf)
+            logp[rules.finished] = -math.inf
+            logp[rules.finished, PAD] = 0.0
             cand = (score.reshape(n, 1) + logp).reshape(B, W * V)
             top_s, top_i = cand.topk(W, dim=1)  # (B, W)
             src = (top_i // V + torch.arange(B, device=dev)[:, None] * W).reshape(n)
             tok = (top_i % V).reshape(n)
             tokens = torch.cat([tokens[src], tok[:, None]], dim=1)
-            phase, last_c, last_l, n_c, n_l = phase[src], last_c[src], last_l[src], n_c[src], n_l[src]
-            finished, chosen = finished[src], chosen[src]
+            rules.advance(src, tok)
             score = top_s
-            is_c = (tok >= N_SPECIAL) & (tok < off)
-            is_l = tok >= off
-            if mcg:
-                c_idx = (tok - N_SPECIAL).clamp(0, K - 1)
-                chosen[rows, c_idx] |= is_c
-                last_c = torch.where(is_c, tok - N_SPECIAL, last_c)
-                n_c = n_c + is_c.long()
-                phase = phase | (tok == SEP)
-            last_l = torch.where(is_l, tok - off, last_l)
-            n_l = n_l + is_l.long()
-            finished = finished | (tok == EOS) | torch.isinf(score.reshape(n))
-            if bool(finished.all()):
+            rules.finished |= torch.isinf(score.reshape(n))
+            if bool(rules.finished.all()):
                 break
+            cache.reorder_cache(src)
+            with autocast(str(dev.type)):
+                logits, cache = self.module.step(hidden, mask, pooled, tok, cache)
         final = score.double()
         if p.length_penalty:
             length = (tokens != PAD).sum(1).reshape(B, W).double() - 1.0  # generated tokens
@@ -824,8 +1344,6 @@ class XLGenModel(ModelBase):
         texts = list(texts)  # NFC-normalized where they are tokenized (encoder.tokenize)
         device = self._ready()
         beam = int(beam_size or self.params.beam_size)
-        rank_to_label = self.vocab.rank_to_label()
-        off = self.vocab.label_offset
         flat, offsets = tokenize(self.tokenizer, texts, self.params.max_length)
         order = np.argsort(np.diff(offsets), kind="stable")
         pad_id = self.tokenizer.pad_token_id or 0
@@ -840,7 +1358,7 @@ class XLGenModel(ModelBase):
                     hidden, pooled = self.module.encode(ids, mask)
                 toks, scores = self._beam_search(hidden, mask, pooled, beam)
                 for b, doc in enumerate(rows):
-                    labels_of = [rank_to_label[toks[b, w][toks[b, w] >= off] - off] for w in range(toks.shape[1])]
+                    labels_of = [self.vocab.labels_of(toks[b, w]) for w in range(toks.shape[1])]
                     best = [int(x) for x in labels_of[0]]
                     sets[doc] = best
                     alive = np.isfinite(scores[b])
@@ -933,7 +1451,8 @@ class XLGenModel(ModelBase):
         """Write the model folder atomically (`folders.atomic_dir`).
 
         Files: params.json, labels.txt, vocab.npz (int64 label_rank, cluster_rank,
-        label_cluster), encoder_config.json, weights.safetensors (float32), tokenizer/, label counts.
+        label_cluster; label_text mode: piece_ids, label_ptr, label_pieces and the label_texts
+        strings), encoder_config.json, weights.safetensors (float32), tokenizer/, label counts.
 
         Args:
             path: destination folder (str or Path); missing, empty, or a model folder xmc wrote.
@@ -954,10 +1473,7 @@ class XLGenModel(ModelBase):
                 "decoder_layers": int(self.module.decoder.config.num_hidden_layers),
                 "n_cluster_head": int(self.module.cluster_head.out_features) if self.module.cluster_head is not None else 0,
             })
-            empty = np.zeros(0, np.int64)
-            np.savez(tmp / "vocab.npz", label_rank=v.label_rank,
-                     cluster_rank=v.cluster_rank if v.cluster_rank is not None else empty,
-                     label_cluster=v.label_cluster if v.label_cluster is not None else empty)
+            np.savez(tmp / "vocab.npz", **v.arrays())
             (tmp / "encoder_config.json").write_text(self.module.encoder.config.to_json_string())
             state = {k: t.detach().float().contiguous().cpu() for k, t in self.module.state_dict().items()}
             save_file(state, str(tmp / "weights.safetensors"))
@@ -988,9 +1504,8 @@ class XLGenModel(ModelBase):
 
             params = XLGenParams.from_dict(meta["params"])
             names = read_label_names(path)
-            with np.load(path / "vocab.npz") as z:
-                cr, lc = z["cluster_rank"], z["label_cluster"]
-                vocab = _Vocab(z["label_rank"], cr if len(cr) else None, lc if len(lc) else None)
+            with np.load(path / "vocab.npz", allow_pickle=False) as z:
+                vocab = _Vocab.from_arrays(z)
             enc_cfg = BertConfig.from_dict(json.loads((path / "encoder_config.json").read_text()))
             encoder = BertModel(enc_cfg)
             module = _build_module(encoder, vocab.size, int(meta.get("n_cluster_head", 0)),

@@ -906,18 +906,11 @@ def checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XTransformerP
         params: :class:`XTransformerParams` (all sections hashed).
 
     Returns:
-        40-character hex SHA-1 (str).
+        40-character hex SHA-1 (str), as `xmc_core.checkpoint.checkpoint_key`.
     """
-    import hashlib
+    from .checkpoint import checkpoint_key as key
 
-    h = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True).encode())
-    Y = smat.csr_matrix(Y)
-    h.update(np.asarray(Y.indptr, np.int64).tobytes())
-    h.update(np.asarray(Y.indices, np.int64).tobytes())
-    for text in texts:
-        h.update(text.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")
-    return h.hexdigest()
+    return key(texts, Y, params.to_dict())
 
 
 def train_with_checkpoints(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
