@@ -97,7 +97,7 @@ from .sparse import check_label_matrix
 __all__ = ["METHOD_XLGEN", "VARIANTS", "DECODINGS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters",
            "pu_drop_labels", "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix",
            "Generation", "SET_SCORE_FLOOR", "label_texts", "XLGenState", "save_state", "load_state",
-           "xlgen_checkpoint_key", "train_with_checkpoints"]
+           "xlgen_checkpoint_key", "train_with_checkpoints", "encoder_states"]
 
 #: method name of an XLGen model folder (params.json "method")
 METHOD_XLGEN = "xlgen"
@@ -556,23 +556,12 @@ def _seq2seq_class():
 
         def frozen_states(self, ids, mask, n_frozen: int):
             """The output of the embeddings and the first n_frozen encoder layers (B × S × H)."""
-            h = self.encoder.embeddings(input_ids=ids)
-            return self._layers(h, mask, 0, n_frozen)
+            return _encoder_layers(self.encoder, self.encoder.embeddings(input_ids=ids), mask, 0, n_frozen)
 
         def encode_from(self, states, mask, n_frozen: int):
             """`encode` resumed from `frozen_states` (the layers above n_frozen run)."""
-            hidden = self._layers(states, mask, n_frozen, len(self.encoder.encoder.layer))
+            hidden = _encoder_layers(self.encoder, states, mask, n_frozen, len(self.encoder.encoder.layer))
             return hidden, self._pool(hidden, mask)
-
-        def _layers(self, h, mask, first: int, last: int):
-            from transformers.masking_utils import create_bidirectional_mask
-
-            if first >= last:
-                return h
-            ext = create_bidirectional_mask(config=self.encoder.config, inputs_embeds=h, attention_mask=mask)
-            for layer in self.encoder.encoder.layer[first:last]:
-                h = layer(h, ext)
-            return h
 
         def step(self, hidden, mask, pooled, tokens, cache):
             """One decoding position for every row: tokens (n,) the last written token (bos on the
@@ -597,6 +586,18 @@ def _seq2seq_class():
             return self.cluster_head(pooled)
 
     return _Seq2Seq
+
+
+def _encoder_layers(backbone, h, mask, first: int, last: int):
+    """Run a BertModel's layers first..last-1 on hidden states h (B × S × H) under mask (B × S)."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    if first >= last:
+        return h
+    ext = create_bidirectional_mask(config=backbone.config, inputs_embeds=h, attention_mask=mask)
+    for layer in backbone.encoder.layer[first:last]:
+        h = layer(h, ext)
+    return h
 
 
 def _decoder_config(encoder_config, layers: int):
@@ -693,14 +694,17 @@ def _embed_for_clusters(text_encoder, tokenizer, texts, Y, params: XLGenParams, 
 
 
 def cluster_labels(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[str],
-                   params: XLGenParams | None = None, encoder=None) -> tuple[np.ndarray, dict]:
+                   params: XLGenParams | None = None, encoder=None,
+                   doc_emb: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """XLGen's label clusters for training documents `texts` with labels Y (N × L; pass the labels
     the model trains on, i.e. PU-dropped ones in the PU setting).
 
     Embeds at most `params.cluster_docs_per_label` documents per label (and the label names, the
-    fallback of labels without documents) with the pretrained encoder, then `label_clusters`.
-    encoder: optional (tokenizer, TextEncoder) already loaded. Returns ((L,) int64 cluster id per
-    label, info dict: n_clusters, docs_embedded, cluster_sizes).
+    fallback of labels without documents; pass titles, see `label_texts`) with the pretrained
+    encoder, then `label_clusters`. encoder: optional (tokenizer, TextEncoder) already loaded.
+    doc_emb: optional N × H embeddings of `texts` already computed (e.g. pooled cached encoder
+    states): then every document counts and none is encoded again. Returns ((L,) int64 cluster
+    id per label, info dict: n_clusters, docs_embedded, cluster_sizes).
     """
     from .encoder import encode, load_encoder
 
@@ -712,7 +716,10 @@ def cluster_labels(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence
     tokenizer, text_encoder = encoder
     rng = np.random.default_rng([params.seed, 1])
     Y = smat.csr_matrix(Y)
-    emb, chosen = _embed_for_clusters(text_encoder, tokenizer, list(texts), Y, params, device, rng)
+    if doc_emb is None:
+        emb, chosen = _embed_for_clusters(text_encoder, tokenizer, list(texts), Y, params, device, rng)
+    else:
+        emb, chosen = np.asarray(doc_emb, np.float32), np.linalg.norm(doc_emb, axis=1) > 0
     Ysub = smat.diags(chosen.astype(np.float32)) @ Y
     names_emb = encode(text_encoder, tokenizer, [str(n).replace("_", " ") for n in label_names],
                        EncoderParams(name=params.encoder, max_length=16, device=params.device), device=device)
@@ -816,28 +823,69 @@ def xlgen_checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XLGenPa
     return checkpoint_key(texts, Y, settings, list(label_texts_))
 
 
-def _cache_states(module, flat, offsets, rows, n_frozen: int, pad_id: int, batch_size: int,
+def _cache_states(backbone, flat, offsets, rows, n_frozen: int, pad_id: int, batch_size: int,
                   device: str) -> np.ndarray:
-    """Frozen-part output of documents `rows`, stored like `flat` (total word pieces × H float16;
-    document i's at offsets[i]:offsets[i + 1]; other documents' rows stay zero)."""
+    """Frozen-part output (embeddings, then layers below n_frozen; no dropout) of documents `rows`,
+    stored like `flat` (total word pieces × H float16; document i's at offsets[i]:offsets[i + 1];
+    other documents' rows stay zero)."""
     import torch
 
-    H = module.encoder.config.hidden_size
+    H = backbone.config.hidden_size
     states = np.zeros((int(offsets[-1]), H), dtype=np.float16)
     order = np.asarray(rows)[np.argsort(np.diff(offsets)[rows], kind="stable")]
-    module.eval()
+    was_training = backbone.training
+    backbone.to(device).eval()
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             ids, mask = pad_batch(flat, offsets, batch, pad_id)
+            ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
             with autocast(device):
-                h = module.frozen_states(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                                         n_frozen)
+                h = _encoder_layers(backbone, backbone.embeddings(input_ids=ids), mask, 0, n_frozen)
             h = h.float().cpu().numpy().astype(np.float16)
             for b, doc in enumerate(batch):
                 n = offsets[doc + 1] - offsets[doc]
                 states[offsets[doc]:offsets[doc + 1]] = h[b, :n]
+    backbone.train(was_training)
     return states
+
+
+def encoder_states(texts: Sequence[str], params: XLGenParams) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen part of the encoder (embeddings and the first `params.freeze_layers` layers) run
+    once over every text: what `cache_encoder_states` trains from. Compute it once and pass it to
+    `train_xlgen(encoder_states=...)` of variants sharing encoder, max_length and freeze_layers.
+
+    Args:
+        texts: N documents (str); params: XLGenParams (encoder, max_length, freeze_layers,
+            eval_batch_size, device, threads).
+
+    Returns:
+        (states: total word pieces × H float16, offsets: (N + 1,) int64; document i's states are
+        rows offsets[i]:offsets[i + 1]).
+    """
+    import torch
+
+    from .encoder import load_encoder
+
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    device = pick_device(params.device)
+    tokenizer, text_encoder = load_encoder(EncoderParams(name=params.encoder, device=params.device),
+                                           checkpoint=resolve_checkpoint(params.encoder))
+    flat, offsets = tokenize(tokenizer, list(texts), params.max_length)
+    n_frozen = min(params.freeze_layers, int(text_encoder.backbone.config.num_hidden_layers))
+    return _cache_states(text_encoder.backbone, flat, offsets, np.arange(len(offsets) - 1), n_frozen,
+                         tokenizer.pad_token_id or 0, params.eval_batch_size, device), offsets
+
+
+def _pooled_states(states: np.ndarray, offsets: np.ndarray, rows) -> np.ndarray:
+    """N × H float32 l2-normalized mean of each document's cached states (zero rows outside `rows`)."""
+    out = np.zeros((len(offsets) - 1, states.shape[1]), dtype=np.float32)
+    for doc in rows:
+        if offsets[doc + 1] > offsets[doc]:
+            out[doc] = states[offsets[doc]:offsets[doc + 1]].astype(np.float32).mean(0)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
 
 
 def _state_batch(states: np.ndarray, offsets: np.ndarray, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -873,7 +921,8 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
                 params: XLGenParams | None = None, log: Callable[[dict], None] | None = None,
                 clusters: np.ndarray | None = None, label_titles: Sequence[str] | None = None,
                 resume: XLGenState | None = None, on_checkpoint: Callable[[XLGenState], None] | None = None,
-                checkpoint_every: int = 0) -> "XLGenModel":
+                checkpoint_every: int = 0,
+                encoder_states: tuple[np.ndarray, np.ndarray] | None = None) -> "XLGenModel":
     """Train an XLGen model.
 
     Args:
@@ -893,6 +942,8 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         on_checkpoint: called with an XLGenState after each epoch and every `checkpoint_every`
             steps (0: epochs only); the caller writes it (`save_state`).
         checkpoint_every: steps between checkpoints besides epoch ends.
+        encoder_states: with `cache_encoder_states`, the frozen part's output already computed by
+            :func:`encoder_states` on the same texts and settings (shared by several variants).
 
     Returns:
         An XLGenModel (label counts are those of the labels it trained on, i.e. after PU dropping);
@@ -939,11 +990,36 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     tokenizer, text_encoder = load_encoder(EncoderParams(name=params.encoder, device=params.device),
                                            checkpoint=checkpoint)
 
+    doc_rows = np.arange(len(texts))
+    if params.skip_unlabeled:
+        doc_rows = doc_rows[np.diff(Y.indptr) > 0]
+    if len(doc_rows) == 0:
+        raise ValueError("train_xlgen: no training document has a label")
+    flat, offsets = tokenize(tokenizer, texts, params.max_length)
+    pad_id = tokenizer.pad_token_id or 0
+    depth = int(text_encoder.backbone.config.num_hidden_layers)
+    n_frozen = min(params.freeze_layers, depth)
+    states = None
+    if params.cache_encoder_states and encoder_states is not None:
+        states, given_offsets = encoder_states
+        if (not np.array_equal(np.asarray(given_offsets), offsets)
+                or states.shape != (int(offsets[-1]), text_encoder.hidden_size)):
+            raise ValueError("train_xlgen: encoder_states were computed for other texts or settings")
+    elif params.cache_encoder_states:
+        tc = time.perf_counter()
+        states = _cache_states(text_encoder.backbone, flat, offsets, doc_rows, n_frozen, pad_id,
+                               params.eval_batch_size, device)
+        emit({"stage": "encoder_cache", "seconds": time.perf_counter() - tc, "documents": int(len(doc_rows)),
+              "frozen_layers": n_frozen, "mb": states.nbytes / 2**20})
+
     if resume is not None and params.uses_clusters:
         clusters = resume.clusters
     if params.uses_clusters and clusters is None:
         t0 = time.perf_counter()
-        clusters, cinfo = cluster_labels(texts, Y, names_text, params, encoder=(tokenizer, text_encoder))
+        # a frozen whole encoder's cached states are the documents' embeddings already
+        doc_emb = _pooled_states(states, offsets, doc_rows) if states is not None and n_frozen == depth else None
+        clusters, cinfo = cluster_labels(texts, Y, names_text, params, encoder=(tokenizer, text_encoder),
+                                         doc_emb=doc_emb)
         emit({"stage": "clusters", "seconds": time.perf_counter() - t0, **cinfo})
     if not params.uses_clusters:
         clusters = None
@@ -970,12 +1046,6 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     n_cut = _fit_targets(targets, max_pos - 1, vocab)
     if n_cut:
         emit({"stage": "targets_cut", "documents": n_cut, "limit": max_pos - 1})
-    doc_rows = np.arange(len(texts))
-    if params.skip_unlabeled:
-        doc_rows = doc_rows[np.diff(Y.indptr) > 0]
-    if len(doc_rows) == 0:
-        raise ValueError("train_xlgen: no training document has a label")
-    flat, offsets = tokenize(tokenizer, texts, params.max_length)
     cluster_bits = None
     if params.variant == "bcl":
         C = smat.csr_matrix((np.ones(len(clusters), np.float32), (np.arange(len(clusters)), clusters)),
@@ -984,19 +1054,11 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
 
     if params.freeze_word_embeddings:
         module.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    n_frozen = min(params.freeze_layers, len(module.encoder.encoder.layer))
     if params.freeze_layers:
         frozen = [module.encoder.embeddings, *module.encoder.encoder.layer[:n_frozen]]
         for part in frozen:
             for w in part.parameters():
                 w.requires_grad_(False)
-    pad_id = tokenizer.pad_token_id or 0
-    states = None
-    if params.cache_encoder_states:
-        tc = time.perf_counter()
-        states = _cache_states(module, flat, offsets, doc_rows, n_frozen, pad_id, params.eval_batch_size, device)
-        emit({"stage": "encoder_cache", "seconds": time.perf_counter() - tc, "documents": int(len(doc_rows)),
-              "frozen_layers": n_frozen, "mb": states.nbytes / 2**20})
     pretrained = [p for n, p in module.named_parameters()
                   if p.requires_grad and (n.startswith("encoder.") or
                                           (n.startswith("decoder.") and "crossattention" not in n))]
