@@ -70,6 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--test-rows", type=int, default=None, help="score only the first N test documents")
     ap.add_argument("--train-rows", type=int, default=None, help="train on the first N documents (smoke runs)")
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
+    ap.add_argument("--states-file", default=None, help="keep the cached encoder states in this .npy pair (read "
+                    "when present, for a later run of other variants; the seconds recorded are the run that "
+                    "computed them)")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
@@ -150,8 +153,18 @@ def main(argv=None) -> int:
                                                 "pu_drop": drop})
                 if params.cache_encoder_states and states is None:
                     t0 = time.perf_counter()
-                    states = encoder_states(ds.train.texts, params)
-                    cache_s = time.perf_counter() - t0
+                    sf = Path(args.states_file) if args.states_file else None
+                    if sf is not None and sf.with_suffix(".meta.json").is_file():
+                        meta = json.loads(sf.with_suffix(".meta.json").read_text())
+                        states = (np.load(sf, mmap_mode="r"), np.asarray(meta["offsets"], np.int64))
+                        cache_s = float(meta["seconds"])
+                    else:
+                        states = encoder_states(ds.train.texts, params)
+                        cache_s = time.perf_counter() - t0
+                        if sf is not None:
+                            np.save(sf, states[0])
+                            sf.with_suffix(".meta.json").write_text(json.dumps(
+                                {"offsets": states[1].tolist(), "seconds": cache_s, "xlgen": params.to_dict()}))
                     print(f"  encoder states of {ds.train.n} documents: {cache_s / 60:.1f} min, "
                           f"{states[0].nbytes / 2**20:.0f} MB", flush=True)
                 log = []
