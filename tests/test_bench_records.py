@@ -30,8 +30,9 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 RESULTS = REPO / "bench" / "results"
 
-RUN_ID = re.compile(r"\b[a-z]+-\d{8}T\d{6}(?:-[0-9a-f]{6})?\b")
-FULL_RUN_ID = re.compile(r"^[a-z]+-\d{8}T\d{6}-[0-9a-f]{6}$")
+# the bench's name may hold hyphens (xlgen-eurlex-20261130T100846-51b117)
+RUN_ID = re.compile(r"(?<![\w-])[a-z]+(?:-[a-z]+)*-\d{8}T\d{6}(?:-[0-9a-f]{6})?\b")
+FULL_RUN_ID = re.compile(r"^[a-z]+(?:-[a-z]+)*-\d{8}T\d{6}-[0-9a-f]{6}$")
 # a number as people write it: 1,234.5 or −0.03 (not part of a word such as float32 or P@1)
 NUMBER = re.compile(r"(?<![\w.@/])[−-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w.])|(?<![\w.@/])[−-]?\d+(?:\.\d+)?(?![\w.]|\.\d)")
 # Numbers that are versions, settings or bounds, not measurements: the only exemptions.
