@@ -15,7 +15,7 @@ require_module("transformers")
 
 import torch  # noqa: E402
 
-from test_xlgen import LABELS, TINY, _synthetic  # noqa: E402
+from test_xlgen import LABELS, TINY, _synthetic, one_thread  # noqa: E402,F401  (one_thread: autouse fixture)
 from xmc_core.cli import main  # noqa: E402
 from xmc_core.encoder import pad_batch, tokenize  # noqa: E402
 from xmc_core.label_trie import TrieTensors, build_trie  # noqa: E402
@@ -38,14 +38,6 @@ from xmc_core.xlgen import (  # noqa: E402
 # and label 9 ("zinc ore") never occurs in training
 TITLES = ["wheat", "crude oil", "gold", "ship", "coffee", "sugar", "money fx", "rubber", "gold bullion", "zinc ore"]
 ZERO = 9
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -2,19 +2,20 @@
 
 XR-Transformer (a checkpoint per fine-tuning level) and XLGen (a checkpoint every few hundred
 steps) resume a killed run only from a checkpoint of the same settings and data; both key it with
-`checkpoint_key`. No file is read or written here.
+`checkpoint_key`, and both find it with `read_checkpoint_meta` (its state.json).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import scipy.sparse as smat
 
-__all__ = ["checkpoint_key"]
+__all__ = ["checkpoint_key", "read_checkpoint_meta"]
 
 
 def checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, settings: dict, extra: Sequence[str] = ()) -> str:
@@ -42,3 +43,25 @@ def checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, settings: dict, extra
             h.update(str(s).encode("utf-8", "surrogatepass"))
             h.update(b"\0")
     return h.hexdigest()
+
+
+def read_checkpoint_meta(folder: str | Path, key: str | None = None) -> dict | None:
+    """The state.json of a checkpoint folder, when it is there and belongs to `key`.
+
+    Args:
+        folder: the checkpoint folder (str or Path); it need not exist.
+        key: the expected `checkpoint_key` (None: accept any).
+
+    Returns:
+        The parsed state.json (dict), or None when the folder has none or it holds another key.
+
+    Raises:
+        OSError, ValueError: an unreadable state.json.
+    """
+    path = Path(folder) / "state.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if key is not None and meta.get("key") != key:
+        return None
+    return meta

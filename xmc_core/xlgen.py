@@ -407,10 +407,6 @@ class _Vocab:
         out[self.label_rank] = np.arange(self.n_labels)
         return out
 
-    def rank_cluster_of_label_rank(self) -> np.ndarray:
-        """(L,) cluster rank of the label at each label rank."""
-        return self.cluster_rank[self.label_cluster[self.rank_to_label()]]
-
     def arrays(self) -> dict:
         """The arrays `save` writes to vocab.npz (empty arrays for what the mode lacks)."""
         empty = np.zeros(0, np.int64)
@@ -556,7 +552,7 @@ def _seq2seq_class():
 
         def frozen_states(self, ids, mask, n_frozen: int):
             """The output of the embeddings and the first n_frozen encoder layers (B × S × H)."""
-            return _encoder_layers(self.encoder, self.encoder.embeddings(input_ids=ids), mask, 0, n_frozen)
+            return _frozen_states(self.encoder, ids, mask, n_frozen)
 
         def encode_from(self, states, mask, n_frozen: int):
             """`encode` resumed from `frozen_states` (the layers above n_frozen run)."""
@@ -598,6 +594,11 @@ def _encoder_layers(backbone, h, mask, first: int, last: int):
     for layer in backbone.encoder.layer[first:last]:
         h = layer(h, ext)
     return h
+
+
+def _frozen_states(backbone, ids, mask, n_frozen: int):
+    """A BertModel's embeddings, then its first n_frozen layers, on word-piece ids (B × S)."""
+    return _encoder_layers(backbone, backbone.embeddings(input_ids=ids), mask, 0, n_frozen)
 
 
 def _decoder_config(encoder_config, layers: int):
@@ -791,11 +792,11 @@ def load_state(folder: str | Path, key: str | None = None) -> XLGenState | None:
     """
     import torch
 
+    from .checkpoint import read_checkpoint_meta
+
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        return None
-    meta = json.loads((folder / "state.json").read_text())
-    if key is not None and meta.get("key") != key:
+    meta = read_checkpoint_meta(folder, key)
+    if meta is None:
         return None
     t = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
     clusters = t["clusters"].numpy() if t["clusters"] is not None else None
@@ -841,7 +842,7 @@ def _cache_states(backbone, flat, offsets, rows, n_frozen: int, pad_id: int, bat
             ids, mask = pad_batch(flat, offsets, batch, pad_id)
             ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
             with autocast(device):
-                h = _encoder_layers(backbone, backbone.embeddings(input_ids=ids), mask, 0, n_frozen)
+                h = _frozen_states(backbone, ids, mask, n_frozen)
             h = h.float().cpu().numpy().astype(np.float16)
             for b, doc in enumerate(batch):
                 n = offsets[doc + 1] - offsets[doc]
@@ -974,7 +975,9 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     if label_titles is not None and len(label_titles) != Y.shape[1]:
         raise ValueError(f"train_xlgen: {len(label_titles)} label titles for {Y.shape[1]} label columns")
     names_text = label_texts(label_names, label_titles)
-    key = xlgen_checkpoint_key(texts, Y, params, names_text)
+    # hashing every text is only needed when checkpoints are read or written
+    key = (xlgen_checkpoint_key(texts, Y, params, names_text)
+           if resume is not None or on_checkpoint is not None else "")
     if resume is not None and resume.key != key:
         raise ValueError("train_xlgen: the resume checkpoint belongs to other settings or data")
     if params.threads:
@@ -1097,17 +1100,16 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     epoch_sum, epoch_n, t_epoch = 0.0, 0, time.perf_counter()
     log_every = max(1, min(50, params.steps // 10 or 1))
     for step in range(first_step, params.steps):
-        if cursor + params.batch_size > len(order):
+        epoch_end = cursor + params.batch_size > len(order)
+        if epoch_end:
             if epoch_n:
                 history.append({"epoch": len(history) + 1, "step": step, "loss": epoch_sum / epoch_n,
                                 "seconds": time.perf_counter() - t_epoch})
                 emit({"stage": "epoch", **history[-1]})
                 epoch_sum, epoch_n, t_epoch = 0.0, 0, time.perf_counter()
             order, cursor = rng.permutation(doc_rows), 0
-            if on_checkpoint is not None and step > first_step:
-                on_checkpoint(snapshot(step))
-                emit({"stage": "checkpoint", "step": step})
-        elif on_checkpoint is not None and checkpoint_every and step > first_step and step % checkpoint_every == 0:
+        if (on_checkpoint is not None and step > first_step
+                and (epoch_end or (checkpoint_every and step % checkpoint_every == 0))):
             on_checkpoint(snapshot(step))
             emit({"stage": "checkpoint", "step": step})
         rows = order[cursor:cursor + params.batch_size]
@@ -1133,10 +1135,9 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss_sum += float(loss.detach())
-        loss_n += 1
-        epoch_sum += float(loss.detach())
-        epoch_n += 1
+        value = float(loss.detach())
+        loss_sum, loss_n = loss_sum + value, loss_n + 1
+        epoch_sum, epoch_n = epoch_sum + value, epoch_n + 1
         if (step + 1) % log_every == 0 or step + 1 == params.steps:
             emit({"stage": "train", "step": step + 1, "loss": loss_sum / loss_n,
                   "epoch": len(history) + cursor / len(doc_rows),

@@ -369,11 +369,11 @@ def load_state(folder: str | Path, key: str | None = None) -> FineTuneState | No
     """
     import torch
 
+    from .checkpoint import read_checkpoint_meta
+
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        return None
-    meta = json.loads((folder / "state.json").read_text())
-    if key is not None and meta.get("key") != key:
+    meta = read_checkpoint_meta(folder, key)
+    if meta is None:
         return None
     with np.load(folder / "heads.npz") as arrs:
         heads = [{k: arrs[f"{k}{t}"] for k in ("W", "b", "alpha")} for t in range(meta["levels_done"])]
