@@ -58,10 +58,12 @@ def featurize(ds_dir: Path, out: Path) -> dict:
 
 
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None) -> dict:
+    """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name."""
     common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
               "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads)]
-    if system == "xmc":
-        cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params]
+    if system == "xmc" or system.startswith("xmc-"):
+        preset = system[4:] or "default"
+        cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params, "--preset", preset]
         if save_ranker is not None:
             cmd += ["--save-ranker", str(save_ranker)]
     else:
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "out"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     ap.add_argument("--params", default="{}", help="xmc XRLinearParams overrides (JSON)")
+    ap.add_argument("--xmc-presets", nargs="+", default=["default"],
+                    help="xmc presets to run (xmc_core/presets.py); rows 'xmc' (default) and 'xmc-<preset>'")
     ap.add_argument("--save-rankers", default=None,
                     help="save xmc's ranker of each dataset under DIR/<dataset> (for bench/latency.py)")
     args = ap.parse_args(argv)
@@ -92,21 +96,28 @@ def main(argv=None) -> int:
     run = Run("peers", settings=vars(args))
     run_id = run.run_id
     rows = []
-    header = f"{'dataset':<14} {'system':<9} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} {'train_s':>8} {'pred_s':>7} {'rss_mb':>7}"
+    header = (f"{'dataset':<14} {'system':<12} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} "
+              f"{'train_s':>8} {'pred_s':>7} {'rss_mb':>7} {'train×':>6} {'pred×':>6} {'rss×':>6} {'best1':>6}")
     print(header)
     print("-" * len(header))
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
         meta = featurize(Path(args.data_root) / ds, data)
         save = Path(args.save_rankers) / ds if args.save_rankers else None
+        xmc_systems = ["xmc" if p == "default" else f"xmc-{p}" for p in args.xmc_presets]
         results = {s: run_system(s, data, args.threads, args.params, save if s == "xmc" else None)
-                   for s in ["xmc", *args.peers]}
+                   for s in [*xmc_systems, *args.peers]}
         ref = results.get("pecos")
+        # the best peer's P@1 (dP@1 and ratios: against PECOS; best1: P@1 minus the best peer's)
+        peer_p1 = [r["p@1"] for s, r in results.items() if s in args.peers]
+        best = max(peer_p1) if peer_p1 else float("nan")
         for system, r in results.items():
             d = {k: (r[k] - ref[k]) if ref else float("nan") for k in ("p@1", "p@3", "p@5")}
-            print(f"{ds:<14} {system:<9} {r['p@1']:6.2f} {r['p@3']:6.2f} {r['p@5']:6.2f} "
-                  f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} {r['peak_rss_mb']:7.0f}",
-                  flush=True)
+            x = {k: r[k] / ref[k] if ref and ref[k] else float("nan") for k in ("train_s", "predict_s", "peak_rss_mb")}
+            print(f"{ds:<14} {system:<12} {r['p@1']:6.2f} {r['p@3']:6.2f} {r['p@5']:6.2f} "
+                  f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} "
+                  f"{r['peak_rss_mb']:7.0f} {x['train_s']:6.2f} {x['predict_s']:6.2f} {x['peak_rss_mb']:6.2f} "
+                  f"{r['p@1'] - best:+6.2f}", flush=True)
             rows.append({"bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
                          "threads": args.threads, "n_labels": meta["n_labels"], "n_train": meta["n_train"],
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],

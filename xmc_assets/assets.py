@@ -35,7 +35,7 @@ from xmc_core.disentangle import changes_tree, copy_stats, copy_table, disentang
 from xmc_core.label_embedding import pifa
 from xmc_core.folders import remove_xmc_folder
 from xmc_core.metrics import calibration_metrics
-from xmc_core.model import XmcModel, evaluate_model, fit_rankers, holdout_calibration
+from xmc_core.model import evaluate_model, fit_rankers, holdout_calibration, load_model
 from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
@@ -336,7 +336,8 @@ def disentangled_tree(
 @stage_asset(
     deps=[disentangled_tree],
     kinds={"python", "scipy"},
-    description="Linear rankers per tree level; saved as an XmcModel folder that loads without Dagster. "
+    description="Linear rankers per tree level (with the accurate preset, an ensemble of trees: the "
+                "label_tree's and one per further member); saved as a model folder that loads without Dagster. "
                 "With the ray_engine resource enabled, every top sub-tree's rankers are a Ray task (same model).",
 )
 def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settings: XmcSettings,
@@ -416,7 +417,7 @@ def calibration(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
     info = _corpus_info(artifacts, dataset)
     cal_params = xmc_settings.calibration_params()
     model_dir = artifacts.existing(dataset, "model", "params.json").parent
-    model = XmcModel.load(model_dir)
+    model = load_model(model_dir)
     t0 = time.perf_counter()
     if "dev" in info["splits"]:
         X_dev = artifacts.read_sparse(dataset, "tfidf", "X_dev.npz")
@@ -472,7 +473,7 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     if "test" not in info["splits"]:
         raise Failure(description=f"dataset {dataset!r} has no test split ({info['source']}); nothing to evaluate")
     # Load the saved folder (not in-memory objects): this is what a user of the model gets.
-    model = XmcModel.load(artifacts.existing(dataset, "model", "params.json").parent)
+    model = load_model(artifacts.existing(dataset, "model", "params.json").parent)
     # Raw test texts go through the model's own featurizer (BoW: raw X, normalized by the model).
     inputs = (artifacts.read_texts(dataset, "corpus", "texts_test.parquet") if info["has_texts"]
               else artifacts.read_sparse(dataset, "corpus", "X_test.npz"))

@@ -32,6 +32,7 @@ XRT_PARAMS_ENV = "XMC_XRT_PARAMS"
 XLGEN_JOB_NAME = "xlgen_pipeline"
 XLGEN_PARAMS_ENV = "XMC_XLGEN_PARAMS"
 PARAMS_ENV = "XMC_PARAMS"
+PRESET_ENV = "XMC_PRESET"
 MAX_ROWS_ENV = "XMC_MAX_ROWS"
 RAY_ENV = "XMC_RAY"
 RAY_ADDRESS_ENV = "XMC_RAY_ADDRESS"
@@ -39,7 +40,7 @@ RAY_ADDRESS_ENV = "XMC_RAY_ADDRESS"
 
 def settings_from_env() -> XmcSettings:
     max_rows = os.environ.get(MAX_ROWS_ENV)
-    return XmcSettings(params_json=os.environ.get(PARAMS_ENV) or "{}",
+    return XmcSettings(params_json=os.environ.get(PARAMS_ENV) or "{}", preset=os.environ.get(PRESET_ENV) or "default",
                        max_rows=int(max_rows) if max_rows else None)
 
 

@@ -33,6 +33,9 @@ def _parse_args(argv):
                     help=f"folder of dataset folders (default ${DATA_ROOT_ENV} or {DEFAULT_DATA_ROOT})")
     ap.add_argument("--max-rows", type=int, default=None, help="read only the first N documents of each split")
     ap.add_argument("--params", default="{}", help='XRLinearParams overrides as JSON, e.g. \'{"ranker": {"Cp": 2}}\'')
+    ap.add_argument("--preset", choices=("default", "accurate"), default="default",
+                    help="settings the --params apply over: default (fast single model) or accurate (ensemble of 3 "
+                         "trees, about 3-4x the training time)")
     return ap.parse_args(argv)
 
 
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from .resources import DataRoot, EvaluationDB, XmcSettings
 
     try:
-        XmcSettings(params_json=args.params, max_rows=args.max_rows).params()
+        XmcSettings(params_json=args.params, preset=args.preset, max_rows=args.max_rows).params()
     except Failure as e:
         print(f"xmc: error: --params: {e.description}", file=sys.stderr)
         return 2
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The settings go into the Definitions (not run config): each asset's code version is derived
     # from its section of them, so the instance knows which stages a settings change made stale.
-    settings = XmcSettings(params_json=args.params, max_rows=args.max_rows)
+    settings = XmcSettings(params_json=args.params, preset=args.preset, max_rows=args.max_rows)
     defs = build_defs(settings, resources={"data_root": data_root})
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     print(f"xmc: materializing {JOB_NAME} for dataset {dataset!r} (DAGSTER_HOME={home})", flush=True)

@@ -203,7 +203,7 @@ class ArtifactStore(ConfigurableResource):
         return p
 
     def model_dir(self, dataset: str) -> Path:
-        """The XmcModel folder of a dataset (loads without Dagster: `XmcModel.load(path)`)."""
+        """The model folder of a dataset (loads without Dagster: `xmc_core.model.load_model(path)`)."""
         return self.root() / dataset / "model"
 
     # sparse matrices -------------------------------------------------------------------------
@@ -269,7 +269,10 @@ class EvaluationDB(ConfigurableResource):
 class XmcSettings(ConfigurableResource):
     """The one training setting of a run, shared by every asset so they cannot disagree.
 
-    params_json: XRLinearParams overrides as a JSON object, e.g. '{"ranker": {"Cp": 2}}'.
+    params_json: XRLinearParams overrides as a JSON object, e.g. '{"ranker": {"Cp": 2}}', applied
+        over the preset.
+    preset: "default" (the fast single model) or "accurate" (an ensemble of 3 trees,
+        `xmc_core.presets`); the code location reads it from XMC_PRESET.
     max_rows: read only the first N documents of each split (quick runs and tests).
     p1_margin: the blocking check on `metrics` fails when P@1 falls more than this many points
         below the last accepted run of the dataset (same max_rows slice).
@@ -278,6 +281,7 @@ class XmcSettings(ConfigurableResource):
     """
 
     params_json: str = "{}"
+    preset: str = "default"
     max_rows: Optional[int] = None
     p1_margin: float = 1.0
     calibration_json: str = "{}"
@@ -301,6 +305,12 @@ class XmcSettings(ConfigurableResource):
             raise Failure(description=f"XmcSettings.params_json: invalid JSON ({e.msg} at char {e.pos})") from None
         if not isinstance(overrides, dict):
             raise Failure(description="XmcSettings.params_json: expected a JSON object")
+        from xmc_core.presets import preset_overrides
+
+        try:
+            overrides = preset_overrides(self.preset, overrides)
+        except ValueError as e:
+            raise Failure(description=f"XmcSettings.preset: {e}") from None
         try:
             return XRLinearParams().merged(overrides)
         except (TypeError, ValueError) as e:

@@ -45,7 +45,8 @@ SECTIONS = {
     # matcher is trained with them), without one only {"disentangle": None} (a pass-through, so
     # ranker settings then touch `rankers` alone). See `settings_section`.
     "disentangled_tree": ("disentangle",),
-    # `pred` and `disentangle.merge` are saved in the model folder and used by `metrics`
+    # `pred` and `disentangle.merge` are saved in the model folder and used by `metrics`; with an
+    # `ensemble` section also it, `pifa` and `tree` (see `settings_section`)
     "rankers": ("ranker", "pred"),
     "calibration": (),  # its own settings: XmcSettings.calibration_json (see `settings_section`)
     "metrics": (),
@@ -76,6 +77,10 @@ def settings_section(settings: XmcSettings, asset_name: str) -> dict:
         section["calibration"] = settings.calibration_params().to_dict()
     if asset_name == "rankers" and params.get("disentangle") is not None:
         section["merge"] = params["disentangle"]["merge"]
+    if asset_name == "rankers" and params.get("ensemble") is not None:
+        # members beyond the first build their own trees here, from these sections (the key is
+        # absent without an ensemble, so single-model hashes are what they were)
+        section.update({name: clean(name) for name in ("ensemble", "pifa", "tree")})
     return section
 
 

@@ -123,7 +123,7 @@ def _check_model_inputs(model, inputs, model_path, source: str) -> None:
     import scipy.sparse as smat
 
     if smat.issparse(inputs):
-        want = model.ranker.n_features
+        want = model.n_features if hasattr(model, "n_features") else model.ranker.n_features
         if inputs.shape[1] != want:
             raise UsageError(f"{source}: features: the data has {inputs.shape[1]} feature columns but the model "
                              f"{model_path} was trained on {want}")
@@ -229,6 +229,8 @@ def cmd_train(args) -> dict:
     from .memory import StageMemory
     from .model import METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD, XRLinearParams, train_xr_linear
 
+    if args.preset != "default" and args.method not in ("xr-linear", "xr-linear-ld"):
+        raise UsageError(f"--preset {args.preset}: only for --method xr-linear or xr-linear-ld")
     if args.method == "xr-transformer":
         return cmd_train_xr_transformer(args)
     if args.method == "xlgen":
@@ -236,7 +238,9 @@ def cmd_train(args) -> dict:
     methods = (METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD)
     if args.method not in methods:
         raise UsageError(f"--method: {args.method!r} is not available (available: {', '.join(TRAIN_METHODS)})")
-    overrides = _load_params(args.params)
+    from .presets import preset_overrides
+
+    overrides = preset_overrides(args.preset, _load_params(args.params))
     if args.method == METHOD_XR_LINEAR_LD:
         if overrides.get("disentangle", {}) is None:
             raise UsageError("--params: disentangle: null contradicts --method xr-linear-ld")
@@ -306,7 +310,7 @@ def cmd_train(args) -> dict:
     model.save(args.model)
     log(memory.add({"stage": "save", "seconds": time.perf_counter() - t0}))
     out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
-           "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "features": features,
+           "n_labels": ds.n_labels, "n_features": model.n_features, "features": features,
            "load_s": round(load_s, 3), "train_s": round(train_s, 3), "peak_rss_mb": round(memory.run_peak_mb, 1)}
     if engine is not None:
         out["engine"] = engine.name
@@ -565,10 +569,11 @@ def cmd_calibrate(args) -> dict:
 
 
 def _text_model(model) -> bool:
-    """An XR-Linear model with a TF-IDF featurizer (its texts can be featurized apart)."""
+    """An XR-Linear model (or ensemble) with a TF-IDF featurizer (its texts can be featurized apart)."""
+    from .ensemble import XmcEnsemble
     from .model import XmcModel
 
-    return isinstance(model, XmcModel) and model.featurizer is not None
+    return isinstance(model, (XmcModel, XmcEnsemble)) and model.featurizer is not None
 
 
 class _StageLog:
@@ -675,6 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "matrix (XC bag of words, PECOS tfidf-*/X.trn.npz); 'auto' (default): the texts where there "
                         "are any. The output's 'features' says which was used")
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")
+    p.add_argument("--preset", choices=("default", "accurate"), default="default",
+                   help="xr-linear settings to start from (--params applies over them): default, the fast "
+                        "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
+                        "prediction time; xmc_core/presets.py)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None, help="read only the first N documents (quick runs)")
     p.add_argument("-v", "--verbose", action="store_true",

@@ -35,6 +35,7 @@ from .disentangle import (
     predict_merged,
     train_matcher,
 )
+from .ensemble import METHOD_XR_LINEAR_ENSEMBLE, EnsembleParams
 from .folders import atomic_dir
 from .calibration import CalibrationParams, holdout_split
 from .label_embedding import PifaParams, pifa
@@ -68,6 +69,9 @@ class XRLinearParams:
         disentangle: optional :class:`DisentangleParams`: None (absent from the dict) is plain
             XR-Linear; a section runs label disentanglement (`xmc_core.disentangle`) between the
             tree and the final rankers.
+        ensemble: optional :class:`ensemble.EnsembleParams`: a section trains that many models
+            (`xmc_core.ensemble`; method "xr-linear-ensemble"), each with these settings and its
+            own seeds and label view.
     """
 
     tfidf: TfidfParams = field(default_factory=TfidfParams)
@@ -76,13 +80,17 @@ class XRLinearParams:
     ranker: RankerParams = field(default_factory=RankerParams)
     pred: PredParams = field(default_factory=PredParams)
     disentangle: DisentangleParams | None = None
+    ensemble: EnsembleParams | None = None
 
     #: optional sections: their class (a None value is left out of the dict)
-    _OPTIONAL = {"disentangle": DisentangleParams}
+    _OPTIONAL = {"disentangle": DisentangleParams, "ensemble": EnsembleParams}
 
     @property
     def method(self) -> str:
-        """The model's method name (str): "xr-linear-ld" with a disentangle section, else "xr-linear"."""
+        """The model's method name (str): "xr-linear-ensemble" with an ensemble section, else
+        "xr-linear-ld" with a disentangle section, else "xr-linear"."""
+        if self.ensemble is not None:
+            return METHOD_XR_LINEAR_ENSEMBLE
         return METHOD_XR_LINEAR_LD if self.disentangle is not None else METHOD_XR_LINEAR
 
     def to_dict(self) -> dict:
@@ -244,12 +252,22 @@ class XmcModel(ModelBase):
                 the wrong width; an unknown post_processor.
         """
         check_predict_args(topk, beam_size)
-        X = self.featurize(texts_or_X)
+        return self.predict_features(self.featurize(texts_or_X), topk, beam_size, post_processor)
+
+    def predict_features(self, X: smat.csr_matrix, topk: int | None = None, beam_size: int | None = None,
+                         post_processor: str | None = None) -> smat.csr_matrix:
+        """:meth:`predict` on features :meth:`featurize` made already (N × D float32 CSR, rows
+        l2-normalized); same arguments (checked by the caller) and result."""
         d = self.params.disentangle
         if d is not None and d.merge != "max":
             return predict_merged(self.ranker, X, d.merge, beam_size=beam_size, only_topk=topk,
                                   post_processor=post_processor)
         return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
+
+    @property
+    def n_features(self) -> int:
+        """D, the feature width the rankers score (int)."""
+        return self.ranker.n_features
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -324,6 +342,7 @@ def _read_copies(path: Path) -> pl.DataFrame:
 _MODEL_CLASSES = {
     "xr-transformer": ("xmc_core.xtransformer", "XTransformerModel"),
     "xlgen": ("xmc_core.xlgen", "XLGenModel"),
+    METHOD_XR_LINEAR_ENSEMBLE: ("xmc_core.ensemble", "XmcEnsemble"),
 }
 
 
@@ -334,8 +353,8 @@ def load_model(path: str | Path):
         path: the model folder (str or Path).
 
     Returns:
-        XmcModel ("xr-linear", "xr-linear-ld"), XTransformerModel ("xr-transformer") or
-        XLGenModel ("xlgen"); the latter two import torch.
+        XmcModel ("xr-linear", "xr-linear-ld"), `ensemble.XmcEnsemble` ("xr-linear-ensemble"),
+        XTransformerModel ("xr-transformer") or XLGenModel ("xlgen"); the latter two import torch.
 
     Raises:
         ModelFormatError: as :func:`read_model_meta` and the class's `load`.
@@ -381,7 +400,8 @@ def train_xr_linear(
         engine: execution engine of the tree and rankers (`fit_rankers`; None: this process).
 
     Returns:
-        XmcModel whose predict gives N × L float32 CSR scores.
+        XmcModel whose predict gives N × L float32 CSR scores (an `ensemble.XmcEnsemble` when params
+        have an ensemble section).
 
     Raises:
         ValueError: both or neither of texts and X; a negative or non-finite entry of Y (named
@@ -442,12 +462,18 @@ def fit_rankers(X, Y, label_names, params: XRLinearParams, featurizer=None, tree
 
     Returns:
         XmcModel; its method is "xr-linear-ld" whenever params has a disentangle section; when
-        copies are made here, `model.copies` is their `copy_table`.
+        copies are made here, `model.copies` is their `copy_table`. With an ensemble section,
+        an `ensemble.XmcEnsemble` (`ensemble.fit_ensemble`; `tree` is member 0's).
 
     Raises:
         ValueError: X and Y row counts differ, or Y's width is not the tree's label count.
     """
     memory = memory or StageMemory()
+    if params.ensemble is not None:
+        from .ensemble import fit_ensemble
+
+        return fit_ensemble(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory,
+                            engine=engine, first_tree=tree, first_tree_final=tree is not None and not disentangle)
     _emit = log or (lambda rec: None)
 
     def emit(rec):

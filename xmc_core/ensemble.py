@@ -1,0 +1,389 @@
+"""Ensembles of XR-Linear models: T label trees that differ in seed and in the label-embedding
+view they are clustered from, one model folder, scores averaged after the post-processor.
+
+Member t (t = 0 … T-1) is an XR-Linear model (or xr-linear-ld, with a disentangle section) whose
+tree and coordinate-descent seeds are the base settings' plus t, and whose tree is built from the
+label embedding ``views[t % len(views)]``. Member 0 of a "pifa" ensemble is exactly the single
+model of the same settings. Prediction: every member's beam search keeps its top
+``max(topk, member_topk)`` labels with post-processed scores (in (0, 1] for the hinge
+post-processors); the ensemble's score of a label is their weighted mean, a member that did not
+keep the label counting 0; the top `topk` are returned.
+
+A model folder:
+
+    model/
+      params.json         method "xr-linear-ensemble"; params hold the `ensemble` section
+      labels.txt, label_counts.npy, train_stats.json, calibration/   (`model_base`)
+      featurizer/         the shared TF-IDF (raw-text models)
+      members/{t}/ranker/ one XR-Linear ranker per member (tree.npz, W{t}.npz, ranker.json)
+      members/{t}/copies.parquet   members with label disentanglement
+
+Views (label embeddings Z, L × D, rows unit norm, clustered by `tree.build_tree`):
+
+- "pifa": PIFA, Z = normalize(Yᵀ X) (PECOS's default);
+- "cooc": label co-occurrence, Z = normalize(Yᵀ Y): labels that are given together cluster
+  together whatever their text;
+- "pifa+cooc": both, side by side (each half unit norm), then normalized.
+
+Source: ensembles of XR-Linear trees over seeds and embeddings as in PECOS's XR-Transformer
+(Zhang et al. 2021, "Fast Multi-Resolution Transformer Fine-tuning for Extreme Multi-label Text
+Classification", NeurIPS, ranker ensembles) and Parabel/omikuji's tree ensembles (Prabhu et al.
+2018, WWW).
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import scipy.sparse as smat
+
+from .folders import atomic_dir
+from .label_embedding import pifa
+from .memory import StageMemory, nbytes_mb
+from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
+from .params import ParamsBase
+from .sparse import l2_normalize_rows
+from .tree import LabelTree, build_tree
+
+__all__ = ["METHOD_XR_LINEAR_ENSEMBLE", "VIEWS", "EnsembleParams", "member_params", "label_view", "fit_ensemble",
+           "XmcEnsemble"]
+
+#: method name of an ensemble model folder (params with an `ensemble` section)
+METHOD_XR_LINEAR_ENSEMBLE = "xr-linear-ensemble"
+#: label-embedding views a member's tree can be built from (see the module docstring)
+VIEWS = ("pifa", "cooc", "pifa+cooc")
+#: ways the members' scores are combined
+COMBINES = ("mean",)
+
+
+@dataclass
+class EnsembleParams(ParamsBase):
+    """Settings of an ensemble of XR-Linear models (the `ensemble` section of `XRLinearParams`).
+
+    size: number of members T (int >= 1).
+    views: label-embedding view of each member's tree, member t takes ``views[t % len(views)]``
+        (a list of names in `VIEWS`).
+    combine: "mean": the weighted mean of the members' post-processed scores.
+    weights: one weight per member (None: 1/T each); normalized to sum 1.
+    member_topk: labels each member keeps before the scores are combined (the request's topk
+        when larger): a label only some members keep is still found.
+    members: per-member setting overrides, member t takes ``members[t % len(members)]``, a nested
+        dict as `XRLinearParams.merged` reads ({"ranker": {"Cn": 2}}); None or [] : none. Seeds
+        and views are varied apart from these.
+    """
+
+    size: int = 3
+    views: list[str] = field(default_factory=lambda: ["pifa"])
+    combine: str = "mean"
+    weights: list[float] | None = None
+    member_topk: int = 20
+    members: list[dict] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.size, int) or self.size < 1:
+            raise ValueError(f"EnsembleParams.size: must be an integer >= 1, got {self.size!r}")
+        if isinstance(self.views, str):
+            self.views = [self.views]
+        if not self.views or any(v not in VIEWS for v in self.views):
+            raise ValueError(f"EnsembleParams.views: a non-empty list of {list(VIEWS)}, got {self.views!r}")
+        if self.combine not in COMBINES:
+            raise ValueError(f"EnsembleParams.combine: expected one of {list(COMBINES)}, got {self.combine!r}")
+        if self.weights is not None:
+            if len(self.weights) != self.size or any(not np.isfinite(w) or w < 0 for w in self.weights) \
+                    or sum(self.weights) <= 0:
+                raise ValueError(f"EnsembleParams.weights: {self.size} finite weights >= 0 with a positive sum, "
+                                 f"got {self.weights!r}")
+        if self.member_topk < 1:
+            raise ValueError(f"EnsembleParams.member_topk: must be >= 1, got {self.member_topk}")
+        if self.members is not None:
+            if not isinstance(self.members, list) or any(not isinstance(m, dict) for m in self.members):
+                raise ValueError(f"EnsembleParams.members: a list of setting objects, got {self.members!r}")
+            bad = [k for m in self.members for k in m if k in ("ensemble", "tfidf")]
+            if bad:
+                raise ValueError(f"EnsembleParams.members: section {bad[0]!r} cannot differ between members "
+                                 "(they share one featurizer and one ensemble)")
+            from .model import XRLinearParams  # here: model imports this module
+
+            for m in self.members:
+                try:
+                    XRLinearParams().merged(m)
+                except ValueError as e:
+                    raise ValueError(f"EnsembleParams.members: {e}") from None
+
+    def member_weights(self) -> np.ndarray:
+        """(T,) float64 weights summing to 1."""
+        w = np.ones(self.size) if self.weights is None else np.asarray(self.weights, np.float64)
+        return w / w.sum()
+
+
+def member_params(params, t: int):
+    """The XRLinearParams of member t: no ensemble section, the member's overrides
+    (`EnsembleParams.members`) applied, tree and ranker seeds + t.
+
+    Args:
+        params: the ensemble's `model.XRLinearParams` (with an `ensemble` section).
+        t: member index, 0 <= t < size.
+
+    Returns:
+        XRLinearParams (member 0's equal the base settings when it has no overrides).
+
+    Raises:
+        ValueError: an override that `XRLinearParams.merged` refuses.
+    """
+    ens = params.ensemble
+    base = replace(params, ensemble=None)
+    if ens is not None and ens.members:
+        base = base.merged(ens.members[t % len(ens.members)])
+    return replace(base, tree=replace(base.tree, seed=base.tree.seed + t),
+                   ranker=replace(base.ranker, seed=base.ranker.seed + t))
+
+
+def label_view(view: str, X: smat.csr_matrix, Y: smat.spmatrix, threads: int = 1):
+    """The label embedding Z of one view (see the module docstring).
+
+    Args:
+        view: a name in `VIEWS`.
+        X: N × D float32 CSR, rows l2-normalized.
+        Y: N × L label matrix (sparse; entries > 0 positives).
+        threads: threads of the PIFA product (-1: all cores).
+
+    Returns:
+        L × D' float32 CSR with unit-norm rows (a label without positives: a zero row).
+
+    Raises:
+        ValueError: an unknown view.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"label_view: unknown view {view!r}; expected one of {list(VIEWS)}")
+    parts = []
+    if view in ("pifa", "pifa+cooc"):
+        parts.append(pifa(X, Y, threads=threads))
+    if view in ("cooc", "pifa+cooc"):
+        Yb = smat.csr_matrix(Y, dtype=np.float32, copy=True)
+        Yb.data[:] = 1.0
+        parts.append(l2_normalize_rows(smat.csr_matrix(Yb.T @ Yb, dtype=np.float32), copy=False))
+    if len(parts) == 1:
+        return smat.csr_matrix(parts[0])
+    return l2_normalize_rows(smat.hstack(parts, format="csr", dtype=np.float32), copy=False)
+
+
+def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
+                 log: Callable[[dict], None] | None = None, label_titles: Sequence[str] | None = None,
+                 memory: StageMemory | None = None, engine=None, first_tree: LabelTree | None = None,
+                 first_tree_final: bool = False) -> "XmcEnsemble":
+    """Train the T members of `params.ensemble` on ready features X.
+
+    Each view's embedding is computed once and every member's tree built from it (then the
+    embeddings are dropped); the members' rankers are trained one after another, each over all
+    threads (a member's blocks already keep the cores busy) or on `engine`.
+
+    Args:
+        X: N × D float32 CSR, rows l2-normalized.
+        Y: N × L label matrix (sparse), entries > 0 positives (checked by the caller).
+        label_names: L label names.
+        params: `model.XRLinearParams` with an `ensemble` section.
+        featurizer: the fitted TfidfVectorizer shared by the members (None: feature vectors).
+        log: receives the members' stage records, each with "member" (its index) and "view".
+        label_titles: optional L titles (members' copies tables).
+        memory: the :class:`memory.StageMemory` of the caller's stages (None: a new one).
+        engine: an execution engine for each member's rankers (`model.fit_rankers`).
+        first_tree: member 0's tree when it is built already (the Dagster `label_tree` asset);
+            None: built here.
+        first_tree_final: `first_tree` is disentangled already (the Dagster `disentangled_tree`
+            asset); the other members are disentangled here when params have the section.
+
+    Returns:
+        XmcEnsemble with T members.
+
+    Raises:
+        ValueError: no ensemble section; as `model.fit_rankers`.
+    """
+    from .model import fit_rankers
+
+    ens = params.ensemble
+    if ens is None:
+        raise ValueError("fit_ensemble: params have no ensemble section")
+    memory = memory or StageMemory()
+    _emit = log or (lambda rec: None)
+    trees: list[LabelTree | None] = [None] * ens.size
+    if first_tree is not None:
+        trees[0] = first_tree
+    for view in dict.fromkeys(ens.views):  # each view once, in order
+        todo = [t for t in range(ens.size) if ens.views[t % len(ens.views)] == view and trees[t] is None]
+        if not todo:
+            continue
+        t0 = time.perf_counter()
+        Z = label_view(view, X, Y, threads=params.tree.threads)
+        _emit(memory.add({"stage": "label_embeddings", "view": view, "seconds": time.perf_counter() - t0,
+                          "Z_mb": nbytes_mb(Z)}))
+        for t in todo:
+            t0 = time.perf_counter()
+            trees[t] = build_tree(Z, member_params(params, t).tree)
+            _emit(memory.add({"stage": "label_tree", "member": t, "view": view, "seconds": time.perf_counter() - t0,
+                              "level_sizes": trees[t].level_sizes()}))
+        del Z
+    members = []
+    for t in range(ens.size):
+        view = ens.views[t % len(ens.views)]
+
+        def member_log(rec, t=t, view=view):
+            _emit({**rec, "member": t, "view": view})
+
+        final = t == 0 and first_tree is not None and first_tree_final
+        members.append(fit_rankers(X, Y, label_names, member_params(params, t), featurizer, tree=trees[t],
+                                   log=member_log, disentangle=not final, label_titles=label_titles, memory=memory,
+                                   engine=engine))
+        trees[t] = None
+    return XmcEnsemble(params, list(label_names), members, featurizer,
+                       info={"members": [m.info for m in members]})
+
+
+class XmcEnsemble(ModelBase):
+    """A trained ensemble of XR-Linear models sharing one featurizer (see the module docstring).
+
+    Attributes:
+        params: `model.XRLinearParams` with the `ensemble` section.
+        label_names: L label names (list of str).
+        members: T `model.XmcModel`, member t trained with ``member_params(params, t)``.
+        featurizer: the shared TfidfVectorizer (raw-text models) or None.
+        info: training records ({"members": [each member's info]} and what the caller adds).
+        label_counts, n_train: as every model kind (`model_base.LabelSpace`).
+
+    Raises:
+        ValueError: no members, or members of other label counts than the names.
+    """
+
+    method = METHOD_XR_LINEAR_ENSEMBLE
+
+    def __init__(self, params, label_names: list[str], members: list, featurizer=None, info: dict | None = None):
+        if not members:
+            raise ValueError("XmcEnsemble: no members")
+        bad = [m.n_labels for m in members if m.n_labels != len(label_names)]
+        if bad:
+            raise ValueError(f"XmcEnsemble: {len(label_names)} label names, members of {bad[0]} labels")
+        self.params = params
+        self.label_names = list(label_names)
+        self.members = list(members)
+        self.featurizer = featurizer
+        self.info = dict(info or {})
+        self.label_counts: np.ndarray | None = None
+        self.n_train: int | None = None
+        self.calibration = None
+
+    @property
+    def n_features(self) -> int:
+        """D, the feature width every member scores (int)."""
+        return self.members[0].n_features
+
+    def featurize(self, texts_or_X) -> smat.csr_matrix:
+        """Model features of raw texts or a feature matrix, once for all members (as
+        `model.XmcModel.featurize`)."""
+        return self.members[0].featurize(texts_or_X)
+
+    def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
+                post_processor: str | None = None) -> smat.csr_matrix:
+        """Weighted mean of the members' post-processed scores; the top `topk` labels per row.
+
+        Args:
+            texts_or_X: N texts (str) or an N × D feature matrix (see `model.XmcModel.featurize`).
+            topk: labels kept per row (None: `params.pred.only_topk`).
+            beam_size: each member's beam (None: `params.pred.beam_size`).
+            post_processor: a key of `xlinear.POST_PROCESSORS` (None: the model's).
+
+        Returns:
+            N × L float32 CSR, at most topk entries per row, indices sorted, values in the
+            post-processor's range (a mean of member scores, 0 for a member without the label).
+
+        Raises:
+            ValueError: as `model.XmcModel.predict`.
+        """
+        from .model import check_predict_args, keep_topk
+
+        check_predict_args(topk, beam_size)
+        X = self.featurize(texts_or_X)
+        k = topk or self.params.pred.only_topk
+        k_member = max(k, self.params.ensemble.member_topk)
+        S = None
+        for w, m in zip(self.params.ensemble.member_weights(), self.members):
+            P = m.predict_features(X, topk=k_member, beam_size=beam_size, post_processor=post_processor)
+            P.data *= np.float32(w)
+            S = P if S is None else S + P
+        S = smat.csr_matrix(S, dtype=np.float32)
+        S.sort_indices()
+        return keep_topk(S, k)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder (layout in the module docstring) atomically (`folders.atomic_dir`).
+
+        Args:
+            path: destination folder (str or Path); missing, empty, or a model folder xmc wrote.
+
+        Returns:
+            The folder as a Path.
+
+        Raises:
+            PathInUseError: `path` holds something that is not an xmc model folder.
+        """
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.write_common(tmp, {"n_features": self.n_features, "has_text_featurizer": self.featurizer is not None,
+                                    "n_members": len(self.members)})
+            if self.featurizer is not None:
+                self.featurizer.save(tmp / "featurizer")
+            for t, m in enumerate(self.members):
+                m.ranker.save(tmp / "members" / str(t) / "ranker")
+                if m.copies is not None:
+                    m.copies.write_parquet(tmp / "members" / str(t) / "copies.parquet")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "XmcEnsemble":
+        """Load a folder written by `save`.
+
+        Args:
+            path: the model folder (str or Path).
+
+        Returns:
+            XmcEnsemble ready to predict.
+
+        Raises:
+            ModelFormatError: one line naming the folder or file, when it is missing, of another
+                format version, or incomplete / corrupt (a member missing, a file truncated).
+        """
+        from .model import XmcModel, XRLinearParams, _read_copies
+        from .tfidf import TfidfVectorizer
+        from .xlinear import XLinearModel
+
+        path = Path(path)
+        meta = read_model_meta(path)
+        try:
+            names = read_label_names(path)
+            params = XRLinearParams.from_dict(meta["params"])
+            if params.ensemble is None:
+                raise ValueError("params.json has no ensemble section")
+            n_members = int(meta.get("n_members", params.ensemble.size))
+            if n_members != params.ensemble.size:
+                raise ValueError(f"{n_members} members written, the settings say {params.ensemble.size}")
+            featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
+            members = []
+            for t in range(n_members):
+                mp = member_params(params, t)
+                m = XmcModel(mp, names, XLinearModel.load(path / "members" / str(t) / "ranker"), featurizer,
+                             mp.method)
+                if (path / "members" / str(t) / "copies.parquet").is_file():
+                    m.copies = _read_copies(path / "members" / str(t) / "copies.parquet")
+                members.append(m)
+            model = cls(params, names, members, featurizer, meta.get("info"))
+            model.load_common(path)
+        except ModelFormatError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
+            raise ModelFormatError(
+                one_line(f"{path}: incomplete or corrupt model folder ({type(e).__name__}: {e}); retrain the model")
+            ) from None
+        return model
