@@ -2,7 +2,13 @@
 """xmc XR-Linear vs PECOS (and optionally omikuji, napkinXC), side by side, same data and threads.
 
     .venv/bin/python bench/compare_peers.py [--datasets bibtex delicious reuters-21578 eurlex57k]
-        [--peers pecos omikuji napkinxc] [--threads 2] [--data-root ../shared/data]
+        [--peers pecos omikuji napkinxc] [--xmc-presets default accurate accurate-text] [--threads 2]
+        [--data-root ../shared/data]
+
+xmc runs once per preset (rows "xmc" and "xmc-<preset>"); a preset with an embedding block
+(accurate-text) gets the encoder's embeddings of the raw texts, computed once per dataset and
+reported apart as embed_s (peers and the other presets get the TF-IDF alone). Each row's train×,
+pred× and rss× are ratios to PECOS; best1 is its P@1 minus the best peer's.
 
 Each dataset is featurized once by xmc (raw text: word 1-2-gram TF-IDF, sublinear tf, min_df 2,
 l2 rows, fitted on train; bag-of-words: l2-normalized rows) and written as .npz; every system then
@@ -57,13 +63,50 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     return meta
 
 
-def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None) -> dict:
+def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) -> dict:
+    """Write E.trn.npy / E.tst.npy, the encoder's pooled embeddings of a raw-text dataset's texts
+    (cached per encoder and length), for the presets with an embedding block; returns their
+    meta (embed_s: the encoder's seconds on train + test, on `threads` threads)."""
+    import numpy as np
+
+    from xmc_core.data import load_dataset
+    from xmc_core.encoder import encode, load_encoder
+    from xmc_core.ensemble import EnsembleParams, encoder_params
+
+    tag = f"{Path(encoder).name}-{max_length}"
+    meta_file = out / f"E-{tag}.json"
+    if meta_file.is_file():
+        return json.loads(meta_file.read_text())
+    ep = encoder_params(EnsembleParams(embedding=encoder, embedding_max_length=max_length))
+    ep.threads = threads
+    ds = load_dataset(ds_dir, splits=("train", "test"))
+    if ds.train.texts is None:
+        raise SystemExit(f"{ds_dir}: no raw texts to embed (a preset with an embedding block needs them)")
+    t0 = time.perf_counter()
+    tokenizer, model = load_encoder(ep)
+    for key, split in (("trn", ds.train), ("tst", ds.test)):
+        np.save(out / f"E-{tag}.{key}.npy", encode(model, tokenizer, split.texts, ep))
+    meta = {"encoder": encoder, "max_length": max_length, "embed_s": round(time.perf_counter() - t0, 2),
+            "tag": tag}
+    meta_file.write_text(json.dumps(meta))
+    return meta
+
+
+def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
+               ds_dir: Path | None = None) -> dict:
     """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name."""
     common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
               "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads)]
+    emb = None
     if system == "xmc" or system.startswith("xmc-"):
+        from xmc_core.presets import preset_overrides
+
         preset = system[4:] or "default"
         cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params, "--preset", preset]
+        ens = preset_overrides(preset, json.loads(params)).get("ensemble") or {}
+        if ens.get("embedding"):
+            emb = embed(ds_dir, data, ens["embedding"], ens.get("embedding_max_length", 128), threads)
+            cmd += ["--embeddings", str(data / f"E-{emb['tag']}")]
         if save_ranker is not None:
             cmd += ["--save-ranker", str(save_ranker)]
     else:
@@ -73,7 +116,10 @@ def run_system(system: str, data: Path, threads: int, params: str, save_ranker: 
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{system} failed on {data}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if emb is not None:  # the encoder's time, in neither train_s nor predict_s (features, as TF-IDF)
+        out["embed_s"] = emb["embed_s"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -105,7 +151,8 @@ def main(argv=None) -> int:
         meta = featurize(Path(args.data_root) / ds, data)
         save = Path(args.save_rankers) / ds if args.save_rankers else None
         xmc_systems = ["xmc" if p == "default" else f"xmc-{p}" for p in args.xmc_presets]
-        results = {s: run_system(s, data, args.threads, args.params, save if s == "xmc" else None)
+        results = {s: run_system(s, data, args.threads, args.params, save if s == "xmc" else None,
+                                 Path(args.data_root) / ds)
                    for s in [*xmc_systems, *args.peers]}
         ref = results.get("pecos")
         # the best peer's P@1 (dP@1 and ratios: against PECOS; best1: P@1 minus the best peer's)

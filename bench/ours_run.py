@@ -30,6 +30,9 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--beam-size", type=int, default=10)
     ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
     ap.add_argument("--preset", default="default", help="xmc_core.presets name the --params apply over")
+    ap.add_argument("--embeddings", default=None,
+                    help="PREFIX of PREFIX.trn.npy / PREFIX.tst.npy: encoder embeddings joined to X "
+                         "(l2_rows([X ⊕ E]), the embedding block of a preset such as accurate-text)")
 
 
 def bench_params(params_json: str, threads: int, beam_size: int, preset: str = "default"):
@@ -67,6 +70,11 @@ def main(argv=None) -> int:
     Ytr = smat.load_npz(args.train_Y).tocsr().astype(np.float32)
     Xte = smat.load_npz(args.test_X).tocsr().astype(np.float32)
     Yte = smat.load_npz(args.test_Y).tocsr().astype(np.float32)
+    if args.embeddings:
+        from xmc_core.xtransformer import concat_features
+
+        Xtr = concat_features(Xtr, np.load(args.embeddings + ".trn.npy"))
+        Xte = concat_features(Xte, np.load(args.embeddings + ".tst.npy"))
     params = bench_params(args.params, args.threads, args.beam_size, args.preset)
     names = [str(i) for i in range(Ytr.shape[1])]
     t0 = time.perf_counter()

@@ -189,3 +189,29 @@ def test_dagster_graph_with_the_accurate_preset(tmp_path):
     assert settings_hash(default, "label_tree") == settings_hash(settings, "label_tree")
     with pytest.raises(Exception, match="unknown preset"):
         XmcSettings(preset="fastest").params()
+
+
+def test_accurate_text_joins_the_embedding_block(tmp_path, capsys, reuters_dir):
+    """accurate-text: members read [TF-IDF ⊕ MiniLM embedding]; the folder predicts raw text alone
+    after a reload; feature-vector data is refused in one line."""
+    from conftest import require_module
+
+    require_module("torch")
+    model = tmp_path / "m"
+    assert main(["train", "--data", str(reuters_dir), "--model", str(model), "--max-rows", "300", "--threads", "2",
+                 "--preset", "accurate-text", "--params",
+                 '{"ensemble": {"size": 2, "embedding_max_length": 32}, "tree": {"max_leaf_size": 20}}']) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    ens = load_model(model)
+    tfidf_width = ens.featurizer.n_features
+    assert info["n_features"] == ens.n_features == tfidf_width + 384
+    text = "wheat and grain exports to the soviet union"
+    X = ens.featurize([text])
+    assert X.shape == (1, tfidf_width + 384) and X[:, tfidf_width:].nnz > 300  # the dense block is there
+    np.testing.assert_allclose(smat.linalg.norm(X, axis=1), [1.0], rtol=1e-5)
+    assert (ens.predict([text], topk=3) != ens.predict(X, topk=3)).nnz == 0
+    with pytest.raises(ValueError, match="reads raw texts"):
+        ens.predict(X[:, :tfidf_width])
+    X, Y = clustered_problem(n=100, n_labels=10, n_features=50)
+    with pytest.raises(ValueError, match="embedding block reads raw texts"):
+        train_xr_linear(Y, _names(Y), XRLinearParams().merged(preset_overrides("accurate-text")), X=X)

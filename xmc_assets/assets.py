@@ -351,6 +351,16 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     featurizer_dir = artifacts.path(dataset, "tfidf", "featurizer")
     # The model carries the fitted featurizer so that it predicts from raw text on its own.
     featurizer = TfidfVectorizer.load(featurizer_dir) if info["has_texts"] else None
+    if params.ensemble is not None and params.ensemble.embedding:
+        # the accurate-text preset: every member reads [TF-IDF ⊕ pretrained embedding] (the
+        # label_tree asset's tree, member 0's, stays the TF-IDF one)
+        from xmc_core.ensemble import embedding_block
+
+        texts = artifacts.read_texts(dataset, "corpus", "texts_train.parquet") if info["has_texts"] else None
+        try:
+            X = embedding_block(X, texts, params.ensemble)
+        except ValueError as e:
+            raise Failure(description=f"rankers: {e}") from None
 
     levels: list[dict] = []
     subtrees: list[dict] = []

