@@ -66,17 +66,33 @@ def featurize(ds_dir: Path, out: Path) -> dict:
 def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) -> dict:
     """Write E.trn.npy / E.tst.npy, the encoder's pooled embeddings of a raw-text dataset's texts
     (cached per encoder and length), for the presets with an embedding block; returns their
-    meta (embed_s: the encoder's seconds on train + test, on `threads` threads)."""
+    meta (embed_s: the encoder's seconds on train + test, on `threads` threads).
+
+    The encoder runs in a child process of its own: Linux keeps a process's peak RSS across
+    exec, so every system started from this process afterwards would report the encoder's
+    peak as its own."""
+    import multiprocessing
+
+    tag = f"{Path(encoder).name}-{max_length}"
+    meta_file = out / f"E-{tag}.json"
+    if not meta_file.is_file():
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_embed_files, args=(ds_dir, out, encoder, max_length, threads, tag))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or not meta_file.is_file():
+            raise SystemExit(f"embedding {ds_dir} with {encoder} failed (exit {proc.exitcode})")
+    return json.loads(meta_file.read_text())
+
+
+def _embed_files(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int, tag: str) -> None:
     import numpy as np
 
     from xmc_core.data import load_dataset
     from xmc_core.encoder import encode, load_encoder
     from xmc_core.ensemble import EnsembleParams, encoder_params
 
-    tag = f"{Path(encoder).name}-{max_length}"
     meta_file = out / f"E-{tag}.json"
-    if meta_file.is_file():
-        return json.loads(meta_file.read_text())
     ep = encoder_params(EnsembleParams(embedding=encoder, embedding_max_length=max_length))
     ep.threads = threads
     ds = load_dataset(ds_dir, splits=("train", "test"))
@@ -89,7 +105,6 @@ def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) 
     meta = {"encoder": encoder, "max_length": max_length, "embed_s": round(time.perf_counter() - t0, 2),
             "tag": tag}
     meta_file.write_text(json.dumps(meta))
-    return meta
 
 
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
