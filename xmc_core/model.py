@@ -256,8 +256,15 @@ class XmcModel(ModelBase):
 
     def predict_features(self, X: smat.csr_matrix, topk: int | None = None, beam_size: int | None = None,
                          post_processor: str | None = None) -> smat.csr_matrix:
-        """:meth:`predict` on features :meth:`featurize` made already (N × D float32 CSR, rows
-        l2-normalized); same arguments (checked by the caller) and result."""
+        """:meth:`predict` on features :meth:`featurize` made already.
+
+        Args:
+            X: N × D float32 CSR, rows l2-normalized (the model's features).
+            topk, beam_size, post_processor: as :meth:`predict` (checked by the caller).
+
+        Returns:
+            N × L float32 CSR, as :meth:`predict`.
+        """
         d = self.params.disentangle
         if d is not None and d.merge != "max":
             return predict_merged(self.ranker, X, d.merge, beam_size=beam_size, only_topk=topk,
