@@ -123,7 +123,7 @@ def _check_model_inputs(model, inputs, model_path, source: str) -> None:
     import scipy.sparse as smat
 
     if smat.issparse(inputs):
-        want = model.n_features if hasattr(model, "n_features") else model.ranker.n_features
+        want = model.n_features
         if inputs.shape[1] != want:
             raise UsageError(f"{source}: features: the data has {inputs.shape[1]} feature columns but the model "
                              f"{model_path} was trained on {want}")
@@ -365,7 +365,7 @@ def cmd_train_xr_transformer(args) -> dict:
     model.save(model_path)
     remove_xmc_folder(ckpt, kind="checkpoint")
     out = {"model": str(model_path), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
-           "n_labels": ds.n_labels, "n_features": model.ranker.n_features, "device": model.info.get("device"),
+           "n_labels": ds.n_labels, "n_features": model.n_features, "device": model.info.get("device"),
            "load_s": round(load_s, 3), "train_s": round(train_s, 3)}
     return {**out, "calibration": calibration} if calibration is not None else out
 

@@ -410,9 +410,8 @@ class XmcEnsemble(ModelBase):
             if self.featurizer is not None:
                 self.featurizer.save(tmp / "featurizer")
             for t, m in enumerate(self.members):
-                m.ranker.save(tmp / "members" / str(t) / "ranker")
-                if m.copies is not None:
-                    m.copies.write_parquet(tmp / "members" / str(t) / "copies.parquet")
+                (tmp / "members" / str(t)).mkdir(parents=True)
+                m.write_rankers(tmp / "members" / str(t))
         return path
 
     @classmethod
@@ -429,9 +428,8 @@ class XmcEnsemble(ModelBase):
             ModelFormatError: one line naming the folder or file, when it is missing, of another
                 format version, or incomplete / corrupt (a member missing, a file truncated).
         """
-        from .model import XmcModel, XRLinearParams, _read_copies
+        from .model import XmcModel, XRLinearParams
         from .tfidf import TfidfVectorizer
-        from .xlinear import XLinearModel
 
         path = Path(path)
         meta = read_model_meta(path)
@@ -447,11 +445,7 @@ class XmcEnsemble(ModelBase):
             members = []
             for t in range(n_members):
                 mp = member_params(params, t)
-                m = XmcModel(mp, names, XLinearModel.load(path / "members" / str(t) / "ranker"), featurizer,
-                             mp.method)
-                if (path / "members" / str(t) / "copies.parquet").is_file():
-                    m.copies = _read_copies(path / "members" / str(t) / "copies.parquet")
-                members.append(m)
+                members.append(XmcModel.read_rankers(path / "members" / str(t), mp, names, featurizer, mp.method))
             model = cls(params, names, members, featurizer, meta.get("info"))
             model.load_common(path)
         except ModelFormatError:

@@ -295,10 +295,37 @@ class XmcModel(ModelBase):
                                     "has_text_featurizer": self.featurizer is not None})
             if self.featurizer is not None:
                 self.featurizer.save(tmp / "featurizer")
-            self.ranker.save(tmp / "ranker")
-            if self.copies is not None:
-                self.copies.write_parquet(tmp / "copies.parquet")
+            self.write_rankers(tmp)
         return path
+
+    def write_rankers(self, folder: Path) -> None:
+        """Write this model's own parts into `folder` (a Path being built): ranker/ and, for
+        xr-linear-ld, copies.parquet (the model folder, or an ensemble member's folder)."""
+        self.ranker.save(folder / "ranker")
+        if self.copies is not None:
+            self.copies.write_parquet(folder / "copies.parquet")
+
+    @classmethod
+    def read_rankers(cls, folder: Path, params: XRLinearParams, label_names: list[str], featurizer,
+                     method: str, info: dict | None = None) -> "XmcModel":
+        """The XmcModel whose parts :meth:`write_rankers` wrote into `folder`.
+
+        Args:
+            folder: the model folder, or an ensemble member's folder (Path).
+            params, label_names, featurizer, method, info: as the constructor takes them.
+
+        Returns:
+            XmcModel (label counts and calibration are the caller's: `load_common`).
+
+        Raises:
+            OSError, ValueError, KeyError, EOFError, BadZipFile: a part missing or unreadable
+                (the loaders turn these into ModelFormatError); ModelFormatError: an unreadable
+                copies table.
+        """
+        model = cls(params, label_names, XLinearModel.load(folder / "ranker"), featurizer, method, info)
+        if (folder / "copies.parquet").is_file():
+            model.copies = _read_copies(folder / "copies.parquet")
+        return model
 
     @classmethod
     def load(cls, path: str | Path) -> "XmcModel":
@@ -320,12 +347,9 @@ class XmcModel(ModelBase):
         try:
             names = read_label_names(path)
             featurizer = TfidfVectorizer.load(path / "featurizer") if meta.get("has_text_featurizer") else None
-            ranker = XLinearModel.load(path / "ranker")
-            model = cls(XRLinearParams.from_dict(meta["params"]), names, ranker, featurizer,
-                        meta.get("method", "xr-linear"), meta.get("info"))
+            model = cls.read_rankers(path, XRLinearParams.from_dict(meta["params"]), names, featurizer,
+                                     meta.get("method", "xr-linear"), meta.get("info"))
             model.load_common(path)
-            if (path / "copies.parquet").is_file():
-                model.copies = _read_copies(path / "copies.parquet")
         except ModelFormatError:
             raise
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:

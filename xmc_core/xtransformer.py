@@ -619,6 +619,11 @@ class XTransformerModel(ModelBase):
         self.n_train = None
         self.calibration = None
 
+    @property
+    def n_features(self) -> int:
+        """D + d, the feature width the rankers score (TF-IDF and the embedding block; int)."""
+        return self.ranker.n_features
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """N × H float32 l2-normalized embeddings of raw texts."""
         return encode(self.encoder, self.tokenizer, list(texts), self.params.encoder)
