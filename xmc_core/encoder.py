@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import progress
 from .params import ParamsBase
 
 __all__ = ["EncoderParams", "EncoderError", "resolve_checkpoint", "max_positions", "check_lengths", "load_encoder", "TextEncoder", "encode",
@@ -382,11 +383,12 @@ def encode(encoder, tokenizer, texts: Sequence[str], params: EncoderParams | Non
     encoder.eval()
     encoder.to(device)
     pad_id = tokenizer.pad_token_id or 0
-    with torch.inference_mode(), autocast(device, params.precision):
+    with torch.inference_mode(), autocast(device, params.precision), progress.task("encode", n, "doc") as bar:
         for start in range(0, n, params.batch_size):
             rows = order[start:start + params.batch_size]
             ids, mask = pad_batch(flat, offsets, rows, pad_id)
             emb = encoder(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
             out[rows] = emb.float().cpu().numpy()
+            bar.update(len(rows))
     encoder.train(was_training)
     return out

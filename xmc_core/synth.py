@@ -49,6 +49,7 @@ import scipy.sparse as sp
 
 from .data import write_xc
 from .folders import atomic_dir, check_replaceable
+from . import progress
 
 __all__ = ["SynthParams", "SynthStructure", "structure", "generate", "write_synth"]
 
@@ -347,11 +348,13 @@ def _generate_split(sampler: _Sampler, n: int, seed: np.random.SeedSequence):
         return sp.csr_matrix((0, F), dtype=np.float32), sp.csr_matrix((0, L), dtype=np.float32)
     n_chunks = -(-n // _CHUNK_DOCS)
     Xs, Ys = [], []
-    for i, child in enumerate(seed.spawn(n_chunks)):
-        m = min(_CHUNK_DOCS, n - i * _CHUNK_DOCS)
-        X, Y = sampler.chunk(m, np.random.default_rng(child))
-        Xs.append(X)
-        Ys.append(Y)
+    with progress.task("synth: documents", n, "doc") as bar:
+        for i, child in enumerate(seed.spawn(n_chunks)):
+            m = min(_CHUNK_DOCS, n - i * _CHUNK_DOCS)
+            X, Y = sampler.chunk(m, np.random.default_rng(child))
+            Xs.append(X)
+            Ys.append(Y)
+            bar.update(m)
     X = sp.vstack(Xs, format="csr", dtype=np.float32)
     Y = sp.vstack(Ys, format="csr", dtype=np.float32)
     X.has_sorted_indices = True

@@ -23,7 +23,7 @@ import scipy.sparse as smat
 from .folders import atomic_dir
 from .params import ParamsBase
 from .textio import normalize_texts
-from . import kernels
+from . import kernels, progress
 
 __all__ = ["TfidfParams", "TfidfVectorizer"]
 
@@ -34,6 +34,8 @@ _TOKEN_RE = re.compile(r"(?u)\b\w\w+\b")
 # Python's Unicode database assigns (a test checks them all); polars' newer Unicode also knows
 # letters Python does not yet.
 _TOKEN_PATTERN_RS = r"[\p{L}\p{N}_]{2,}"
+#: documents tokenized per polars call (a progress update after each block)
+_TOKENIZE_BLOCK = 100_000
 
 
 @dataclass
@@ -144,10 +146,19 @@ class TfidfVectorizer:
         """(every token of every text in order as a polars String Series, doc_ptr): text d's
         tokens are flat[doc_ptr[d]:doc_ptr[d+1]]. Lowercasing and the token regex run in polars
         (Rust, multi-threaded)."""
-        s = pl.Series("text", list(texts), dtype=pl.String)
-        if self.params.lowercase:
-            s = s.str.to_lowercase()
-        toks = s.str.extract_all(_TOKEN_PATTERN_RS)
+        texts = list(texts)
+        parts = []
+        # documents in blocks, so that a long corpus reports progress (each block still runs
+        # multi-threaded in polars; the blocks' token lists are joined in order)
+        with progress.task("tf-idf: tokenize", len(texts), "doc") as bar:
+            for lo in range(0, max(len(texts), 1), _TOKENIZE_BLOCK):
+                s = pl.Series("text", texts[lo:lo + _TOKENIZE_BLOCK], dtype=pl.String)
+                if self.params.lowercase:
+                    s = s.str.to_lowercase()
+                parts.append(s.str.extract_all(_TOKEN_PATTERN_RS))
+                bar.update(len(s))
+        toks = parts[0] if len(parts) == 1 else pl.concat(parts)
+        del parts
         doc_ptr = np.zeros(len(toks) + 1, np.int64)
         np.cumsum(toks.list.len().fill_null(0).to_numpy(), out=doc_ptr[1:])
         # explode turns an empty list into one null: drop those
@@ -263,19 +274,26 @@ class TfidfVectorizer:
         """Term ids per document as flat arrays (doc ids, term ids), duplicates included."""
         doc_lens = []
         ids: list[int] = []
-        if grow:
-            setdefault = vocab.setdefault
-            for text in texts:
-                terms = self._terms(text)
-                doc_lens.append(len(terms))
-                # setdefault evaluates len(vocab) before inserting: a new term gets the next id.
-                ids.extend([setdefault(t, len(vocab)) for t in terms])
-        else:
-            get = vocab.get
-            for text in texts:
-                found = [i for i in map(get, self._terms(text)) if i is not None]
-                doc_lens.append(len(found))
-                ids.extend(found)
+        texts = list(texts)
+        with progress.task("tf-idf: n-grams", len(texts), "doc") as bar:
+            if grow:
+                setdefault = vocab.setdefault
+                for d, text in enumerate(texts, 1):
+                    terms = self._terms(text)
+                    doc_lens.append(len(terms))
+                    # setdefault evaluates len(vocab) before inserting: a new term gets the next id.
+                    ids.extend([setdefault(t, len(vocab)) for t in terms])
+                    if d % 10_000 == 0:
+                        bar.update(10_000)
+            else:
+                get = vocab.get
+                for d, text in enumerate(texts, 1):
+                    found = [i for i in map(get, self._terms(text)) if i is not None]
+                    doc_lens.append(len(found))
+                    ids.extend(found)
+                    if d % 10_000 == 0:
+                        bar.update(10_000)
+            bar.update(len(texts) % 10_000)
         term_ids = np.fromiter(ids, dtype=np.int64, count=len(ids))
         doc_ids = np.repeat(np.arange(len(doc_lens), dtype=np.int64), doc_lens)
         return doc_ids, term_ids, len(doc_lens)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as smat
 
-from . import kernels
+from . import kernels, progress
 from .params import ParamsBase
 from .sparse import binarize
 
@@ -282,6 +282,8 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
         local = np.array(Z.indices, dtype=np.int32)
         colmap = np.full(Z.shape[1], -1, np.int64)
         used = np.empty(Z.shape[1], np.int64)
+    # progress: every depth splits all of the labels once
+    bar = progress.task("label tree", (depth - first_depth) * len(node), "label")
     for d in range(first_depth, depth):
         n_nodes = 1 << (d - first_depth)
         order = np.argsort(node, kind="stable")
@@ -295,6 +297,7 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
 
         def split(n):
             members = order[bounds[n]:bounds[n + 1]]
+            bar.update(len(members))
             if len(members) < 2:
                 return members, np.zeros(len(members), np.int64)
             if sparse:
@@ -311,6 +314,7 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
         for members, side in results:
             new_node[members] += side
         node = new_node
+    bar.close()
     return node
 
 

@@ -88,6 +88,7 @@ import scipy.sparse as smat
 
 from .encoder import DEFAULT_ENCODER, EncoderParams, autocast, pad_batch, pick_device, resolve_checkpoint, tokenize
 from .folders import atomic_dir
+from . import progress
 from .label_trie import LabelTrie, TrieTensors, build_trie
 from .model import check_predict_args
 from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
@@ -1099,7 +1100,10 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
     loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
     epoch_sum, epoch_n, t_epoch = 0.0, 0, time.perf_counter()
     log_every = max(1, min(50, params.steps // 10 or 1))
+    bar = progress.task("xlgen: train", params.steps, "step")
+    bar.update(first_step)  # steps a resumed run did before
     for step in range(first_step, params.steps):
+        bar.update()
         epoch_end = cursor + params.batch_size > len(order)
         if epoch_end:
             if epoch_n:
@@ -1143,6 +1147,7 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
                   "epoch": len(history) + cursor / len(doc_rows),
                   "seconds": time.perf_counter() - t0, "step_s": (time.perf_counter() - t_log) / loss_n})
             loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+    bar.close()
     if epoch_n:  # the last, partial pass
         history.append({"epoch": len(history) + cursor / len(doc_rows), "step": params.steps,
                         "loss": epoch_sum / epoch_n, "seconds": time.perf_counter() - t_epoch})

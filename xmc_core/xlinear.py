@@ -39,7 +39,7 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as smat
 
-from . import kernels
+from . import kernels, progress
 from .folders import atomic_dir
 from .params import ParamsBase
 from .sparse import binarize
@@ -729,7 +729,8 @@ class XLinearModel:
                 active = binarize(sum(parts[1:], parts[0])).tocsc()
             stats: dict = {}
             W_t = _train_level(X, Y_t, C, active, params, threads, stats,
-                               parent_offset=parent_offset[t] if parent_offset is not None else 0)
+                               parent_offset=parent_offset[t] if parent_offset is not None else 0,
+                               desc=f"rankers level {t + 1}/{tree.depth}")
             W.append(W_t)
             if log is not None:
                 log({
@@ -804,6 +805,7 @@ class XLinearModel:
         widest = max(int(np.diff(C.indptr).max(initial=0)) for C in self.tree.C)
         batch = max(1024, (1 << 25) // max(1, beam_size * widest))
         parts = []
+        bar = progress.task("predict", N, "doc")
         for lo in range(0, N, batch):
             Xs = Xb[lo:min(N, lo + batch)]
             n = Xs.shape[0]
@@ -840,6 +842,8 @@ class XLinearModel:
                 row_ptr = np.zeros(n + 1, np.int64)
                 np.cumsum(counts, out=row_ptr[1:])
             parts.append(smat.csr_matrix((pscores, parents, row_ptr), shape=(n, n_cols), dtype=np.float32))
+            bar.update(n)
+        bar.close()
         out = smat.vstack(parts, format="csr") if parts else smat.csr_matrix((0, n_cols), dtype=np.float32)
         out.sort_indices()
         return out
@@ -999,7 +1003,7 @@ def _parent_columns(D1, n_cols, rows, cols, vals, no_positive, bias):
 
 
 def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: dict | None = None,
-                 parent_offset: int = 0) -> smat.csc_matrix:
+                 parent_offset: int = 0, desc: str = "rankers") -> smat.csc_matrix:
     """Weights of one level: (D+1) × nnz(C) float32 CSC (int32 indices), children-contiguous
     column order; a node with no positive in Y_t scores NO_POSITIVE_SCORE (its column is the one
     bias-row entry; bias 0: empty).
@@ -1011,7 +1015,8 @@ def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: d
     solved and its weights as int32/float32 pieces, never as int64 triplets; the pieces are
     copied into the level's arrays one by one, each freed as it is copied.
     stats (out): "largest_block_bytes", the largest gathered instance block. parent_offset: the
-    number of C's first parent in the whole tree (seeds are params.seed + that number)."""
+    number of C's first parent in the whole tree (seeds are params.seed + that number). desc: the
+    level's name in progress reports (parents done of n_parents)."""
     stats = {} if stats is None else stats
     stats.setdefault("largest_block_bytes", 0)
     C = smat.csc_matrix(C)
@@ -1061,11 +1066,19 @@ def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: d
     # Big parents first so threads stay balanced.
     sizes = np.diff(active.indptr)
     order = np.argsort(-sizes[:n_parents], kind="stable")
-    if threads > 1 and n_parents > 1:
-        with ThreadPoolExecutor(threads) as ex:
-            results = dict(ex.map(job, order))
-    else:
-        results = dict(job(p) for p in order)
+    # progress in (instance, parent) pairs, the solvers' work, so that time left holds although
+    # the big parents go first
+    with progress.task(f"{desc} ({n_parents} parents)", int(sizes[:n_parents].sum()), "pair") as bar:
+        def tracked(p):
+            out = job(p)
+            bar.update(int(sizes[p]))
+            return out
+
+        if threads > 1 and n_parents > 1:
+            with ThreadPoolExecutor(threads) as ex:
+                results = dict(ex.map(tracked, order))
+        else:
+            results = dict(tracked(p) for p in order)
     counts = np.zeros(C.nnz, np.int64)
     for p, res in results.items():
         if res is not None:

@@ -47,6 +47,7 @@ from .encoder import (EncoderParams, autocast, check_lengths, encode, load_encod
                       tokenize)
 from .label_embedding import PifaParams, pifa
 from .folders import atomic_dir
+from . import progress
 from .model import XRLinearParams, check_predict_args
 from .model_base import ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta
 from .params import ParamsBase
@@ -494,6 +495,7 @@ def finetune_encoder(
             warm = max(1, int(round(ft.warmup * steps)))
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
+            bar = progress.task(f"fine-tune level {t + 1}", len(batches), "step")
             for step, batch in enumerate(batches):
                 ids, mask = pad_batch(tokens[0], tokens[1], batch, pad_id)
                 local = np.searchsorted(sampled, batch)
@@ -515,9 +517,11 @@ def finetune_encoder(
                 opt.step()
                 sched.step()
                 losses.append(float(loss.detach()))
+                bar.update()
                 if (step + 1) % 25 == 0 or step + 1 == steps:
                     emit({"stage": "finetune_step", "level": t, "step": step + 1, "steps": steps,
                           "loss": float(np.mean(losses[-25:])), "seconds": time.perf_counter() - t0})
+            bar.close()
         rec = {"level": t, "n_nodes": int(K), "steps": steps, "sampled_docs": int(len(sampled)),
                "active_pairs": int(S.nnz) if S is not None else 0,
                "loss_first": float(np.mean(losses[:10])) if losses else None,
