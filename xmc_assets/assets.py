@@ -36,6 +36,7 @@ from xmc_core.label_embedding import pifa
 from xmc_core.folders import remove_xmc_folder
 from xmc_core.metrics import calibration_metrics
 from xmc_core.model import evaluate_model, fit_rankers, holdout_calibration, load_model
+from xmc_core.model_card import card_markdown, data_fingerprint, model_card
 from xmc_core.sparse import l2_normalize_rows
 from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
@@ -152,6 +153,8 @@ def corpus(
         "dataset": dataset, "source": str(folder), "layout": ds.layout, "splits": list(present),
         "has_texts": has_texts, "n_features": ds.n_features, "max_rows": xmc_settings.max_rows,
         "label_names": ds.label_names, "label_titles": ds.label_titles,
+        # what a model trained on this split records as its data (`xmc info`)
+        "train_fingerprint": data_fingerprint(ds.train.Y, ds.train.texts, ds.train.X if not has_texts else None),
     })
 
     Y = ds.train.Y
@@ -389,9 +392,12 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     if artifacts.path(dataset, "disentangled_tree", "copies.parquet").is_file():
         # the model folder says where its copies sit, as one trained by `xmc train` does
         model.copies = artifacts.read_frame(dataset, "disentangled_tree", "copies.parquet")
+    model.label_titles = info.get("label_titles")
     model.info.update({"dataset": dataset, "run_id": context.run.run_id, "n_train": int(Y.shape[0]),
-                       "train_s": train_s, "max_rows": info["max_rows"]})
+                       "train_s": train_s, "max_rows": info["max_rows"],
+                       "data_fingerprint": info.get("train_fingerprint"), "data": info.get("source")})
     model_dir = model.save(artifacts.model_dir(dataset))
+    card = model_card(model_dir)
 
     size = folder_bytes(model_dir)
     level_table = MetadataValue.table(
@@ -402,7 +408,9 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
                                     TableColumn("seconds", "float"), TableColumn("nnz_W", "int")]),
     )
     return MaterializeResult(metadata={
+        "model_card": MetadataValue.md(card_markdown(card)),
         "model_dir": MetadataValue.path(str(model_dir)),
+        "model_sha": card["model_sha"],
         "train_seconds": train_s,
         "seconds_per_level": level_table,
         "model_bytes": size,
@@ -490,7 +498,8 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     Y_test = artifacts.read_sparse(dataset, "corpus", "Y_test.npz")
     ev = evaluate_model(model, inputs, Y_test, info["label_names"])
     result = ev.metrics
-    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, model.method, ev, model.params)
+    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, model.method, ev, model.params,
+                                    model_sha=model.params_sha)
     metadata = {
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),
@@ -507,14 +516,18 @@ def metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evaluation
     return MaterializeResult(metadata=metadata)
 
 
-def record_evaluation(evaluation_db: EvaluationDB, run_id: str, dataset: str, model_name: str, ev, params):
+def record_evaluation(evaluation_db: EvaluationDB, run_id: str, dataset: str, model_name: str, ev, params,
+                      model_sha: str | None = None):
     """Append an Evaluation of the test split to DuckDB (ranking rows by k; a calibrated model's
     set and calibration numbers as rows of k = 0) and read the ranking rows back, so the metadata
-    shows the history's view of the run. Returns (rows appended, the ranking table by k)."""
+    shows the history's view of the run. `model_sha` (the model folder's params.json sha) goes
+    into the params JSON, so `xmc info` finds the model's last evaluation. Returns (rows
+    appended, the ranking table by k)."""
     sets = set_rows(ev)
     rows = evaluation_db.append_evaluation(
         run_id=run_id, dataset=dataset, model=model_name, split="test",
-        metrics={**ev.metrics, **{k: {0: float(v)} for k, v in sets.items()}}, params=params.to_dict(),
+        metrics={**ev.metrics, **{k: {0: float(v)} for k, v in sets.items()}},
+        params={**params.to_dict(), **({"model_sha": model_sha} if model_sha else {})},
     )
     table = evaluation_db.p_at_k_table(run_id)
     table = table.filter((table["dataset"] == dataset) & ~table["metric"].is_in(list(sets)))

@@ -317,7 +317,8 @@ def xrt_metrics(context: AssetExecutionContext, artifacts: ArtifactStore, evalua
     texts = artifacts.read_texts(dataset, "corpus", "texts_test.parquet")
     ev = evaluate_model(model, texts, artifacts.read_sparse(dataset, "corpus", "Y_test.npz"), info["label_names"])
     result = ev.metrics
-    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, MODEL_NAME, ev, model.params)
+    rows, table = record_evaluation(evaluation_db, context.run.run_id, dataset, MODEL_NAME, ev, model.params,
+                                    model_sha=model.params_sha)
     return MaterializeResult(metadata={
         "metrics": MetadataValue.md(frame_markdown(table)),
         "metrics_at_k": metrics_at_k_plot(result, dataset),

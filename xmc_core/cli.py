@@ -1,4 +1,7 @@
-"""`xmc` command line: train, predict, evaluate, synth.
+"""`xmc` command line: train, calibrate, predict, evaluate, synth, runs, info, explain.
+
+Results go to stdout (JSON lines or a table); progress (`progress`: a bar on a terminal, a plain
+line every few seconds otherwise; none with --quiet) and stage lines (-v) go to stderr.
 
 Errors in the user's input (data files, params, model folders) print one line
 `xmc: error: ...` naming the file, line and field, and exit with status 2; no traceback.
@@ -69,7 +72,7 @@ def _check_args(args) -> None:
     from .folders import check_replaceable
 
     for name in ("topk", "beam_size", "max_rows", "threads", "ray_split_level", "ray_cpus_per_task",
-                 "shard_rows", "actors"):
+                 "shard_rows", "actors", "terms"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
@@ -227,6 +230,7 @@ def _train_features(ds, args) -> tuple[list | None, object, str]:
 
 def cmd_train(args) -> dict:
     from .memory import StageMemory
+    from .model_card import data_fingerprint
     from .model import METHOD_XR_LINEAR, METHOD_XR_LINEAR_LD, XRLinearParams, train_xr_linear
 
     if args.preset != "default" and args.method not in ("xr-linear", "xr-linear-ld"):
@@ -268,6 +272,7 @@ def cmd_train(args) -> dict:
     cal_params = _calibration_params(args.calibration_params) if args.calibrate else None
     ds, load_s = _train_split(args)
     texts, X, features = _train_features(ds, args)
+    fingerprint = data_fingerprint(ds.train.Y, texts, X)  # before X is normalized in place
     log(memory.add({"stage": "load", "seconds": load_s, "n_train": ds.train.n}))
     holdout = None
     if args.calibrate and ds.dev is None:
@@ -296,8 +301,9 @@ def cmd_train(args) -> dict:
         raise UsageError(f"--engine ray: {e} (-v shows the traceback)") from None
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
-                       "train_s": train_s})
+                       "train_s": train_s, "data_fingerprint": fingerprint})
     model.set_label_counts(ds.train.Y)
+    model.label_titles = ds.label_titles
     calibration = None
     if holdout is not None:
         model.calibration = holdout
@@ -328,6 +334,7 @@ def cmd_train_xr_transformer(args) -> dict:
     """`xmc train --method xr-transformer`: checkpoints after each fine-tuning level in
     MODEL.checkpoint/, so a killed run resumes from its last finished level when started again."""
     from .folders import remove_xmc_folder
+    from .model_card import data_fingerprint
 
     overrides = _load_params(args.params)
     if args.threads:
@@ -359,8 +366,9 @@ def cmd_train_xr_transformer(args) -> dict:
     model = train_with_checkpoints(ds.train.texts, ds.train.Y, ds.label_names, params, ckpt, log=log)
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
-                       "train_s": train_s})
+                       "train_s": train_s, "data_fingerprint": data_fingerprint(ds.train.Y, ds.train.texts)})
     model.set_label_counts(ds.train.Y)
+    model.label_titles = ds.label_titles
     calibration = _calibrate_split(model, ds, "dev", args, cal_params) if args.calibrate else None
     model.save(model_path)
     remove_xmc_folder(ckpt, kind="checkpoint")
@@ -375,6 +383,7 @@ def cmd_train_xlgen(args) -> dict:
     (e.g. '{"variant": "mcg", "pu_drop": 0.5, "decoding": "label_text"}'). Checkpoints in
     MODEL.checkpoint/ after each epoch and every 200 steps: a killed run resumes when started again."""
     from .folders import remove_xmc_folder
+    from .model_card import data_fingerprint
 
     overrides = _load_params(args.params)
     if args.threads:
@@ -404,8 +413,9 @@ def cmd_train_xlgen(args) -> dict:
                                    label_titles=ds.label_titles)
     train_s = time.perf_counter() - t0
     model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
-                       "train_s": train_s})
+                       "train_s": train_s, "data_fingerprint": data_fingerprint(ds.train.Y, ds.train.texts)})
     model.set_label_counts(ds.train.Y)
+    model.label_titles = ds.label_titles
     calibration = _calibrate_split(model, ds, "dev", args, cal_params) if args.calibrate else None
     model.save(args.model)
     remove_xmc_folder(ckpt, kind="checkpoint")
@@ -539,7 +549,81 @@ def cmd_evaluate(args) -> dict:
     ev = evaluate_model(model, inputs, split.Y, ds.label_names, mp, args.topk, args.beam_size,
                         policy=args.policy or "micro")
     stage("predict", predict_s=round(ev.predict_s, 3))
-    return {**ev.flat(), "model": str(args.model), "split": args.split}
+    out = {**ev.flat(), "model": str(args.model), "split": args.split}
+    if args.db:
+        out["run_id"] = _record_evaluation(args, model, ds.name, ev)
+    return out
+
+
+def _record_evaluation(args, model, dataset: str, ev) -> str:
+    """`evaluate --db`: append the evaluation to DuckDB under a new run id (returned); its params
+    carry the model's sha, which `xmc info` looks up."""
+    import uuid
+
+    from .results_db import append_evaluation
+
+    run_id = f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    sets = {k: {0: float(v)} for k, v in (ev.sets or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "calibration_pairs"}
+    append_evaluation(args.db, run_id, dataset, model.method, args.split, {**ev.metrics, **sets},
+                      {**model.params.to_dict(), "model_sha": model.params_sha, "model_dir": str(Path(args.model).resolve()),
+                       "source": "xmc evaluate"})
+    return run_id
+
+
+def cmd_info(args) -> None:
+    """`xmc info MODEL`: the model card (`model_card.model_card`), readable or --json."""
+    from .model_card import card_markdown, model_card
+
+    card = model_card(args.model, db=args.db)
+    if args.json:
+        print(json.dumps(card))
+        return
+    # the Markdown tables read as they are in a terminal; drop the separator rows
+    for line in card_markdown(card).splitlines():
+        if line.startswith("|---"):
+            continue
+        print(line.replace("**", "").replace("`", ""))
+    print("settings: " + json.dumps(card["settings"]))
+
+
+def cmd_explain(args) -> None:
+    """`xmc explain`: why labels came out for one text (`explain.explain_model`), readable or --json."""
+    from .explain import ExplainParams, explain_model
+    from .model import load_model
+    from .textio import text_argument
+
+    model = load_model(args.model)
+    text = text_argument(args.text, "--text")
+    try:
+        res = explain_model(model, text, labels=args.label,
+                            params=ExplainParams(topk=args.topk, n_terms=args.terms, beam_size=args.beam_size))
+    except ValueError as e:
+        raise UsageError(f"--model {args.model}: {e}") from None
+    if args.json:
+        print(json.dumps(res))
+        return
+    print(f"{res['method']} model {args.model}; the text's {len(res['text_terms'])} known terms: "
+          + ", ".join(f"{t['term']} {t['tfidf']:.2f}" for t in res["text_terms"][:10])
+          + (" ..." if len(res["text_terms"]) > 10 else ""))
+    if res["note"]:
+        print(f"note: {res['note']}")
+    for entry in res["labels"]:
+        rank = f"#{entry['predicted']}" if entry["predicted"] else "not in the top-k"
+        title = f" ({entry['title']})" if entry["title"] != entry["label"] else ""
+        print(f"\n{entry['label']}{title}: score {entry['score']:.4f}, {rank}")
+        for m in entry["members"]:
+            path = m["paths"][m["winning_copy"]]
+            head = f"  member {m['member']} (weight {m['weight']:.2f}): " if len(entry["members"]) > 1 else "  "
+            copies = f", copy {m['winning_copy'] + 1} of {m['copies']} won" if m["copies"] > 1 else ""
+            print(f"{head}path score {path['score']:.4f}{copies}")
+            for lv in path["levels"]:
+                emb = f" + embedding {lv['embedding']:+.3f}" if "embedding" in lv else ""
+                print(f"    level {lv['level']} node {lv['node']} [{lv['cluster']}]: raw {lv['raw']:+.3f} = "
+                      f"terms {lv['terms_sum']:+.3f}{emb} + bias {lv['bias']:+.3f} -> {lv['post_processed']:.3f}, "
+                      f"path {lv['path_score']:.4f}")
+                if lv["terms"]:
+                    print("      " + ", ".join(f"{t['term']} {t['contribution']:+.3f}" for t in lv["terms"]))
 
 
 def cmd_calibrate(args) -> dict:
@@ -660,12 +744,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="xmc", description="Extreme multi-label classification")
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = _Parser(prog="xmc", description="Extreme multi-label classification: train, calibrate, predict, evaluate, "
+                                         "explain and describe models; results go to stdout (JSON lines or a "
+                                         "table), progress and errors to stderr.")
+    ap.add_argument("--version", action="version", version=f"xmc {_version()}",
+                    help="print xmc's version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # every command: progress on stderr (a bar on a terminal, a line every 10 s otherwise)
+    common = _Parser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars or progress lines on stderr (results and errors are still printed; "
+                             "without it a terminal shows bars with rate and time left, other output a line every "
+                             "$XMC_PROGRESS_INTERVAL seconds, default 10)")
 
-    p = sub.add_parser("train", help="train a model on a dataset folder")
+    def add(name, **kw):
+        return sub.add_parser(name, parents=[common], **kw)
+
+    p = add("train", help="train a model on a dataset folder; prints one JSON line (model, sizes, seconds, peak MiB)")
     p.add_argument("--method", default="xr-linear", choices=None,
-                   help="xr-linear; xr-linear-ld (label disentanglement; settings in the params' "
+                   help="default xr-linear; xr-linear-ld (label disentanglement; settings in the params' "
                         "`disentangle` section: max_copies, rounds, size_cap_factor, min_share, merge); "
                         "xr-transformer (raw texts; sections encoder, finetune besides XR-Linear's; resumes "
                         "from MODEL.checkpoint/ after a kill); xlgen (raw texts; generates the labels, flat "
@@ -679,14 +776,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="xr-linear: 'text' fits TF-IDF on the raw texts, 'matrix' trains on the dataset's feature "
                         "matrix (XC bag of words, PECOS tfidf-*/X.trn.npz); 'auto' (default): the texts where there "
                         "are any. The output's 'features' says which was used")
-    p.add_argument("--params", help="JSON file or inline JSON object of nested settings")
+    p.add_argument("--params", help="JSON file or inline JSON object of nested settings, applied over the preset "
+                                    "(sections tfidf, pifa, tree, ranker, pred, disentangle, ensemble; e.g. "
+                                    "'{\"ranker\": {\"Cn\": 2}}'); default: none")
     p.add_argument("--preset", choices=("default", "accurate", "accurate-text"), default="default",
                    help="xr-linear settings to start from (--params applies over them): default, the fast "
                         "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
                         "prediction time); accurate-text, the same with pretrained MiniLM embeddings joined to the "
                         "TF-IDF of raw texts (minutes of encoder time on CPU; xmc_core/presets.py)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--max-rows", type=int, default=None, help="read only the first N documents (quick runs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="worker threads (count) for TF-IDF, the tree, the rankers and BLAS; default: all cores")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="read only the first N documents of each split (count; quick runs); default: all")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr (JSON): seconds, peak and final resident memory (MiB) of each "
                         "stage (load, features, label_embeddings, label_tree, each rankers_level, save)")
@@ -697,26 +798,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: the cluster to join ('auto': the one 'ray start' runs on this machine; "
                         "'ray://HOST:10001': Ray Client); default: a local Ray started for the run")
     p.add_argument("--ray-split-level", type=int, default=1,
-                   help="--engine ray: tree level whose nodes root the tasks (1: the top clusters; deeper: more, "
+                   help="--engine ray: tree level whose nodes root the tasks (default 1: the top clusters; deeper: more, "
                         "smaller tasks)")
-    p.add_argument("--ray-cpus-per-task", type=int, default=1, help="--engine ray: CPUs (threads) per task")
+    p.add_argument("--ray-cpus-per-task", type=int, default=1,
+                   help="--engine ray: CPUs (threads) per task (count, default 1)")
     p.add_argument("--calibrate", action="store_true",
                    help="also fit probabilities and label-set thresholds (see 'xmc calibrate'): on the dev split "
                         "where the dataset has one; otherwise (xr-linear) a sibling model trained on all but a seeded "
                         "10%% of train is calibrated on that 10%% (the saved model is trained on all of train)")
     p.add_argument("--calibration-params", default=None,
-                   help="JSON file or inline object of CalibrationParams (method, groups, topk, max_set_size, "
-                        "at_least_one, min_label_positives, holdout_frac, seed)")
+                   help="with --calibrate: JSON file or inline object of CalibrationParams (method, groups, topk, "
+                        "max_set_size, at_least_one, min_label_positives, holdout_frac, seed); default: their defaults")
 
-    p = sub.add_parser("predict", help="predict labels (JSON lines)")
-    p.add_argument("--model", required=True)
+    p = add("predict", help="predict labels: one JSON line per document, {doc, labels, scores} (or label sets "
+                            "with probabilities)")
+    p.add_argument("--model", required=True, help="model folder ('xmc train' or the Dagster rankers asset wrote it)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data")
-    src.add_argument("--text")
-    p.add_argument("--split", default="test", choices=("train", "test", "dev"))
-    p.add_argument("--topk", type=int, default=None, help="labels per document (default 5; not with --sets)")
-    p.add_argument("--beam-size", type=int, default=None)
-    p.add_argument("--max-rows", type=int, default=None)
+    src.add_argument("--data", help="dataset folder: predicts its --split; default (without --data and --text): "
+                                    "one document per line on stdin")
+    src.add_argument("--text", help="one document, as a string")
+    p.add_argument("--split", default="test", choices=("train", "test", "dev"),
+                   help="with --data: the split to predict (default test)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="labels per document (count, default 5; not with --sets)")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="tree nodes kept per level by the beam search (count; larger: slower, sometimes better "
+                        "recall); default: the model's (10 unless trained otherwise)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="with --data: only the first N documents (count); default: all")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
     p.add_argument("--sets", action="store_true",
@@ -726,19 +835,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--sets (default micro): 'micro' one threshold (best micro-F1 on the held-out documents), 'macro' per-label "
                         "thresholds (best macro-F1)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
-                   help="'ray': score shards on Ray actors (the model loaded once per actor) and write Parquet "
+                   help="'local' (default): this process; 'ray': score shards on Ray actors (the model loaded once per actor) and write Parquet "
                         "shards to --out (doc, labels, scores; input order) instead of JSON lines")
     p.add_argument("--inputs", nargs="+", default=None, metavar="FILE",
                    help="--engine ray: input files, each a shard (text: one document per line; or an .npz CSR "
                         "feature matrix); instead of --data/--text/stdin")
-    p.add_argument("--out", default=None, help="--engine ray: output folder of the Parquet shards")
+    p.add_argument("--out", default=None, help="--engine ray: output folder of the Parquet shards (required there)")
     p.add_argument("--shard-rows", type=int, default=50000,
                    help="--engine ray: documents per shard of a --data split or stdin (default 50000); each --inputs "
                         "file is one shard")
-    p.add_argument("--actors", type=int, default=2, help="--engine ray: model replicas (Ray actors, 1 CPU each)")
+    p.add_argument("--actors", type=int, default=2,
+                   help="--engine ray: model replicas (Ray actors, 1 CPU each; count, default 2)")
     p.add_argument("--ray-address", default=None, help="--engine ray: cluster to join (default: a local Ray)")
 
-    p = sub.add_parser("calibrate", help="fit probabilities and label-set thresholds on held-out documents; "
+    p = add("calibrate", help="fit probabilities and label-set thresholds on held-out documents; "
                                          "written into the model folder")
     p.add_argument("--model", required=True, help="a model folder xmc wrote (its calibration/ part is replaced)")
     p.add_argument("--data", required=True, help="dataset folder")
@@ -747,53 +857,97 @@ def build_parser() -> argparse.ArgumentParser:
                         "the model was trained on")
     p.add_argument("--calibration-params", default=None,
                    help="JSON file or inline object of CalibrationParams (method, groups, topk, max_set_size, "
-                        "at_least_one, min_label_positives)")
-    p.add_argument("--beam-size", type=int, default=None)
-    p.add_argument("--max-rows", type=int, default=None)
+                        "at_least_one, min_label_positives); default: their defaults")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="tree nodes kept per level while scoring the held-out documents (count); default: the model's")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="only the first N documents of the split (count); default: all")
 
-    p = sub.add_parser("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split; for a calibrated model also "
+    p = add("evaluate", help="P@k, R@k, RP@k, nDCG@k, PSP@k on a split; for a calibrated model also "
                                         "label-set P/R/F1, ECE and Brier score, overall and by label frequency")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", default="test", choices=("train", "test", "dev"))
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--data", required=True, help="dataset folder with the split to score")
+    p.add_argument("--split", default="test", choices=("train", "test", "dev"), help="the split scored (default test)")
     p.add_argument("--json", action="store_true", help="one JSON line (default: a table)")
+    p.add_argument("--db", default=None,
+                   help="also append the evaluation to this DuckDB file (table evaluation, with the model's sha, so "
+                        "'xmc info' shows it as the model's last evaluation); default: not recorded")
     p.add_argument("--topk", type=int, default=None,
                    help="rank at most K labels per document (default: the largest cut-off, 10); metrics at a "
                         "cut-off above K count the places left empty as misses")
-    p.add_argument("--beam-size", type=int, default=None)
-    p.add_argument("--propensity-a", type=float, default=0.55)
-    p.add_argument("--propensity-b", type=float, default=1.5)
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="tree nodes kept per level (count); default: the model's")
+    p.add_argument("--propensity-a", type=float, default=0.55,
+                   help="A of the Jain et al. (2016) propensity model used by PSP@k (default 0.55; 0.5 for "
+                        "Wikipedia-like sets, 0.6 for Amazon-like)")
+    p.add_argument("--propensity-b", type=float, default=1.5,
+                   help="B of the propensity model used by PSP@k (default 1.5; 0.4 for Wikipedia-like, 2.6 for "
+                        "Amazon-like)")
     p.add_argument("--policy", choices=("micro", "macro"), default=None,
                    help="a calibrated model's label-set policy to score (default micro)")
-    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="only the first N documents of the split (count); default: all")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stage lines on stderr: seconds, peak and final resident memory (MiB)")
 
-    p = sub.add_parser("synth", help="generate a synthetic XMC dataset (XC BoW format)")
-    p.add_argument("out")
-    p.add_argument("--labels", type=int, required=True)
-    p.add_argument("--train", type=int, required=True)
-    p.add_argument("--test", type=int, required=True)
-    p.add_argument("--features", type=int, default=None)
+    p = add("synth", help="generate a synthetic XMC dataset (XC BoW format) with known label structure")
+    p.add_argument("out", help="the dataset folder to write (a new path, or a dataset folder xmc wrote)")
+    p.add_argument("--labels", type=int, required=True, help="labels L (count)")
+    p.add_argument("--train", type=int, required=True, help="training documents (count)")
+    p.add_argument("--test", type=int, required=True, help="test documents (count)")
+    p.add_argument("--features", type=int, default=None,
+                   help="vocabulary size (feature columns, count); default: grows with the labels (synth.SynthParams)")
     p.add_argument("--words-per-doc", type=int, default=None,
                    help="mean word tokens per document (default 80: about 72 distinct features, nonzeros, per "
                         "document; PROVENANCE.md gives the realised count)")
     p.add_argument("--labels-per-doc", type=float, default=None,
                    help="mean labels drawn per document, >= 1 (default 3.0: about 2.7 distinct)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed (int, default 0): the same seed, the same files")
 
-    p = sub.add_parser("runs", help="evaluated runs in DuckDB; --compare RUN_A RUN_B metric by metric")
+    p = add("runs", help="evaluated runs in DuckDB; --compare RUN_A RUN_B metric by metric")
     p.add_argument("--db", default=os.environ.get("XMC_DUCKDB", "data/xmc.duckdb"),
                    help="DuckDB file (default $XMC_DUCKDB or data/xmc.duckdb)")
     p.add_argument("--dataset", default=None, help="only this dataset")
     p.add_argument("--limit", type=int, default=None, help="only the latest N runs")
     p.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"), help="run ids (or unique prefixes)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+    p = add("info", help="a model card: method, labels, features, tree levels, settings, training time and data "
+                         "fingerprint, size on disk, calibration, and the last evaluation recorded in DuckDB")
+    p.add_argument("model", help="model folder")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the readable card")
+    p.add_argument("--db", default=os.environ.get("XMC_DUCKDB", "data/xmc.duckdb"),
+                   help="DuckDB history searched for the model's last evaluation (default $XMC_DUCKDB or "
+                        "data/xmc.duckdb; a missing file: none)")
+
+    p = add("explain", help="why labels were predicted for a text: the path of clusters down the tree, each "
+                            "level's score, and the terms that contributed most")
+    p.add_argument("--model", required=True, help="model folder (xr-linear, xr-linear-ld, an ensemble or "
+                                                  "xr-transformer; xlgen has no tree to explain)")
+    p.add_argument("--text", required=True, help="the document, as a string")
+    p.add_argument("--label", action="append", default=None, metavar="LABEL",
+                   help="explain this label (a name from the model's labels.txt; repeat for several), predicted or "
+                        "not; default: the top --topk predicted labels")
+    p.add_argument("--topk", type=int, default=5, help="predicted labels explained (count, default 5)")
+    p.add_argument("--terms", type=int, default=8, help="terms listed per level (count, default 8)")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="tree nodes kept per level for the prediction (count); default: the model's")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of the readable explanation")
     return ap
 
 
+def _version() -> str:
+    """The installed xmc's version (pyproject's), or "unknown" when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("xmc")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The `xmc` command line: train, calibrate, predict, evaluate, synth, runs.
+    """The `xmc` command line: train, calibrate, predict, evaluate, synth, runs, info, explain.
 
     Args:
         argv: the arguments after the program name (None: ``sys.argv[1:]``).
@@ -808,10 +962,13 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     _set_threads(getattr(args, "threads", None))
+    from . import progress
     from .data import DataFormatError
     from .model import ModelFormatError
     from .model_base import NotCalibratedError
 
+    # progress goes to stderr only: stdout carries the results (JSON lines, tables)
+    previous = progress.install(progress.for_stream(sys.stderr, quiet=args.quiet))
     try:
         _check_args(args)
         if args.command == "train":
@@ -831,6 +988,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cmd_synth(args)))
         elif args.command == "runs":
             cmd_runs(args)
+        elif args.command == "info":
+            cmd_info(args)
+        elif args.command == "explain":
+            cmd_explain(args)
     except BrokenPipeError:  # an OSError: before the handler below
         return 0
     except (UsageError, DataFormatError, ModelFormatError, NotCalibratedError, OSError) as e:
@@ -838,6 +999,8 @@ def main(argv: list[str] | None = None) -> int:
         # expected, permissions, disk full); one line, the message names the path.
         print("xmc: error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    finally:
+        progress.install(previous)
     return 0
 
 

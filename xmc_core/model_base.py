@@ -10,7 +10,8 @@ beam_size, ...)`` → N × L float32 CSR. The base gives them, once:
 - a :class:`calibration.Calibration` fitted on held-out documents (`calibrate`), and with it
   probabilities (`predict_proba`) and label sets (`predict_sets`, policy "micro" or "macro");
 - the folder contract: ``params.json`` (``format_version``, ``method``, ``n_labels``, ``params``,
-  ``info``), ``labels.txt`` (one name per line, line index = label id), ``label_counts.npy`` +
+  ``info``), ``labels.txt`` (one name per line, line index = label id), ``label_titles.txt`` (the
+  same lines' titles, when the dataset has them), ``label_counts.npy`` +
   ``train_stats.json``, and ``calibration/`` (calibration.json, calibration.npz) when calibrated.
   Folders written before calibration existed load unchanged (no calibration).
 """
@@ -107,6 +108,8 @@ class LabelSpace:
     label_names: list[str]
     label_counts: np.ndarray | None = None  # (L,) int64 training positives per label
     n_train: int | None = None
+    #: L titles for people (the dataset's label_names.tsv), or None; kept in label_titles.txt
+    label_titles: list[str] | None = None
 
     @property
     def n_labels(self) -> int:
@@ -383,6 +386,9 @@ class ModelBase(LabelSpace):
         with open(folder / "labels.txt", "w", encoding="utf-8") as fh:
             fh.write("".join(f"{name}\n" for name in self.label_names))
         self.save_label_counts(folder)
+        if self.label_titles is not None and len(self.label_titles) == self.n_labels:
+            with open(folder / "label_titles.txt", "w", encoding="utf-8") as fh:
+                fh.write("".join(" ".join(str(t).split()) + "\n" for t in self.label_titles))
         if self.calibration is not None:
             self.calibration.info["model_sha"] = self.params_sha  # which model it belongs to
             (folder / CALIBRATION_DIR).mkdir()
@@ -401,6 +407,9 @@ class ModelBase(LabelSpace):
                 these into ModelFormatError).
         """
         self.load_label_counts(folder)
+        if (folder / "label_titles.txt").is_file():
+            titles = (folder / "label_titles.txt").read_text(encoding="utf-8").split("\n")[:-1]
+            self.label_titles = titles if len(titles) == self.n_labels else None
         self.params_sha = _sha((folder / "params.json").read_bytes())
         if (folder / CALIBRATION_DIR).is_dir():
             try:
