@@ -200,6 +200,14 @@ def test_synthetic_bag_of_words_dataset(tmp_path):
     assert X_train.shape == (300, 500) and abs(X_train - expected_X).max() < 1e-6
     assert _meta(result, "corpus")["documents_test"] == 100 and _meta(result, "tfidf")["vocab_size"] == 500
 
+    # rankers shows the model card (`xmc info`), with the fingerprint of the training split
+    from xmc_core.model_card import data_fingerprint
+
+    card = _meta(result, "rankers")["model_card"]
+    assert "| method | xr-linear |" in card and "| labels | 40 |" in card and "| features | 500 |" in card
+    assert f"| data fingerprint | {data_fingerprint(Y_trn, X=X_trn)} |" in card
+    assert model.info["data_fingerprint"] == data_fingerprint(Y_trn, X=X_trn)
+
     # metrics: brute-force P@k of the saved model on the raw test counts, against the generator's labels.
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     p = dict(zip(rows.filter(rows["metric"] == "p")["k"], rows.filter(rows["metric"] == "p")["value"]))
@@ -238,3 +246,26 @@ def test_sensor_adds_a_partition_per_dataset_folder(tmp_path):
     assert isinstance(result, SensorResult) and not result.run_requests
     [request] = result.dynamic_partitions_requests
     assert (request.partitions_def_name, list(request.partition_keys)) == (dataset_partitions.name, ["b"])
+
+
+def test_a_fresh_instance_has_the_dataset_partitions_when_the_code_location_loads(tmp_path, monkeypatch):
+    """`dagster asset materialize -m xmc_assets.definitions --partition NAME` on a new DAGSTER_HOME:
+    loading the code location registers every dataset folder, so no sensor tick is needed first."""
+    from xmc_assets.definitions import register_partitions_on_load
+    from xmc_core.synth import SynthParams, write_synth
+
+    for name in ("a", "b"):
+        write_synth(tmp_path / "data" / name, SynthParams(n_labels=8, n_train=20, n_test=5, n_features=64))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("XMC_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert register_partitions_on_load() == []  # no instance to register in
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XMC_REGISTER_PARTITIONS", "0")
+    assert register_partitions_on_load() == []
+    monkeypatch.delenv("XMC_REGISTER_PARTITIONS")
+    added = register_partitions_on_load()
+    assert {"a", "b"} <= set(added)
+    with DagsterInstance.get() as instance:
+        assert {"a", "b"} <= set(instance.get_dynamic_partitions(dataset_partitions.name))
+    assert register_partitions_on_load() == []  # known ones are not added twice

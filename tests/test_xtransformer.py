@@ -332,6 +332,28 @@ def test_pretrained_only_skips_matcher_and_head(data):
     assert model.predict(texts[:4], topk=2).shape == (4, len(names))
 
 
+def test_explain_shows_the_embedding_blocks_share(data):
+    """xmc explain on XR-Transformer: each level's raw score = the terms' contributions + the
+    embedding block's + the bias term, and the path's score is the rankers' score in predict."""
+    from xmc_core.explain import ExplainParams, explain_model
+
+    texts, Y, names = data
+    params = XTransformerParams().merged({**PARAMS, "finetune": {**PARAMS["finetune"], "steps_per_level": 0}})
+    model = train_xr_transformer(texts, Y, names, params)
+    assert model.ranker.tree.depth >= 2
+    res = explain_model(model, texts[0], params=ExplainParams(topk=3, n_terms=1000))
+    P = model.predict([texts[0]], topk=3)
+    scores = dict(zip((names[i] for i in P.indices), P.data))
+    assert len(res["labels"]) == 3
+    for entry in res["labels"]:
+        (member,) = entry["members"]
+        assert member["score"] == pytest.approx(scores[entry["label"]], rel=1e-4, abs=1e-6)
+        for lv in member["paths"][member["winning_copy"]]["levels"]:
+            assert lv["terms_sum"] + lv["embedding"] + lv["bias"] == pytest.approx(lv["raw"], abs=1e-6)
+            assert lv["embedding"] != 0.0  # the block takes part in every level's score
+            assert all(t["term"] in texts[0] for t in lv["terms"])  # terms only, no embedding columns
+
+
 def test_encoder_precision_setting():
     from xmc_core.encoder import EncoderParams, use_bf16
 

@@ -9,6 +9,10 @@ from the environment when the code location loads:
     XMC_XRT_PARAMS='{"finetune": {"steps_per_level": 50}}'   XTransformerParams overrides (JSON)
     XMC_XLGEN_PARAMS='{"steps": 300, "pu_drop": 0.5}'       XLGenParams overrides (JSON)
     XMC_RAY=1  XMC_RAY_ADDRESS=auto      `rankers` and `batch_predictions` on Ray (RayEngineResource)
+    XMC_REGISTER_PARTITIONS=0            do not register the dataset partitions on load
+
+Loading it registers every dataset folder as a `dataset` partition of the $DAGSTER_HOME instance
+(`register_partitions_on_load`), so a fresh instance can materialize any of them at once.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ PRESET_ENV = "XMC_PRESET"
 MAX_ROWS_ENV = "XMC_MAX_ROWS"
 RAY_ENV = "XMC_RAY"
 RAY_ADDRESS_ENV = "XMC_RAY_ADDRESS"
+#: "0": the code location does not register dataset partitions when it loads
+REGISTER_ENV = "XMC_REGISTER_PARTITIONS"
 
 
 def settings_from_env() -> XmcSettings:
@@ -97,4 +103,30 @@ def build_defs(settings: XmcSettings | None = None, resources: dict | None = Non
     )
 
 
+def register_partitions_on_load() -> list[str]:
+    """Register the data root's dataset folders as `dataset` partitions of the instance in
+    $DAGSTER_HOME when the code location loads, so that a fresh instance has them for every
+    client (UI, `dagster asset materialize --partition`, schedule) without waiting for the sensor.
+
+    Nothing without DAGSTER_HOME (an ephemeral instance lives only in its own process) or with
+    XMC_REGISTER_PARTITIONS=0; a failure (a locked or read-only instance) is a warning, never a
+    failed load. Returns the keys added.
+    """
+    import warnings
+
+    if not os.environ.get("DAGSTER_HOME") or os.environ.get(REGISTER_ENV, "1") == "0":
+        return []
+    try:
+        from dagster import DagsterInstance
+
+        from .partitions import register_dataset_partitions
+
+        return register_dataset_partitions(DagsterInstance.get(), DataRoot())
+    except Exception as e:  # noqa: BLE001 - the sensor registers them later anyway
+        warnings.warn(f"xmc: dataset partitions not registered on load ({type(e).__name__}: {e}); the "
+                      "dataset_folders sensor or 'python -m xmc_assets.main' registers them", stacklevel=2)
+        return []
+
+
 defs = build_defs(settings_from_env())
+register_partitions_on_load()

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from dagster import DagsterInstance, Failure
 
     from .definitions import JOB_NAME, build_defs
-    from .partitions import dataset_partitions
+    from .partitions import register_dataset_partitions
     from .resources import DataRoot, EvaluationDB, XmcSettings
 
     try:
@@ -101,10 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     instance = DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [name for name in available if name not in known]
-    if new:  # every dataset folder is a partition (the sensor does the same under `dagster dev`)
-        instance.add_dynamic_partitions(dataset_partitions.name, new)
+    # every dataset folder is a partition (the sensor and each code-location load do the same)
+    register_dataset_partitions(instance, data_root)
 
     # The settings go into the Definitions (not run config): each asset's code version is derived
     # from its section of them, so the instance knows which stages a settings change made stale.

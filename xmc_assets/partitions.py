@@ -1,7 +1,10 @@
 """The `dataset` partitions: one per dataset folder under the data root.
 
 Dynamic rather than static so that a new folder becomes a partition without reloading the code
-location: the sensor below adds the folders it finds, and `xmc_assets.main` registers them too.
+location: the sensor below adds the folders it finds, `xmc_assets.main` registers them too, and
+so does every load of the code location (`register_dataset_partitions`, called by
+`definitions`), so that a new instance (a fresh DAGSTER_HOME) has them for every client — the UI,
+``dagster asset materialize --partition``, the schedule — before the sensor has ever run.
 A folder whose name cannot be a partition key (",", "...", "[", "]", a control character: the UI
 could neither select nor backfill it) is left out and named in a warning, never half-registered.
 """
@@ -38,3 +41,22 @@ def dataset_folders_sensor(context: SensorEvaluationContext, data_root: DataRoot
         return SkipReason(f"no new dataset folders under {data_root.root()}{note}")
     # Only registers partitions: training on a large corpus is a decision for a person.
     return SensorResult(dynamic_partitions_requests=[dataset_partitions.build_add_request(new)])
+
+
+def register_dataset_partitions(instance, data_root: DataRoot) -> list[str]:
+    """Add a `dataset` partition for every dataset folder `data_root` holds that `instance` does
+    not know yet (never removes one).
+
+    Args:
+        instance: a DagsterInstance.
+        data_root: the DataRoot resource to scan.
+
+    Returns:
+        The partition keys added (list of str; empty when all were known).
+    """
+    names, _ = data_root.scan()
+    known = set(instance.get_dynamic_partitions(dataset_partitions.name))
+    new = [name for name in names if name not in known]
+    if new:
+        instance.add_dynamic_partitions(dataset_partitions.name, new)
+    return new
