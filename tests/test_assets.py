@@ -200,6 +200,9 @@ def test_synthetic_bag_of_words_dataset(tmp_path):
     assert X_train.shape == (300, 500) and abs(X_train - expected_X).max() < 1e-6
     assert _meta(result, "corpus")["documents_test"] == 100 and _meta(result, "tfidf")["vocab_size"] == 500
 
+    # label_tree: 40 labels under the default leaf size of 100 make a flat tree, and it says so
+    assert "flat" in _meta(result, "label_tree")["clusters"]
+
     # rankers shows the model card (`xmc info`), with the fingerprint of the training split
     from xmc_core.model_card import data_fingerprint
 

@@ -228,7 +228,7 @@ def test_info_of_a_folder_that_is_not_a_model(tmp_path, capsys):
 
 
 def test_cluster_names_use_the_most_frequent_titles():
-    from xmc_core.explain import cluster_names
+    from xmc_core.explain import cluster_names, cluster_table
     from xmc_core.tree import LabelTree
     from xmc_core.xlinear import XLinearModel
     import scipy.sparse as smat
@@ -237,6 +237,31 @@ def test_cluster_names_use_the_most_frequent_titles():
     tree = LabelTree.from_leaf_assignment(leaf, 2)
     W = [smat.csc_matrix((4, c.nnz), dtype=np.float32) for c in tree.C]
     ranker = XLinearModel(tree, W)
-    names = cluster_names(ranker, ["a", "b", "c", "d", "e", "f"], np.array([1, 9, 5, 7, 0, 3]), k=3)
+    names = cluster_names(ranker.tree, ["a", "b", "c", "d", "e", "f"], np.array([1, 9, 5, 7, 0, 3]), k=3)
     assert names[0] == ["b / d / c (+1)", "f / e"]
     assert names[-1] == ["a", "b", "c", "d", "e", "f"]
+    table = cluster_table(ranker.tree, list("abcdef"), np.array([1, 9, 5, 7, 0, 3]), k=2)
+    assert table.rows() == [(0, 0, -1, 4, 22, "b / d (+2)"), (0, 1, -1, 2, 3, "f / e")]
+
+
+def test_cluster_table_parents_follow_the_tree():
+    from xmc_core.explain import cluster_table
+    from xmc_core.tree import LabelTree, build_tree
+    from conftest import clustered_problem
+    from xmc_core.label_embedding import pifa
+    from xmc_core.tree import TreeParams
+
+    X, Y = clustered_problem(n=400, n_labels=40)
+    tree = build_tree(pifa(X, Y), TreeParams(max_leaf_size=4, nr_splits=2))
+    assert tree.depth >= 3
+    counts = np.diff(Y.tocsc().indptr)
+    table = cluster_table(tree, [f"t{i}" for i in range(40)], counts)
+    assert table.height == sum(tree.level_sizes()[:-1])
+    for t in range(1, tree.depth - 1):
+        level = table.filter(table["level"] == t)
+        above = table.filter(table["level"] == t - 1)
+        # each cluster's labels are part of its parent's, and the children's sizes add up
+        for parent, size in zip(above["cluster"], above["labels"]):
+            assert level.filter(level["parent"] == parent)["labels"].sum() == size
+    assert table.filter(table["level"] == 0)["train_positives"].sum() == counts.sum()
+    assert cluster_table(tree, [f"t{i}" for i in range(40)], counts, max_rows=3).height == 3

@@ -421,6 +421,18 @@ def test_disentangled_tree_asset(tmp_path):
     model = XmcModel.load(tmp_path / "artifacts" / "amb" / "model")
     assert model.method == "xr-linear-ld" and (model.ranker.tree.C[-1] != tree.C[-1]).nnz == 0
     assert model.copies.equals(copies)  # the model folder carries the stage's table
+    # label_tree's cluster table: every level's sizes add up to the 60 labels, named by titles
+    from dagster import TableMetadataValue
+
+    clusters = result.asset_materializations_for_node("label_tree")[0].metadata["clusters"]
+    assert isinstance(clusters, TableMetadataValue)
+    rows_by_level = {}
+    for r in clusters.records:
+        rows_by_level.setdefault(r.data["level"], []).append(r.data)
+    assert len(rows_by_level) == tree.depth - 1 >= 1
+    assert all(sum(r["labels"] for r in level) == 60 for level in rows_by_level.values())
+    assert all(r["top_labels"].startswith("subject ") for r in rows_by_level[0])
+    assert model.label_titles == [f"subject {i}" for i in range(60)]
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xr-linear-ld"}
     stored = json.loads(rows["params"][0])

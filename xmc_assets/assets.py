@@ -31,6 +31,7 @@ from dagster import (
 )
 
 from xmc_core.data import load_dataset
+from xmc_core.explain import cluster_table
 from xmc_core.disentangle import changes_tree, copy_stats, copy_table, disentangle_tree, matcher_recall, train_matcher
 from xmc_core.label_embedding import pifa
 from xmc_core.folders import remove_xmc_folder
@@ -268,7 +269,15 @@ def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_set
     seconds = time.perf_counter() - t0
     artifacts.write_arrays(dataset, "label_tree", "tree.npz", tree.to_arrays())
     sizes = tree.leaf_cluster_sizes()
+    # the clusters for people: sizes, parents and their most frequent labels by title
+    info = _corpus_info(artifacts, dataset)
+    Y = artifacts.read_sparse(dataset, "corpus", "Y_train.npz")
+    titles = info.get("label_titles") or info["label_names"]
+    clusters = cluster_table(tree, titles, np.diff(smat.csc_matrix(Y).indptr))
+    artifacts.write_frame(dataset, "label_tree", "clusters.parquet", clusters)
     return MaterializeResult(metadata={
+        "clusters": cluster_metadata(clusters),
+        "clusters_parquet": MetadataValue.path(str(artifacts.path(dataset, "label_tree", "clusters.parquet"))),
         "depth": tree.depth,
         "level_sizes": " → ".join(str(n) for n in tree.level_sizes()),
         "leaf_clusters": int(len(sizes)),
@@ -279,6 +288,27 @@ def label_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_set
         "seconds": seconds,
         **_settings_metadata(context, xmc_settings, "label_tree"),
     })
+
+
+#: clusters listed in the label_tree asset's metadata table (all of them are in clusters.parquet)
+CLUSTER_TABLE_ROWS = 300
+
+
+def cluster_metadata(clusters) -> MetadataValue:
+    """The label_tree asset's cluster table (top levels first, at most CLUSTER_TABLE_ROWS rows)."""
+    shown = clusters.head(CLUSTER_TABLE_ROWS)
+    columns = [TableColumn("level", "int", description="0: the root's children"),
+               TableColumn("cluster", "int", description="number within its level"),
+               TableColumn("parent", "int", description="cluster number in the level above (-1: the root)"),
+               TableColumn("labels", "int", description="labels under the cluster"),
+               TableColumn("train_positives", "int", description="training (document, label) pairs of its labels"),
+               TableColumn("top_labels", "string", description="its most frequent labels, by title")]
+    if clusters.height == 0:  # a flat tree: the labels hang from the root
+        return MetadataValue.md("no clusters: the tree is flat (every label is a child of the root)")
+    return MetadataValue.table(
+        records=[TableRecord(row) for row in shown.iter_rows(named=True)],
+        schema=TableSchema(columns=columns),
+    )
 
 
 @stage_asset(

@@ -30,7 +30,7 @@ import scipy.sparse as smat
 
 from .xlinear import POST_PROCESSORS, XLinearModel
 
-__all__ = ["ExplainParams", "explain_model", "explain_ranker", "cluster_names"]
+__all__ = ["ExplainParams", "explain_model", "explain_ranker", "cluster_names", "cluster_table"]
 
 #: labels named in a cluster's name (its most frequent ones)
 CLUSTER_NAME_LABELS = 3
@@ -56,12 +56,29 @@ class ExplainParams:
                 raise ValueError(f"ExplainParams.{name}: an integer >= 1, got {value!r}")
 
 
-def cluster_names(ranker: XLinearModel, titles: Sequence[str], label_counts: np.ndarray | None,
+def _ranked_members(tree, label_counts: np.ndarray | None):
+    """(rank of each label: most frequent first, ties by id; per level t < depth - 1, its L × K_t
+    CSC membership)."""
+    L = tree.n_labels
+    counts = np.zeros(L) if label_counts is None else np.asarray(label_counts, np.float64)
+    order = np.lexsort((np.arange(L), -counts))
+    rank = np.empty(L, np.int64)
+    rank[order] = np.arange(L)
+    return rank, [smat.csc_matrix(tree.label_to_level(t)) for t in range(tree.depth - 1)]
+
+
+def _name(members: np.ndarray, rank: np.ndarray, titles: Sequence[str], k: int) -> str:
+    top = members[np.argsort(rank[members], kind="stable")[:k]]
+    more = len(members) - len(top)
+    return " / ".join(str(titles[i]) for i in top) + (f" (+{more})" if more > 0 else "")
+
+
+def cluster_names(tree, titles: Sequence[str], label_counts: np.ndarray | None,
                   k: int = CLUSTER_NAME_LABELS) -> list[list[str]]:
     """A name for every node of every level: its `k` most frequent training labels' titles.
 
     Args:
-        ranker: the model's XLinearModel (its tree).
+        tree: a :class:`tree.LabelTree` (a ranker's ``.tree``).
         titles: L label titles (or names).
         label_counts: (L,) training positives per label (None: every label counts the same; the
             order is then by label id).
@@ -71,24 +88,52 @@ def cluster_names(ranker: XLinearModel, titles: Sequence[str], label_counts: np.
         One list per level t of K_t names ("title a / title b / title c (+n)"); the last level's
         names are the labels' titles themselves.
     """
-    tree = ranker.tree
-    L = tree.n_labels
-    counts = np.zeros(L) if label_counts is None else np.asarray(label_counts, np.float64)
-    order = np.lexsort((np.arange(L), -counts))  # most frequent first, ties by id
-    rank = np.empty(L, np.int64)
-    rank[order] = np.arange(L)
+    rank, levels = _ranked_members(tree, label_counts)
     names = []
-    for t in range(tree.depth - 1):
-        M = smat.csc_matrix(tree.label_to_level(t))  # L × K_t
-        level = []
-        for n in range(M.shape[1]):
-            members = M.indices[M.indptr[n]:M.indptr[n + 1]]
-            top = members[np.argsort(rank[members], kind="stable")[:k]]
-            more = len(members) - len(top)
-            level.append(" / ".join(titles[i] for i in top) + (f" (+{more})" if more > 0 else ""))
-        names.append(level)
-    names.append(list(titles))
+    for M in levels:
+        names.append([_name(M.indices[M.indptr[n]:M.indptr[n + 1]], rank, titles, k) for n in range(M.shape[1])])
+    names.append([str(t) for t in titles])
     return names
+
+
+def cluster_table(tree, titles: Sequence[str], label_counts: np.ndarray | None, k: int = 5,
+                  max_rows: int | None = None):
+    """The clusters of a label tree as a table for people (the Dagster label_tree asset shows it).
+
+    Args:
+        tree: a :class:`tree.LabelTree`.
+        titles: L label titles (or names).
+        label_counts: (L,) training positives per label (None: by label id).
+        k: titles listed per cluster (its most frequent labels).
+        max_rows: keep the first clusters only, top levels first (None: all).
+
+    Returns:
+        polars DataFrame, one row per cluster above the labels: level (0 = the root's children),
+        cluster (its number in the level), parent (its number in the level above; -1 at level
+        0), labels (count), train_positives (sum of its labels' training positives), top_labels.
+    """
+    import polars as pl
+
+    rank, levels = _ranked_members(tree, label_counts)
+    counts = np.zeros(tree.n_labels) if label_counts is None else np.asarray(label_counts, np.float64)
+    rows = {"level": [], "cluster": [], "parent": [], "labels": [], "train_positives": [], "top_labels": []}
+    for t, M in enumerate(levels):
+        parent = np.full(M.shape[1], -1, np.int64)
+        if t > 0:
+            C = smat.csr_matrix(tree.C[t])  # K_t × K_{t-1}: each node's parent
+            parent = C.indices[C.indptr[:-1]].astype(np.int64)
+        for n in range(M.shape[1]):
+            if max_rows is not None and len(rows["level"]) >= max_rows:
+                break
+            members = M.indices[M.indptr[n]:M.indptr[n + 1]]
+            rows["level"].append(t)
+            rows["cluster"].append(n)
+            rows["parent"].append(int(parent[n]))
+            rows["labels"].append(len(members))
+            rows["train_positives"].append(int(counts[members].sum()))
+            rows["top_labels"].append(_name(members, rank, titles, k))
+    return pl.DataFrame(rows, schema={"level": pl.Int32, "cluster": pl.Int64, "parent": pl.Int64, "labels": pl.Int64,
+                                      "train_positives": pl.Int64, "top_labels": pl.String})
 
 
 def _column(C: smat.csc_matrix, node: int, parent: int) -> int:
@@ -256,7 +301,7 @@ def explain_model(model, text: str, labels: Sequence[str] | None = None,
     feature_names = _feature_names(model.featurizer)
     explained = [[] for _ in ids]
     for m, (w, ranker) in enumerate(parts.rankers):
-        names = cluster_names(ranker, titles, model.label_counts)
+        names = cluster_names(ranker.tree, titles, model.label_counts)
         for i, entry in enumerate(explain_ranker(ranker, parts.x, ids, feature_names, names, params.n_terms,
                                                  parts.n_text)):
             explained[i].append({"member": m, "weight": w, **entry})
