@@ -143,7 +143,8 @@ def test_reuters_slice_materializes_and_history_grows(tmp_path, reuters_dir):
     for k in (1, 3, 5):
         expected = _precision_at(P, Y_test, k)
         assert p[k] == pytest.approx(expected, abs=1e-6), k
-        assert meta[f"p@{k}"] == pytest.approx(expected, abs=1e-6), k
+        # the UI's copy is rounded to 7 significant digits (metadata.readable_metadata); DuckDB keeps all
+        assert meta[f"p@{k}"] == pytest.approx(expected, abs=1e-5), k
     assert meta["n_test"] == n and meta["rows_appended"] == rows.height
     # The majority label ("earn") alone scores 42.5 here (255 of the first 600 test documents);
     # a working model ranks far better (79.0 at this slice, deterministic): 20 points above it

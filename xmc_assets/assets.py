@@ -43,6 +43,7 @@ from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
 
 from .metadata import (
+    readable,
     copies_markdown,
     folder_bytes,
     frame_markdown,
@@ -99,7 +100,7 @@ def stage_asset(deps: list, kinds: set[str], description: str, automation=STAGE_
             kinds=kinds,
             description=description,
             **extra,
-        )(fn)
+        )(readable(fn))
 
     return decorate
 
@@ -297,12 +298,14 @@ CLUSTER_TABLE_ROWS = 300
 def cluster_metadata(clusters) -> MetadataValue:
     """The label_tree asset's cluster table (top levels first, at most CLUSTER_TABLE_ROWS rows)."""
     shown = clusters.head(CLUSTER_TABLE_ROWS)
+    # the names first: a wide table scrolls, and the titles are what a person reads
     columns = [TableColumn("level", "int", description="0: the root's children"),
                TableColumn("cluster", "int", description="number within its level"),
-               TableColumn("parent", "int", description="cluster number in the level above (-1: the root)"),
                TableColumn("labels", "int", description="labels under the cluster"),
-               TableColumn("train_positives", "int", description="training (document, label) pairs of its labels"),
-               TableColumn("top_labels", "string", description="its most frequent labels, by title")]
+               TableColumn("top_labels", "string", description="its most frequent labels, by title"),
+               TableColumn("parent", "int", description="cluster number in the level above (-1: the root)"),
+               TableColumn("train_positives", "int", description="training (document, label) pairs of its labels")]
+    shown = shown.select([c.name for c in columns])
     if clusters.height == 0:  # a flat tree: the labels hang from the root
         return MetadataValue.md("no clusters: the tree is flat (every label is a child of the root)")
     return MetadataValue.table(

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from dagster import MetadataValue
+from dagster import MaterializeResult, MetadataValue
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = ".2f") -> str:
     def cell(v):
         if isinstance(v, (float, np.floating)):
-            return format(float(v), floatfmt)
+            # NaN: a number that has no value here (e.g. ECE of a bucket without labels)
+            return "—" if math.isnan(v) else format(float(v), floatfmt)
         return "" if v is None else str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -135,3 +138,39 @@ def metrics_at_k_plot(result: dict, dataset: str = "") -> MetadataValue:
     ax.legend(fontsize=7)
     ax.set_title(f"P@k on the test split{' — ' + dataset if dataset else ''}", fontsize=9)
     return png_markdown(fig, "P@k")
+
+
+#: decimals of durations and sizes in metadata (keys with "seconds", ending "_s" or "_mb")
+METADATA_DECIMALS = 3
+#: significant digits of other float metadata (enough that no number a test or a person
+#: compares changes: 7 digits keep the relative error under 1e-6)
+METADATA_DIGITS = 7
+
+
+def readable_metadata(result):
+    """`result` (a MaterializeResult) with its plain float metadata rounded for the UI: durations
+    and sizes to METADATA_DECIMALS decimals ("0.789 s", not "0.7891517550015124"), other floats to
+    METADATA_DIGITS significant digits. Other values unchanged."""
+    if not isinstance(result, MaterializeResult) or not result.metadata:
+        return result
+
+    def rounded(key: str, v):
+        if not isinstance(v, float) or not math.isfinite(v) or v == 0.0:
+            return v
+        if "seconds" in key or key.endswith(("_s", "_mb")):
+            return round(v, METADATA_DECIMALS)
+        return round(v, max(0, METADATA_DIGITS - 1 - int(math.floor(math.log10(abs(v))))))
+
+    return result._replace(metadata={k: rounded(k, v) for k, v in result.metadata.items()})
+
+
+def readable(fn):
+    """Decorator of an asset function: its MaterializeResult's metadata through
+    :func:`readable_metadata`. Dagster reads the wrapped function's signature (context,
+    resources) through ``functools.wraps``."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return readable_metadata(fn(*args, **kwargs))
+
+    return run

@@ -112,7 +112,8 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         featurizer (vocabulary size), settings (params), training (dataset, data path, n_train,
         seconds, data_fingerprint, run_id), rankers (per ranker/ folder: depth, levels with nodes,
         parents and nnz_W; several for an ensemble), calibration (threshold, held-out F1) or None,
-        size_bytes, files, and last_evaluation (None when the history has none of this model).
+        size_bytes, files, evaluation_db (the history searched, or None) and last_evaluation
+        (None when the history has none of this model).
 
     Raises:
         ModelFormatError: not a model folder, or of another format version (one line).
@@ -135,6 +136,7 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         "label_titles": (path / "label_titles.txt").is_file(),
         "size_bytes": _folder_bytes(path),
         "files": sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()),
+        "evaluation_db": None,
         "last_evaluation": None,
     }
     tf = path / "featurizer" / "params.json"
@@ -155,8 +157,10 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
                                "threshold": c.get("threshold"),
                                **{k: cinfo.get(k) for k in ("source", "n_docs", "heldout_micro_f1",
                                                             "heldout_macro_f1", "labels_own_threshold") if k in cinfo}}
-    if db is not None and Path(db).is_file():
-        card["last_evaluation"] = _last_evaluation(Path(db), card["model_sha"])
+    if db is not None:
+        card["evaluation_db"] = str(db)
+        if Path(db).is_file():
+            card["last_evaluation"] = _last_evaluation(Path(db), card["model_sha"])
     return card
 
 
@@ -186,11 +190,15 @@ def card_markdown(card: dict) -> str:
                 "", "| level | nodes | parents | weights (nnz) |", "|---|---|---|---|"]
         out += [f"| {lv['level']} | {lv['nodes']} | {lv['parents']} | {lv['nnz_W']} |" for lv in r["levels"]]
     cal = card.get("calibration")
-    out += ["", "**calibration**: " + ("none ('xmc calibrate' fits one)" if cal is None else
-                                       ", ".join(f"{k} {v}" for k, v in cal.items()))]
+    out += ["", "**calibration**: " + ("none yet ('xmc calibrate', train --calibrate or the calibration asset "
+                                       "fits one)" if cal is None else
+                                       ", ".join(f"{k} {round(v, 4) if isinstance(v, float) else v}"
+                                                 for k, v in cal.items()))]
     ev = card.get("last_evaluation")
-    if ev is None:
-        out += ["", "**last evaluation**: none recorded for this model"]
+    if card.get("evaluation_db") is None:
+        pass  # not looked up (the Dagster rankers asset: the metrics asset evaluates next)
+    elif ev is None:
+        out += ["", f"**last evaluation**: none of this model in {card['evaluation_db']}"]
     else:
         m = ev["metrics"]
         shown = ", ".join(f"{k} {m[k]:.2f}" for k in ("p@1", "p@3", "p@5", "ndcg@5") if k in m)
