@@ -180,9 +180,12 @@ def test_reuters_slice_materializes_and_history_grows(tmp_path, reuters_dir):
         zip(zip(rows["metric"], rows["k"]), rows["value"]))
 
 
-def test_synthetic_bag_of_words_dataset(tmp_path):
+def test_synthetic_bag_of_words_dataset(tmp_path, monkeypatch):
     """The BoW path (no texts, no featurizer) on a tiny generated dataset; needs no shared data."""
+    from xmc_core import progress
     from xmc_core.synth import SynthParams, generate, write_synth
+
+    monkeypatch.setattr(progress, "LOG_INTERVAL_S", 0.0)  # a progress line per update, in the run's log
 
     params = SynthParams(n_labels=40, n_train=300, n_test=100, n_features=500)
     write_synth(tmp_path / "data" / "tiny", params)
@@ -200,6 +203,11 @@ def test_synthetic_bag_of_words_dataset(tmp_path):
     X_train = smat.load_npz(art / "tfidf" / "X_train.npz")
     assert X_train.shape == (300, 500) and abs(X_train - expected_X).max() < 1e-6
     assert _meta(result, "corpus")["documents_test"] == 100 and _meta(result, "tfidf")["vocab_size"] == 500
+
+    # the long steps' progress is in the run's log (stdout of no one)
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("xmc: rankers level 1/1") for m in messages)
+    assert any(m.startswith("xmc: predict: ") for m in messages)
 
     # label_tree: 40 labels under the default leaf size of 100 make a flat tree, and it says so
     assert "flat" in _meta(result, "label_tree")["clusters"]

@@ -43,7 +43,7 @@ from xmc_core.tfidf import TfidfVectorizer
 from xmc_core.tree import LabelTree, build_tree
 
 from .metadata import (
-    readable,
+    asset_body,
     copies_markdown,
     folder_bytes,
     frame_markdown,
@@ -100,7 +100,7 @@ def stage_asset(deps: list, kinds: set[str], description: str, automation=STAGE_
             kinds=kinds,
             description=description,
             **extra,
-        )(readable(fn))
+        )(asset_body(fn))
 
     return decorate
 

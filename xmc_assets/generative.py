@@ -39,7 +39,7 @@ from dagster import (
 
 from xmc_core.metrics import MetricParams
 
-from .metadata import readable
+from .metadata import asset_body
 from .assets import corpus
 from .metadata import folder_bytes, histogram_plot, markdown_table, metrics_at_k_plot
 from .partitions import dataset_partitions
@@ -126,7 +126,7 @@ def _asset(name: str, deps: list, kinds: set, description: str, **extra):
             kinds=kinds,
             description=description,
             **extra,
-        )(readable(fn))
+        )(asset_body(fn))
 
     return decorate
 

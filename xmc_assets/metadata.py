@@ -164,13 +164,35 @@ def readable_metadata(result):
     return result._replace(metadata={k: rounded(k, v) for k, v in result.metadata.items()})
 
 
-def readable(fn):
-    """Decorator of an asset function: its MaterializeResult's metadata through
-    :func:`readable_metadata`. Dagster reads the wrapped function's signature (context,
-    resources) through ``functools.wraps``."""
+class _LogStream:
+    """A text stream onto a Dagster logger: each line written is one INFO event of the run."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def write(self, text: str) -> None:
+        """Log each nonblank line of `text` (str) at INFO."""
+        for line in text.splitlines():
+            if line.strip():
+                self.log.info(line)
+
+    def flush(self) -> None:
+        """Nothing to flush (each line is an event already)."""
+
+
+def asset_body(fn):
+    """Decorator of an asset function: while it runs, the progress of its long steps
+    (`xmc_core.progress`) goes to the run's log as a line every LOG_INTERVAL_S seconds; its
+    MaterializeResult's metadata goes through :func:`readable_metadata`. Dagster reads the
+    wrapped function's signature (context, resources) through ``functools.wraps``."""
+    from xmc_core import progress
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        return readable_metadata(fn(*args, **kwargs))
+        context = kwargs.get("context", args[0] if args else None)
+        log = getattr(context, "log", None)
+        reporter = progress.LogReporter(_LogStream(log)) if log is not None else progress.Silent()
+        with progress.reporting(reporter):
+            return readable_metadata(fn(*args, **kwargs))
 
     return run

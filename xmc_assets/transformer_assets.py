@@ -35,7 +35,7 @@ from xmc_core.folders import atomic_dir, remove_xmc_folder
 from xmc_core.model import evaluate_model, load_model
 from xmc_core.tree import LabelTree
 
-from .metadata import readable
+from .metadata import asset_body
 from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, record_evaluation, set_metadata
 from .metadata import folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
@@ -82,7 +82,7 @@ def _xrt_asset(name: str, deps: list, description: str, automation=STAGE_AUTOMAT
             group_name=GROUP,
             description=description,
             **extra,
-        )(readable(fn))
+        )(asset_body(fn))
 
     return decorate
 

@@ -149,9 +149,9 @@ class LogReporter:
     """Plain lines ("xmc: <step>: n/total unit (p%), rate unit/s, elapsed, time left") at most
     every `interval` seconds per task, for output that is not a terminal (logs, CI, pipes)."""
 
-    def __init__(self, stream: IO[str] | None = None, interval: float = LOG_INTERVAL_S):
+    def __init__(self, stream: IO[str] | None = None, interval: float | None = None):
         self.stream = stream or sys.stderr
-        self.interval = float(interval)
+        self.interval = float(LOG_INTERVAL_S if interval is None else interval)
         self._lock = threading.Lock()
 
     def write(self, line: str) -> None:
