@@ -161,14 +161,20 @@ def main(argv=None) -> int:
               f"{'train_s':>8} {'pred_s':>7} {'rss_mb':>7} {'train×':>6} {'pred×':>6} {'rss×':>6} {'best1':>6}")
     print(header)
     print("-" * len(header))
+    from xmc_core import progress
+
+    xmc_systems = ["xmc" if p == "default" else f"xmc-{p}" for p in args.xmc_presets]
+    # each system runs in its own process (its output captured): progress counts finished runs
+    bar = progress.task("peers: runs", len(args.datasets) * (len(xmc_systems) + len(args.peers)), "run")
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
         meta = featurize(Path(args.data_root) / ds, data)
         save = Path(args.save_rankers) / ds if args.save_rankers else None
-        xmc_systems = ["xmc" if p == "default" else f"xmc-{p}" for p in args.xmc_presets]
-        results = {s: run_system(s, data, args.threads, args.params, save if s == "xmc" else None,
-                                 Path(args.data_root) / ds)
-                   for s in [*xmc_systems, *args.peers]}
+        results = {}
+        for s in [*xmc_systems, *args.peers]:
+            results[s] = run_system(s, data, args.threads, args.params, save if s == "xmc" else None,
+                                    Path(args.data_root) / ds)
+            bar.update()
         ref = results.get("pecos")
         # the best peer's P@1 (dP@1 and ratios: against PECOS; best1: P@1 minus the best peer's)
         peer_p1 = [r["p@1"] for s, r in results.items() if s in args.peers]
@@ -185,6 +191,7 @@ def main(argv=None) -> int:
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],
                          "peak_rss_mb": r["peak_rss_mb"], "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],
                          "extra": {k: v for k, v in r.items() if k not in ("p@1", "p@3", "p@5")}})
+    bar.close()
     run.finish(args.db, rows)
     print(f"\n{len(rows)} rows appended to {args.db} (table benchmark, run_id {run_id})")
     return 0

@@ -87,6 +87,11 @@ class Run:
         self.machine = machine()
         self.commit = commit()
         self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        # the long steps this process runs report on stderr (the table stays on stdout);
+        # XMC_QUIET=1 keeps it silent
+        from xmc_core import progress
+
+        progress.install(progress.for_stream(sys.stderr, quiet=os.environ.get("XMC_QUIET", "") not in ("", "0")))
 
     def finish(self, db: str | os.PathLike, rows: Sequence[Mapping], notes: str = "",
                out: str | os.PathLike = RESULTS) -> tuple[Path, Path]:
