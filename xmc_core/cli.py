@@ -757,8 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "without it a terminal shows bars with rate and time left, other output a line every "
                              "$XMC_PROGRESS_INTERVAL seconds, default 10)")
 
-    def add(name, **kw):
-        return sub.add_parser(name, parents=[common], **kw)
+    def add(name, help: str):
+        # the summary in 'xmc --help' is also the first line of 'xmc NAME --help'
+        return sub.add_parser(name, parents=[common], help=help, description=help[0].upper() + help[1:] + ".")
 
     p = add("train", help="train a model on a dataset folder; prints one JSON line (model, sizes, seconds, peak MiB)")
     p.add_argument("--method", default="xr-linear", choices=None,
