@@ -148,3 +148,19 @@ def test_default_settings_by_hand(path):
     check(TfidfParams(max_features=2, norm=None), {"oil", "price"},
           [{"oil": (1 + np.log(2)) * idf3, "price": idf3}, {"oil": idf3, "price": idf3}, {"price": idf3},
            {"oil": idf3}])
+
+
+def test_tokenizing_in_document_blocks_changes_nothing(monkeypatch):
+    """Long corpora are tokenized in blocks of documents (for progress): the same vocabulary and
+    matrix as one block, empty texts included."""
+    from xmc_core import tfidf as tfidf_module
+    from xmc_core.tfidf import TfidfParams, TfidfVectorizer
+
+    texts = ["wheat grain exports", "", "oil crude prices rose", "grain and oil", "x", "crude wheat oil grain"] * 3
+    one = TfidfVectorizer(TfidfParams(min_df=1))
+    X1 = one.fit_transform(texts)
+    monkeypatch.setattr(tfidf_module, "_TOKENIZE_BLOCK", 4)
+    blocks = TfidfVectorizer(TfidfParams(min_df=1))
+    X2 = blocks.fit_transform(texts)
+    assert blocks.vocab == one.vocab
+    assert (X1 != X2).nnz == 0 and (blocks.transform(texts) != X1).nnz == 0

@@ -157,7 +157,7 @@ class TfidfVectorizer:
                     s = s.str.to_lowercase()
                 parts.append(s.str.extract_all(_TOKEN_PATTERN_RS))
                 bar.update(len(s))
-        toks = parts[0] if len(parts) == 1 else pl.concat(parts)
+        toks = parts[0] if len(parts) == 1 else pl.concat(parts, rechunk=False)  # no copy of the blocks
         del parts
         doc_ptr = np.zeros(len(toks) + 1, np.int64)
         np.cumsum(toks.list.len().fill_null(0).to_numpy(), out=doc_ptr[1:])
