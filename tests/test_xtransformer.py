@@ -242,6 +242,12 @@ def test_dagster_assets_materialize(data, tmp_path):
     assert [r.data["nodes"] for r in meta["finetune_levels"].value.records] == [2, 4, 8]
     model = load_model(tmp_path / "artifacts" / "tiny" / "xr_transformer_model" / "model")
     assert isinstance(model, XTransformerModel)
+    # the rankers show the model card; the refined tree its clusters (8 labels under leaves of <= 2)
+    card = result.asset_materializations_for_node("xr_transformer__rankers")[0].metadata["model_card"].value
+    assert "| method | xr-transformer |" in card and f"| features | {model.n_features} |" in card
+    clusters = result.asset_materializations_for_node("xr_transformer__refined_tree")[0].metadata["clusters"].value
+    level0 = [r.data for r in clusters.records if r.data["level"] == 0]
+    assert sum(r["labels"] for r in level0) == 8
     rows = read_evaluation(tmp_path / "xmc.duckdb", result.run_id)
     assert set(rows["model"]) == {"xr-transformer"} and set(rows["split"]) == {"test"}
     # calibrated on the dev split: the metrics add the sets' rows (k = 0), as the saved model evaluates them

@@ -19,6 +19,7 @@ import json
 import time
 
 import numpy as np
+import scipy.sparse as smat
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -31,13 +32,14 @@ from dagster import (
     asset,
 )
 
+from xmc_core.explain import cluster_table
 from xmc_core.folders import atomic_dir, remove_xmc_folder
 from xmc_core.model import evaluate_model, load_model
+from xmc_core.model_card import card_markdown, model_card
 from xmc_core.tree import LabelTree
 
-from .metadata import asset_body
-from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, record_evaluation, set_metadata
-from .metadata import folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
+from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, cluster_metadata, record_evaluation, set_metadata
+from .metadata import asset_body, folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB, XmcSettings, XTransformerSettings
 
@@ -173,7 +175,9 @@ def encoder(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     return MaterializeResult(metadata={
         "device": device,
         "encoder": params.encoder.name,
-        "finetune_levels": MetadataValue.table(records=rows, schema=schema),
+        "finetune_levels": (MetadataValue.table(records=rows, schema=schema) if rows else
+                            MetadataValue.md("no fine-tuning: `finetune.steps_per_level` is 0 (the pretrained "
+                                             "encoder only)")),
         "finetune_tree": " → ".join(str(n) for n in tree_ft.level_sizes()),
         "finetune_seconds": finetune_s,
         "embed_seconds": embed_s,
@@ -209,11 +213,17 @@ def refined_tree(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_s
     tree = build_tree(pifa(concat_train_features(X, E, params.concat)[0], Y, params.pifa), params.tree)
     artifacts.write_arrays(dataset, "xr_transformer_refined_tree", "tree.npz", tree.to_arrays())
     sizes = tree.leaf_cluster_sizes()
+    seconds = time.perf_counter() - t0
+    info = artifacts.read_json(dataset, "corpus", "corpus.json")
+    clusters = cluster_table(tree, info.get("label_titles") or info["label_names"],
+                             np.diff(smat.csc_matrix(Y).indptr))
+    artifacts.write_frame(dataset, "xr_transformer_refined_tree", "clusters.parquet", clusters)
     return MaterializeResult(metadata={
+        "clusters": cluster_metadata(clusters),
         "depth": tree.depth,
         "level_sizes": " → ".join(str(n) for n in tree.level_sizes()),
         "leaf_size_histogram": histogram_plot(sizes, "labels per leaf cluster", "refined tree: leaf cluster sizes"),
-        "seconds": time.perf_counter() - t0,
+        "seconds": seconds,
     })
 
 
@@ -249,8 +259,14 @@ def xrt_rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
                                     "finetune_tree": ft_info["finetune_tree"], "rankers_train_s": train_s},
                               head=head, projection=projection)
     model.set_label_counts(Y)
+    model.label_titles = info.get("label_titles")
+    model.info.update({"data": info.get("source"), "n_train": int(Y.shape[0]),
+                       "data_fingerprint": info.get("train_fingerprint")})
     model_dir = model.save(artifacts.path(dataset, "xr_transformer_model", "model"))
+    card = model_card(model_dir)
     return MaterializeResult(metadata={
+        "model_card": MetadataValue.md(card_markdown(card)),
+        "model_sha": card["model_sha"],
         "model_dir": MetadataValue.path(str(model_dir)),
         "train_seconds": train_s,
         "n_features": int(ranker.n_features),
