@@ -611,17 +611,17 @@ def cmd_explain(args) -> None:
     for entry in res["labels"]:
         rank = f"#{entry['predicted']}" if entry["predicted"] else "not in the top-k"
         title = f" ({entry['title']})" if entry["title"] != entry["label"] else ""
-        print(f"\n{entry['label']}{title}: score {entry['score']:.4f}, {rank}")
+        print(f"\n{entry['label']}{title}: score {entry['score']:.4g}, {rank}")
         for m in entry["members"]:
             path = m["paths"][m["winning_copy"]]
             head = f"  member {m['member']} (weight {m['weight']:.2f}): " if len(entry["members"]) > 1 else "  "
             copies = f", copy {m['winning_copy'] + 1} of {m['copies']} won" if m["copies"] > 1 else ""
-            print(f"{head}path score {path['score']:.4f}{copies}")
+            print(f"{head}path score {path['score']:.4g}{copies}")
             for lv in path["levels"]:
                 emb = f" + embedding {lv['embedding']:+.3f}" if "embedding" in lv else ""
                 print(f"    level {lv['level']} node {lv['node']} [{lv['cluster']}]: raw {lv['raw']:+.3f} = "
-                      f"terms {lv['terms_sum']:+.3f}{emb} + bias {lv['bias']:+.3f} -> {lv['post_processed']:.3f}, "
-                      f"path {lv['path_score']:.4f}")
+                      f"terms {lv['terms_sum']:+.3f}{emb} + bias {lv['bias']:+.3f} -> {lv['post_processed']:.4g}, "
+                      f"path {lv['path_score']:.4g}")
                 if lv["terms"]:
                     print("      " + ", ".join(f"{t['term']} {t['contribution']:+.3f}" for t in lv["terms"]))
 
