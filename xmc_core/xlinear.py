@@ -1068,7 +1068,8 @@ def _train_level(X, Y_t, C, active, params: RankerParams, threads: int, stats: d
     order = np.argsort(-sizes[:n_parents], kind="stable")
     # progress in (instance, parent) pairs, the solvers' work, so that time left holds although
     # the big parents go first
-    with progress.task(f"{desc} ({n_parents} parents)", int(sizes[:n_parents].sum()), "pair") as bar:
+    parents = f"{n_parents} parent" + ("s" if n_parents != 1 else "")
+    with progress.task(f"{desc} ({parents})", int(sizes[:n_parents].sum()), "pair") as bar:
         def tracked(p):
             out = job(p)
             bar.update(int(sizes[p]))
