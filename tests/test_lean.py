@@ -238,8 +238,9 @@ def test_synth_density_options_change_nonzeros_and_labels_per_document(tmp_path,
 
 
 def _chunks_reference(c_indptr, W):
-    """The per-parent layout written plainly: rows in first-seen order, each row's (child, weight)
-    entries in column order, parents one after another."""
+    """The per-parent layout written plainly: entries laid out by row in first-seen order, each
+    row's (child, weight) entries in column order, parents one after another; the rows (with their
+    spans) listed in feature order."""
     rows_all, spans, ent_child, ent_val, rows_off = [], [], [], [], [0]
     start = 0
     for p in range(len(c_indptr) - 1):
@@ -247,12 +248,15 @@ def _chunks_reference(c_indptr, W):
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(W.indptr[c], W.indptr[c + 1]):
                 rows.setdefault(int(W.indices[e]), []).append((c - c_indptr[p], W.data[e]))
+        listed = []
         for f, ents in rows.items():
-            rows_all.append(f)
-            spans.append((start << 24) | len(ents))
+            listed.append((f, (start << 24) | len(ents)))
             ent_child += [k for k, _ in ents]
             ent_val += [v for _, v in ents]
             start += len(ents)
+        for f, span in sorted(listed):
+            rows_all.append(f)
+            spans.append(span)
         rows_off.append(len(rows_all))
     return rows_all, spans, ent_child, ent_val, rows_off
 

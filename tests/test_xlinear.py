@@ -304,3 +304,24 @@ def test_held_out_precision_on_a_generated_problem():
     assert (np.diff(P.indptr) > 1).all()
     for i in range(P.shape[0]):
         assert len(set(leaf_of_label[P.indices[P.indptr[i]:P.indptr[i + 1]]])) == 1, i
+
+
+def test_one_row_at_a_time_equals_the_batch_bit_for_bit():
+    """A request predicts one row: the scorer then finds features by binary search in each
+    parent's sorted rows instead of scattering the rows (what a batch does); the scores are the
+    same float32 sums, bit for bit, whatever the mix."""
+    from conftest import clustered_problem
+    from xmc_core.label_embedding import pifa
+    from xmc_core.tree import TreeParams, build_tree
+    from xmc_core.xlinear import PredParams, RankerParams, XLinearModel
+
+    X, Y = clustered_problem(n=500, n_labels=60, n_features=600, seed=3)
+    tree = build_tree(pifa(X, Y), TreeParams(max_leaf_size=4, nr_splits=4))
+    m = XLinearModel.train(X, Y, tree, RankerParams(threads=1), PredParams(threads=1))
+    batch = m.predict(X, only_topk=7)
+    for i in range(X.shape[0]):
+        one = m.predict(X[i], only_topk=7)
+        assert one.indices.tolist() == batch[i].indices.tolist()
+        assert one.data.tobytes() == batch[i].data.tobytes(), i
+    few = m.predict(X[:3], only_topk=7)
+    assert (few != batch[:3]).nnz == 0 and few.data.tobytes() == batch[:3].data.tobytes()

@@ -201,41 +201,79 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 rows_all, row_span, entries, rows_off, n_child, slot, out):
     """Raw scores of every child of each (instance, parent) pair of a beam step.
 
-    x_*: the instances, CSR. Pair q scores instance pair_rows[q] against chunk pair_chunks[q] (a
-    parent's children as a row-compressed block over the features where some child has a weight,
-    see `build_chunks`) and writes n_child[c] scores to out[pair_out[q]:]. Pairs are visited in
-    `order`, which groups them by chunk: a chunk's row spans are scattered once into `slot` (a
-    length-n_features int64 scratch array of -1, left as it was found), so a feature's weights
-    are found with one lookup, and its (child, weight) entries lie side by side in one array:
-    two memory accesses per matched feature. Cost: the chunks' rows once, plus nnz(x) lookups
-    per pair.
+    x_*: the instances, CSR with sorted indices. Pair q scores instance pair_rows[q] against chunk
+    pair_chunks[q] (a parent's children as a row-compressed block over the features where some
+    child has a weight, rows ascending, see `build_chunks`) and writes n_child[c] scores to
+    out[pair_out[q]:]. Pairs are visited in `order`, which groups them by chunk. For each group,
+    the cheaper of two ways to find an instance feature's row:
+
+    * scatter: the chunk's row spans are written once into `slot` (a length-n_features int64
+      scratch array of -1, left as it was found), then one lookup per feature. Cost: 2 × the
+      chunk's rows, plus nnz(x) per pair; what a batch wants.
+    * search: a binary search per feature in the chunk's sorted rows, starting where the last
+      feature was found. Cost: nnz(x) · log2(rows) per pair; what one document (a request) wants
+      against big chunks.
+
+    Either way a feature's (child, weight) entries lie side by side and are added in the same
+    order (the instance's features in order), so both give the same float32 sums, bit for bit.
     """
     vals = entries.view(np.float32)
     cur = -1
-    for qq in range(order.shape[0]):
+    scattered = False
+    n_pairs = order.shape[0]
+    for qq in range(n_pairs):
         q = order[qq]
         c = pair_chunks[q]
         if c != cur:
-            if cur >= 0:
+            if scattered:
                 for a in range(rows_off[cur], rows_off[cur + 1]):
                     slot[rows_all[a]] = -1
-            for a in range(rows_off[c], rows_off[c + 1]):
-                slot[rows_all[a]] = row_span[a]
+            # the group's instance nonzeros decide between scatter and search
+            work = 0
+            g = qq
+            while g < n_pairs and pair_chunks[order[g]] == c:
+                i = pair_rows[order[g]]
+                work += x_indptr[i + 1] - x_indptr[i]
+                g += 1
+            n_rows = rows_off[c + 1] - rows_off[c]
+            steps = 1
+            while (1 << steps) < n_rows:
+                steps += 1
+            scattered = work * steps >= 2 * n_rows
+            if scattered:
+                for a in range(rows_off[c], rows_off[c + 1]):
+                    slot[rows_all[a]] = row_span[a]
             cur = c
         i = pair_rows[q]
         o = pair_out[q]
         for t in range(n_child[c]):
             out[o + t] = 0.0
+        lo = rows_off[c]
+        hi = rows_off[c + 1]
         for p in range(x_indptr[i], x_indptr[i + 1]):
-            span = slot[x_indices[p]]
-            if span < 0:
-                continue
+            f = x_indices[p]
+            if scattered:
+                span = slot[f]
+                if span < 0:
+                    continue
+            else:
+                a, b = lo, hi  # the first row >= f in [lo, hi)
+                while a < b:
+                    mid = (a + b) >> 1
+                    if rows_all[mid] < f:
+                        a = mid + 1
+                    else:
+                        b = mid
+                lo = a  # the instance's features ascend: the next search starts here
+                if a == hi or rows_all[a] != f:
+                    continue
+                span = row_span[a]
             xv = x_data[p]
             e0 = 2 * (span >> _SPAN_BITS)
             e1 = e0 + 2 * (span & _SPAN_MASK)
             for e in range(e0, e1, 2):
                 out[o + entries[e]] += xv * vals[e + 1]
-    if cur >= 0:
+    if scattered:
         for a in range(rows_off[cur], rows_off[cur + 1]):
             slot[rows_all[a]] = -1
     return out
@@ -327,8 +365,8 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
 
     c_indptr: parent p's children are columns c_indptr[p]:c_indptr[p+1] of W (CSC: w_indptr,
     w_indices, w_data). Returns (rows_all, row_span, entries, rows_off): for each parent, the
-    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, int32, in
-    first-seen order); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1]
+    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, int32,
+    ascending); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1]
     (int32, the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
     Beside the result it allocates two n_features scratch arrays only (a parent's row counts and
     fill positions live in them), not arrays of the result's size.
@@ -383,6 +421,12 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
                 fill[a] = q + 1
         for a in range(m):
             slot[rows_all[lo + a]] = -1
+        # rows in feature order, so that `score_pairs` can also find a feature by binary search
+        # (a few documents against a big chunk); the entries stay where they are
+        if m > 1:
+            perm = np.argsort(rows_all[lo:lo + m])
+            rows_all[lo:lo + m] = rows_all[lo:lo + m][perm]
+            row_span[lo:lo + m] = row_span[lo:lo + m][perm]
     return rows_all, row_span, entries, rows_off
 
 

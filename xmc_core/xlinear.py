@@ -801,8 +801,8 @@ class XLinearModel:
         N = Xb.shape[0]
         depth = self.tree.depth
         n_cols = self.tree.C[-1].shape[0]  # labels, or the last level's nodes of a partial tree
+        n_child_of, widest = self._children_counts()
         # Rows go through in batches so the flat (pair, child) score arrays stay bounded.
-        widest = max(int(np.diff(C.indptr).max(initial=0)) for C in self.tree.C)
         batch = max(1024, (1 << 25) // max(1, beam_size * widest))
         parts = []
         bar = progress.task("predict", N, "doc")
@@ -817,7 +817,7 @@ class XLinearModel:
                 C, W_t = self.tree.C[t], self.W[t]
                 last = t == depth - 1
                 k = only_topk if last else beam_size
-                n_child = np.diff(C.indptr)[parents]
+                n_child = n_child_of[t][parents]
                 pair_start = np.zeros(len(parents), np.int64)
                 np.cumsum(n_child[:-1], out=pair_start[1:])
                 raw = _score_raw(Xs, W_t, C.indptr, rows, parents, pair_start, int(n_child.sum()), threads)
@@ -844,9 +844,22 @@ class XLinearModel:
             parts.append(smat.csr_matrix((pscores, parents, row_ptr), shape=(n, n_cols), dtype=np.float32))
             bar.update(n)
         bar.close()
-        out = smat.vstack(parts, format="csr") if parts else smat.csr_matrix((0, n_cols), dtype=np.float32)
+        if len(parts) == 1:  # one batch (every request of a service): no stacking
+            out = parts[0]
+        else:
+            out = smat.vstack(parts, format="csr") if parts else smat.csr_matrix((0, n_cols), dtype=np.float32)
         out.sort_indices()
         return out
+
+    def _children_counts(self) -> tuple[list[np.ndarray], int]:
+        """(children per parent at each level (int64 arrays), the most children of any parent),
+        computed once per tree: a one-row prediction should not pay for them."""
+        cached = getattr(self, "_n_child_cache", None)
+        if cached is None or cached[0] is not self.tree:
+            counts = [np.diff(C.indptr).astype(np.int64) for C in self.tree.C]
+            cached = (self.tree, counts, max(int(c.max(initial=0)) for c in counts))
+            self._n_child_cache = cached
+        return cached[1], cached[2]
 
     def prepare(self) -> "XLinearModel":
         """Build every level's beam-search layout now (`kernels.build_chunks`: the weights
@@ -854,6 +867,7 @@ class XLinearModel:
         when it loads a model for prediction. Returns self."""
         for C, W_t in zip(self.tree.C, self.W):
             _level_chunks(W_t, C.indptr)
+        self._children_counts()
         return self
 
     # -- persistence ------------------------------------------------------------------------
