@@ -72,7 +72,7 @@ def _check_args(args) -> None:
     from .folders import check_replaceable
 
     for name in ("topk", "beam_size", "max_rows", "threads", "ray_split_level", "ray_cpus_per_task",
-                 "shard_rows", "actors", "terms"):
+                 "shard_rows", "actors", "terms", "workers", "port", "max_docs", "max_body_bytes"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
@@ -587,6 +587,18 @@ def cmd_info(args) -> None:
     print("settings: " + json.dumps(card["settings"]))
 
 
+def cmd_serve(args) -> None:
+    """`xmc serve`: the model folder over HTTP (`serve`); runs until interrupted."""
+    from .serve import ServeParams, run
+
+    def ready(holder) -> None:  # the model loaded: say where it is served, then listen
+        print(json.dumps({"serving": str(args.model), "method": holder.model.method,
+                          "url": f"http://{args.host}:{args.port}", "workers": args.workers}), flush=True)
+
+    run(args.model, host=args.host, port=args.port, workers=args.workers,
+        params=ServeParams(max_body_bytes=args.max_body_bytes, max_docs=args.max_docs), on_ready=ready)
+
+
 def cmd_explain(args) -> None:
     """`xmc explain`: why labels came out for one text (`explain.explain_model`), readable or --json."""
     from .explain import ExplainParams, explain_model
@@ -934,6 +946,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam-size", type=int, default=None,
                    help="tree nodes kept per level for the prediction (count); default: the model's")
     p.add_argument("--json", action="store_true", help="one JSON object instead of the readable explanation")
+
+    p = add("serve", help="answer predictions over HTTP (JSON): POST /predict, GET /health, GET /model, POST /reload")
+    p.add_argument("--model", required=True, help="model folder (any kind; loaded once per worker)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes, each with its own copy of the model and one request at a time "
+                        "(count, default 1)")
+    p.add_argument("--max-docs", type=int, default=256,
+                   help="most documents per request (count, default 256; more: 413)")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                   help="largest request body (bytes, default 1000000; larger: 413)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads per worker for scoring (count, default 1: a request is one document or a few)")
     return ap
 
 
@@ -993,6 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_info(args)
         elif args.command == "explain":
             cmd_explain(args)
+        elif args.command == "serve":
+            cmd_serve(args)
     except BrokenPipeError:  # an OSError: before the handler below
         return 0
     except (UsageError, DataFormatError, ModelFormatError, NotCalibratedError, OSError) as e:

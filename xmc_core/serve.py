@@ -1,0 +1,307 @@
+"""`xmc serve`: a model folder behind an HTTP JSON API (Starlette on uvicorn).
+
+Endpoints:
+
+* ``POST /predict`` with ``{"texts": ["...", ...]}`` (models with a text featurizer) or
+  ``{"rows": [{"<feature id>": value, ...}, ...]}`` (bag-of-words models), and optionally
+  ``"topk"`` (labels per document, default 5). Answers ``{"results": [{"labels": [...],
+  "scores": [...]}, ...]}``, one per document in order; a calibrated model adds each document's
+  label set, ``"set": {"labels": [...], "probabilities": [...]}`` (micro policy).
+* ``GET /health``: ``{"status": "ok", "method", "model_sha", "n_labels", "loaded_at"}``.
+* ``GET /model``: the model card (`model_card.model_card`).
+* ``POST /reload``: load the folder again. The new model is loaded completely before it
+  replaces the one serving, so a request is answered by the old model or the new one, never by
+  a half-read folder; a folder that does not load leaves the old model serving (409 with the
+  reason). Model folders are written atomically (`folders.atomic_dir`), so a reload during
+  ``xmc train`` reads the previous folder or the new one.
+
+Bad requests get a 4xx with ``{"error": "<one line>"}``: 400 for a body that is not a JSON
+object, unknown or missing fields, wrong types, empty lists, feature ids out of range or texts
+for a model without a featurizer; 413 for a body over `ServeParams.max_body_bytes` or more than
+`max_docs` documents; 405/404 from the router. The model is loaded once per worker process
+(XR-Transformer's encoder too) and predicts in the event loop: one worker answers one request at
+a time, ``--workers N`` runs N processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as smat
+
+__all__ = ["ServeParams", "ModelHolder", "RequestError", "parse_request", "build_app", "app_from_env", "run"]
+
+#: environment variables through which `xmc serve --workers N` hands its settings to each worker
+MODEL_ENV, PARAMS_ENV = "XMC_SERVE_MODEL", "XMC_SERVE_PARAMS"
+#: fields a /predict body may have
+PREDICT_FIELDS = frozenset({"texts", "rows", "topk"})
+
+
+@dataclass
+class ServeParams:
+    """Limits of the service.
+
+    max_body_bytes: largest request body (bytes; larger: 413).
+    max_docs: most documents per request (larger: 413).
+    max_text_chars: longest text (characters; longer: 413).
+    max_topk: largest topk a request may ask for.
+    default_topk: labels per document when the request gives no topk.
+    """
+
+    max_body_bytes: int = 1_000_000
+    max_docs: int = 256
+    max_text_chars: int = 100_000
+    max_topk: int = 100
+    default_topk: int = 5
+
+    def to_dict(self) -> dict:
+        """The settings as a JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+class RequestError(Exception):
+    """A request the service refuses: `status` (4xx) and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ModelHolder:
+    """The model a service answers with, replaced whole on reload.
+
+    Args:
+        path: the model folder.
+
+    Raises:
+        ModelFormatError: the folder does not load (at start; a failed reload keeps the old model).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.model, self.loaded_at = self._load()
+
+    def _load(self):
+        from .model import load_model
+
+        model = load_model(self.path)
+        # a first prediction builds what a request should not pay for (chunks, featurizer index)
+        if getattr(model, "featurizer", None) is not None:
+            model.predict(["warm up"], topk=1)
+        return model, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    def reload(self) -> dict:
+        """Load the folder again and swap the new model in (the old one keeps serving until then).
+
+        Returns:
+            {"reloaded": True, "model_sha", "loaded_at"}.
+
+        Raises:
+            ModelFormatError: the folder does not load; the old model stays.
+        """
+        with self._lock:  # one reload at a time; requests keep reading self.model meanwhile
+            model, loaded_at = self._load()
+            self.model, self.loaded_at = model, loaded_at
+        return {"reloaded": True, "model_sha": model.params_sha, "loaded_at": loaded_at}
+
+
+def _int(value, name: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RequestError(400, f"{name}: an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise RequestError(400, f"{name}: between {lo} and {hi}, got {value}")
+    return value
+
+
+def parse_request(body: bytes, model, params: ServeParams):
+    """Check a /predict body and turn it into model inputs.
+
+    Args:
+        body: the raw request body.
+        model: the loaded model (its featurizer and feature count decide texts or rows).
+        params: the service's limits.
+
+    Returns:
+        (inputs, topk): a list of texts, or an N × D float32 CSR of rows (l2-normalized by the
+        model, as `xmc predict` does); topk an int.
+
+    Raises:
+        RequestError: 400 or 413 with a one-line reason.
+    """
+    if len(body) > params.max_body_bytes:
+        raise RequestError(413, f"body: {len(body)} bytes, at most {params.max_body_bytes}")
+    if not body.strip():
+        raise RequestError(400, 'body: empty; send a JSON object such as {"texts": ["..."]}')
+    try:
+        req = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(req, dict):
+        raise RequestError(400, f"body: a JSON object, got {type(req).__name__}")
+    unknown = sorted(set(req) - PREDICT_FIELDS)
+    if unknown:
+        raise RequestError(400, f"{unknown[0]}: unknown field (fields: texts or rows, and topk)")
+    if ("texts" in req) == ("rows" in req):
+        raise RequestError(400, "give exactly one of texts and rows")
+    topk = _int(req.get("topk", params.default_topk), "topk", 1, min(params.max_topk, model.n_labels))
+    has_featurizer = getattr(model, "featurizer", None) is not None or model.method == "xlgen"
+    if "texts" in req:
+        texts = req["texts"]
+        if not has_featurizer:
+            raise RequestError(400, "texts: this model was trained on feature vectors; send rows")
+        if not isinstance(texts, list) or not texts:
+            raise RequestError(400, "texts: a non-empty list of strings")
+        if len(texts) > params.max_docs:
+            raise RequestError(413, f"texts: {len(texts)} documents, at most {params.max_docs} per request")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise RequestError(400, f"texts[{i}]: a string, got {type(t).__name__}")
+            if len(t) > params.max_text_chars:
+                raise RequestError(413, f"texts[{i}]: {len(t)} characters, at most {params.max_text_chars}")
+        return texts, topk
+    rows = req["rows"]
+    if model.method in ("xr-transformer", "xlgen"):
+        raise RequestError(400, f"rows: a {model.method} model reads texts; send texts")
+    if not isinstance(rows, list) or not rows:
+        raise RequestError(400, 'rows: a non-empty list of objects {"<feature id>": value}')
+    if len(rows) > params.max_docs:
+        raise RequestError(413, f"rows: {len(rows)} documents, at most {params.max_docs} per request")
+    D = model.n_features
+    indptr, indices, data = [0], [], []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise RequestError(400, f"rows[{i}]: an object {{\"<feature id>\": value}}, got {type(row).__name__}")
+        for key, value in row.items():
+            try:
+                j = int(key)
+            except ValueError:
+                raise RequestError(400, f"rows[{i}]: feature id {key!r} is not an integer") from None
+            if not 0 <= j < D:
+                raise RequestError(400, f"rows[{i}]: feature id {j} out of range 0..{D - 1}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise RequestError(400, f"rows[{i}][{key!r}]: a finite number, got {value!r}")
+            indices.append(j)
+            data.append(float(value))
+        indptr.append(len(indices))
+    X = smat.csr_matrix((np.asarray(data, np.float32), np.asarray(indices, np.int64), np.asarray(indptr, np.int64)),
+                        shape=(len(rows), D))
+    X.sum_duplicates()
+    return X, topk
+
+
+def predict_response(model, inputs, topk: int) -> dict:
+    """The /predict answer for checked inputs: labels and scores per document, best first, and the
+    label set with probabilities when the model is calibrated (micro policy).
+
+    Args:
+        model: the loaded model.
+        inputs: texts or a CSR of rows (`parse_request`).
+        topk: labels per document.
+    """
+    results = [{"labels": [name for name, _ in labels], "scores": [round(float(s), 6) for _, s in labels]}
+               for labels in model.predict_labels(inputs, topk=topk)]
+    if getattr(model, "calibration", None) is not None:
+        for res, labels in zip(results, model.named_sets(inputs, policy="micro")):
+            res["set"] = {"labels": [name for name, _ in labels], "probabilities": [round(p, 6) for _, p in labels]}
+    return {"results": results}
+
+
+def build_app(holder: ModelHolder, params: ServeParams | None = None):
+    """The Starlette application of a service.
+
+    Args:
+        holder: the ModelHolder of the model folder.
+        params: the limits (None: defaults).
+
+    Returns:
+        A Starlette ASGI app (run it with uvicorn, or test it with starlette.testclient).
+    """
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from .model_base import ModelFormatError, one_line
+
+    params = params or ServeParams()
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": one_line(message)}, status_code=status)
+
+    async def predict(request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > params.max_body_bytes:
+            return error(413, f"body: {length} bytes, at most {params.max_body_bytes}")
+        body = await request.body()
+        model = holder.model  # one model for the whole request, even if a reload swaps it meanwhile
+        try:
+            inputs, topk = parse_request(body, model, params)
+            return JSONResponse(predict_response(model, inputs, topk))
+        except RequestError as e:
+            return error(e.status, str(e))
+        except ValueError as e:  # e.g. a text that is not valid Unicode (a lone surrogate)
+            return error(400, str(e))
+
+    async def health(request):
+        m = holder.model
+        return JSONResponse({"status": "ok", "method": m.method, "model_sha": m.params_sha, "n_labels": m.n_labels,
+                             "loaded_at": holder.loaded_at})
+
+    async def card(request):
+        from .model_card import model_card
+
+        return JSONResponse(model_card(holder.path))
+
+    async def reload(request):
+        try:
+            return JSONResponse(holder.reload())
+        except (ModelFormatError, OSError) as e:
+            return error(409, f"reload: {e}; still serving model {holder.model.params_sha}")
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health, methods=["GET"]),
+                             Route("/model", card, methods=["GET"]), Route("/reload", reload, methods=["POST"])])
+
+
+def app_from_env():
+    """The app of a uvicorn worker process: model folder and limits from $XMC_SERVE_MODEL and
+    $XMC_SERVE_PARAMS (what `run` sets for ``--workers N``)."""
+    params = ServeParams(**json.loads(os.environ.get(PARAMS_ENV) or "{}"))
+    return build_app(ModelHolder(os.environ[MODEL_ENV]), params)
+
+
+def run(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+        params: ServeParams | None = None, log_level: str = "warning", on_ready=None) -> None:
+    """Serve `model` until interrupted.
+
+    Args:
+        model: the model folder (checked to load before the server starts).
+        host, port: where to listen (loopback by default).
+        workers: uvicorn worker processes, each with its own copy of the model.
+        params: the limits (None: defaults).
+        log_level: uvicorn's log level.
+        on_ready: called with the ModelHolder once the model has loaded, before listening.
+
+    Raises:
+        ModelFormatError: the folder does not load.
+    """
+    import uvicorn
+
+    params = params or ServeParams()
+    holder = ModelHolder(model)  # a bad folder fails here, in one line, before any socket opens
+    if on_ready is not None:
+        on_ready(holder)
+    if workers <= 1:
+        uvicorn.run(build_app(holder, params), host=host, port=port, log_level=log_level, access_log=False)
+        return
+    del holder
+    os.environ[MODEL_ENV] = str(Path(model).resolve())
+    os.environ[PARAMS_ENV] = json.dumps(params.to_dict())
+    uvicorn.run("xmc_core.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, access_log=False)
