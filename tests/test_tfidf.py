@@ -164,3 +164,21 @@ def test_tokenizing_in_document_blocks_changes_nothing(monkeypatch):
     X2 = blocks.fit_transform(texts)
     assert blocks.vocab == one.vocab
     assert (X1 != X2).nnz == 0 and (blocks.transform(texts) != X1).nnz == 0
+
+
+def test_few_texts_transform_as_many_bit_for_bit():
+    """`transform` of a few texts (a request) counts terms in Python; a long list goes through
+    polars: the same rows, bit for bit, texts with accents, digits, case and repeats included."""
+    from xmc_core.tfidf import _FEW_TEXTS, TfidfParams, TfidfVectorizer
+
+    train = ["Wheat and grain exports rose", "Crude oil prices fell; OPEC met", "Café au lait, café noir",
+             "grain grain wheat 2024 exports", "ÉCOLE école Straße STRASSE", "oil and wheat and grain"] * 4
+    vec = TfidfVectorizer(TfidfParams(min_df=1)).fit(train)
+    test = ["wheat exports rose again", "café école", "", "OPEC OPEC oil oil oil", "straße strasse 2024",
+            "unknown words only", "grain and oil prices", "Wheat", "and grain", "crude"]
+    many = vec.transform(test)  # more than _FEW_TEXTS: polars
+    assert len(test) > _FEW_TEXTS
+    for i, text in enumerate(test):
+        one = vec.transform([text])
+        assert one.indices.tolist() == many[i].indices.tolist(), text
+        assert one.data.tobytes() == many[i].data.tobytes(), text
