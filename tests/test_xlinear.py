@@ -325,3 +325,24 @@ def test_one_row_at_a_time_equals_the_batch_bit_for_bit():
         assert one.data.tobytes() == batch[i].data.tobytes(), i
     few = m.predict(X[:3], only_topk=7)
     assert (few != batch[:3]).nnz == 0 and few.data.tobytes() == batch[:3].data.tobytes()
+
+
+def test_first_at_least_is_searchsorted():
+    """The row search of one-row scoring (interpolation steps, then bisection) finds what
+    np.searchsorted finds, on even, clustered and tiny row sets, from any start."""
+    from xmc_core.kernels import _first_at_least
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n = int(rng.integers(1, 5000))
+        if trial % 3 == 0:
+            rows = np.sort(rng.choice(200_000, size=n, replace=False))
+        elif trial % 3 == 1:  # clustered ids: interpolation guesses badly
+            rows = np.unique(np.concatenate([rng.integers(0, 50, n // 2 + 1), rng.integers(150_000, 150_100, n // 2)]))
+        else:
+            rows = np.arange(n) * 7
+        rows = rows.astype(np.int32)
+        for f in rng.integers(-5, 200_010, size=50):
+            a = int(rng.integers(0, len(rows) + 1))
+            want = a + int(np.searchsorted(rows[a:], f, side="left"))
+            assert _first_at_least(rows, a, len(rows), f) == want, (trial, f, a)

@@ -196,6 +196,36 @@ def _grow(a, cap):
     return b
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _first_at_least(rows, a, b, f):
+    """The first position in [a, b) of ascending `rows` whose value is >= f (b if none).
+
+    A few interpolation steps first (feature ids spread fairly evenly over a chunk's rows, so
+    each lands near f: one cache miss where a binary search of a big chunk has a dozen), then a
+    binary search of what is left."""
+    for _ in range(3):
+        if b - a <= 32:
+            break
+        lo_v = rows[a]
+        hi_v = rows[b - 1]
+        if f <= lo_v:
+            return a
+        if f > hi_v:
+            return b
+        g = a + np.int64((np.float64(f - lo_v) / np.float64(hi_v - lo_v)) * (b - 1 - a))
+        if rows[g] < f:
+            a = g + 1
+        else:
+            b = g + 1  # rows[g] >= f: the first such position is at most g
+    while a < b:
+        mid = (a + b) >> 1
+        if rows[mid] < f:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
 @njit(nogil=True, cache=True)
 def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
                 rows_all, row_span, entries, rows_off, n_child, slot, out):
@@ -257,13 +287,7 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 if span < 0:
                     continue
             else:
-                a, b = lo, hi  # the first row >= f in [lo, hi)
-                while a < b:
-                    mid = (a + b) >> 1
-                    if rows_all[mid] < f:
-                        a = mid + 1
-                    else:
-                        b = mid
+                a = _first_at_least(rows_all, lo, hi, f)
                 lo = a  # the instance's features ascend: the next search starts here
                 if a == hi or rows_all[a] != f:
                     continue
