@@ -169,7 +169,7 @@ def parse_request(body: bytes, model, params: ServeParams):
         return texts, topk
     rows = req["rows"]
     if model.method in ("xr-transformer", "xlgen"):
-        raise RequestError(400, f"rows: a {model.method} model reads texts; send texts")
+        raise RequestError(400, f"rows: {model.method} models read texts; send texts")
     if not isinstance(rows, list) or not rows:
         raise RequestError(400, 'rows: a non-empty list of objects {"<feature id>": value}')
     if len(rows) > params.max_docs:
