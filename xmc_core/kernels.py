@@ -240,9 +240,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
     * scatter: the chunk's row spans are written once into `slot` (a length-n_features int64
       scratch array of -1, left as it was found), then one lookup per feature. Cost: 2 × the
       chunk's rows, plus nnz(x) per pair; what a batch wants.
-    * search: a binary search per feature in the chunk's sorted rows, starting where the last
-      feature was found. Cost: nnz(x) · log2(rows) per pair; what one document (a request) wants
-      against big chunks.
+    * search: a search per feature in the chunk's sorted rows (`_first_at_least`: interpolation,
+      then bisection), starting where the last feature was found. Cost: at most nnz(x) · log2(rows)
+      per pair; what one document (a request) wants against big chunks.
 
     Either way a feature's (child, weight) entries lie side by side and are added in the same
     order (the instance's features in order), so both give the same float32 sums, bit for bit.

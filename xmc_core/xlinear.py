@@ -802,7 +802,9 @@ class XLinearModel:
         N = Xb.shape[0]
         depth = self.tree.depth
         n_cols = self.tree.C[-1].shape[0]  # labels, or the last level's nodes of a partial tree
-        n_child_of, widest = self._children_counts()
+        # children per parent at each level: kept with the level's beam layout (`_level_chunks`)
+        n_child_of = [_level_chunks(W_t, C.indptr)[-1] for C, W_t in zip(self.tree.C, self.W)]
+        widest = max(int(c.max(initial=0)) for c in n_child_of)
         # Rows go through in batches so the flat (pair, child) score arrays stay bounded.
         batch = max(1024, (1 << 25) // max(1, beam_size * widest))
         parts = []
@@ -852,23 +854,12 @@ class XLinearModel:
         out.sort_indices()
         return out
 
-    def _children_counts(self) -> tuple[list[np.ndarray], int]:
-        """(children per parent at each level (int64 arrays), the most children of any parent),
-        computed once per tree: a one-row prediction should not pay for them."""
-        cached = getattr(self, "_n_child_cache", None)
-        if cached is None or cached[0] is not self.tree:
-            counts = [np.diff(C.indptr).astype(np.int64) for C in self.tree.C]
-            cached = (self.tree, counts, max(int(c.max(initial=0)) for c in counts))
-            self._n_child_cache = cached
-        return cached[1], cached[2]
-
     def prepare(self) -> "XLinearModel":
         """Build every level's beam-search layout now (`kernels.build_chunks`: the weights
         regrouped per parent), not on the first predict call. `load` does it; PECOS does the same
         when it loads a model for prediction. Returns self."""
         for C, W_t in zip(self.tree.C, self.W):
             _level_chunks(W_t, C.indptr)
-        self._children_counts()
         return self
 
     # -- persistence ------------------------------------------------------------------------
