@@ -30,17 +30,29 @@ dataset_partitions = DynamicPartitionsDefinition(name="dataset")
     description="Adds a `dataset` partition for every dataset folder under the data root (never launches runs).",
 )
 def dataset_folders_sensor(context: SensorEvaluationContext, data_root: DataRoot):
-    names, skipped = data_root.scan()
+    new, skipped = unregistered_datasets(context.instance, data_root)
     for folder, why in skipped.items():  # never half-registered: named, and left out
         context.log.warning(f"dataset folder {folder!r} is not a partition: {why}; rename the folder")
-    known = set(context.instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [name for name in names if name not in known]
     if not new:
         note = f"; skipped {len(skipped)} folder(s) whose names cannot be partition keys: " + ", ".join(
             f"{f!r} ({why})" for f, why in skipped.items()) if skipped else ""
         return SkipReason(f"no new dataset folders under {data_root.root()}{note}")
     # Only registers partitions: training on a large corpus is a decision for a person.
     return SensorResult(dynamic_partitions_requests=[dataset_partitions.build_add_request(new)])
+
+
+def unregistered_datasets(instance, data_root: DataRoot) -> tuple[list[str], dict[str, str]]:
+    """(the dataset folders of `data_root` that `instance` has no `dataset` partition for, in scan
+    order; {folder: why} for those whose names cannot be partition keys): `DataRoot.scan` against
+    the instance's partitions.
+
+    Args:
+        instance: a DagsterInstance.
+        data_root: the DataRoot resource to scan.
+    """
+    names, skipped = data_root.scan()
+    known = set(instance.get_dynamic_partitions(dataset_partitions.name))
+    return [name for name in names if name not in known], skipped
 
 
 def register_dataset_partitions(instance, data_root: DataRoot) -> list[str]:
@@ -54,9 +66,7 @@ def register_dataset_partitions(instance, data_root: DataRoot) -> list[str]:
     Returns:
         The partition keys added (list of str; empty when all were known).
     """
-    names, _ = data_root.scan()
-    known = set(instance.get_dynamic_partitions(dataset_partitions.name))
-    new = [name for name in names if name not in known]
+    new, _ = unregistered_datasets(instance, data_root)
     if new:
         instance.add_dynamic_partitions(dataset_partitions.name, new)
     return new
