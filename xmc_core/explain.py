@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as smat
 
+from .params import ParamsBase
 from .xlinear import POST_PROCESSORS, XLinearModel
 
 __all__ = ["ExplainParams", "explain_model", "explain_ranker", "cluster_names", "cluster_table"]
@@ -37,7 +38,7 @@ CLUSTER_NAME_LABELS = 3
 
 
 @dataclass
-class ExplainParams:
+class ExplainParams(ParamsBase):
     """What an explanation shows.
 
     topk: predicted labels explained when no label is named (int >= 1).
@@ -222,38 +223,46 @@ def explain_ranker(ranker: XLinearModel, x: smat.csr_matrix, labels: Sequence[in
 
 @dataclass
 class _Parts:
-    """What `explain_model` needs of a model kind."""
+    """What `explain_model` needs of a model kind: the document's features (computed once: for
+    XR-Transformer and accurate-text they include an encoder pass), its scores from them, the
+    rankers that score, and how the final score is formed."""
 
     x: smat.csr_matrix
+    P: smat.csr_matrix  # 1 × L, the model's top-k scores of the document
     rankers: list = field(default_factory=list)  # [(weight, XLinearModel)]
     n_text: int | None = None
     note: str | None = None
 
 
-def _parts(model, text: str) -> _Parts:
+def _parts(model, text: str, params: ExplainParams) -> _Parts:
     from .ensemble import XmcEnsemble
-    from .model import XmcModel
+    from .model import XmcModel, check_predict_args
 
+    k, beam = params.topk, params.beam_size
+    check_predict_args(k, beam)  # as predict does, before the features are scored directly
     if isinstance(model, XmcEnsemble):
         x = model.featurize([text])
         weights = model.params.ensemble.member_weights()
         n_text = model.featurizer.n_features if model.params.ensemble.embedding else None
-        return _Parts(x, [(w, m.ranker) for w, m in zip(weights, model.members)], n_text,
-                      "the score is the weighted mean of the members' scores (a member that did not rank the label "
-                      "counts 0)")
+        # a matrix of the members' width is taken as it is: the same scores as from the text
+        return _Parts(x, model.predict(x, topk=k, beam_size=beam), [(w, m.ranker) for w, m in zip(weights, model.members)],
+                      n_text, "the score is the weighted mean of the members' scores (a member that did not rank the "
+                      "label counts 0)")
     if isinstance(model, XmcModel):
         d = model.params.disentangle
         note = None
         if d is not None and d.merge != "max":
             note = f"copies are merged by {d.merge} in predict; each copy's path is shown"
-        return _Parts(model.featurize([text]), [(1.0, model.ranker)], None, note)
+        x = model.featurize([text])
+        return _Parts(x, model.predict_features(x, topk=k, beam_size=beam), [(1.0, model.ranker)], None, note)
     if getattr(model, "method", "") == "xr-transformer":
-        Xc, _ = model.features([text])
+        Xc, E = model.features([text])
         note = None
         if model.head is not None and model.params.ensemble.method != "concat-only":
             note = (f"predict averages the rankers' score with the fine-tuned label head (weight "
                     f"{model.params.ensemble.weight}); the rankers' path is shown")
-        return _Parts(Xc, [(1.0, model.ranker)], model.featurizer.n_features, note)
+        return _Parts(Xc, model.predict_features(Xc, E, topk=k, beam_size=beam), [(1.0, model.ranker)],
+                      model.featurizer.n_features, note)
     raise ValueError(f"explain: a {getattr(model, 'method', type(model).__name__)} model generates its labels "
                      "token by token and has no label tree to explain; explain covers xr-linear, xr-linear-ld, "
                      "the ensembles and xr-transformer")
@@ -284,9 +293,9 @@ def explain_model(model, text: str, labels: Sequence[str] | None = None,
     if getattr(model, "featurizer", None) is None:
         raise ValueError("explain: this model was trained on feature vectors (no text featurizer); explain reads "
                          "raw text")
-    parts = _parts(model, text)
+    parts = _parts(model, text, params)
     index = {name: i for i, name in enumerate(model.label_names)}
-    P = smat.csr_matrix(model.predict([text], topk=params.topk, beam_size=params.beam_size))
+    P = smat.csr_matrix(parts.P)
     order = np.argsort(-P.data, kind="stable")
     predicted = [int(P.indices[i]) for i in order]
     if labels:

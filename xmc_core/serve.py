@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as smat
 
+from .params import ParamsBase
+
 __all__ = ["ServeParams", "ModelHolder", "RequestError", "parse_request", "build_app", "app_from_env", "run"]
 
 #: environment variables through which `xmc serve --workers N` hands its settings to each worker
@@ -45,7 +47,7 @@ PREDICT_FIELDS = frozenset({"texts", "rows", "topk"})
 
 
 @dataclass
-class ServeParams:
+class ServeParams(ParamsBase):
     """Limits of the service.
 
     max_body_bytes: largest request body (bytes; larger: 413).
@@ -60,10 +62,6 @@ class ServeParams:
     max_text_chars: int = 100_000
     max_topk: int = 100
     default_topk: int = 5
-
-    def to_dict(self) -> dict:
-        """The settings as a JSON-ready dict."""
-        return dict(self.__dict__)
 
 
 class RequestError(Exception):
@@ -272,7 +270,7 @@ def build_app(holder: ModelHolder, params: ServeParams | None = None):
 def app_from_env():
     """The app of a uvicorn worker process: model folder and limits from $XMC_SERVE_MODEL and
     $XMC_SERVE_PARAMS (what `run` sets for ``--workers N``)."""
-    params = ServeParams(**json.loads(os.environ.get(PARAMS_ENV) or "{}"))
+    params = ServeParams.from_dict(json.loads(os.environ.get(PARAMS_ENV) or "{}"))
     return build_app(ModelHolder(os.environ[MODEL_ENV]), params)
 
 
