@@ -45,7 +45,6 @@ from xmc_core.tree import LabelTree, build_tree
 from .metadata import (
     asset_body,
     copies_markdown,
-    folder_bytes,
     frame_markdown,
     histogram_plot,
     label_frequency_plot,
@@ -432,7 +431,7 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
     model_dir = model.save(artifacts.model_dir(dataset))
     card = model_card(model_dir)
 
-    size = folder_bytes(model_dir)
+    size = card["size_bytes"]
     level_table = MetadataValue.table(
         records=[TableRecord({"level": int(r["level"]), "nodes": int(r["n_nodes"]),
                               "seconds": round(float(r["seconds"]), 3), "nnz_W": int(r["nnz_W"])})
@@ -556,10 +555,9 @@ def record_evaluation(evaluation_db: EvaluationDB, run_id: str, dataset: str, mo
     shows the history's view of the run. `model_sha` (the model folder's params.json sha) goes
     into the params JSON, so `xmc info` finds the model's last evaluation. Returns (rows
     appended, the ranking table by k)."""
-    sets = set_rows(ev)
+    sets = ev.set_rows()
     rows = evaluation_db.append_evaluation(
-        run_id=run_id, dataset=dataset, model=model_name, split="test",
-        metrics={**ev.metrics, **{k: {0: float(v)} for k, v in sets.items()}},
+        run_id=run_id, dataset=dataset, model=model_name, split="test", metrics=ev.history_metrics(),
         params={**params.to_dict(), **({"model_sha": model_sha} if model_sha else {})},
     )
     table = evaluation_db.p_at_k_table(run_id)
@@ -567,16 +565,10 @@ def record_evaluation(evaluation_db: EvaluationDB, run_id: str, dataset: str, mo
     return rows, table.drop(["dataset", "model", "split"] + [c for c in table.columns if c == "@0"])
 
 
-def set_rows(ev) -> dict:
-    """A calibrated model's set and calibration numbers of an Evaluation, as DuckDB rows of k = 0
-    ({"set_micro_f1": value, "ece": value, "few_macro_f1": value, ...}); {} without calibration."""
-    return {k: v for k, v in (ev.sets or {}).items() if isinstance(v, (int, float)) and k != "calibration_pairs"}
-
-
 def set_metadata(ev, dataset: str) -> dict:
     """The `metrics` metadata of a calibrated model's sets: F1s, ECE, Brier, a table by label
     frequency and a reliability diagram ({} without calibration)."""
-    sets = set_rows(ev)
+    sets = ev.set_rows()
     if not sets:
         return {}
     return {"set_micro_f1": float(sets["set_micro_f1"]), "set_macro_f1": float(sets["set_macro_f1"]),

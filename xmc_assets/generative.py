@@ -37,11 +37,11 @@ from dagster import (
     asset,
 )
 
+from xmc_core.folders import folder_bytes
 from xmc_core.metrics import MetricParams
 
-from .metadata import asset_body
 from .assets import corpus
-from .metadata import folder_bytes, histogram_plot, markdown_table, metrics_at_k_plot
+from .metadata import asset_body, histogram_plot, markdown_table, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB
 

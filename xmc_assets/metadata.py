@@ -119,10 +119,6 @@ def reliability_plot(bins: Sequence[dict], bins_raw: Sequence[dict] | None = Non
     return png_markdown(fig, "reliability diagram")
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
-
-
 def metrics_at_k_plot(result: dict, dataset: str = "") -> MetadataValue:
     """P@k (and nDCG@k, PSP@k when present) against k, in percent: one line per metric."""
     fig, ax = _figure()

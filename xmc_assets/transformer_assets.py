@@ -33,13 +33,13 @@ from dagster import (
 )
 
 from xmc_core.explain import cluster_table
-from xmc_core.folders import atomic_dir, remove_xmc_folder
+from xmc_core.folders import atomic_dir, folder_bytes, remove_xmc_folder
 from xmc_core.model import evaluate_model, load_model
 from xmc_core.model_card import card_markdown, model_card
 from xmc_core.tree import LabelTree
 
 from .assets import BACKFILL_POLICY, SPLITS, STAGE_AUTOMATION, cluster_metadata, record_evaluation, set_metadata
-from .metadata import asset_body, folder_bytes, frame_markdown, histogram_plot, metrics_at_k_plot
+from .metadata import asset_body, frame_markdown, histogram_plot, metrics_at_k_plot
 from .partitions import dataset_partitions
 from .resources import ArtifactStore, EvaluationDB, XmcSettings, XTransformerSettings
 
@@ -270,7 +270,7 @@ def xrt_rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_se
         "model_dir": MetadataValue.path(str(model_dir)),
         "train_seconds": train_s,
         "n_features": int(ranker.n_features),
-        "model_mb": folder_bytes(model_dir) / 2**20,
+        "model_mb": card["size_bytes"] / 2**20,
         "seconds_per_level": MetadataValue.md(frame_markdown_rows(levels)),
     })
 

@@ -563,9 +563,7 @@ def _record_evaluation(args, model, dataset: str, ev) -> str:
     from .results_db import append_evaluation
 
     run_id = f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    sets = {k: {0: float(v)} for k, v in (ev.sets or {}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "calibration_pairs"}
-    append_evaluation(args.db, run_id, dataset, model.method, args.split, {**ev.metrics, **sets},
+    append_evaluation(args.db, run_id, dataset, model.method, args.split, ev.history_metrics(),
                       {**model.params.to_dict(), "model_sha": model.params_sha, "model_dir": str(Path(args.model).resolve()),
                        "source": "xmc evaluate"})
     return run_id

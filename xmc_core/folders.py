@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 __all__ = ["MARKER", "ARTIFACTS", "PathInUseError", "folder_kind", "is_xmc_folder", "check_replaceable", "mark",
-           "atomic_dir", "remove_xmc_folder"]
+           "atomic_dir", "remove_xmc_folder", "folder_bytes"]
 
 #: the marker file of a folder xmc wrote
 MARKER = ".xmc-folder"
@@ -205,3 +205,8 @@ def remove_xmc_folder(path: str | os.PathLike, kind: str | None = None) -> None:
         return
     check_replaceable(path, kind=kind)
     shutil.rmtree(path)
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    """Size on disk of the files below `path` (bytes; a model folder, an encoder)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -622,6 +622,16 @@ class Evaluation:
                 out[k] = round(float(v), 4) if isinstance(v, (float, np.floating)) else v
         return out
 
+    def set_rows(self) -> dict:
+        """A calibrated model's set and calibration numbers, as history rows of k = 0
+        ({"set_micro_f1": value, "ece": value, "few_macro_f1": value, ...}); {} without calibration."""
+        return {k: v for k, v in (self.sets or {}).items() if isinstance(v, (int, float)) and k != "calibration_pairs"}
+
+    def history_metrics(self) -> dict:
+        """What the DuckDB history (`results_db.append_evaluation`) keeps of this evaluation: the
+        ranking metrics by k, and :meth:`set_rows` at k = 0."""
+        return {**self.metrics, **{k: {0: float(v)} for k, v in self.set_rows().items()}}
+
 
 def evaluation_topk(topk: int | None, metric_params) -> int:
     """Labels ranked per document in an evaluation: `topk`, or the largest cut-off when None.

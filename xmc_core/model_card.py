@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as smat
 
+from .folders import folder_bytes
 from .model_base import CALIBRATION_DIR, _sha, read_model_meta
 
 __all__ = ["data_fingerprint", "model_card", "card_markdown"]
@@ -77,10 +78,6 @@ def _ranker_summary(folder: Path) -> dict:
     return {"depth": depth, "levels": levels, "pred_params": meta.get("pred_params")}
 
 
-def _folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def _last_evaluation(db: Path, sha: str) -> dict | None:
     """The latest evaluation of the model whose params.json has sha `sha` in DuckDB file `db`."""
     import polars as pl
@@ -134,7 +131,7 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         "rankers": [],
         "calibration": None,
         "label_titles": (path / "label_titles.txt").is_file(),
-        "size_bytes": _folder_bytes(path),
+        "size_bytes": folder_bytes(path),
         "files": sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()),
         "evaluation_db": None,
         "last_evaluation": None,
