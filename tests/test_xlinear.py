@@ -306,43 +306,60 @@ def test_held_out_precision_on_a_generated_problem():
         assert len(set(leaf_of_label[P.indices[P.indptr[i]:P.indptr[i + 1]]])) == 1, i
 
 
-def test_one_row_at_a_time_equals_the_batch_bit_for_bit():
-    """A request predicts one row: the scorer then finds features by binary search in each
-    parent's sorted rows instead of scattering the rows (what a batch does); the scores are the
-    same float32 sums, bit for bit, whatever the mix."""
+@pytest.mark.parametrize("bias, post_processor, copies", [
+    (1.0, "l3-hinge", False), (0.0, "sigmoid", False), (1.0, "log-l2-hinge", True), (1.0, "noop", True)])
+def test_one_row_at_a_time_equals_the_batch_bit_for_bit(bias, post_processor, copies):
+    """A request predicts a few rows: each goes through `kernels.beam_row_step` (bucket lookups,
+    the bias added as a feature, no batch arrays); a dozen rows go through the batch scorer's
+    lookup branch, a whole batch through its scatter branch. The scores are the same float32
+    sums, bit for bit, with or without a bias, for every way of combining scores, and with
+    labels that have copies in several leaf clusters (kept once, at their best)."""
     from conftest import clustered_problem
     from xmc_core.label_embedding import pifa
-    from xmc_core.tree import TreeParams, build_tree
-    from xmc_core.xlinear import PredParams, RankerParams, XLinearModel
+    from xmc_core.tree import LabelTree, TreeParams, build_tree
+    from xmc_core.xlinear import FEW_ROWS, PredParams, RankerParams, XLinearModel
 
     X, Y = clustered_problem(n=500, n_labels=60, n_features=600, seed=3)
     tree = build_tree(pifa(X, Y), TreeParams(max_leaf_size=4, nr_splits=4))
-    m = XLinearModel.train(X, Y, tree, RankerParams(threads=1), PredParams(threads=1))
+    if copies:  # every fifth label also in the next leaf cluster
+        C = tree.C[-1].tocsr().astype(bool).tolil()
+        for lab in range(0, C.shape[0], 5):
+            C[lab, (C.rows[lab][0] + 1) % C.shape[1]] = True
+        tree = LabelTree([*tree.C[:-1], C.tocsc().astype(np.float32)])
+        assert tree.C[-1].nnz > tree.C[-1].shape[0]
+    m = XLinearModel.train(X, Y, tree, RankerParams(threads=1, bias=bias),
+                           PredParams(threads=1, post_processor=post_processor))
+    assert m.bias == bias
     batch = m.predict(X, only_topk=7)
     for i in range(X.shape[0]):
         one = m.predict(X[i], only_topk=7)
-        assert one.indices.tolist() == batch[i].indices.tolist()
+        assert one.indices.tolist() == batch[i].indices.tolist(), i
         assert one.data.tobytes() == batch[i].data.tobytes(), i
-    few = m.predict(X[:3], only_topk=7)
-    assert (few != batch[:3]).nnz == 0 and few.data.tobytes() == batch[:3].data.tobytes()
+    for rows in (slice(0, 3), slice(40, 40 + FEW_ROWS + 4)):
+        few = m.predict(X[rows], only_topk=7)
+        assert (few != batch[rows]).nnz == 0 and few.data.tobytes() == batch[rows].data.tobytes()
 
 
-def test_first_at_least_is_searchsorted():
-    """The row search of one-row scoring (interpolation steps, then bisection) finds what
-    np.searchsorted finds, on even, clustered and tiny row sets, from any start."""
-    from xmc_core.kernels import _first_at_least
+def test_bucket_index_finds_every_row():
+    """The bucket index of one-row scoring (`build_buckets`, `_find_row`) finds a feature's row
+    where np.searchsorted does, and -1 for a feature a chunk lacks: even, clustered, dense,
+    tiny and empty chunks side by side."""
+    from xmc_core.kernels import _find_row, build_buckets
 
     rng = np.random.default_rng(0)
-    for trial in range(60):
-        n = int(rng.integers(1, 5000))
-        if trial % 3 == 0:
-            rows = np.sort(rng.choice(200_000, size=n, replace=False))
-        elif trial % 3 == 1:  # clustered ids: interpolation guesses badly
-            rows = np.unique(np.concatenate([rng.integers(0, 50, n // 2 + 1), rng.integers(150_000, 150_100, n // 2)]))
-        else:
-            rows = np.arange(n) * 7
-        rows = rows.astype(np.int32)
-        for f in rng.integers(-5, 200_010, size=50):
-            a = int(rng.integers(0, len(rows) + 1))
-            want = a + int(np.searchsorted(rows[a:], f, side="left"))
-            assert _first_at_least(rows, a, len(rows), f) == want, (trial, f, a)
+    n_features = 200_000
+    chunks = [np.sort(rng.choice(n_features, size=3000, replace=False)),
+              np.unique(np.concatenate([rng.integers(0, 50, 400), rng.integers(150_000, 150_100, 400)])),
+              np.arange(n_features), np.array([n_features - 1]), np.array([], np.int64), np.array([0, 7])]
+    rows_all = np.concatenate(chunks).astype(np.int32)
+    rows_off = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+    for per in (1, 2, 8):
+        shift, off, ptr = build_buckets(rows_all, rows_off, n_features, per)
+        # 4 bytes per `per` rows and one more bound per chunk: at most rows/per + 1 bounds each
+        assert len(ptr) <= sum(max(1, len(c) // per) + 1 for c in chunks)
+        for c, rows in enumerate(chunks):
+            probes = np.concatenate([rows[:200], rng.integers(0, n_features, 300), [0, n_features - 1]])
+            for f in probes:
+                j = int(np.searchsorted(rows, f))
+                want = rows_off[c] + j if j < len(rows) and rows[j] == f else -1
+                assert _find_row(rows_all, rows_off[c], ptr, off[c], shift[c], f) == want, (per, c, f)

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 from numba import njit
 
-__all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "build_chunks", "gather_rows",
+__all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "beam_row_step", "build_chunks", "build_buckets", "gather_rows",
            "balanced_2means", "renumber_nodes", "balanced_2means_rows", "scratch", "bigram_ids", "ngram_terms", "lookup_terms",
            "count_terms", "tfidf_weight", "remap_columns", "dcd_squared_hinge_lanes", "LANES"]
 
@@ -196,39 +196,61 @@ def _grow(a, cap):
     return b
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _first_at_least(rows, a, b, f):
-    """The first position in [a, b) of ascending `rows` whose value is >= f (b if none).
+#: Rows of a chunk per bucket of its feature index (`build_buckets`): a lookup reads one bucket
+#: bound pair and scans about this many int32 row ids, which share a cache line.
+ROWS_PER_BUCKET = 2
 
-    A few interpolation steps first (feature ids spread fairly evenly over a chunk's rows, so
-    each lands near f: one cache miss where a binary search of a big chunk has a dozen), then a
-    binary search of what is left."""
-    for _ in range(3):
-        if b - a <= 32:
-            break
-        lo_v = rows[a]
-        hi_v = rows[b - 1]
-        if f <= lo_v:
-            return a
-        if f > hi_v:
-            return b
-        g = a + np.int64((np.float64(f - lo_v) / np.float64(hi_v - lo_v)) * (b - 1 - a))
-        if rows[g] < f:
-            a = g + 1
-        else:
-            b = g + 1  # rows[g] >= f: the first such position is at most g
-    while a < b:
-        mid = (a + b) >> 1
-        if rows[mid] < f:
-            a = mid + 1
-        else:
-            b = mid
-    return a
+
+@njit(nogil=True, cache=True)
+def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
+    """A bucket index over each chunk's sorted feature rows, so that a feature's row is found in
+    two memory reads instead of a search.
+
+    Chunk c's features f fall in bucket f >> shift[c] (shift the smallest that leaves at most
+    about rows/rows_per_bucket buckets); its rows are rows_off[c] + ptr[off[c] + b] up to
+    rows_off[c] + ptr[off[c] + b + 1]. Returns (shift int64 per chunk, off int64 per chunk,
+    ptr int32): 4 bytes per rows_per_bucket rows of the layout, plus 4 per chunk.
+    """
+    n_chunks = rows_off.shape[0] - 1
+    shift = np.zeros(n_chunks, np.int64)
+    off = np.zeros(n_chunks + 1, np.int64)
+    for c in range(n_chunks):
+        want = max(1, (rows_off[c + 1] - rows_off[c]) // rows_per_bucket)
+        s = 0
+        while ((n_features - 1) >> s) + 1 > want:
+            s += 1
+        shift[c] = s
+        off[c + 1] = off[c] + ((n_features - 1) >> s) + 2
+    ptr = np.empty(off[n_chunks], np.int32)
+    for c in range(n_chunks):
+        lo = rows_off[c]
+        m = rows_off[c + 1] - lo
+        s = shift[c]
+        a = 0
+        for b in range(off[c + 1] - off[c]):
+            while a < m and (rows_all[lo + a] >> s) < b:
+                a += 1
+            ptr[off[c] + b] = a
+    return shift, off[:n_chunks].copy(), ptr
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _find_row(rows_all, lo, ptr, bo, shift, f):
+    """The position of feature f among a chunk's rows (`build_buckets`), or -1."""
+    b = bo + (f >> shift)
+    a = lo + ptr[b]
+    e = lo + ptr[b + 1]
+    while a < e:
+        r = rows_all[a]
+        if r >= f:
+            return a if r == f else -1
+        a += 1
+    return -1
 
 
 @njit(nogil=True, cache=True)
 def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
-                rows_all, row_span, entries, rows_off, n_child, slot, out):
+                rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr, slot, out):
     """Raw scores of every child of each (instance, parent) pair of a beam step.
 
     x_*: the instances, CSR with sorted indices. Pair q scores instance pair_rows[q] against chunk
@@ -240,9 +262,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
     * scatter: the chunk's row spans are written once into `slot` (a length-n_features int64
       scratch array of -1, left as it was found), then one lookup per feature. Cost: 2 × the
       chunk's rows, plus nnz(x) per pair; what a batch wants.
-    * search: a search per feature in the chunk's sorted rows (`_first_at_least`: interpolation,
-      then bisection), starting where the last feature was found. Cost: at most nnz(x) · log2(rows)
-      per pair; what one document (a request) wants against big chunks.
+    * lookup: the chunk's bucket index (b_shift, b_off, b_ptr: `build_buckets`) gives a
+      feature's row in two reads. Cost: 2 × nnz(x) per pair; what one document (a request) or a
+      few want against big chunks.
 
     Either way a feature's (child, weight) entries lie side by side and are added in the same
     order (the instance's features in order), so both give the same float32 sums, bit for bit.
@@ -265,11 +287,7 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 i = pair_rows[order[g]]
                 work += x_indptr[i + 1] - x_indptr[i]
                 g += 1
-            n_rows = rows_off[c + 1] - rows_off[c]
-            steps = 1
-            while (1 << steps) < n_rows:
-                steps += 1
-            scattered = work * steps >= 2 * n_rows
+            scattered = work >= 2 * (rows_off[c + 1] - rows_off[c])
             if scattered:
                 for a in range(rows_off[c], rows_off[c + 1]):
                     slot[rows_all[a]] = row_span[a]
@@ -279,7 +297,8 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
         for t in range(n_child[c]):
             out[o + t] = 0.0
         lo = rows_off[c]
-        hi = rows_off[c + 1]
+        bo = b_off[c]
+        sh = b_shift[c]
         for p in range(x_indptr[i], x_indptr[i + 1]):
             f = x_indices[p]
             if scattered:
@@ -287,9 +306,8 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 if span < 0:
                     continue
             else:
-                a = _first_at_least(rows_all, lo, hi, f)
-                lo = a  # the instance's features ascend: the next search starts here
-                if a == hi or rows_all[a] != f:
+                a = _find_row(rows_all, lo, b_ptr, bo, sh, f)
+                if a < 0:
                     continue
                 span = row_span[a]
             xv = x_data[p]
@@ -323,6 +341,53 @@ def _transform(v, code, power):
     return v
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _select_row(q0, q1, pair_parent, pair_pscore, pair_start, child_ptr, child_node, raw,
+                code, power, combine, k, merge_copies, tn, ts):
+    """`select_topk` for one row: its pairs q0:q1 into tn, ts (length k). Returns the count kept."""
+    cnt = 0
+    for q in range(q0, q1):
+        p = pair_parent[q]
+        ps = pair_pscore[q]
+        base = pair_start[q]
+        a = child_ptr[p]
+        for t in range(child_ptr[p + 1] - a):
+            s = _transform(raw[base + t], code, power)
+            if combine == COMBINE_MUL:
+                s = s * ps
+            elif combine == COMBINE_ADD:
+                s = s + ps
+            node = child_node[a + t]
+            pos = -1
+            if merge_copies:
+                for u in range(cnt):
+                    if tn[u] == node:
+                        pos = u
+                        break
+                if pos >= 0:
+                    if s <= ts[pos]:
+                        continue
+            if pos < 0:
+                if cnt < k:
+                    pos = cnt
+                    cnt += 1
+                elif s > ts[k - 1]:
+                    pos = k - 1
+                else:
+                    continue
+            # move up from pos while the one above scores lower
+            while pos > 0 and ts[pos - 1] < s:
+                ts[pos] = ts[pos - 1]
+                tn[pos] = tn[pos - 1]
+                pos -= 1
+            ts[pos] = s
+            tn[pos] = node
+    for u in range(cnt, k):
+        tn[u] = -1
+        ts[u] = 0.0
+    return cnt
+
+
 @njit(nogil=True, cache=True)
 def select_topk(row_pair_ptr, pair_parent, pair_pscore, pair_start, child_ptr, child_node, raw,
                 code, power, combine, k, merge_copies, top_node, top_score):
@@ -336,46 +401,86 @@ def select_topk(row_pair_ptr, pair_parent, pair_pscore, pair_start, child_ptr, c
     """
     n = row_pair_ptr.shape[0] - 1
     for r in range(n):
-        cnt = 0
-        for q in range(row_pair_ptr[r], row_pair_ptr[r + 1]):
-            p = pair_parent[q]
-            ps = pair_pscore[q]
-            base = pair_start[q]
-            a = child_ptr[p]
-            for t in range(child_ptr[p + 1] - a):
-                s = _transform(raw[base + t], code, power)
-                if combine == COMBINE_MUL:
-                    s = s * ps
-                elif combine == COMBINE_ADD:
-                    s = s + ps
-                node = child_node[a + t]
-                pos = -1
-                if merge_copies:
-                    for u in range(cnt):
-                        if top_node[r, u] == node:
-                            pos = u
-                            break
-                    if pos >= 0:
-                        if s <= top_score[r, pos]:
-                            continue
-                if pos < 0:
-                    if cnt < k:
-                        pos = cnt
-                        cnt += 1
-                    elif s > top_score[r, k - 1]:
-                        pos = k - 1
-                    else:
-                        continue
-                # move up from pos while the one above scores lower
-                while pos > 0 and top_score[r, pos - 1] < s:
-                    top_score[r, pos] = top_score[r, pos - 1]
-                    top_node[r, pos] = top_node[r, pos - 1]
-                    pos -= 1
-                top_score[r, pos] = s
-                top_node[r, pos] = node
-        for u in range(cnt, k):
-            top_node[r, u] = -1
-            top_score[r, u] = 0.0
+        _select_row(row_pair_ptr[r], row_pair_ptr[r + 1], pair_parent, pair_pscore, pair_start, child_ptr,
+                    child_node, raw, code, power, combine, k, merge_copies, top_node[r], top_score[r])
+
+
+@njit(nogil=True, cache=True)
+def beam_row_step(x_indices, x_data, bias_col, bias, parents, pscores,
+                  rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr,
+                  child_ptr, child_node, code, power, combine, k, merge_copies):
+    """One level of the beam search for one document, scoring and selection in one call: what
+    `score_pairs` and `select_topk` do for a batch, without a batch's per-level arrays.
+
+    x_indices (ascending), x_data (float32): the document's features; bias (float32) at feature
+    bias_col is added after them when nonzero, as the batch path's appended column is. parents,
+    pscores: the beam (nodes of the level above, their scores, best first). The level's layout
+    (`build_chunks`, `build_buckets`) and tree (child_ptr, child_node: C's CSC arrays) as in the
+    batch kernels. Returns the kept (nodes int64, scores float32), at most k, best first: the
+    same float32 values, in the same order, as the batch path gives this row.
+    """
+    vals = entries.view(np.float32)
+    n_beam = parents.shape[0]
+    pair_start = np.empty(n_beam, np.int64)
+    total = 0
+    for q in range(n_beam):
+        pair_start[q] = total
+        total += n_child[parents[q]]
+    raw = np.zeros(total, np.float32)
+    nnz = x_indices.shape[0]
+    m = nnz + (1 if bias != 0 else 0)
+    feat = np.empty(m, np.int64)
+    xval = np.empty(m, np.float32)
+    feat[:nnz] = x_indices
+    xval[:nnz] = x_data
+    if m > nnz:
+        feat[nnz] = bias_col
+        xval[nnz] = bias
+    # The lookups of all (pair, feature) run in phases, each a loop of independent reads
+    # (bucket bounds, then rows, then spans), so that the processor overlaps their cache misses:
+    # a chunk row is a random place in a layout of hundreds of MB, and one lookup after another
+    # would wait for each miss in turn.
+    n_look = n_beam * m
+    pos = np.empty(n_look, np.int64)
+    end = np.empty(n_look, np.int64)
+    for q in range(n_beam):
+        c = parents[q]
+        lo = rows_off[c]
+        bo = b_off[c]
+        sh = b_shift[c]
+        for j in range(m):
+            b = bo + (feat[j] >> sh)
+            pos[q * m + j] = lo + b_ptr[b]
+            end[q * m + j] = lo + b_ptr[b + 1]
+    for q in range(n_beam):
+        for j in range(m):
+            u = q * m + j
+            a = pos[u]
+            e = end[u]
+            f = feat[j]
+            while a < e and rows_all[a] < f:
+                a += 1
+            pos[u] = a if a < e and rows_all[a] == f else -1
+    for u in range(n_look):
+        if pos[u] >= 0:
+            end[u] = row_span[pos[u]]
+    for q in range(n_beam):
+        o = pair_start[q]
+        for j in range(m):
+            u = q * m + j
+            if pos[u] < 0:
+                continue
+            span = end[u]
+            xv = xval[j]
+            e0 = 2 * (span >> _SPAN_BITS)
+            e1 = e0 + 2 * (span & _SPAN_MASK)
+            for e in range(e0, e1, 2):
+                raw[o + entries[e]] += xv * vals[e + 1]
+    tn = np.empty(k, np.int64)
+    ts = np.empty(k, np.float32)
+    cnt = _select_row(0, n_beam, parents, pscores, pair_start, child_ptr, child_node, raw,
+                      code, power, combine, k, merge_copies, tn, ts)
+    return tn[:cnt], ts[:cnt]
 
 
 # a chunk row's entries as one int64: first entry << _SPAN_BITS | number of entries

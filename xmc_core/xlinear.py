@@ -787,7 +787,40 @@ class XLinearModel:
             X = smat.csr_matrix(X, dtype=np.float32)
         if X.shape[1] != self.n_features:
             raise ValueError(f"predict: X has {X.shape[1]} features, the model expects {self.n_features}")
+        if X.shape[0] <= FEW_ROWS:
+            return self._beam_rows(X, beam_size, only_topk, post_processor)
         return self._beam(_with_bias(X, self.bias), beam_size, only_topk, post_processor)
+
+    def _beam_rows(self, X, beam_size, only_topk, post_processor) -> smat.csr_matrix:
+        """`_beam` for a few rows (a request), one row at a time through `kernels.beam_row_step`:
+        no appended bias column, no per-level pair arrays or threads. Same N × L CSR, bit for bit."""
+        _, kind, root = POST_PROCESSORS[post_processor]
+        code, power = _PP_CODES[post_processor]
+        combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+        if not X.has_sorted_indices:
+            X = X.sorted_indices()
+        levels = [(_level_chunks(W_t, C.indptr), C) for C, W_t in zip(self.tree.C, self.W)]
+        depth = len(levels)
+        bias = np.float32(self.bias)
+        n_cols = self.tree.C[-1].shape[0]
+        start = np.zeros(1, np.int64)
+        root_score = np.full(1, root, np.float32)
+        ptr, idx, val = [0], [], []
+        for i in range(X.shape[0]):
+            xi = X.indices[X.indptr[i]:X.indptr[i + 1]]
+            xv = X.data[X.indptr[i]:X.indptr[i + 1]]
+            nodes, scores = start, root_score
+            for t, (layout, C) in enumerate(levels):
+                last = t == depth - 1
+                nodes, scores = kernels.beam_row_step(
+                    xi, xv, self.n_features, bias, nodes, scores, *layout, C.indptr, C.indices, code, power,
+                    combine, only_topk if last else beam_size, last and C.nnz > C.shape[0])
+            order = np.argsort(nodes)  # CSR column order, as `_beam`'s sort_indices leaves it
+            idx.append(nodes[order])
+            val.append(scores[order])
+            ptr.append(ptr[-1] + len(nodes))
+        return smat.csr_matrix((np.concatenate(val), np.concatenate(idx), np.asarray(ptr, np.int64)),
+                               shape=(X.shape[0], n_cols))
 
     def _beam(self, Xb, beam_size, only_topk, post_processor, level_scores=False) -> smat.csr_matrix:
         """Beam search over all levels of this model.
@@ -803,7 +836,7 @@ class XLinearModel:
         depth = self.tree.depth
         n_cols = self.tree.C[-1].shape[0]  # labels, or the last level's nodes of a partial tree
         # children per parent at each level: kept with the level's beam layout (`_level_chunks`)
-        n_child_of = [_level_chunks(W_t, C.indptr)[-1] for C, W_t in zip(self.tree.C, self.W)]
+        n_child_of = [_level_chunks(W_t, C.indptr)[4] for C, W_t in zip(self.tree.C, self.W)]
         widest = max(int(c.max(initial=0)) for c in n_child_of)
         # Rows go through in batches so the flat (pair, child) score arrays stay bounded.
         batch = max(1024, (1 << 25) // max(1, beam_size * widest))
@@ -907,17 +940,25 @@ class XLinearModel:
         return model.prepare() if prepare else model
 
 
+#: Up to this many rows `predict` goes one row at a time (`kernels.beam_row_step`): cheaper than
+#: a batch's per-level arrays for a request; a batch's pair grouping wins past it.
+FEW_ROWS = 8
+
+
 def _level_chunks(W_t: smat.csc_matrix, indptr: np.ndarray):
     """W_t regrouped by parent for beam scoring: each parent's children columns as a
     row-compressed chunk over the features where any child has a weight (see
-    `kernels.score_pairs`). Built once per weight matrix and kept on it."""
+    `kernels.score_pairs`), and a bucket index over each chunk's rows (`kernels.build_buckets`).
+    Returns (rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr). Built once
+    per weight matrix and kept on it."""
     key = (id(indptr), len(indptr), W_t.nnz)
     cached = getattr(W_t, "_xmc_chunks", None)
     if cached is not None and cached[0] == key:
         return cached[1]
     chunks = kernels.build_chunks(indptr, W_t.indptr, W_t.indices, W_t.data.astype(np.float32, copy=False),
                                   W_t.shape[0])
-    chunks = (*chunks, np.diff(indptr).astype(np.int64))
+    buckets = kernels.build_buckets(chunks[0], chunks[3], W_t.shape[0], kernels.ROWS_PER_BUCKET)
+    chunks = (*chunks, np.diff(indptr).astype(np.int64), *buckets)
     W_t._xmc_chunks = (key, chunks)
     return chunks
 
@@ -943,14 +984,14 @@ def _score_children(Xb, W_t, indptr, rows, parents, threads: int = 1):
 def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
     """The raw scores of `_score_children` alone (float32, length total), pair q's children at
     pair_start[q]:. The compiled kernel scores the pairs grouped by parent, in threads."""
-    rows_all, row_span, entries, rows_off, n_child_of = _level_chunks(W_t, indptr)
+    layout = _level_chunks(W_t, indptr)
     out_v = np.empty(total, np.float32)
     order = np.argsort(parents, kind="stable")
 
     def run(sl):
         slot = kernels.scratch("slot", Xb.shape[1])
-        kernels.score_pairs(Xb.indptr, Xb.indices, Xb.data, rows, parents, pair_start, order[sl],
-                            rows_all, row_span, entries, rows_off, n_child_of, slot, out_v)
+        kernels.score_pairs(Xb.indptr, Xb.indices, Xb.data, rows, parents, pair_start, order[sl], *layout,
+                            slot, out_v)
 
     n_pairs = len(rows)
     if threads > 1 and n_pairs >= 4096:
