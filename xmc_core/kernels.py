@@ -201,7 +201,6 @@ def _grow(a, cap):
 ROWS_PER_BUCKET = 2
 
 
-@njit(nogil=True, cache=True)
 def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
     """A bucket index over each chunk's sorted feature rows, so that a feature's row is found in
     two memory reads instead of a search.
@@ -209,8 +208,17 @@ def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
     Chunk c's features f fall in bucket f >> shift[c] (shift the smallest that leaves at most
     about rows/rows_per_bucket buckets); its rows are rows_off[c] + ptr[off[c] + b] up to
     rows_off[c] + ptr[off[c] + b + 1]. Returns (shift int64 per chunk, off int64 per chunk,
-    ptr int32): 4 bytes per rows_per_bucket rows of the layout, plus 4 per chunk.
+    ptr int32): 4 bytes per rows_per_bucket rows of the layout, plus 4 per chunk (ptr from
+    numpy, for huge pages, as `build_chunks`).
     """
+    shift, off = _bucket_shifts(rows_off, n_features, rows_per_bucket)
+    ptr = np.empty(int(off[-1]), np.int32)
+    _fill_buckets(rows_all, rows_off, shift, off, ptr)
+    return shift, off[:-1].copy(), ptr
+
+
+@njit(nogil=True, cache=True)
+def _bucket_shifts(rows_off, n_features, rows_per_bucket):
     n_chunks = rows_off.shape[0] - 1
     shift = np.zeros(n_chunks, np.int64)
     off = np.zeros(n_chunks + 1, np.int64)
@@ -221,8 +229,12 @@ def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
             s += 1
         shift[c] = s
         off[c + 1] = off[c] + ((n_features - 1) >> s) + 2
-    ptr = np.empty(off[n_chunks], np.int32)
-    for c in range(n_chunks):
+    return shift, off
+
+
+@njit(nogil=True, cache=True)
+def _fill_buckets(rows_all, rows_off, shift, off, ptr):
+    for c in range(shift.shape[0]):
         lo = rows_off[c]
         m = rows_off[c + 1] - lo
         s = shift[c]
@@ -231,7 +243,6 @@ def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
             while a < m and (rows_all[lo + a] >> s) < b:
                 a += 1
             ptr[off[c] + b] = a
-    return shift, off[:n_chunks].copy(), ptr
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -488,7 +499,6 @@ _SPAN_BITS = 24
 _SPAN_MASK = (1 << _SPAN_BITS) - 1
 
 
-@njit(nogil=True, cache=True)
 def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
     """Regroup a level's weights by parent for `score_pairs`.
 
@@ -499,7 +509,24 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
     (int32, the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
     Beside the result it allocates two n_features scratch arrays only (a parent's row counts and
     fill positions live in them), not arrays of the result's size.
+
+    The result's arrays come from numpy, not from numba: numpy asks the kernel for huge pages on
+    big arrays (madvise), and a request's random reads into a layout of hundreds of MB then miss
+    the TLB far less (one-row prediction p50 0.8 ms instead of 1.0 on the dense 100k-label set).
     """
+    rows_off = _chunk_rows(c_indptr, w_indptr, w_indices, n_features)
+    n_rows = int(rows_off[-1])
+    nnz = int(w_indptr[len(w_indptr) - 1])
+    rows_all = np.empty(n_rows, np.int32)
+    row_span = np.empty(n_rows, np.int64)
+    entries = np.empty(2 * nnz, np.int32)
+    _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rows_off, rows_all, row_span, entries)
+    return rows_all, row_span, entries, rows_off
+
+
+@njit(nogil=True, cache=True)
+def _chunk_rows(c_indptr, w_indptr, w_indices, n_features):
+    """rows_off of `build_chunks`: parent p's rows are rows_off[p]:rows_off[p+1]."""
     n_parents = c_indptr.shape[0] - 1
     mark = np.full(n_features, -1, np.int64)
     rows_off = np.zeros(n_parents + 1, np.int64)
@@ -514,14 +541,15 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
                     mark[f] = p
                     m += 1
         rows_off[p + 1] = rows_off[p] + m
-    n_rows = rows_off[n_parents]
-    nnz = w_indptr[w_indptr.shape[0] - 1]
-    rows_all = np.empty(n_rows, np.int32)
-    row_span = np.empty(n_rows, np.int64)
-    entries = np.empty(2 * nnz, np.int32)
+    return rows_off
+
+
+@njit(nogil=True, cache=True)
+def _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rows_off, rows_all, row_span, entries):
+    """The rows, spans and entries of `build_chunks`, written into the arrays given."""
+    n_parents = c_indptr.shape[0] - 1
     vals = entries.view(np.float32)
-    slot = mark  # reused: -1 = feature not yet a row of the current parent
-    slot[:] = -1
+    slot = np.full(n_features, -1, np.int64)  # -1 = feature not yet a row of the current parent
     fill = np.zeros(n_features, np.int64)  # per local row: count, then next free entry
     start = np.int64(0)  # parent p's entries follow p-1's
     for p in range(n_parents):
@@ -550,13 +578,12 @@ def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
                 fill[a] = q + 1
         for a in range(m):
             slot[rows_all[lo + a]] = -1
-        # rows in feature order, so that `score_pairs` can also find a feature by binary search
-        # (a few documents against a big chunk); the entries stay where they are
+        # rows in feature order, so that a few documents can find a feature through the bucket
+        # index (`build_buckets`) instead of scattering a big chunk; the entries stay where they are
         if m > 1:
             perm = np.argsort(rows_all[lo:lo + m])
             rows_all[lo:lo + m] = rows_all[lo:lo + m][perm]
             row_span[lo:lo + m] = row_span[lo:lo + m][perm]
-    return rows_all, row_span, entries, rows_off
 
 
 @njit(nogil=True, cache=True)
