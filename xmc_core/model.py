@@ -222,7 +222,9 @@ class XmcModel(ModelBase):
             DataFormatError: a text that is not valid Unicode (a ValueError subclass).
         """
         if smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
-            X = smat.csr_matrix(texts_or_X, dtype=np.float32)
+            X = texts_or_X
+            if not (isinstance(X, smat.csr_matrix) and X.dtype == np.float32):
+                X = smat.csr_matrix(X, dtype=np.float32)
             if self.featurizer is not None and X.shape[1] == self.featurizer.n_features:
                 return X
             return l2_normalize_rows(X)

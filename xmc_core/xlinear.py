@@ -819,7 +819,8 @@ class XLinearModel:
             idx.append(nodes[order])
             val.append(scores[order])
             ptr.append(ptr[-1] + len(nodes))
-        return smat.csr_matrix((np.concatenate(val), np.concatenate(idx), np.asarray(ptr, np.int64)),
+        idx_t = np.int32 if n_cols < 2**31 else np.int64  # scipy's own choice: it converts nothing
+        return smat.csr_matrix((np.concatenate(val), np.concatenate(idx).astype(idx_t), np.asarray(ptr, idx_t)),
                                shape=(X.shape[0], n_cols))
 
     def _beam(self, Xb, beam_size, only_topk, post_processor, level_scores=False) -> smat.csr_matrix:
