@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 import scipy.sparse as smat
 
 from .params import ParamsBase
@@ -157,8 +158,8 @@ def parse_request(body: bytes, model, params: ServeParams):
     if not body.strip():
         raise RequestError(400, 'body: empty; send a JSON object such as {"texts": ["..."]}')
     try:
-        req = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        req = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
         raise RequestError(400, f"body: not valid JSON ({getattr(e, 'msg', e)})") from None
     if not isinstance(req, dict):
         raise RequestError(400, f"body: a JSON object, got {type(req).__name__}")
@@ -257,13 +258,23 @@ def predict_response(model, inputs, topk: int) -> dict:
         model: the loaded model.
         inputs: texts or a CSR of rows (`parse_request`).
         topk: labels per document.
+
+    Returns:
+        {"results": [{"labels", "scores", "set"?}, ...]}; scores as float32 arrays, which
+        `to_json` writes in the fewest digits that read back as the same float32 (a score of
+        1e-7 stays 1e-7, not 0.0).
     """
-    results = [{"labels": [name for name, _ in labels], "scores": [round(float(s), 6) for _, s in labels]}
+    results = [{"labels": [name for name, _ in labels], "scores": np.asarray([s for _, s in labels], np.float32)}
                for labels in model.predict_labels(inputs, topk=topk)]
     if getattr(model, "calibration", None) is not None:
         for res, labels in zip(results, model.named_sets(inputs, policy="micro")):
             res["set"] = {"labels": [name for name, _ in labels], "probabilities": [round(p, 6) for _, p in labels]}
     return {"results": results}
+
+
+def to_json(obj) -> bytes:
+    """`obj` as JSON bytes (orjson; numpy arrays as lists, float32 in shortest form)."""
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def build_app(holder: ModelHolder, params: ServeParams | None = None):
@@ -277,8 +288,14 @@ def build_app(holder: ModelHolder, params: ServeParams | None = None):
         A Starlette ASGI app (run it with uvicorn, or test it with starlette.testclient).
     """
     from starlette.applications import Starlette
-    from starlette.responses import JSONResponse
+    from starlette.responses import Response
     from starlette.routing import Route
+
+    class JSONResponse(Response):  # orjson: several times faster than the json module
+        media_type = "application/json"
+
+        def render(self, content) -> bytes:
+            return to_json(content)
 
     from .model_base import ModelFormatError, one_line
 
