@@ -238,37 +238,36 @@ def test_synth_density_options_change_nonzeros_and_labels_per_document(tmp_path,
 
 
 def _chunks_reference(c_indptr, W):
-    """The per-parent layout written plainly: entries laid out by row in first-seen order, each
-    row's (child, weight) entries in column order, parents one after another; the rows (with their
-    spans) listed in feature order."""
-    rows_all, spans, ent_child, ent_val, rows_off = [], [], [], [], [0]
-    start = 0
+    """The per-parent layout written plainly: per parent, its features in ascending order, each
+    with the (child, weight) pairs of its children in column order, entries one row after another;
+    a record is (feature, where its entries start in the parent's chunk), then a sentinel
+    (n_features, the chunk's entry count); parents one after another."""
+    recs, ent_child, ent_val, rec_off, ent_off = [], [], [], [0], []
     for p in range(len(c_indptr) - 1):
+        ent_off.append(len(ent_child))
         rows = {}
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(W.indptr[c], W.indptr[c + 1]):
                 rows.setdefault(int(W.indices[e]), []).append((c - c_indptr[p], W.data[e]))
-        listed = []
-        for f, ents in rows.items():
-            listed.append((f, (start << 24) | len(ents)))
-            ent_child += [k for k, _ in ents]
-            ent_val += [v for _, v in ents]
-            start += len(ents)
-        for f, span in sorted(listed):
-            rows_all.append(f)
-            spans.append(span)
-        rows_off.append(len(rows_all))
-    return rows_all, spans, ent_child, ent_val, rows_off
+        start = 0
+        for f in sorted(rows):
+            recs += [f, start]
+            ent_child += [k for k, _ in rows[f]]
+            ent_val += [v for _, v in rows[f]]
+            start += len(rows[f])
+        recs += [W.shape[0], start]
+        rec_off.append(len(recs) // 2)
+    return recs, ent_off, ent_child, ent_val, rec_off
 
 
 def test_prediction_layout_equals_the_plain_regrouping(problem):
     X, Y, _, tree = problem
     m = XLinearModel.train(X, Y, tree, RankerParams(threads=2))
     for C, W in zip(tree.C, m.W):
-        rows_all, row_span, entries, rows_off = kernels.build_chunks(C.indptr, W.indptr, W.indices, W.data, W.shape[0])
+        recs, ent_off, entries, rec_off = kernels.build_chunks(C.indptr, W.indptr, W.indices, W.data, W.shape[0])
         ref = _chunks_reference(C.indptr, W)
-        assert rows_all.dtype == np.int32
-        assert rows_all.tolist() == ref[0] and row_span.tolist() == ref[1] and rows_off.tolist() == ref[4]
+        assert recs.dtype == np.int32 and entries.dtype == np.int32
+        assert recs.tolist() == ref[0] and ent_off.tolist() == ref[1] and rec_off.tolist() == ref[4]
         assert entries[0::2].tolist() == ref[2]
         np.testing.assert_array_equal(entries.view(np.float32)[1::2], np.asarray(ref[3], np.float32))
 

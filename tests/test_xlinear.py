@@ -341,7 +341,7 @@ def test_one_row_at_a_time_equals_the_batch_bit_for_bit(bias, post_processor, co
 
 
 def test_bucket_index_finds_every_row():
-    """The bucket index of one-row scoring (`build_buckets`, `_find_row`) finds a feature's row
+    """The bucket index of one-row scoring (`build_buckets`, `_find_row`) finds a feature's record
     where np.searchsorted does, and -1 for a feature a chunk lacks: even, clustered, dense,
     tiny and empty chunks side by side."""
     from xmc_core.kernels import _find_row, build_buckets
@@ -351,15 +351,17 @@ def test_bucket_index_finds_every_row():
     chunks = [np.sort(rng.choice(n_features, size=3000, replace=False)),
               np.unique(np.concatenate([rng.integers(0, 50, 400), rng.integers(150_000, 150_100, 400)])),
               np.arange(n_features), np.array([n_features - 1]), np.array([], np.int64), np.array([0, 7])]
-    rows_all = np.concatenate(chunks).astype(np.int32)
-    rows_off = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int64)
+    # records as `build_chunks` lays them out: (feature, start) pairs, a sentinel after each chunk
+    recs = np.concatenate([np.stack([np.append(c, n_features), np.arange(len(c) + 1)], axis=1).ravel()
+                           for c in chunks]).astype(np.int32)
+    rec_off = np.concatenate([[0], np.cumsum([len(c) + 1 for c in chunks])]).astype(np.int64)
     for per in (1, 2, 8):
-        shift, off, ptr = build_buckets(rows_all, rows_off, n_features, per)
+        shift, off, ptr = build_buckets(recs, rec_off, n_features, per)
         # 4 bytes per `per` rows and one more bound per chunk: at most rows/per + 1 bounds each
         assert len(ptr) <= sum(max(1, len(c) // per) + 1 for c in chunks)
         for c, rows in enumerate(chunks):
             probes = np.concatenate([rows[:200], rng.integers(0, n_features, 300), [0, n_features - 1]])
             for f in probes:
                 j = int(np.searchsorted(rows, f))
-                want = rows_off[c] + j if j < len(rows) and rows[j] == f else -1
-                assert _find_row(rows_all, rows_off[c], ptr, off[c], shift[c], f) == want, (per, c, f)
+                want = rec_off[c] + j if j < len(rows) and rows[j] == f else -1
+                assert _find_row(recs, rec_off[c], ptr, off[c], shift[c], f) == want, (per, c, f)

@@ -197,33 +197,33 @@ def _grow(a, cap):
 
 
 #: Rows of a chunk per bucket of its feature index (`build_buckets`): a lookup reads one bucket
-#: bound pair and scans about this many int32 row ids, which share a cache line.
+#: bound pair and scans about this many 8-byte records, which share a cache line.
 ROWS_PER_BUCKET = 2
 
 
-def build_buckets(rows_all, rows_off, n_features, rows_per_bucket):
-    """A bucket index over each chunk's sorted feature rows, so that a feature's row is found in
-    two memory reads instead of a search.
+def build_buckets(recs, rec_off, n_features, rows_per_bucket):
+    """A bucket index over each chunk's sorted feature records (`build_chunks`), so that a
+    feature's record is found in two memory reads instead of a search.
 
     Chunk c's features f fall in bucket f >> shift[c] (shift the smallest that leaves at most
-    about rows/rows_per_bucket buckets); its rows are rows_off[c] + ptr[off[c] + b] up to
-    rows_off[c] + ptr[off[c] + b + 1]. Returns (shift int64 per chunk, off int64 per chunk,
+    about rows/rows_per_bucket buckets); its records are rec_off[c] + ptr[off[c] + b] up to
+    rec_off[c] + ptr[off[c] + b + 1]. Returns (shift int64 per chunk, off int64 per chunk,
     ptr int32): 4 bytes per rows_per_bucket rows of the layout, plus 4 per chunk (ptr from
     numpy, for huge pages, as `build_chunks`).
     """
-    shift, off = _bucket_shifts(rows_off, n_features, rows_per_bucket)
+    shift, off = _bucket_shifts(rec_off, n_features, rows_per_bucket)
     ptr = np.empty(int(off[-1]), np.int32)
-    _fill_buckets(rows_all, rows_off, shift, off, ptr)
+    _fill_buckets(recs, rec_off, shift, off, ptr)
     return shift, off[:-1].copy(), ptr
 
 
 @njit(nogil=True, cache=True)
-def _bucket_shifts(rows_off, n_features, rows_per_bucket):
-    n_chunks = rows_off.shape[0] - 1
+def _bucket_shifts(rec_off, n_features, rows_per_bucket):
+    n_chunks = rec_off.shape[0] - 1
     shift = np.zeros(n_chunks, np.int64)
     off = np.zeros(n_chunks + 1, np.int64)
     for c in range(n_chunks):
-        want = max(1, (rows_off[c + 1] - rows_off[c]) // rows_per_bucket)
+        want = max(1, (rec_off[c + 1] - rec_off[c] - 1) // rows_per_bucket)
         s = 0
         while ((n_features - 1) >> s) + 1 > want:
             s += 1
@@ -233,49 +233,54 @@ def _bucket_shifts(rows_off, n_features, rows_per_bucket):
 
 
 @njit(nogil=True, cache=True)
-def _fill_buckets(rows_all, rows_off, shift, off, ptr):
+def _fill_buckets(recs, rec_off, shift, off, ptr):
     for c in range(shift.shape[0]):
-        lo = rows_off[c]
-        m = rows_off[c + 1] - lo
+        lo = rec_off[c]
+        m = rec_off[c + 1] - lo - 1  # the sentinel is no row
         s = shift[c]
         a = 0
         for b in range(off[c + 1] - off[c]):
-            while a < m and (rows_all[lo + a] >> s) < b:
+            while a < m and (recs[2 * (lo + a)] >> s) < b:
                 a += 1
             ptr[off[c] + b] = a
 
 
 @njit(nogil=True, cache=True, inline="always")
-def _find_row(rows_all, lo, ptr, bo, shift, f):
-    """The position of feature f among a chunk's rows (`build_buckets`), or -1."""
+def _find_row(recs, lo, ptr, bo, shift, f):
+    """The record of feature f in the chunk whose records start at lo (`build_buckets`), or -1."""
     b = bo + (f >> shift)
     a = lo + ptr[b]
     e = lo + ptr[b + 1]
     while a < e:
-        r = rows_all[a]
+        r = recs[2 * a]
         if r >= f:
             return a if r == f else -1
         a += 1
     return -1
 
 
+# a feature's entries in `score_pairs`'s scatter slot: first entry << _COUNT_BITS | count
+_COUNT_BITS = 24
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+
+
 @njit(nogil=True, cache=True)
 def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
-                rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr, slot, out):
+                recs, ent_off, entries, rec_off, n_child, b_shift, b_off, b_ptr, slot, out):
     """Raw scores of every child of each (instance, parent) pair of a beam step.
 
     x_*: the instances, CSR with sorted indices. Pair q scores instance pair_rows[q] against chunk
     pair_chunks[q] (a parent's children as a row-compressed block over the features where some
-    child has a weight, rows ascending, see `build_chunks`) and writes n_child[c] scores to
-    out[pair_out[q]:]. Pairs are visited in `order`, which groups them by chunk. For each group,
-    the cheaper of two ways to find an instance feature's row:
+    child has a weight, see `build_chunks`) and writes n_child[c] scores to out[pair_out[q]:].
+    Pairs are visited in `order`, which groups them by chunk. For each group, the cheaper of two
+    ways to find an instance feature's record:
 
-    * scatter: the chunk's row spans are written once into `slot` (a length-n_features int64
-      scratch array of -1, left as it was found), then one lookup per feature. Cost: 2 × the
-      chunk's rows, plus nnz(x) per pair; what a batch wants.
+    * scatter: the chunk's entry spans (first entry << 24 | count) are written once into `slot`
+      (a length-n_features int64 scratch array of -1, left as it was found), then one lookup
+      per feature. Cost: 2 × the chunk's rows, plus nnz(x) per pair; what a batch wants.
     * lookup: the chunk's bucket index (b_shift, b_off, b_ptr: `build_buckets`) gives a
-      feature's row in two reads. Cost: 2 × nnz(x) per pair; what one document (a request) or a
-      few want against big chunks.
+      feature's record in two reads. Cost: 2 × nnz(x) per pair; what one document (a request)
+      or a few want against big chunks.
 
     Either way a feature's (child, weight) entries lie side by side and are added in the same
     order (the instance's features in order), so both give the same float32 sums, bit for bit.
@@ -289,25 +294,27 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
         c = pair_chunks[q]
         if c != cur:
             if scattered:
-                for a in range(rows_off[cur], rows_off[cur + 1]):
-                    slot[rows_all[a]] = -1
-            # the group's instance nonzeros decide between scatter and search
+                for a in range(rec_off[cur], rec_off[cur + 1] - 1):
+                    slot[recs[2 * a]] = -1
+            # the group's instance nonzeros decide between scatter and lookup
             work = 0
             g = qq
             while g < n_pairs and pair_chunks[order[g]] == c:
                 i = pair_rows[order[g]]
                 work += x_indptr[i + 1] - x_indptr[i]
                 g += 1
-            scattered = work >= 2 * (rows_off[c + 1] - rows_off[c])
-            if scattered:
-                for a in range(rows_off[c], rows_off[c + 1]):
-                    slot[rows_all[a]] = row_span[a]
+            scattered = work >= 2 * (rec_off[c + 1] - rec_off[c] - 1)
+            if scattered:  # a feature's entries straight from its slot: first << 24 | count
+                base = ent_off[c]
+                for a in range(rec_off[c], rec_off[c + 1] - 1):
+                    slot[recs[2 * a]] = ((base + recs[2 * a + 1]) << _COUNT_BITS) | (recs[2 * a + 3] - recs[2 * a + 1])
             cur = c
         i = pair_rows[q]
         o = pair_out[q]
         for t in range(n_child[c]):
             out[o + t] = 0.0
-        lo = rows_off[c]
+        lo = rec_off[c]
+        base = ent_off[c]
         bo = b_off[c]
         sh = b_shift[c]
         for p in range(x_indptr[i], x_indptr[i + 1]):
@@ -316,19 +323,20 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 span = slot[f]
                 if span < 0:
                     continue
+                e0 = 2 * (span >> _COUNT_BITS)
+                e1 = e0 + 2 * (span & _COUNT_MASK)
             else:
-                a = _find_row(rows_all, lo, b_ptr, bo, sh, f)
+                a = _find_row(recs, lo, b_ptr, bo, sh, f)
                 if a < 0:
                     continue
-                span = row_span[a]
+                e0 = 2 * (base + recs[2 * a + 1])
+                e1 = 2 * (base + recs[2 * a + 3])
             xv = x_data[p]
-            e0 = 2 * (span >> _SPAN_BITS)
-            e1 = e0 + 2 * (span & _SPAN_MASK)
             for e in range(e0, e1, 2):
                 out[o + entries[e]] += xv * vals[e + 1]
     if scattered:
-        for a in range(rows_off[cur], rows_off[cur + 1]):
-            slot[rows_all[a]] = -1
+        for a in range(rec_off[cur], rec_off[cur + 1] - 1):
+            slot[recs[2 * a]] = -1
     return out
 
 
@@ -418,7 +426,7 @@ def select_topk(row_pair_ptr, pair_parent, pair_pscore, pair_start, child_ptr, c
 
 @njit(nogil=True, cache=True)
 def beam_row_step(x_indices, x_data, bias_col, bias, parents, pscores,
-                  rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr,
+                  recs, ent_off, entries, rec_off, n_child, b_shift, b_off, b_ptr,
                   child_ptr, child_node, code, power, combine, k, merge_copies):
     """One level of the beam search for one document, scoring and selection in one call: what
     `score_pairs` and `select_topk` do for a batch, without a batch's per-level arrays.
@@ -448,15 +456,15 @@ def beam_row_step(x_indices, x_data, bias_col, bias, parents, pscores,
         feat[nnz] = bias_col
         xval[nnz] = bias
     # The lookups of all (pair, feature) run in phases, each a loop of independent reads
-    # (bucket bounds, then rows, then spans), so that the processor overlaps their cache misses:
-    # a chunk row is a random place in a layout of hundreds of MB, and one lookup after another
-    # would wait for each miss in turn.
+    # (bucket bounds, then records, then entries), so that the processor overlaps their cache
+    # misses: a record is a random place in a layout of hundreds of MB, and one lookup after
+    # another would wait for each miss in turn.
     n_look = n_beam * m
     pos = np.empty(n_look, np.int64)
     end = np.empty(n_look, np.int64)
     for q in range(n_beam):
         c = parents[q]
-        lo = rows_off[c]
+        lo = rec_off[c]
         bo = b_off[c]
         sh = b_shift[c]
         for j in range(m):
@@ -469,23 +477,18 @@ def beam_row_step(x_indices, x_data, bias_col, bias, parents, pscores,
             a = pos[u]
             e = end[u]
             f = feat[j]
-            while a < e and rows_all[a] < f:
+            while a < e and recs[2 * a] < f:
                 a += 1
-            pos[u] = a if a < e and rows_all[a] == f else -1
-    for u in range(n_look):
-        if pos[u] >= 0:
-            end[u] = row_span[pos[u]]
+            pos[u] = a if a < e and recs[2 * a] == f else -1
     for q in range(n_beam):
         o = pair_start[q]
+        base = ent_off[parents[q]]
         for j in range(m):
-            u = q * m + j
-            if pos[u] < 0:
+            a = pos[q * m + j]
+            if a < 0:
                 continue
-            span = end[u]
             xv = xval[j]
-            e0 = 2 * (span >> _SPAN_BITS)
-            e1 = e0 + 2 * (span & _SPAN_MASK)
-            for e in range(e0, e1, 2):
+            for e in range(2 * (base + recs[2 * a + 1]), 2 * (base + recs[2 * a + 3]), 2):
                 raw[o + entries[e]] += xv * vals[e + 1]
     tn = np.empty(k, np.int64)
     ts = np.empty(k, np.float32)
@@ -494,44 +497,52 @@ def beam_row_step(x_indices, x_data, bias_col, bias, parents, pscores,
     return tn[:cnt], ts[:cnt]
 
 
-# a chunk row's entries as one int64: first entry << _SPAN_BITS | number of entries
-_SPAN_BITS = 24
-_SPAN_MASK = (1 << _SPAN_BITS) - 1
-
-
 def build_chunks(c_indptr, w_indptr, w_indices, w_data, n_features):
-    """Regroup a level's weights by parent for `score_pairs`.
+    """Regroup a level's weights by parent for `score_pairs` and `beam_row_step`.
 
     c_indptr: parent p's children are columns c_indptr[p]:c_indptr[p+1] of W (CSC: w_indptr,
-    w_indices, w_data). Returns (rows_all, row_span, entries, rows_off): for each parent, the
-    features where some child has a weight (rows_off[p]:rows_off[p+1] of rows_all, int32,
-    ascending); row a's entries are the (child, weight) pairs entries[2e], entries[2e + 1]
-    (int32, the weight's float32 bits) for e in [row_span[a] >> 24, + (row_span[a] & 0xFFFFFF)).
-    Beside the result it allocates two n_features scratch arrays only (a parent's row counts and
-    fill positions live in them), not arrays of the result's size.
+    w_indices, w_data; children-contiguous, as a level's W is). Returns
+    (recs, ent_off, entries, rec_off):
+
+    * parent p's chunk has one record per feature where some child has a weight, ascending, then
+      a sentinel: records rec_off[p] .. rec_off[p+1]-1 of recs (int32 pairs: recs[2a] the
+      feature, n_features for the sentinel; recs[2a+1] where its entries start, counted from
+      the chunk's first entry ent_off[p] (int64));
+    * record a's entries are the (child, weight) pairs entries[2e], entries[2e + 1] (int32, the
+      weight's float32 bits) for e in [ent_off[p] + recs[2a+1], ent_off[p] + recs[2a+3]): a
+      feature's children side by side, in column order, the chunk's rows in feature order.
+
+    A lookup reads one 8-byte record (feature and start together; the next record, usually in
+    the same cache line, gives the end), then the entries. 8 bytes per row and 8 per entry.
+    Beside the result it allocates three n_features scratch arrays only.
 
     The result's arrays come from numpy, not from numba: numpy asks the kernel for huge pages on
     big arrays (madvise), and a request's random reads into a layout of hundreds of MB then miss
-    the TLB far less (one-row prediction p50 0.8 ms instead of 1.0 on the dense 100k-label set).
+    the TLB far less.
+
+    Raises:
+        ValueError: a chunk with 2**31 entries or more (its starts would not fit int32), or a
+            parent with more than 2**24 children (a batch's scatter slot packs the count in 24 bits).
     """
-    rows_off = _chunk_rows(c_indptr, w_indptr, w_indices, n_features)
-    n_rows = int(rows_off[-1])
-    nnz = int(w_indptr[len(w_indptr) - 1])
-    rows_all = np.empty(n_rows, np.int32)
-    row_span = np.empty(n_rows, np.int64)
-    entries = np.empty(2 * nnz, np.int32)
-    _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rows_off, rows_all, row_span, entries)
-    return rows_all, row_span, entries, rows_off
+    rec_off, ent_off = _chunk_rows(c_indptr, w_indptr, w_indices, n_features)
+    recs = np.empty(2 * int(rec_off[-1]), np.int32)
+    entries = np.empty(2 * int(w_indptr[len(w_indptr) - 1]), np.int32)
+    _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rec_off, ent_off, recs, entries)
+    return recs, ent_off, entries, rec_off
 
 
 @njit(nogil=True, cache=True)
 def _chunk_rows(c_indptr, w_indptr, w_indices, n_features):
-    """rows_off of `build_chunks`: parent p's rows are rows_off[p]:rows_off[p+1]."""
+    """rec_off and ent_off of `build_chunks`."""
     n_parents = c_indptr.shape[0] - 1
     mark = np.full(n_features, -1, np.int64)
-    rows_off = np.zeros(n_parents + 1, np.int64)
+    rec_off = np.zeros(n_parents + 1, np.int64)
+    ent_off = np.zeros(n_parents, np.int64)
     for p in range(n_parents):
-        if c_indptr[p + 1] - c_indptr[p] > _SPAN_MASK:
+        ent_off[p] = w_indptr[c_indptr[p]]
+        if w_indptr[c_indptr[p + 1]] - w_indptr[c_indptr[p]] >= 2**31:
+            raise ValueError("build_chunks: a parent's children have 2**31 weights or more")
+        if c_indptr[p + 1] - c_indptr[p] > _COUNT_MASK:
             raise ValueError("build_chunks: a parent has more than 2**24 children")
         m = 0
         for c in range(c_indptr[p], c_indptr[p + 1]):
@@ -540,50 +551,53 @@ def _chunk_rows(c_indptr, w_indptr, w_indices, n_features):
                 if mark[f] != p:
                     mark[f] = p
                     m += 1
-        rows_off[p + 1] = rows_off[p] + m
-    return rows_off
+        rec_off[p + 1] = rec_off[p] + m + 1
+    return rec_off, ent_off
 
 
 @njit(nogil=True, cache=True)
-def _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rows_off, rows_all, row_span, entries):
-    """The rows, spans and entries of `build_chunks`, written into the arrays given."""
+def _fill_chunks(c_indptr, w_indptr, w_indices, w_data, n_features, rec_off, ent_off, recs, entries):
+    """The records and entries of `build_chunks`, written into the arrays given."""
     n_parents = c_indptr.shape[0] - 1
     vals = entries.view(np.float32)
-    slot = np.full(n_features, -1, np.int64)  # -1 = feature not yet a row of the current parent
-    fill = np.zeros(n_features, np.int64)  # per local row: count, then next free entry
-    start = np.int64(0)  # parent p's entries follow p-1's
+    slot = np.full(n_features, -1, np.int64)  # feature -> local row (first-seen order); -1: none yet
+    feat = np.empty(n_features, np.int64)  # local row -> feature
+    fill = np.zeros(n_features, np.int64)  # local row: entry count, then its next free entry
     for p in range(n_parents):
-        lo = rows_off[p]
+        lo = rec_off[p]
         m = 0
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
                 f = w_indices[e]
                 if slot[f] < 0:
                     slot[f] = m
-                    rows_all[lo + m] = f
+                    feat[m] = f
                     fill[m] = 0
                     m += 1
                 fill[slot[f]] += 1
-        for a in range(m):
-            count = fill[a]
-            row_span[lo + a] = (start << _SPAN_BITS) | count
-            fill[a] = start
+        # records in feature order (the bucket index and a batch's scatter read them so), each
+        # row's entries where the rows before it end
+        perm = np.argsort(feat[:m])
+        start = 0
+        for r in range(m):
+            j = perm[r]
+            recs[2 * (lo + r)] = feat[j]
+            recs[2 * (lo + r) + 1] = start
+            count = fill[j]
+            fill[j] = start
             start += count
+        recs[2 * (lo + m)] = n_features
+        recs[2 * (lo + m) + 1] = start
+        base = ent_off[p]
         for c in range(c_indptr[p], c_indptr[p + 1]):
             for e in range(w_indptr[c], w_indptr[c + 1]):
-                a = slot[w_indices[e]]
-                q = fill[a]
-                entries[2 * q] = c - c_indptr[p]
-                vals[2 * q + 1] = w_data[e]
-                fill[a] = q + 1
-        for a in range(m):
-            slot[rows_all[lo + a]] = -1
-        # rows in feature order, so that a few documents can find a feature through the bucket
-        # index (`build_buckets`) instead of scattering a big chunk; the entries stay where they are
-        if m > 1:
-            perm = np.argsort(rows_all[lo:lo + m])
-            rows_all[lo:lo + m] = rows_all[lo:lo + m][perm]
-            row_span[lo:lo + m] = row_span[lo:lo + m][perm]
+                j = slot[w_indices[e]]
+                g = base + fill[j]
+                entries[2 * g] = c - c_indptr[p]
+                vals[2 * g + 1] = w_data[e]
+                fill[j] += 1
+        for r in range(m):
+            slot[feat[r]] = -1
 
 
 @njit(nogil=True, cache=True)

@@ -950,7 +950,7 @@ def _level_chunks(W_t: smat.csc_matrix, indptr: np.ndarray):
     """W_t regrouped by parent for beam scoring: each parent's children columns as a
     row-compressed chunk over the features where any child has a weight (see
     `kernels.score_pairs`), and a bucket index over each chunk's rows (`kernels.build_buckets`).
-    Returns (rows_all, row_span, entries, rows_off, n_child, b_shift, b_off, b_ptr). Built once
+    Returns (recs, ent_off, entries, rec_off, n_child, b_shift, b_off, b_ptr). Built once
     per weight matrix and kept on it."""
     key = (id(indptr), len(indptr), W_t.nnz)
     cached = getattr(W_t, "_xmc_chunks", None)
