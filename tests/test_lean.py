@@ -13,6 +13,7 @@ instead of training on a biased copy of X. Two pins:
 from __future__ import annotations
 
 import hashlib
+import mmap
 
 import numpy as np
 import pytest
@@ -137,9 +138,13 @@ def test_with_bias_appends_one_sorted_column():
 def test_stage_memory_sees_a_peak_and_resets_it():
     mem = StageMemory()
     base = peak_rss_mb()
-    block = np.ones(40 * 2**20 // 8)  # 40 MiB, touched
-    block += 1
-    del block
+    # 40 MiB of fresh pages straight from the kernel, every page touched: a malloc'ed block can be
+    # a freed chunk that a long test process still holds resident, and then no peak rises
+    block = mmap.mmap(-1, 40 * 2**20)
+    pages = np.frombuffer(block, np.uint8)
+    pages[::mmap.PAGESIZE] = 1
+    del pages
+    block.close()
     rec = mem.add({"stage": "a"})
     assert rec["peak_rss_mb"] >= base + 35
     assert rec["rss_mb"] < rec["peak_rss_mb"] - 30  # the block is gone
