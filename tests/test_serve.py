@@ -40,7 +40,8 @@ def models(tmp_path_factory):
     data, bow = root / "synth", root / "bow"
     assert main(["synth", str(data), "--labels", "30", "--train", "300", "--test", "20", "--quiet"]) == 0
     assert main(["train", "--data", str(data), "--model", str(bow), "--threads", "2", "--quiet"]) == 0
-    return {"text": text_model, "calibrated": calibrated, "bow": bow, "bow_data": data, "reuters": reuters}
+    return {"text": text_model, "calibrated": calibrated, "bow": bow, "bow_data": data, "reuters": reuters,
+            "common": common}
 
 
 def _client(path, **params):
@@ -58,6 +59,38 @@ def test_predict_answers_what_the_model_predicts(models):
         # the model's float32 scores, exactly: written in the fewest digits that read back as them
         assert [np.float32(v) for v in res["scores"]] == [np.float32(s) for _, s in labels] and "set" not in res
     assert len(client.post("/predict", json={"texts": TEXTS[:1]}).json()["results"][0]["labels"]) == 5  # default topk
+
+
+def _same_csr(a, b) -> bool:
+    return (a.indptr.tolist() == b.indptr.tolist() and a.indices.tolist() == b.indices.tolist()
+            and a.data.tobytes() == b.data.tobytes())
+
+
+def test_one_document_at_a_time_equals_the_batch_for_every_model_kind(models, tmp_path):
+    """A request of one document goes through the one-row beam (`XLinearModel._beam_rows`), a
+    batch of 12 through the batch beam: the same labels and the same float32 scores, bit for
+    bit, for a plain model, a disentangled one whose copies are merged by their mean, a 3-tree
+    ensemble, and a bag-of-words model (XR-Transformer: tests/test_xtransformer.py)."""
+    from xmc_core.data import load_dataset
+    from xmc_core.xlinear import FEW_ROWS
+
+    ld, ens = tmp_path / "ld", tmp_path / "ensemble"
+    assert main(["train", "--model", str(ld), "--method", "xr-linear-ld", "--params",
+                 '{"disentangle": {"merge": "mean"}}', *models["common"]]) == 0
+    assert main(["train", "--model", str(ens), "--preset", "accurate", *models["common"]]) == 0
+    texts = [f"{t} {w}" for t in TEXTS for w in ("prices", "report", "talks", "in march")]
+    assert len(texts) > FEW_ROWS
+    for path in (models["text"], ld, ens):
+        model = load_model(path)
+        batch = model.predict(texts, topk=6)
+        for i, text in enumerate(texts):
+            assert _same_csr(model.predict([text], topk=6), batch[i]), (path.name, i)
+    bow = load_model(models["bow"])
+    X = load_dataset(models["bow_data"], splits=("train", "test")).test.X
+    batch = bow.predict(X, topk=6)
+    assert X.shape[0] > FEW_ROWS
+    for i in range(X.shape[0]):
+        assert _same_csr(bow.predict(X[i], topk=6), batch[i]), ("bow", i)
 
 
 def test_calibrated_models_answer_label_sets(models):

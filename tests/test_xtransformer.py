@@ -394,3 +394,21 @@ def test_bf16_precision_runs_the_encoder_in_bfloat16():
     np.testing.assert_array_equal(out["auto"], out["fp32"])
     cos = (out["bf16"] * out["fp32"]).sum(1)  # rows are unit vectors
     assert cos.min() > 0.99 and not np.array_equal(out["bf16"], out["fp32"])
+
+
+def test_one_row_at_a_time_equals_the_batch(data):
+    """One document's features through the one-row beam equal the batch's rows bit for bit, the
+    fine-tuned head's average included (a request of one text to `xmc serve`)."""
+    from xmc_core.xlinear import FEW_ROWS
+
+    texts, Y, names = data
+    model = train_xr_transformer(texts, Y, names, XTransformerParams().merged(PARAMS))
+    assert model.head is not None
+    n = FEW_ROWS + 4
+    Xc, E = model.features(texts[:n])
+    for ensemble in ("concat-only", "average"):
+        batch = model.predict_features(Xc, E, topk=3, ensemble=ensemble)
+        for i in range(n):
+            one = model.predict_features(Xc[i], E[i:i + 1], topk=3, ensemble=ensemble)
+            assert one.indices.tolist() == batch[i].indices.tolist(), (ensemble, i)
+            assert one.data.tobytes() == batch[i].data.tobytes(), (ensemble, i)
