@@ -91,6 +91,17 @@ def test_one_document_at_a_time_equals_the_batch_for_every_model_kind(models, tm
     assert X.shape[0] > FEW_ROWS
     for i in range(X.shape[0]):
         assert _same_csr(bow.predict(X[i], topk=6), batch[i]), ("bow", i)
+    # the service's row path (no scipy matrix): the matrix path's labels and float32 scores, for a
+    # bag-of-words model (rows normalized here), a text model given TF-IDF rows (taken as they
+    # are) and copies merged by their mean (which goes the matrix way)
+    for model, M in ((bow, X), (load_model(models["text"]), load_model(models["text"]).featurize(texts)),
+                     (load_model(ld), load_model(ld).featurize(texts))):
+        want = model.predict_labels(M, topk=6)
+        for i in range(M.shape[0]):
+            a, b = M.indptr[i], M.indptr[i + 1]
+            got = model.predict_row_labels(M.indices[a:b], M.data[a:b], topk=6)
+            assert [n for n, _ in got] == [n for n, _ in want[i]], i
+            assert np.array([s for _, s in got], np.float32).tobytes() == np.array([s for _, s in want[i]], np.float32).tobytes()
 
 
 def test_calibrated_models_answer_label_sets(models):
@@ -113,6 +124,12 @@ def test_bag_of_words_rows(models):
     assert r.status_code == 200
     expected = load_model(models["bow"]).predict_labels(X, topk=3)
     assert [res["labels"] for res in r.json()["results"]] == [[n for n, _ in labels] for labels in expected]
+    for res, labels in zip(r.json()["results"], expected):  # the row path's scores are the matrix path's
+        assert [np.float32(v) for v in res["scores"]] == [np.float32(s) for _, s in labels]
+    # a feature id twice ("7" and "07") is one feature, its values summed, as in a matrix
+    twice = client.post("/predict", json={"rows": [{"7": 0.25, "07": 0.5, "9": 1.0}], "topk": 3}).json()
+    once = client.post("/predict", json={"rows": [{"7": 0.75, "9": 1.0}], "topk": 3}).json()
+    assert twice == once
     bad = client.post("/predict", json={"texts": ["a text"]})
     assert bad.status_code == 400 and "send rows" in bad.json()["error"]
 

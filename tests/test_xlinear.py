@@ -365,3 +365,28 @@ def test_bucket_index_finds_every_row():
                 j = int(np.searchsorted(rows, f))
                 want = rec_off[c] + j if j < len(rows) and rows[j] == f else -1
                 assert _find_row(recs, rec_off[c], ptr, off[c], shift[c], f) == want, (per, c, f)
+
+
+def test_predict_row_takes_arrays_and_checks_them():
+    """`predict_row` (one document as arrays, a service's request) gives row 0 of `predict`, best
+    first; indices out of order or range, or a length mismatch, are refused."""
+    from conftest import clustered_problem
+    from xmc_core.label_embedding import pifa
+    from xmc_core.tree import TreeParams, build_tree
+    from xmc_core.xlinear import PredParams, RankerParams, XLinearModel
+
+    X, Y = clustered_problem(n=300, n_labels=40, n_features=500, seed=5)
+    tree = build_tree(pifa(X, Y), TreeParams(max_leaf_size=4, nr_splits=4))
+    m = XLinearModel.train(X, Y, tree, RankerParams(threads=1), PredParams(threads=1))
+    P = m.predict(X[:20], only_topk=5)
+    for i in range(20):
+        labels, scores = m.predict_row(X[i].indices, X[i].data, only_topk=5)
+        assert sorted(labels.tolist()) == P[i].indices.tolist()
+        assert (np.diff(scores) <= 0).all()  # best first
+        assert dict(zip(labels.tolist(), scores.tolist())) == dict(zip(P[i].indices.tolist(), P[i].data.tolist()))
+    with pytest.raises(ValueError, match="ascend"):
+        m.predict_row(np.array([5, 3]), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="ascend"):
+        m.predict_row(np.array([3, 500]), np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="indices and"):
+        m.predict_row(np.array([3]), np.ones(2, np.float32))

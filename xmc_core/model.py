@@ -42,7 +42,7 @@ from .label_embedding import PifaParams, pifa
 from .memory import StageMemory, nbytes_mb
 # FORMAT_VERSION, LabelSpace, ModelFormatError and read_model_meta lived here before `model_base`; still importable
 from .model_base import FORMAT_VERSION, LabelSpace, ModelBase, ModelFormatError, one_line, read_label_names, read_model_meta  # noqa: F401
-from .sparse import check_label_matrix, l2_normalize_rows
+from .sparse import check_label_matrix, l2_normalize_row, l2_normalize_rows
 from .tfidf import TfidfParams, TfidfVectorizer
 from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
@@ -272,6 +272,37 @@ class XmcModel(ModelBase):
             return predict_merged(self.ranker, X, d.merge, beam_size=beam_size, only_topk=topk,
                                   post_processor=post_processor)
         return self.ranker.predict(X, beam_size=beam_size, only_topk=topk, post_processor=post_processor)
+
+    def predict_row_labels(self, indices: np.ndarray, values: np.ndarray, topk: int | None = None
+                           ) -> list[tuple[str, float]]:
+        """The top labels of one document given as a sparse row, by name: what
+        ``predict_labels(X, topk)[0]`` gives for the one-row X with these entries, bit for bit,
+        without scipy matrices on the way (`XLinearModel.predict_row`; a service's request).
+
+        Args:
+            indices: feature ids, strictly ascending, in [0, n_features).
+            values: their values (float), normalized here as :meth:`featurize` normalizes a row.
+            topk: labels kept (None: `params.pred.only_topk`).
+
+        Returns:
+            (label name, float score) pairs, best first (ties: lower label id first).
+
+        Raises:
+            ValueError: as `XLinearModel.predict_row`; topk not an integer >= 1.
+        """
+        check_predict_args(topk, None)
+        d = self.params.disentangle
+        if d is not None and d.merge != "max":  # copies merged after the beam: the matrix path
+            X = smat.csr_matrix((np.asarray(values, np.float32), np.asarray(indices), [0, len(indices)]),
+                                shape=(1, self.n_features))
+            return self.predict_labels(X, topk=topk)[0]
+        values = np.asarray(values, np.float32)
+        if not (self.featurizer is not None and self.n_features == self.featurizer.n_features):
+            values = l2_normalize_row(values)
+        labels, scores = self.ranker.predict_row(np.asarray(indices), values, only_topk=topk)
+        by_id = np.argsort(labels)
+        order = by_id[np.argsort(-scores[by_id], kind="stable")]
+        return [(self.label_names[labels[j]], float(scores[j])) for j in order]
 
     @property
     def n_features(self) -> int:

@@ -40,7 +40,7 @@ import scipy.sparse as smat
 
 from .params import ParamsBase
 
-__all__ = ["ServeParams", "ModelHolder", "RequestError", "parse_request", "build_app", "app_from_env", "run"]
+__all__ = ["ServeParams", "ModelHolder", "RequestError", "Rows", "parse_request", "build_app", "app_from_env", "run"]
 
 #: environment variables through which `xmc serve --workers N` hands its settings to each worker
 MODEL_ENV, PARAMS_ENV = "XMC_SERVE_MODEL", "XMC_SERVE_PARAMS"
@@ -147,8 +147,8 @@ def parse_request(body: bytes, model, params: ServeParams):
         params: the service's limits.
 
     Returns:
-        (inputs, topk): a list of texts, or an N × D float32 CSR of rows (l2-normalized by the
-        model, as `xmc predict` does); topk an int.
+        (inputs, topk): a list of texts, or the rows as `Rows` (checked sparse rows, normalized
+        by the model as `xmc predict` does); topk an int.
 
     Raises:
         RequestError: 400 or 413 with a one-line reason.
@@ -191,14 +191,36 @@ def parse_request(body: bytes, model, params: ServeParams):
         raise RequestError(400, 'rows: a non-empty list of objects {"<feature id>": value}')
     if len(rows) > params.max_docs:
         raise RequestError(413, f"rows: {len(rows)} documents, at most {params.max_docs} per request")
-    return _rows_matrix(rows, model.n_features), topk
+    return Rows(_rows_arrays(rows, model.n_features), model.n_features), topk
 
 
-def _rows_matrix(rows: list, D: int) -> smat.csr_matrix:
-    """The CSR of checked `rows` objects ({"<feature id>": value}): float32, indices sorted,
-    duplicate ids ("7" and "07") summed, built once (a request is a few rows: numpy per row,
-    not a loop per feature). Raises RequestError (400) naming the first bad row, id or value."""
-    parts_i, parts_v, indptr = [], [], [0]
+@dataclass
+class Rows:
+    """The bag-of-words documents of a request.
+
+    Attributes:
+        rows: per document, (feature ids int32, ascending and distinct; values float32).
+        n_features: the model's feature width D.
+    """
+
+    rows: list[tuple[np.ndarray, np.ndarray]]
+    n_features: int
+
+    def matrix(self) -> smat.csr_matrix:
+        """The rows as one N × D float32 CSR (indices sorted, canonical)."""
+        X = smat.csr_matrix((np.concatenate([v for _, v in self.rows]), np.concatenate([i for i, _ in self.rows]),
+                             np.concatenate([[0], np.cumsum([len(i) for i, _ in self.rows])]).astype(np.int32)),
+                            shape=(len(self.rows), self.n_features))
+        X.has_sorted_indices = True
+        X.has_canonical_format = True
+        return X
+
+
+def _rows_arrays(rows: list, D: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Checked `rows` objects ({"<feature id>": value}) as (ids int32, values float32) arrays, ids
+    ascending, duplicate ids ("7" and "07") summed (a request is a few rows: numpy per row, not
+    a loop per feature). Raises RequestError (400) naming the first bad row, id or value."""
+    out = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise RequestError(400, f"rows[{i}]: an object {{\"<feature id>\": value}}, got {type(row).__name__}")
@@ -232,14 +254,8 @@ def _rows_matrix(rows: list, D: int) -> smat.csr_matrix:
             first = np.concatenate([[True], idx[1:] != idx[:-1]])
             val = np.add.reduceat(val, np.flatnonzero(first))
             idx = idx[first]
-        parts_i.append(idx)
-        parts_v.append(val)
-        indptr.append(indptr[-1] + len(idx))
-    X = smat.csr_matrix((np.concatenate(parts_v), np.concatenate(parts_i).astype(np.int32),
-                         np.asarray(indptr, np.int32)), shape=(len(rows), D))
-    X.has_sorted_indices = True
-    X.has_canonical_format = True
-    return X
+        out.append((idx.astype(np.int32), val))
+    return out
 
 
 def _is_int(key: str) -> bool:
@@ -254,9 +270,12 @@ def predict_response(model, inputs, topk: int) -> dict:
     """The /predict answer for checked inputs: labels and scores per document, best first, and the
     label set with probabilities when the model is calibrated (micro policy).
 
+    Rows go one by one through the model's `predict_row_labels` where it has one (XR-Linear)
+    and no label sets are asked: the same answer as the matrix path, without its scipy matrices.
+
     Args:
         model: the loaded model.
-        inputs: texts or a CSR of rows (`parse_request`).
+        inputs: texts or `Rows` (`parse_request`).
         topk: labels per document.
 
     Returns:
@@ -264,9 +283,17 @@ def predict_response(model, inputs, topk: int) -> dict:
         `to_json` writes in the fewest digits that read back as the same float32 (a score of
         1e-7 stays 1e-7, not 0.0).
     """
+    calibrated = getattr(model, "calibration", None) is not None
+    by_row = getattr(model, "predict_row_labels", None)
+    if isinstance(inputs, Rows) and by_row is not None and not calibrated:
+        ranked = [by_row(ids, values, topk) for ids, values in inputs.rows]
+    else:
+        if isinstance(inputs, Rows):
+            inputs = inputs.matrix()
+        ranked = model.predict_labels(inputs, topk=topk)
     results = [{"labels": [name for name, _ in labels], "scores": np.asarray([s for _, s in labels], np.float32)}
-               for labels in model.predict_labels(inputs, topk=topk)]
-    if getattr(model, "calibration", None) is not None:
+               for labels in ranked]
+    if calibrated:
         for res, labels in zip(results, model.named_sets(inputs, policy="micro")):
             res["set"] = {"labels": [name for name, _ in labels], "probabilities": [round(p, 6) for _, p in labels]}
     return {"results": results}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as smat
 
-__all__ = ["binarize", "pattern", "row_ids", "keep_entries", "l2_normalize_rows", "first_entry", "first_bad_label",
+__all__ = ["binarize", "pattern", "row_ids", "keep_entries", "l2_normalize_rows", "l2_normalize_row", "first_entry", "first_bad_label",
            "check_label_matrix"]
 
 
@@ -74,17 +74,30 @@ def l2_normalize_rows(X: smat.csr_matrix, copy: bool = True) -> smat.csr_matrix:
         r1 = int(np.searchsorted(indptr, indptr[r0] + _BLOCK_NNZ, side="right")) - 1
         r1 = min(n, max(r1, r0 + 1))
         lo, hi = int(indptr[r0]), int(indptr[r1])
-        counts = np.diff(indptr[r0:r1 + 1])
-        seg = data[lo:hi]
-        sq = np.zeros(r1 - r0, np.float32)
-        filled = counts > 0
-        if hi > lo:
-            sq[filled] = np.add.reduceat(seg * seg, (indptr[r0:r1] - lo)[filled])
-        norms = np.sqrt(sq.astype(np.float64))
-        norms[norms == 0.0] = 1.0
-        seg /= np.repeat(norms, counts).astype(np.float32)
+        _scale_rows(indptr[r0:r1 + 1] - lo, data[lo:hi])
         r0 = r1
     return X
+
+
+def l2_normalize_row(values: np.ndarray) -> np.ndarray:
+    """One row's values (float32, duplicates already summed, in index order) scaled to unit l2
+    norm, as `l2_normalize_rows` scales that row of a matrix, bit for bit (a request's document,
+    without a scipy matrix). Returns a new float32 array."""
+    out = np.array(values, np.float32)
+    _scale_rows(np.array([0, len(out)]), out)
+    return out
+
+
+def _scale_rows(indptr: np.ndarray, seg: np.ndarray) -> None:
+    """Divide each row of the entries `seg` (rows at indptr, from 0) by its l2 norm, in place."""
+    counts = np.diff(indptr)
+    sq = np.zeros(len(counts), np.float32)
+    filled = counts > 0
+    if len(seg):
+        sq[filled] = np.add.reduceat(seg * seg, indptr[:-1][filled])
+    norms = np.sqrt(sq.astype(np.float64))
+    norms[norms == 0.0] = 1.0
+    seg /= np.repeat(norms, counts).astype(np.float32)
 
 
 def first_entry(M: smat.csr_matrix, bad: np.ndarray) -> tuple[int, int, float]:

@@ -791,30 +791,63 @@ class XLinearModel:
             return self._beam_rows(X, beam_size, only_topk, post_processor)
         return self._beam(_with_bias(X, self.bias), beam_size, only_topk, post_processor)
 
-    def _beam_rows(self, X, beam_size, only_topk, post_processor) -> smat.csr_matrix:
-        """`_beam` for a few rows (a request), one row at a time through `kernels.beam_row_step`:
-        no appended bias column, no per-level pair arrays or threads. Same N × L CSR, bit for bit."""
+    def predict_row(self, indices: np.ndarray, data: np.ndarray, beam_size: int | None = None,
+                    only_topk: int | None = None, post_processor: str | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beam search for one document given as arrays: what :meth:`predict` does for a
+        one-row X, without building or reading a scipy matrix (a request of one document).
+
+        Args:
+            indices: the document's feature ids, strictly ascending, in [0, n_features).
+            data: float32 values of those features, the row l2-normalized as in training.
+            beam_size, only_topk, post_processor: as :meth:`predict`.
+
+        Returns:
+            (labels int64, scores float32): at most only_topk labels, best first (ties in the
+            order the beam met them); the same labels and float32 scores, bit for bit, as row 0
+            of ``predict`` on the same row.
+
+        Raises:
+            ValueError: unknown post_processor; indices not ascending, out of range, or not as
+                many as data.
+        """
+        pp = self.pred_params
+        beam_size = min(beam_size or pp.beam_size, max(self.tree.level_sizes()))
+        only_topk = min(only_topk or pp.only_topk, self.n_labels)
+        post_processor = post_processor or pp.post_processor
+        if post_processor not in POST_PROCESSORS:
+            raise ValueError(f"predict_row: unknown post_processor {post_processor!r}")
+        if len(indices) != len(data):
+            raise ValueError(f"predict_row: {len(indices)} indices and {len(data)} values")
+        if len(indices) and (indices[0] < 0 or indices[-1] >= self.n_features or (np.diff(indices) <= 0).any()):
+            raise ValueError(f"predict_row: indices must ascend strictly within 0..{self.n_features - 1}")
+        return self._row(indices, np.asarray(data, np.float32), beam_size, only_topk, post_processor)
+
+    def _row(self, xi, xv, beam_size, only_topk, post_processor):
+        """`predict_row` on checked arguments: one compiled call per level (`kernels.beam_row_step`)."""
         _, kind, root = POST_PROCESSORS[post_processor]
         code, power = _PP_CODES[post_processor]
         combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+        depth = len(self.W)
+        bias = np.float32(self.bias)
+        nodes, scores = np.zeros(1, np.int64), np.full(1, root, np.float32)
+        for t, (C, W_t) in enumerate(zip(self.tree.C, self.W)):
+            last = t == depth - 1
+            nodes, scores = kernels.beam_row_step(
+                xi, xv, self.n_features, bias, nodes, scores, *_level_chunks(W_t, C.indptr), C.indptr, C.indices,
+                code, power, combine, only_topk if last else beam_size, last and C.nnz > C.shape[0])
+        return nodes, scores
+
+    def _beam_rows(self, X, beam_size, only_topk, post_processor) -> smat.csr_matrix:
+        """`_beam` for a few rows (a request), one row at a time (`_row`): no appended bias
+        column, no per-level pair arrays or threads. Same N × L CSR, bit for bit."""
         if not X.has_sorted_indices:
             X = X.sorted_indices()
-        levels = [(_level_chunks(W_t, C.indptr), C) for C, W_t in zip(self.tree.C, self.W)]
-        depth = len(levels)
-        bias = np.float32(self.bias)
         n_cols = self.tree.C[-1].shape[0]
-        start = np.zeros(1, np.int64)
-        root_score = np.full(1, root, np.float32)
         ptr, idx, val = [0], [], []
         for i in range(X.shape[0]):
-            xi = X.indices[X.indptr[i]:X.indptr[i + 1]]
-            xv = X.data[X.indptr[i]:X.indptr[i + 1]]
-            nodes, scores = start, root_score
-            for t, (layout, C) in enumerate(levels):
-                last = t == depth - 1
-                nodes, scores = kernels.beam_row_step(
-                    xi, xv, self.n_features, bias, nodes, scores, *layout, C.indptr, C.indices, code, power,
-                    combine, only_topk if last else beam_size, last and C.nnz > C.shape[0])
+            a, b = X.indptr[i], X.indptr[i + 1]
+            nodes, scores = self._row(X.indices[a:b], X.data[a:b], beam_size, only_topk, post_processor)
             order = np.argsort(nodes)  # CSR column order, as `_beam`'s sort_indices leaves it
             idx.append(nodes[order])
             val.append(scores[order])
