@@ -130,6 +130,8 @@ def test_bag_of_words_rows(models):
     twice = client.post("/predict", json={"rows": [{"7": 0.25, "07": 0.5, "9": 1.0}], "topk": 3}).json()
     once = client.post("/predict", json={"rows": [{"7": 0.75, "9": 1.0}], "topk": 3}).json()
     assert twice == once
+    backwards = [{k: row[k] for k in reversed(list(row))} for row in rows]  # ids in any order
+    assert client.post("/predict", json={"rows": backwards, "topk": 3}).json() == r.json()
     bad = client.post("/predict", json={"texts": ["a text"]})
     assert bad.status_code == 400 and "send rows" in bad.json()["error"]
 
