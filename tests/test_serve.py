@@ -232,8 +232,12 @@ def test_xmc_serve_runs_uvicorn_on_loopback(models, tmp_path):
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert len(json.loads(resp.read())["results"]) == 3
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends; an impatient user sends it twice
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=20)
+    err = proc.stderr.read()
+    assert proc.returncode == 0 and "Traceback" not in err, err  # a clean stop, no traceback
 
 
 def test_a_folder_that_is_not_a_model_fails_before_listening(tmp_path, capsys):

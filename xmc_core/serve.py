@@ -395,11 +395,17 @@ def run(model: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: i
     holder = ModelHolder(model, freeze=True)  # a bad folder fails here, in one line, before any socket opens
     if on_ready is not None:
         on_ready(holder)
-    if workers <= 1:
-        uvicorn.run(build_app(holder, params), host=host, port=port, log_level=log_level, access_log=False)
+    # lifespan "off": the app has no startup or shutdown hooks (the model loads before listening),
+    # and a lifespan task cancelled by a second Ctrl-C was logged as an error with a traceback
+    try:
+        if workers <= 1:
+            uvicorn.run(build_app(holder, params), host=host, port=port, log_level=log_level, access_log=False,
+                        lifespan="off")
+            return
+        del holder
+        os.environ[MODEL_ENV] = str(Path(model).resolve())
+        os.environ[PARAMS_ENV] = json.dumps(params.to_dict())
+        uvicorn.run("xmc_core.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, access_log=False, lifespan="off")
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down, then raised it again
         return
-    del holder
-    os.environ[MODEL_ENV] = str(Path(model).resolve())
-    os.environ[PARAMS_ENV] = json.dumps(params.to_dict())
-    uvicorn.run("xmc_core.serve:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, access_log=False)
