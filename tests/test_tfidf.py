@@ -167,8 +167,9 @@ def test_tokenizing_in_document_blocks_changes_nothing(monkeypatch):
 
 
 def test_few_texts_transform_as_many_bit_for_bit():
-    """`transform` of a few texts (a request) counts terms in Python; a long list goes through
-    polars: the same rows, bit for bit, texts with accents, digits, case and repeats included."""
+    """`transform` of a few texts (a request) tokenizes in Python and looks tokens up in a dict;
+    a long list goes through polars: the same rows, bit for bit, texts with accents, digits,
+    case and repeats included."""
     from xmc_core.tfidf import _FEW_TEXTS, TfidfParams, TfidfVectorizer
 
     train = ["Wheat and grain exports rose", "Crude oil prices fell; OPEC met", "Café au lait, café noir",
@@ -182,3 +183,21 @@ def test_few_texts_transform_as_many_bit_for_bit():
         one = vec.transform([text])
         assert one.indices.tolist() == many[i].indices.tolist(), text
         assert one.data.tobytes() == many[i].data.tobytes(), text
+
+
+@pytest.mark.parametrize("ngram_range, lowercase", [((1, 2), True), ((1, 1), True), ((2, 2), False), ((1, 2), False)])
+def test_few_texts_count_the_terms_the_string_path_counts(ngram_range, lowercase):
+    """The few-texts path (token ids, then the compiled uni/bigram lookup) counts what counting
+    term strings counts: unknown tokens break bigrams, repeats add up, min_df drops terms."""
+    from xmc_core.tfidf import TfidfParams, TfidfVectorizer
+
+    train = ["the wheat and grain exports rose", "crude oil prices fell and OPEC met", "oil and wheat and grain",
+             "Grain Grain wheat exports", "prices rose and fell"] * 3 + ["rare words once"]
+    vec = TfidfVectorizer(TfidfParams(min_df=2, ngram_range=ngram_range, lowercase=lowercase)).fit(train)
+    texts = ["wheat and grain and wheat and grain", "unknown wheat grain exports zzz oil prices",
+             "Grain grain GRAIN rare words", "", "oil"]
+    strings = vec._tf_matrix(*vec._count(texts, vec.vocab, grow=False), len(vec.vocab))
+    ids = vec._count_few(texts)
+    assert ids.indptr.tolist() == strings.indptr.tolist() and ids.indices.tolist() == strings.indices.tolist()
+    np.testing.assert_array_equal(ids.data, strings.data)
+    assert ids.nnz >= 5  # not a comparison of empty matrices

@@ -139,6 +139,7 @@ class TfidfVectorizer:
         self.vocab: dict[str, int] | None = None
         self.idf: np.ndarray | None = None
         self._index = None  # token-id lookup tables of the word fast path, built on demand
+        self._token_of = None  # those tokens' ids as a dict, for a few texts (`_count_few`)
 
     # -- word uni/bigrams: tokens in polars, n-grams as integer pairs (no n-gram strings built) ---
     def _fast(self) -> bool:
@@ -261,6 +262,24 @@ class TfidfVectorizer:
                                         _term_buffer(2, len(tok), len(self.vocab)))
         return self._count_terms(T, t_ptr, len(self.vocab))
 
+    def _count_few(self, texts) -> smat.csr_matrix:
+        """`_count_fast` for a few texts (a request): Python's tokenizer (as `_terms`) and a dict
+        from token to id instead of polars' set-up, then the same compiled lookup of uni- and
+        bigram columns; no n-gram strings are built. Same counts as `_count`."""
+        tokens, n_tok, uni_col, bkeys, bcols = self._index or self._build_index()
+        if self._token_of is None:
+            self._token_of = {t: i for i, t in enumerate(tokens.to_list())}
+        get = self._token_of.get
+        ids, doc_ptr = [], [0]
+        for text in texts:
+            ids += [get(t, -1) for t in _TOKEN_RE.findall(text.lower() if self.params.lowercase else text)]
+            doc_ptr.append(len(ids))
+        tok = np.asarray(ids, np.int32)
+        lo, hi = self.params.ngram_range
+        T, t_ptr = kernels.lookup_terms(tok, np.asarray(doc_ptr, np.int64), n_tok, lo == 1, hi == 2, uni_col,
+                                        bkeys, bcols, _term_buffer(2, len(tok), len(self.vocab)))
+        return self._count_terms(T, t_ptr, len(self.vocab))
+
     # -- tokenization -------------------------------------------------------------------------
     def _terms(self, text: str) -> list[str]:
         p = self.params
@@ -348,7 +367,7 @@ class TfidfVectorizer:
         """
         texts = normalize_texts(texts)
         p = self.params
-        self._index = None
+        self._index = self._token_of = None
         if self._fast():
             tf, names = self._fit_fast(texts)
         else:
@@ -401,9 +420,9 @@ class TfidfVectorizer:
         if self.vocab is None:
             raise RuntimeError("TfidfVectorizer.transform called before fit")
         texts = normalize_texts(texts)
-        if self._fast() and len(texts) > _FEW_TEXTS:
-            tf = self._count_fast(texts)
-        else:  # few texts (a request): Python's tokenizer and the vocabulary dict beat polars' set-up
+        if self._fast():  # few texts (a request): Python's tokenizer beats polars' set-up
+            tf = self._count_fast(texts) if len(texts) > _FEW_TEXTS else self._count_few(texts)
+        else:
             tf = self._tf_matrix(*self._count(texts, self.vocab, grow=False), len(self.vocab))
         return self._weight(tf)
 
