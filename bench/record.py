@@ -26,6 +26,8 @@ from typing import Mapping, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
+#: environment variable naming another folder for the records (scratch runs); default RESULTS
+RESULTS_ENV = "XMC_BENCH_RESULTS"
 
 #: Columns of the markdown table, in order (the CSV keeps every column of the ``benchmark`` table).
 MD_COLUMNS = ("dataset", "system", "threads", "n_labels", "n_train", "n_test", "train_s", "predict_s",
@@ -97,13 +99,16 @@ class Run:
                out: str | os.PathLike = RESULTS) -> tuple[Path, Path]:
         """Append ``rows`` to DuckDB ``benchmark`` (their ``run_id`` set to this run's) and export them.
 
-        Returns the paths of the CSV and markdown files written under ``out``.
+        Returns the paths of the CSV and markdown files written under ``out`` (``$XMC_BENCH_RESULTS``
+        instead of bench/results when set: a scratch run, with ``--db`` elsewhere too).
         """
         from xmc_core.results_db import append_benchmark
 
         rows = [{**r, "run_id": self.run_id} for r in rows]
         if rows:
             append_benchmark(db, rows)
+        if out == RESULTS:  # a scratch run (a try-out, a noisy repeat) sends its record elsewhere
+            out = os.environ.get(RESULTS_ENV) or RESULTS
         return self.export(db, notes, out)
 
     def export(self, db: str | os.PathLike, notes: str = "", out: str | os.PathLike = RESULTS) -> tuple[Path, Path]:
