@@ -776,13 +776,7 @@ class XLinearModel:
         Source:
             PECOS ``XLinearModel.predict`` beam search (Yu et al. 2022, JMLR).
         """
-        pp = self.pred_params
-        # past the widest level / all labels a larger value changes nothing but the buffers' size
-        beam_size = min(beam_size or pp.beam_size, max(self.tree.level_sizes()))
-        only_topk = min(only_topk or pp.only_topk, self.n_labels)
-        post_processor = post_processor or pp.post_processor
-        if post_processor not in POST_PROCESSORS:
-            raise ValueError(f"predict: unknown post_processor {post_processor!r}")
+        beam_size, only_topk, post_processor = self._options(beam_size, only_topk, post_processor, "predict")
         if not (isinstance(X, smat.csr_matrix) and X.dtype == np.float32):
             X = smat.csr_matrix(X, dtype=np.float32)
         if X.shape[1] != self.n_features:
@@ -811,23 +805,28 @@ class XLinearModel:
             ValueError: unknown post_processor; indices not ascending, out of range, or not as
                 many as data.
         """
-        pp = self.pred_params
-        beam_size = min(beam_size or pp.beam_size, max(self.tree.level_sizes()))
-        only_topk = min(only_topk or pp.only_topk, self.n_labels)
-        post_processor = post_processor or pp.post_processor
-        if post_processor not in POST_PROCESSORS:
-            raise ValueError(f"predict_row: unknown post_processor {post_processor!r}")
+        beam_size, only_topk, post_processor = self._options(beam_size, only_topk, post_processor, "predict_row")
         if len(indices) != len(data):
             raise ValueError(f"predict_row: {len(indices)} indices and {len(data)} values")
         if len(indices) and (indices[0] < 0 or indices[-1] >= self.n_features or (np.diff(indices) <= 0).any()):
             raise ValueError(f"predict_row: indices must ascend strictly within 0..{self.n_features - 1}")
         return self._row(indices, np.asarray(data, np.float32), beam_size, only_topk, post_processor)
 
+    def _options(self, beam_size, only_topk, post_processor, caller: str) -> tuple[int, int, str]:
+        """(beam_size, only_topk, post_processor) of a prediction call: None or 0 takes
+        pred_params'; past the widest level / all labels a larger value changes nothing but the
+        buffers' size. Raises ValueError naming `caller` for an unknown post_processor."""
+        pp = self.pred_params
+        beam_size = min(beam_size or pp.beam_size, max(self.tree.level_sizes()))
+        only_topk = min(only_topk or pp.only_topk, self.n_labels)
+        post_processor = post_processor or pp.post_processor
+        if post_processor not in POST_PROCESSORS:
+            raise ValueError(f"{caller}: unknown post_processor {post_processor!r}")
+        return beam_size, only_topk, post_processor
+
     def _row(self, xi, xv, beam_size, only_topk, post_processor):
         """`predict_row` on checked arguments: one compiled call per level (`kernels.beam_row_step`)."""
-        _, kind, root = POST_PROCESSORS[post_processor]
-        code, power = _PP_CODES[post_processor]
-        combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+        root, code, power, combine = _kernel_pp(post_processor)
         depth = len(self.W)
         bias = np.float32(self.bias)
         nodes, scores = np.zeros(1, np.int64), np.full(1, root, np.float32)
@@ -862,9 +861,7 @@ class XLinearModel:
         Returns N × K_last (level_scores=True: the last level's nodes, copies not merged) or N × L
         (labels, copies merged by max).
         """
-        _, kind, root = POST_PROCESSORS[post_processor]
-        code, power = _PP_CODES[post_processor]
-        combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+        root, code, power, combine = _kernel_pp(post_processor)
         threads = _resolve_threads(self.pred_params.threads)
         N = Xb.shape[0]
         depth = self.tree.depth
@@ -972,6 +969,15 @@ class XLinearModel:
         W = [smat.load_npz(folder / f"W{t}.npz").tocsc() for t in range(meta["depth"])]
         model = cls(tree, W, meta["bias"], PredParams.from_dict(meta["pred_params"]))
         return model.prepare() if prepare else model
+
+
+def _kernel_pp(post_processor: str) -> tuple[float, int, float, int]:
+    """(root score, transform code, power, combine code) of a post-processor for the compiled
+    beam kernels (`kernels.select_topk`, `kernels.beam_row_step`)."""
+    _, kind, root = POST_PROCESSORS[post_processor]
+    code, power = _PP_CODES[post_processor]
+    combine = {_MUL: kernels.COMBINE_MUL, _ADD: kernels.COMBINE_ADD, _NOOP: kernels.COMBINE_NOOP}[kind]
+    return root, code, power, combine
 
 
 #: Up to this many rows `predict` goes one row at a time (`kernels.beam_row_step`): cheaper than
