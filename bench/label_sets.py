@@ -2,22 +2,36 @@
 """Label sets and probabilities: xmc XR-Linear (calibrated) against napkinXC's PLT, side by side.
 
     .venv/bin/python bench/label_sets.py [--datasets eurlex57k yso-finna-en reuters-21578] [--threads 2]
+    .venv/bin/python bench/label_sets.py --choose-c 1 2 3 4 6 8 --datasets eurlex57k
 
 Protocol, the same for every system:
 - features: xmc's TF-IDF (word 1-2-grams, sublinear tf, min_df 2, l2 rows) fitted on the training
   documents, written once as .npz (bench/out/data/<dataset>-sets/);
 - held-out documents: the dataset's dev split (eurlex57k); without one, a seeded 10% slice of train
-  (seed 0) is held out and every system trains on the other 90%;
-- xmc: `train_xr_linear` (defaults), `calibrate` on the held-out documents (isotonic by frequency
-  group; thresholds for micro-F1 and per-label for macro-F1), sets on test;
-- napkinXC: `PLT` (defaults, seed 0) in bench/.venv-peers; its `predict_proba` top-20 are taken as
-  probabilities (calibration method "none"); the same threshold search on the same held-out
-  documents gives its micro and macro policies. Its Python package (0.7.x) has no online F-measure
-  optimisation (`ofo` is a command of the C++ binary only), so there is none here. A third row
-  ("napkinxc+isotonic") puts our isotonic map on its probabilities.
+  (seed 0);
+- calibration and final model (`xmc train --calibrate --refit`): a sibling trained on the training
+  documents alone scores the held-out ones, and the calibration is fitted on those scores; the
+  final model, whose test predictions are scored, is trained on training + held-out documents and
+  keeps that calibration. (Calibrating on documents the scoring model was trained on would make
+  the probabilities over-confident; retraining on them after calibration does not.)
+- xmc: `train_xr_linear` with preset "sets" (Cp = Cn = 3; chosen by `--choose-c` on eurlex57k's dev
+  split alone, below), `calibrate` (isotonic by frequency group; thresholds for micro-F1 and
+  per-label for macro-F1), sets on test;
+- napkinXC: `PLT` (its defaults: logistic loss, liblinear C 10; seed 0) in bench/.venv-peers; its
+  `predict_proba` top-20 are taken as probabilities (calibration method "none"); the same threshold
+  search on the same held-out documents gives its micro and macro policies. Its Python package
+  (0.7.x) has no online F-measure optimisation (`ofo` is a command of the C++ binary only), so
+  there is none here. A third row ("napkinxc+isotonic") puts our isotonic map on its probabilities.
 Metrics on test: micro-F1 of the micro policy, macro-F1 of the macro policy over labels present in
 test and over all labels, ECE / Brier of the probabilities (top-20 pairs, 15 bins) and of the raw
 scores, per EURLEX57K frequency bucket (frequent >= 50 training documents, few 1-49, zero 0).
+train_s is the final model's training (the sibling's is `sibling_train_s`).
+
+`--choose-c C...` picks the rankers' C (Cp = Cn = C) without looking at test: per C, a model trained
+on the training documents scores the held-out ones; they are split in two halves (seed 0), each
+half's calibration decides the other half's sets, and the two halves' micro-F1 and macro-F1 are
+averaged. No test document is read.
+
 Prints a table, appends rows to DuckDB `benchmark` and writes bench/results/<run_id>.csv/.md.
 """
 
@@ -58,7 +72,7 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
         parts = {"trn": (tr.texts, tr.X, tr.Y), "dev": (ds.dev.texts, ds.dev.X, ds.dev.Y)}
     else:
         held, rest = holdout_split(tr.n, 0.1, seed)  # the slice `train --calibrate` holds out
-        dev_note = f"no dev split: 10% of train held out (seed {seed}); systems train on the other 90%"
+        dev_note = f"no dev split: 10% of train held out (seed {seed})"
 
         def take(rows):
             return ([tr.texts[i] for i in rows] if tr.texts is not None else None,
@@ -113,9 +127,10 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
             "n_test": meta["n_tst"], **row, "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]), "extra": ex}
 
 
-def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
+def run_dataset(name: str, data_root: Path, threads: int, preset: str) -> list[dict]:
     from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.model import XRLinearParams, train_xr_linear
+    from xmc_core.model import XRLinearParams, sibling_calibration, train_xr_linear
+    from xmc_core.presets import preset_overrides
 
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
     t0 = time.perf_counter()
@@ -124,17 +139,18 @@ def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
     Xtr, Ytr, Xdv, Ydv, Xte, Yte = (load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst"))
     counts = np.diff(smat.csc_matrix(Ytr).indptr)
     names = [str(j) for j in range(Ytr.shape[1])]
+    X_all, Y_all = smat.vstack([Xtr, Xdv], format="csr"), smat.vstack([Ytr, Ydv], format="csr")
     rows = []
 
-    # xmc
-    params = XRLinearParams().merged({"ranker": {"threads": threads}, "tree": {"threads": threads}})
+    # xmc: a train-only sibling calibrates on the held-out documents; the final model trains on both
+    params = XRLinearParams().merged(preset_overrides(preset, {"ranker": {"threads": threads},
+                                                               "tree": {"threads": threads}}))
     t0 = time.perf_counter()
-    model = train_xr_linear(Ytr, names, params, X=Xtr)
+    cal = sibling_calibration(Ytr, names, params, Xdv, Ydv, CalibrationParams(topk=TOPK), X=Xtr)
+    sibling_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = train_xr_linear(Y_all, names, params, X=X_all)
     train_s = time.perf_counter() - t0
-    model.set_label_counts(Ytr)
-    t0 = time.perf_counter()
-    cal = model.calibrate(Xdv, Ydv, names, CalibrationParams(topk=TOPK))
-    calibrate_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     P = model.predict(Xte, topk=TOPK)
     predict_s = time.perf_counter() - t0
@@ -142,11 +158,12 @@ def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
         # no peak_rss_mb: training resets this process's high-water mark per stage (`memory.StageMemory`),
         # so ru_maxrss here is not the run's peak; bench/compare_peers.py measures memory
         "threads": threads, "train_s": round(train_s, 2), "predict_s": round(predict_s, 2),
-        "calibrate_s": round(calibrate_s, 2), "calibration": "isotonic by frequency group"}))
+        "sibling_train_s": round(sibling_s, 2), "preset": preset, "ranker_C": [params.ranker.Cp, params.ranker.Cn],
+        "calibration": "isotonic by frequency group"}))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     del model
 
-    # napkinXC
+    # napkinXC, the same protocol
     npz = out / "napkinxc_proba.npz"
     proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_proba.py"), "--data", str(out), "--out", str(npz),
                            "--threads", str(threads), "--topk", str(TOPK)], capture_output=True, text=True)
@@ -161,33 +178,94 @@ def run_dataset(name: str, data_root: Path, threads: int) -> list[dict]:
         cal = fit_calibration(Pdv, Ydv, counts, CalibrationParams(method=method, topk=TOPK))
         rows.append(score(system, name, meta, Pte, Yte, cal, counts, {
             "threads": threads, "train_s": round(res["train_s"], 2), "predict_s": round(res["predict_s"], 2),
+            "sibling_train_s": round(res["sibling_train_s"], 2),
             "peak_rss_mb": round(res["peak_rss_mb"], 1), "version": res["version"],
             "calibration": "its predict_proba (thresholds only)" if method == "none" else "our isotonic on its probabilities"}))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
+def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[dict]:
+    """Per C (Cp = Cn = C): micro-/macro-F1 of calibrated sets on the held-out documents, two-fold
+    over their halves (no test document is read)."""
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+    from xmc_core.metrics import MetricParams, ranking_metrics, set_report
+    from xmc_core.model import XRLinearParams, train_xr_linear
+
+    out = REPO / "bench" / "out" / "data" / f"{name}-sets"
+    meta = prepare(data_root / name, out)
+    Xtr, Ytr, Xdv, Ydv = (load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev"))
+    counts = np.diff(smat.csc_matrix(Ytr).indptr)
+    names = [str(j) for j in range(Ytr.shape[1])]
+    perm = np.random.default_rng(0).permutation(Xdv.shape[0])
+    halves = (perm[: len(perm) // 2], perm[len(perm) // 2:])
+    rows = []
+    for c in cs:
+        params = XRLinearParams().merged({"ranker": {"Cp": c, "Cn": c, "threads": threads}, "tree": {"threads": threads}})
+        t0 = time.perf_counter()
+        model = train_xr_linear(Ytr, names, params, X=Xtr)
+        train_s = time.perf_counter() - t0
+        P = model.predict(Xdv, topk=TOPK)
+        f1 = []
+        for fit_on, score_on in (halves, halves[::-1]):
+            cal = fit_calibration(P[fit_on], Ydv[fit_on], counts, CalibrationParams(topk=TOPK))
+            Pp = cal.proba(P[score_on])
+            mi = set_report(Ydv[score_on], cal.decide(Pp, "micro"), counts)
+            ma = set_report(Ydv[score_on], cal.decide(Pp, "macro"), counts)
+            f1.append((mi["micro_f1"], ma["macro_f1_all"], ma["macro_f1"]))
+        f1 = np.mean(f1, axis=0)
+        rk = ranking_metrics(Ydv, P, MetricParams(ks=(1, 3, 5)))["p"]
+        r2 = lambda v: round(float(v), 2)  # noqa: E731
+        rows.append({"dataset": name, "system": f"xmc xr-linear C={c:g} (held-out halves)", "n_labels": meta["n_labels"],
+                     "n_train": meta["n_trn"], "n_test": meta["n_dev"], "threads": threads, "train_s": round(train_s, 2),
+                     "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]),
+                     "extra": {"C": c, "heldout_micro_f1": r2(f1[0]), "heldout_macro_f1_all": r2(f1[1]),
+                               "heldout_macro_f1": r2(f1[2]), "heldout": meta["heldout"],
+                               "scored_on": "held-out documents (not test), two-fold over halves"}})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
-    from record import Run
+    from record import Run, shown
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["eurlex57k", "yso-finna-en", "reuters-21578"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--preset", default="sets", help="xmc's XR-Linear preset (xmc_core/presets.py); default: sets")
+    ap.add_argument("--choose-c", type=float, nargs="+", default=None, metavar="C",
+                    help="instead of the comparison: score these ranker C values (Cp = Cn) on the held-out "
+                         "documents' halves")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     args = ap.parse_args(argv)
-    run = Run("sets", settings=vars(args))
-    rows = []
-    for name in args.datasets:
-        rows += run_dataset(name, Path(args.data_root), args.threads)
-    cols = ("micro_f1", "macro_f1", "macro_f1_all", "ece", "ece_raw", "few_macro_f1", "frequent_macro_f1")
-    print(f"{'dataset':<14} {'system':<24} {'P@1':>6} " + " ".join(f"{c:>17}" for c in cols) + f" {'train s':>8}")
-    for r in rows:
-        print(f"{r['dataset']:<14} {r['system']:<24} {r['p1']:>6.2f} "
-              + " ".join(f"{r['extra'][c]:>17.2f}" for c in cols) + f" {r['train_s']:>8.1f}")
-    csv, md = run.finish(args.db, rows, notes="Label sets: micro policy (one threshold) and macro policy (per-label "
-                                              "thresholds) tuned on the held-out documents; see bench/label_sets.py.")
-    print(f"run {run.run_id}: {csv.relative_to(REPO)}, {md.relative_to(REPO)}")
+    if args.choose_c:
+        run = Run("sets-c", settings=vars(args))
+        rows = []
+        for name in args.datasets:
+            rows += choose_c(name, Path(args.data_root), args.threads, args.choose_c)
+        cols = ("heldout_micro_f1", "heldout_macro_f1_all", "heldout_macro_f1")
+        print(f"{'dataset':<14} {'C':>5} {'P@1':>6} " + " ".join(f"{c:>20}" for c in cols) + f" {'train s':>8}")
+        for r in rows:
+            print(f"{r['dataset']:<14} {r['extra']['C']:>5g} {r['p1']:>6.2f} "
+                  + " ".join(f"{r['extra'][c]:>20.2f}" for c in cols) + f" {r['train_s']:>8.1f}")
+        notes = ("Ranker C (Cp = Cn) chosen on held-out documents only: calibrated on one half, sets scored on the "
+                 "other, both ways; see bench/label_sets.py --choose-c.")
+    else:
+        run = Run("sets", settings=vars(args))
+        rows = []
+        for name in args.datasets:
+            rows += run_dataset(name, Path(args.data_root), args.threads, args.preset)
+        cols = ("micro_f1", "macro_f1", "macro_f1_all", "ece", "ece_raw", "few_macro_f1", "frequent_macro_f1")
+        print(f"{'dataset':<14} {'system':<24} {'P@1':>6} " + " ".join(f"{c:>17}" for c in cols) + f" {'train s':>8}")
+        for r in rows:
+            print(f"{r['dataset']:<14} {r['system']:<24} {r['p1']:>6.2f} "
+                  + " ".join(f"{r['extra'][c]:>17.2f}" for c in cols) + f" {r['train_s']:>8.1f}")
+        notes = ("Label sets: micro policy (one threshold) and macro policy (per-label thresholds) tuned on the "
+                 "held-out documents by a sibling trained without them; the final model is trained on training + "
+                 "held-out documents; see bench/label_sets.py.")
+    csv, md = run.finish(args.db, rows, notes=notes)
+    print(f"run {run.run_id}: {shown(csv)}, {shown(md)}")
     return 0
 
 

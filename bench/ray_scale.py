@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="{}")
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     args = ap.parse_args(argv)
-    from record import Run
+    from record import Run, shown
 
     run = Run("ray", settings=vars(args))
     if args.model_from:
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
               f"{sp:>9.0f} / {r['peak_node_mb']:<9.0f} {r['peak_node_mb'] / sp:>6.2f} "
               f"{s['p@1']:.2f}/{s['p@3']:.2f}/{s['p@5']:.2f}".ljust(20) + f" {r['p@1']:.2f}/{r['p@3']:.2f}/{r['p@5']:.2f}")
     csv, md = run.finish(args.db, rows)
-    print(f"\nrecorded {run.run_id}: {csv.relative_to(REPO)}")
+    print(f"\nrecorded {run.run_id}: {shown(csv)}")
     return 0
 
 
@@ -156,6 +156,8 @@ def _print_model(name: str, model: list[dict]) -> None:
 def model_from(args, run) -> int:
     """The scaling model of every xmc-ray row of a recorded run (its task seconds and peaks)."""
     import csv
+
+    from record import shown
 
     src = REPO / "bench" / "results" / f"{args.model_from}.csv"
     rows = []
@@ -174,7 +176,7 @@ def model_from(args, run) -> int:
                          "n_labels": m["labels"], "train_s": m["makespan_s"], "peak_rss_mb": m["worker_mb"],
                          "extra": {**m, "from_run": args.model_from}})
     csv_path, _ = run.finish(args.db, rows, notes=f"scaling model from {args.model_from}")
-    print(f"\nrecorded {run.run_id}: {csv_path.relative_to(REPO)}")
+    print(f"\nrecorded {run.run_id}: {shown(csv_path)}")
     return 0
 
 

@@ -34,6 +34,13 @@ MD_COLUMNS = ("dataset", "system", "threads", "n_labels", "n_train", "n_test", "
               "peak_rss_mb", "p1", "p3", "p5")
 
 
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when it lies inside it (a record under $XMC_BENCH_RESULTS
+    may not)."""
+    path = Path(path)
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def new_run_id(bench: str) -> str:
     """``<bench>-<UTC yyyymmddThhmmss>-<6 hex>``, the form the README cites."""
     return f"{bench}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
@@ -137,7 +144,7 @@ class Run:
             cells = [_cell(row[c]) for c in MD_COLUMNS] + [f"`{row['extra']}`" if row["extra"] else ""]
             lines.append("| " + " | ".join(cells) + " |")
         md.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print(f"record: {csv.relative_to(REPO) if csv.is_relative_to(REPO) else csv} and .md", flush=True)
+        print(f"record: {shown(csv)} and .md", flush=True)
         return csv, md
 
 

@@ -79,6 +79,11 @@ def _check_args(args) -> None:
     if args.command == "train":
         if args.calibration_params and not args.calibrate:
             raise UsageError("--calibration-params goes with --calibrate")
+        if args.refit and not args.calibrate:
+            raise UsageError("--refit goes with --calibrate")
+        if args.refit and args.method not in ("xr-linear", "xr-linear-ld"):
+            raise UsageError(f"--refit: xr-linear and xr-linear-ld; {args.method} is calibrated on the dev split it "
+                             "did not train on (drop --refit)")
         if args.features != "auto" and args.method in ("xr-transformer", "xlgen"):
             raise UsageError(f"--features: {args.method} reads the raw texts; --features applies to xr-linear and "
                              "xr-linear-ld")
@@ -272,10 +277,35 @@ def cmd_train(args) -> dict:
     cal_params = _calibration_params(args.calibration_params) if args.calibrate else None
     ds, load_s = _train_split(args)
     texts, X, features = _train_features(ds, args)
-    fingerprint = data_fingerprint(ds.train.Y, texts, X)  # before X is normalized in place
-    log(memory.add({"stage": "load", "seconds": load_s, "n_train": ds.train.n}))
+    import scipy.sparse as smat
+
+    Y = ds.train.Y
+    refit = bool(args.calibrate and args.refit and ds.dev is not None)
+    if refit:
+        dev_inputs = ds.dev.texts if texts is not None else ds.dev.X
+        if dev_inputs is None:
+            raise UsageError(f"--refit: the dev split of {args.data} has no "
+                             f"{'raw texts' if texts is not None else 'feature matrix'} to train on")
+        # the final model learns from train + dev; the calibration comes from a train-only sibling
+        train_texts, train_X = texts, X
+        texts = list(texts) + list(dev_inputs) if texts is not None else None
+        X = smat.vstack([X, dev_inputs], format="csr") if X is not None else None
+        Y = smat.vstack([ds.train.Y, ds.dev.Y], format="csr")
+    fingerprint = data_fingerprint(Y, texts, X)  # before X is normalized in place
+    log(memory.add({"stage": "load", "seconds": load_s, "n_train": Y.shape[0]}))
     holdout = None
-    if args.calibrate and ds.dev is None:
+    if refit:
+        from .model import sibling_calibration
+
+        t0 = time.perf_counter()
+        try:
+            holdout = sibling_calibration(ds.train.Y, ds.label_names, params, dev_inputs, ds.dev.Y, cal_params,
+                                          texts=train_texts, X=train_X, log=log,
+                                          info={"source": "dev", "final_model": "train+dev"})
+        except ValueError as e:
+            raise UsageError(f"--calibrate --refit: {e}") from None
+        holdout_s = time.perf_counter() - t0
+    elif args.calibrate and ds.dev is None:
         # no dev split: a sibling trained on all but a held-out slice calibrates (before the final
         # training, which normalizes the split's X in place)
         from .model import holdout_calibration
@@ -289,7 +319,7 @@ def cmd_train(args) -> dict:
     t0 = time.perf_counter()
     try:
         # copy_X=False: the split's matrix is normalized in place, not copied (it is not used again)
-        model = train_xr_linear(ds.train.Y, ds.label_names, params, texts=texts, X=X, log=log,
+        model = train_xr_linear(Y, ds.label_names, params, texts=texts, X=X, log=log,
                                 label_titles=ds.label_titles, memory=memory, copy_X=False, engine=engine)
     except ValueError as e:  # data the stages cannot learn from (e.g. no term in min_df documents)
         if args.verbose:
@@ -300,9 +330,11 @@ def cmd_train(args) -> dict:
             raise
         raise UsageError(f"--engine ray: {e} (-v shows the traceback)") from None
     train_s = time.perf_counter() - t0
-    model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": ds.train.n,
+    model.info.update({"dataset": ds.name, "data": str(Path(args.data).resolve()), "n_train": Y.shape[0],
                        "train_s": train_s, "data_fingerprint": fingerprint})
-    model.set_label_counts(ds.train.Y)
+    if refit:
+        model.info["trained_on"] = "train+dev"
+    model.set_label_counts(Y)
     model.label_titles = ds.label_titles
     calibration = None
     if holdout is not None:
@@ -315,11 +347,13 @@ def cmd_train(args) -> dict:
     t0 = time.perf_counter()
     model.save(args.model)
     log(memory.add({"stage": "save", "seconds": time.perf_counter() - t0}))
-    out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": ds.train.n,
+    out = {"model": str(args.model), "method": model.method, "dataset": ds.name, "n_train": Y.shape[0],
            "n_labels": ds.n_labels, "n_features": model.n_features, "features": features,
            "load_s": round(load_s, 3), "train_s": round(train_s, 3), "peak_rss_mb": round(memory.run_peak_mb, 1)}
     if engine is not None:
         out["engine"] = engine.name
+    if refit:
+        out["trained_on"] = "train+dev"
     if calibration is not None:
         out["calibration"] = calibration
     if "disentangle" in model.info:
@@ -790,10 +824,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings, applied over the preset "
                                     "(sections tfidf, pifa, tree, ranker, pred, disentangle, ensemble; e.g. "
                                     "'{\"ranker\": {\"Cn\": 2}}'); default: none")
-    p.add_argument("--preset", choices=("default", "accurate", "accurate-text"), default="default",
+    p.add_argument("--preset", choices=("default", "accurate", "sets", "accurate-text"), default="default",
                    help="xr-linear settings to start from (--params applies over them): default, the fast "
                         "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
-                        "prediction time); accurate-text, the same with pretrained MiniLM embeddings joined to the "
+                        "prediction time); sets, the single model with less regularized rankers (Cp = Cn = 3) for "
+                        "calibrated label sets (about 2x the training time); accurate-text, the same with pretrained MiniLM embeddings joined to the "
                         "TF-IDF of raw texts (minutes of encoder time on CPU; xmc_core/presets.py)")
     p.add_argument("--threads", type=int, default=None,
                    help="worker threads (count) for TF-IDF, the tree, the rankers and BLAS; default: all cores")
@@ -817,6 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also fit probabilities and label-set thresholds (see 'xmc calibrate'): on the dev split "
                         "where the dataset has one; otherwise (xr-linear) a sibling model trained on all but a seeded "
                         "10%% of train is calibrated on that 10%% (the saved model is trained on all of train)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --calibrate on a dataset with a dev split (xr-linear): calibrate a model trained on "
+                        "train on the dev split, then save a model trained on train+dev with that calibration (as "
+                        "--calibrate does without a dev split); twice the training time, more training documents")
     p.add_argument("--calibration-params", default=None,
                    help="with --calibrate: JSON file or inline object of CalibrationParams (method, groups, topk, "
                         "max_set_size, at_least_one, min_label_positives, holdout_frac, seed); default: their defaults")

@@ -48,7 +48,8 @@ from .tree import LabelTree, TreeParams, build_tree
 from .xlinear import PredParams, RankerParams, XLinearModel
 
 __all__ = ["METHOD_XR_LINEAR", "METHOD_XR_LINEAR_LD", "XRLinearParams", "disentangle_stage", "XmcModel", "LabelSpace", "ModelFormatError", "read_model_meta", "load_model", "train_xr_linear", "check_predict_args", "evaluation_topk",
-           "fit_rankers", "evaluate_model", "Evaluation", "keep_topk", "set_evaluation", "holdout_calibration"]
+           "fit_rankers", "evaluate_model", "Evaluation", "keep_topk", "set_evaluation", "holdout_calibration",
+           "sibling_calibration"]
 
 #: method names: plain XR-Linear, and XR-Linear with label disentanglement (a `disentangle` section)
 METHOD_XR_LINEAR = "xr-linear"
@@ -785,14 +786,57 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
     return out
 
 
+def sibling_calibration(Y: smat.spmatrix, label_names: Sequence[str], params: XRLinearParams,
+                        held_inputs, held_Y: smat.spmatrix, cal_params: CalibrationParams | None = None,
+                        texts: Sequence[str] | None = None, X: smat.spmatrix | None = None,
+                        log: Callable[[dict], None] | None = None, tree: LabelTree | None = None,
+                        info: dict | None = None):
+    """A calibration from a sibling model: one with the final model's settings, trained on some
+    documents (Y with texts or X) and calibrated on others (held_inputs, held_Y) that the final
+    model may then be trained on as well. Its scores on new documents are distributed as the
+    final model's are, which a model calibrated on its own training documents' scores is not.
+
+    Args:
+        Y: N × L labels of the sibling's training documents; label_names: its L column names.
+        params: the final model's :class:`XRLinearParams`.
+        held_inputs: M held-out documents as the sibling's `predict` reads them (texts with
+            `texts`, feature rows with `X`).
+        held_Y: M × L' their labels, columns named `label_names` (L' = L).
+        cal_params: :class:`calibration.CalibrationParams` (None: defaults).
+        texts, X: the N training documents, as `train_xr_linear` takes them (one of the two; X is
+            not changed).
+        log: receives the sibling's stage records, marked {"sibling": True}.
+        tree: with X (ready features, l2-normalized rows): the final model's label tree, on which
+            the sibling trains only its rankers (the Dagster `calibration` asset); None: the
+            sibling builds its own tree.
+        info: what the held-out documents are, for `Calibration.info`.
+
+    Returns:
+        calibration.Calibration.
+
+    Raises:
+        ValueError: as `train_xr_linear` and `XmcModel.calibrate`.
+    """
+    emit = (lambda rec: log({**rec, "sibling": True})) if log is not None else None
+    if texts is not None:
+        sibling = train_xr_linear(Y, label_names, params, texts=list(texts), log=emit)
+    elif tree is not None:
+        sibling = fit_rankers(smat.csr_matrix(X, dtype=np.float32), Y, label_names, params, tree=tree, log=emit,
+                              disentangle=False)
+    else:
+        sibling = train_xr_linear(Y, label_names, params, X=X, log=emit)  # copy_X: the caller's X stays as it is
+    sibling.set_label_counts(Y)
+    return sibling.calibrate(held_inputs, held_Y, label_names, cal_params, info=info)
+
+
 def holdout_calibration(Y: smat.spmatrix, label_names: Sequence[str], params: XRLinearParams,
                         cal_params: CalibrationParams | None = None, texts: Sequence[str] | None = None,
                         X: smat.spmatrix | None = None, log: Callable[[dict], None] | None = None,
                         tree: LabelTree | None = None):
     """A calibration for a dataset without a dev split: a seeded `holdout_frac` of the training
     documents is held out, a sibling model with the same settings is trained on the others and
-    calibrated on the held-out ones. The final model (trained on all documents by the caller)
-    takes that calibration: its scores on new documents are distributed as the sibling's are.
+    calibrated on the held-out ones (:func:`sibling_calibration`). The final model (trained on
+    all documents by the caller) takes that calibration.
 
     Args:
         Y: N × L training label matrix; label_names: its L column names.
@@ -818,20 +862,12 @@ def holdout_calibration(Y: smat.spmatrix, label_names: Sequence[str], params: XR
                          f"{cal_params.holdout_frac}; give a dev split")
     held, rest = holdout_split(n, cal_params.holdout_frac, cal_params.seed)
     Y = smat.csr_matrix(Y)
-    emit = (lambda rec: log({**rec, "sibling": True})) if log is not None else None
     if texts is not None:
         texts = list(texts)
-        sibling = train_xr_linear(Y[rest], label_names, params, texts=[texts[i] for i in rest], log=emit)
-        inputs = [texts[i] for i in held]
-    elif tree is not None:
-        X = smat.csr_matrix(X, dtype=np.float32)
-        sibling = fit_rankers(X[rest], Y[rest], label_names, params, tree=tree, log=emit, disentangle=False)
-        inputs = X[held]
+        fit_on, held_inputs = {"texts": [texts[i] for i in rest]}, [texts[i] for i in held]
     else:
         X = smat.csr_matrix(X)
-        sibling = train_xr_linear(Y[rest], label_names, params, X=X[rest], log=emit)
-        inputs = X[held]
-    sibling.set_label_counts(Y[rest])
-    return sibling.calibrate(inputs, Y[held], label_names, cal_params,
-                             info={"source": "holdout", "holdout_frac": cal_params.holdout_frac,
-                                   "seed": cal_params.seed})
+        fit_on, held_inputs = {"X": X[rest]}, X[held]
+    return sibling_calibration(Y[rest], label_names, params, held_inputs, Y[held], cal_params, log=log, tree=tree,
+                               info={"source": "holdout", "holdout_frac": cal_params.holdout_frac,
+                                     "seed": cal_params.seed}, **fit_on)
