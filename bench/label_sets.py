@@ -122,8 +122,9 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
           **{f"{b}_{m}": r2(macro[f"{b}_{m}"] if m == "macro_f1" else micro[f"{b}_{m}"])
              for b in ("frequent", "few", "zero") for m in ("micro_f1", "macro_f1")},
           **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")},
-          "heldout": meta["heldout"], **extra}
-    return {"dataset": dataset, "system": system, "n_labels": meta["n_labels"], "n_train": meta["n_trn"],
+          "heldout": meta["heldout"], "n_sibling_train": meta["n_trn"], "n_heldout": meta["n_dev"], **extra}
+    # the scored model is the final one, trained on the training and the held-out documents
+    return {"dataset": dataset, "system": system, "n_labels": meta["n_labels"], "n_train": meta["n_trn"] + meta["n_dev"],
             "n_test": meta["n_tst"], **row, "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]), "extra": ex}
 
 

@@ -276,3 +276,57 @@ def test_cli_train_calibrate_holds_out_without_a_dev_split(tmp_path):
     assert info["holdout_frac"] == 0.2 and info["seed"] == 3
     r = _xmc("train", "--data", data, "--model", tmp_path / "m2", "--calibrate", "--calibration-params", '{"topk": 0}')
     assert r.returncode == 2 and "--calibration-params" in r.stderr and "topk" in r.stderr
+
+
+def test_cli_train_calibrate_refit_trains_on_train_and_dev(tmp_path):
+    from xmc_core.model import load_model
+
+    data = _raw_dataset(tmp_path / "data")  # 400 train, 150 dev
+    r = _xmc("train", "--data", data, "--model", tmp_path / "refit", "--calibrate", "--refit", "--preset", "sets")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["n_train"] == 550 and out["trained_on"] == "train+dev"
+    assert out["calibration"]["source"] == "dev" and out["calibration"]["n_docs"] == 150
+    r = _xmc("train", "--data", data, "--model", tmp_path / "plain", "--calibrate", "--preset", "sets")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["n_train"] == 400
+    # the calibration is the train-only model's on dev (what plain --calibrate fits); the saved
+    # model learned from the dev documents too
+    refit, plain = load_model(tmp_path / "refit"), load_model(tmp_path / "plain")
+    assert refit.calibration.threshold == pytest.approx(plain.calibration.threshold)
+    np.testing.assert_allclose(refit.calibration.label_threshold, plain.calibration.label_threshold, rtol=1e-6)
+    assert refit.calibration.info["final_model"] == "train+dev"
+    assert json.loads((tmp_path / "refit" / "params.json").read_text())["params"]["ranker"]["Cp"] == 3.0
+    assert refit.label_counts.sum() == plain.label_counts.sum() + plain.calibration.info["n_positives"]
+    r = _xmc("predict", "--model", tmp_path / "refit", "--text", "w0_1 w0_2 w0_3", "--sets")
+    assert r.returncode == 0 and "topic0" in json.loads(r.stdout)["labels"]
+    # --refit needs --calibrate, and an xr-linear method
+    for bad, says in ((["--refit"], "--refit goes with --calibrate"),
+                      (["--calibrate", "--refit", "--method", "xlgen"], "--refit: xr-linear")):
+        r = _xmc("train", "--data", data, "--model", tmp_path / "bad", *bad)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, (bad, r.stderr)
+        assert not (tmp_path / "bad").exists()
+    # without a dev split --calibrate already trains the saved model on everything: --refit is that
+    data2 = _raw_dataset(tmp_path / "data2", splits=("train", "test"), n=(500, 100))
+    r = _xmc("train", "--data", data2, "--model", tmp_path / "nodev", "--calibrate", "--refit")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["calibration"]["source"] == "holdout" and out["n_train"] == 500 and "trained_on" not in out
+
+
+def test_sibling_calibration_is_the_train_only_models():
+    from xmc_core.model import sibling_calibration
+
+    X, Y = clustered_problem(n=600, n_labels=24, seed=4)
+    X = (X * 3.0).tocsr()  # rows of norm 3: training would normalize them
+    names = [f"l{j}" for j in range(Y.shape[1])]
+    params = XRLinearParams().merged({"ranker": {"threads": 1}, "tree": {"threads": 1}})
+    X_before = X.copy()
+    cal = sibling_calibration(Y[:400], names, params, X[400:], Y[400:], CalibrationParams(topk=5, max_set_size=5), X=X[:400],
+                              info={"source": "dev"})
+    assert (X != X_before).nnz == 0  # the caller's matrix is not normalized in place
+    model = train_xr_linear(Y[:400], names, params, X=X[:400])
+    model.set_label_counts(Y[:400])
+    own = model.calibrate(X[400:], Y[400:], names, CalibrationParams(topk=5, max_set_size=5))
+    assert cal.threshold == pytest.approx(own.threshold) and cal.info["source"] == "dev"
+    np.testing.assert_allclose(cal.label_threshold, own.label_threshold, rtol=1e-6)
