@@ -33,10 +33,13 @@ def _parse_args(argv):
                     help=f"folder of dataset folders (default ${DATA_ROOT_ENV} or {DEFAULT_DATA_ROOT})")
     ap.add_argument("--max-rows", type=int, default=None, help="read only the first N documents of each split")
     ap.add_argument("--params", default="{}", help='XRLinearParams overrides as JSON, e.g. \'{"ranker": {"Cp": 2}}\'')
-    ap.add_argument("--preset", choices=("default", "accurate", "accurate-text"), default="default",
+    from xmc_core.presets import PRESETS
+
+    ap.add_argument("--preset", choices=tuple(PRESETS), default="default",
                     help="settings the --params apply over: default (fast single model), accurate (ensemble of 3 "
-                         "trees, about 3-4x the training time) or accurate-text (the same with pretrained "
-                         "embeddings of raw texts)")
+                         "trees, about 3-4x the training time), sets (less regularized rankers, Cp = Cn = 3, for "
+                         "calibrated label sets) or accurate-text (the ensemble with pretrained embeddings of raw "
+                         "texts)")
     return ap.parse_args(argv)
 
 

@@ -271,8 +271,9 @@ class XmcSettings(ConfigurableResource):
 
     params_json: XRLinearParams overrides as a JSON object, e.g. '{"ranker": {"Cp": 2}}', applied
         over the preset.
-    preset: "default" (the fast single model) or "accurate" (an ensemble of 3 trees,
-        `xmc_core.presets`); the code location reads it from XMC_PRESET.
+    preset: a name of `xmc_core.presets.PRESETS`: "default" (the fast single model), "accurate"
+        (an ensemble of 3 trees), "sets" (Cp = Cn = 3, for calibrated label sets) or
+        "accurate-text"; the code location reads it from XMC_PRESET.
     max_rows: read only the first N documents of each split (quick runs and tests).
     p1_margin: the blocking check on `metrics` fails when P@1 falls more than this many points
         below the last accepted run of the dataset (same max_rows slice).

@@ -788,6 +788,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
     ap = _Parser(prog="xmc", description="Extreme multi-label classification: train, calibrate, predict, evaluate, "
                                          "explain and describe models; results go to stdout (JSON lines or a "
                                          "table), progress and errors to stderr.")
@@ -824,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON file or inline JSON object of nested settings, applied over the preset "
                                     "(sections tfidf, pifa, tree, ranker, pred, disentangle, ensemble; e.g. "
                                     "'{\"ranker\": {\"Cn\": 2}}'); default: none")
-    p.add_argument("--preset", choices=("default", "accurate", "sets", "accurate-text"), default="default",
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default",
                    help="xr-linear settings to start from (--params applies over them): default, the fast "
                         "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
                         "prediction time); sets, the single model with less regularized rankers (Cp = Cn = 3) for "
