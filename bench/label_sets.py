@@ -14,9 +14,12 @@ Protocol, the same for every system:
   final model, whose test predictions are scored, is trained on training + held-out documents and
   keeps that calibration. (Calibrating on documents the scoring model was trained on would make
   the probabilities over-confident; retraining on them after calibration does not.)
-- xmc: `train_xr_linear` with preset "sets" (Cp = Cn = 3; chosen by `--choose-c` on eurlex57k's dev
-  split alone, below), `calibrate` (isotonic by frequency group; thresholds for micro-F1 and
-  per-label for macro-F1), sets on test;
+- xmc: `train_xr_linear` (defaults) with the rankers' C (Cp = Cn) chosen per dataset from `--c-grid`
+  (1 and 3; 3 is preset "sets") without reading test: a sibling per C, the held-out documents split
+  in halves, each half's calibration deciding the other's sets, best mean micro-F1 kept (see
+  `--choose-c`); then `calibrate` on all held-out documents (isotonic by frequency group;
+  thresholds for micro-F1 and per-label for macro-F1), sets on test. sibling_train_s sums the
+  siblings;
 - napkinXC: `PLT` (its defaults: logistic loss, liblinear C 10; seed 0) in bench/.venv-peers; its
   `predict_proba` top-20 are taken as probabilities (calibration method "none"); the same threshold
   search on the same held-out documents gives its micro and macro policies. Its Python package
@@ -25,12 +28,13 @@ Protocol, the same for every system:
 Metrics on test: micro-F1 of the micro policy, macro-F1 of the macro policy over labels present in
 test and over all labels, ECE / Brier of the probabilities (top-20 pairs, 15 bins) and of the raw
 scores, per EURLEX57K frequency bucket (frequent >= 50 training documents, few 1-49, zero 0).
-train_s is the final model's training (the sibling's is `sibling_train_s`).
+train_s is the final model's training.
 
-`--choose-c C...` picks the rankers' C (Cp = Cn = C) without looking at test: per C, a model trained
-on the training documents scores the held-out ones; they are split in two halves (seed 0), each
-half's calibration decides the other half's sets, and the two halves' micro-F1 and macro-F1 are
-averaged. No test document is read.
+`--choose-c C...` records that held-out choice for a longer grid of C (Cp = Cn = C), as a run of its
+own: per C, a model trained on the training documents scores the held-out ones; they are split in
+two halves (seed 0), each half's calibration decides the other half's sets, and the two halves'
+micro-F1 and macro-F1 are averaged, beside held-out P@k and training seconds. No test document is
+read.
 
 Prints a table, appends rows to DuckDB `benchmark` and writes bench/results/<run_id>.csv/.md.
 """
@@ -128,10 +132,29 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
             "n_test": meta["n_tst"], **row, "p1": r2(rk[1]), "p3": r2(rk[3]), "p5": r2(rk[5]), "extra": ex}
 
 
-def run_dataset(name: str, data_root: Path, threads: int, preset: str) -> list[dict]:
+def heldout_halves_f1(P: smat.csr_matrix, Y: smat.csr_matrix, counts: np.ndarray) -> tuple[float, float, float]:
+    """(micro-F1 of the micro policy, macro-F1 of the macro policy over all labels and over the
+    labels present) of held-out predictions P, two-fold: each half's calibration decides the other
+    half's sets (halves seed 0), the two halves averaged. Percent."""
     from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.model import XRLinearParams, sibling_calibration, train_xr_linear
-    from xmc_core.presets import preset_overrides
+    from xmc_core.metrics import set_report
+
+    perm = np.random.default_rng(0).permutation(P.shape[0])
+    halves = (perm[: len(perm) // 2], perm[len(perm) // 2:])
+    f1 = []
+    for fit_on, score_on in (halves, halves[::-1]):
+        cal = fit_calibration(P[fit_on], Y[fit_on], counts, CalibrationParams(topk=TOPK))
+        Pp = cal.proba(P[score_on])
+        mi = set_report(Y[score_on], cal.decide(Pp, "micro"), counts)
+        ma = set_report(Y[score_on], cal.decide(Pp, "macro"), counts)
+        f1.append((mi["micro_f1"], ma["macro_f1_all"], ma["macro_f1"]))
+    return tuple(float(v) for v in np.mean(f1, axis=0))
+
+
+def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: list[float]) -> list[dict]:
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+    from xmc_core.model import XRLinearParams, train_xr_linear
+    from xmc_core.presets import merge_overrides, preset_overrides
 
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
     t0 = time.perf_counter()
@@ -140,17 +163,30 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str) -> list[d
     Xtr, Ytr, Xdv, Ydv, Xte, Yte = (load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst"))
     counts = np.diff(smat.csc_matrix(Ytr).indptr)
     names = [str(j) for j in range(Ytr.shape[1])]
-    X_all, Y_all = smat.vstack([Xtr, Xdv], format="csr"), smat.vstack([Ytr, Ydv], format="csr")
     rows = []
 
-    # xmc: a train-only sibling calibrates on the held-out documents; the final model trains on both
-    params = XRLinearParams().merged(preset_overrides(preset, {"ranker": {"threads": threads},
-                                                               "tree": {"threads": threads}}))
+    # xmc: per C of the grid, a sibling trained on the training documents scores the held-out ones;
+    # the C whose calibrated sets do best on the held-out halves (micro-F1) is kept, its sibling's
+    # scores on all held-out documents are calibrated, and the final model trains on both
+    base = preset_overrides(preset, {"ranker": {"threads": threads}, "tree": {"threads": threads}})
+    by_c, sibling_s = {}, 0.0
+    for c in c_grid:
+        params_c = XRLinearParams().merged(merge_overrides(base, {"ranker": {**base["ranker"], "Cp": c, "Cn": c}}))
+        t0 = time.perf_counter()
+        sibling = train_xr_linear(Ytr, names, params_c, X=Xtr)
+        sibling_s += time.perf_counter() - t0
+        P_dev = sibling.predict(Xdv, topk=TOPK)
+        del sibling
+        by_c[c] = (heldout_halves_f1(P_dev, Ydv, counts), P_dev, params_c)
+        print(f"[{name}] C={c:g}: held-out halves micro/macro-F1 {by_c[c][0]}", file=sys.stderr, flush=True)
+    best = max(c_grid, key=lambda c: (round(by_c[c][0][0], 2), -c))  # ties: the smaller C
+    _, P_dev, params = by_c[best]
+    cal = fit_calibration(P_dev, Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
+    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c][0]] for c in c_grid}
+    del by_c
     t0 = time.perf_counter()
-    cal = sibling_calibration(Ytr, names, params, Xdv, Ydv, CalibrationParams(topk=TOPK), X=Xtr)
-    sibling_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model = train_xr_linear(Y_all, names, params, X=X_all)
+    model = train_xr_linear(smat.vstack([Ytr, Ydv], format="csr"), names, params,
+                            X=smat.vstack([Xtr, Xdv], format="csr"))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     P = model.predict(Xte, topk=TOPK)
@@ -159,7 +195,8 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str) -> list[d
         # no peak_rss_mb: training resets this process's high-water mark per stage (`memory.StageMemory`),
         # so ru_maxrss here is not the run's peak; bench/compare_peers.py measures memory
         "threads": threads, "train_s": round(train_s, 2), "predict_s": round(predict_s, 2),
-        "sibling_train_s": round(sibling_s, 2), "preset": preset, "ranker_C": [params.ranker.Cp, params.ranker.Cn],
+        "sibling_train_s": round(sibling_s, 2), "preset": preset, "ranker_C": best,
+        "heldout_micro_macro_all_macro_f1_by_C": heldout_by_c,
         "calibration": "isotonic by frequency group"}))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     del model
@@ -189,8 +226,7 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str) -> list[d
 def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[dict]:
     """Per C (Cp = Cn = C): micro-/macro-F1 of calibrated sets on the held-out documents, two-fold
     over their halves (no test document is read)."""
-    from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.metrics import MetricParams, ranking_metrics, set_report
+    from xmc_core.metrics import MetricParams, ranking_metrics
     from xmc_core.model import XRLinearParams, train_xr_linear
 
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
@@ -198,8 +234,6 @@ def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[
     Xtr, Ytr, Xdv, Ydv = (load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev"))
     counts = np.diff(smat.csc_matrix(Ytr).indptr)
     names = [str(j) for j in range(Ytr.shape[1])]
-    perm = np.random.default_rng(0).permutation(Xdv.shape[0])
-    halves = (perm[: len(perm) // 2], perm[len(perm) // 2:])
     rows = []
     for c in cs:
         params = XRLinearParams().merged({"ranker": {"Cp": c, "Cn": c, "threads": threads}, "tree": {"threads": threads}})
@@ -207,14 +241,7 @@ def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[
         model = train_xr_linear(Ytr, names, params, X=Xtr)
         train_s = time.perf_counter() - t0
         P = model.predict(Xdv, topk=TOPK)
-        f1 = []
-        for fit_on, score_on in (halves, halves[::-1]):
-            cal = fit_calibration(P[fit_on], Ydv[fit_on], counts, CalibrationParams(topk=TOPK))
-            Pp = cal.proba(P[score_on])
-            mi = set_report(Ydv[score_on], cal.decide(Pp, "micro"), counts)
-            ma = set_report(Ydv[score_on], cal.decide(Pp, "macro"), counts)
-            f1.append((mi["micro_f1"], ma["macro_f1_all"], ma["macro_f1"]))
-        f1 = np.mean(f1, axis=0)
+        f1 = heldout_halves_f1(P, Ydv, counts)
         rk = ranking_metrics(Ydv, P, MetricParams(ks=(1, 3, 5)))["p"]
         r2 = lambda v: round(float(v), 2)  # noqa: E731
         rows.append({"dataset": name, "system": f"xmc xr-linear C={c:g} (held-out halves)", "n_labels": meta["n_labels"],
@@ -233,7 +260,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["eurlex57k", "yso-finna-en", "reuters-21578"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--preset", default="sets", help="xmc's XR-Linear preset (xmc_core/presets.py); default: sets")
+    ap.add_argument("--preset", default="default", help="xmc's XR-Linear preset (xmc_core/presets.py); default: default")
+    ap.add_argument("--c-grid", type=float, nargs="+", default=[1.0, 3.0], metavar="C",
+                    help="ranker C values (Cp = Cn) tried per dataset; the one whose calibrated sets do best on the "
+                         "held-out halves is kept (default: 1 3)")
     ap.add_argument("--choose-c", type=float, nargs="+", default=None, metavar="C",
                     help="instead of the comparison: score these ranker C values (Cp = Cn) on the held-out "
                          "documents' halves")
@@ -256,7 +286,7 @@ def main(argv=None) -> int:
         run = Run("sets", settings=vars(args))
         rows = []
         for name in args.datasets:
-            rows += run_dataset(name, Path(args.data_root), args.threads, args.preset)
+            rows += run_dataset(name, Path(args.data_root), args.threads, args.preset, args.c_grid)
         cols = ("micro_f1", "macro_f1", "macro_f1_all", "ece", "ece_raw", "few_macro_f1", "frequent_macro_f1")
         print(f"{'dataset':<14} {'system':<24} {'P@1':>6} " + " ".join(f"{c:>17}" for c in cols) + f" {'train s':>8}")
         for r in rows:
