@@ -830,8 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="xr-linear settings to start from (--params applies over them): default, the fast "
                         "single model; accurate, an ensemble of 3 trees (about 3-4x the training time and 3x the "
                         "prediction time); sets, the single model with less regularized rankers (Cp = Cn = 3) for "
-                        "calibrated label sets (about 2x the training time); accurate-text, the same with pretrained MiniLM embeddings joined to the "
-                        "TF-IDF of raw texts (minutes of encoder time on CPU; xmc_core/presets.py)")
+                        "calibrated label sets on long documents (longer ranker training); accurate-text, the "
+                        "accurate ensemble with pretrained MiniLM embeddings joined to the TF-IDF of raw texts "
+                        "(minutes of encoder time on CPU; xmc_core/presets.py)")
     p.add_argument("--threads", type=int, default=None,
                    help="worker threads (count) for TF-IDF, the tree, the rankers and BLAS; default: all cores")
     p.add_argument("--max-rows", type=int, default=None,

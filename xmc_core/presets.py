@@ -7,12 +7,13 @@ location's `XmcSettings.preset`, `bench/compare_peers.py --xmc-presets`.
   which raised P@1 on delicious and reuters-21578 (means over 3 seeds in the closing note of
   issue 25); averaging the three also evens out the trees' clustering errors. Training costs
   about three single models, prediction three beam searches.
-- "sets": the single model with less regularized rankers (Cp = Cn = 3, PECOS's C): meant for
-  calibrated label sets (`--calibrate`). On eurlex57k's dev split (calibrated on one half, scored
-  on the other, both ways) it raised micro-F1 of the micro policy from 74.73 to 75.59 and
-  macro-F1 over all labels from 24.02 to 25.19; P@1 went from 91.97 to 91.67 (about 18 of 6,000
-  documents). C = 2 / 4 / 6 / 8 gave 75.39 / 75.69 / 75.63 / 75.66 micro-F1 while training took
-  1.5 / 2.5 / 3.1 / 3.6x the default's time (C = 3: 2.1x); README "Label sets".
+- "sets": the single model with less regularized rankers (Cp = Cn = 3, PECOS's C), for calibrated
+  label sets (`--calibrate`) on long documents. On held-out documents (calibrated on one half,
+  scored on the other, both ways; run sets-20261201T032602-3e959c) it raised micro-F1 of the micro
+  policy from 74.73 to 75.59 on eurlex57k and from 89.51 to 90.15 on reuters-21578, but lowered it
+  from 25.65 to 24.31 on yso-finna-en's short titles: check it on your own held-out documents
+  (`bench/label_sets.py --choose-c`, which also records each C's training seconds). Its rankers
+  train longer than the default's: the solver needs more passes at a higher C.
 - "accurate-text": "accurate" with every member's features joined by all-MiniLM-L6-v2's
   embeddings of the raw text (`EnsembleParams.embedding`; XR-Transformer's pretrained block,
   without fine-tuning): minutes of encoder time on CPU, raw-text datasets only.
