@@ -151,10 +151,25 @@ def heldout_halves_f1(P: smat.csr_matrix, Y: smat.csr_matrix, counts: np.ndarray
     return tuple(float(v) for v in np.mean(f1, axis=0))
 
 
+def sibling_at_c(base: dict, c: float, Xtr, Ytr, Xdv, Ydv, counts: np.ndarray, names: list[str]) -> dict:
+    """A sibling with the overrides `base` and the rankers' C (Cp = Cn = c), trained on the training
+    documents: its held-out top-TOPK scores `P_dev`, their `heldout_halves_f1`, its `params` and
+    `train_s` (seconds)."""
+    from xmc_core.model import XRLinearParams, train_xr_linear
+    from xmc_core.presets import merge_overrides
+
+    params = XRLinearParams().merged(merge_overrides(base, {"ranker": {"Cp": c, "Cn": c}}))
+    t0 = time.perf_counter()
+    sibling = train_xr_linear(Ytr, names, params, X=Xtr)
+    train_s = time.perf_counter() - t0
+    P_dev = sibling.predict(Xdv, topk=TOPK)
+    return {"P_dev": P_dev, "f1": heldout_halves_f1(P_dev, Ydv, counts), "params": params, "train_s": train_s}
+
+
 def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: list[float]) -> list[dict]:
     from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.model import XRLinearParams, train_xr_linear
-    from xmc_core.presets import merge_overrides, preset_overrides
+    from xmc_core.model import train_xr_linear
+    from xmc_core.presets import preset_overrides
 
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
     t0 = time.perf_counter()
@@ -169,20 +184,15 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: l
     # the C whose calibrated sets do best on the held-out halves (micro-F1) is kept, its sibling's
     # scores on all held-out documents are calibrated, and the final model trains on both
     base = preset_overrides(preset, {"ranker": {"threads": threads}, "tree": {"threads": threads}})
-    by_c, sibling_s = {}, 0.0
+    by_c = {}
     for c in c_grid:
-        params_c = XRLinearParams().merged(merge_overrides(base, {"ranker": {**base["ranker"], "Cp": c, "Cn": c}}))
-        t0 = time.perf_counter()
-        sibling = train_xr_linear(Ytr, names, params_c, X=Xtr)
-        sibling_s += time.perf_counter() - t0
-        P_dev = sibling.predict(Xdv, topk=TOPK)
-        del sibling
-        by_c[c] = (heldout_halves_f1(P_dev, Ydv, counts), P_dev, params_c)
-        print(f"[{name}] C={c:g}: held-out halves micro/macro-F1 {by_c[c][0]}", file=sys.stderr, flush=True)
-    best = max(c_grid, key=lambda c: (round(by_c[c][0][0], 2), -c))  # ties: the smaller C
-    _, P_dev, params = by_c[best]
-    cal = fit_calibration(P_dev, Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
-    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c][0]] for c in c_grid}
+        by_c[c] = sibling_at_c(base, c, Xtr, Ytr, Xdv, Ydv, counts, names)
+        print(f"[{name}] C={c:g}: held-out halves micro/macro-F1 {by_c[c]['f1']}", file=sys.stderr, flush=True)
+    best = max(c_grid, key=lambda c: (round(by_c[c]["f1"][0], 2), -c))  # ties: the smaller C
+    params = by_c[best]["params"]
+    cal = fit_calibration(by_c[best]["P_dev"], Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
+    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c]["f1"]] for c in c_grid}
+    sibling_s = sum(by_c[c]["train_s"] for c in c_grid)
     del by_c
     t0 = time.perf_counter()
     model = train_xr_linear(smat.vstack([Ytr, Ydv], format="csr"), names, params,
@@ -227,7 +237,6 @@ def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[
     """Per C (Cp = Cn = C): micro-/macro-F1 of calibrated sets on the held-out documents, two-fold
     over their halves (no test document is read)."""
     from xmc_core.metrics import MetricParams, ranking_metrics
-    from xmc_core.model import XRLinearParams, train_xr_linear
 
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
     meta = prepare(data_root / name, out)
@@ -235,14 +244,11 @@ def choose_c(name: str, data_root: Path, threads: int, cs: list[float]) -> list[
     counts = np.diff(smat.csc_matrix(Ytr).indptr)
     names = [str(j) for j in range(Ytr.shape[1])]
     rows = []
+    base = {"ranker": {"threads": threads}, "tree": {"threads": threads}}
     for c in cs:
-        params = XRLinearParams().merged({"ranker": {"Cp": c, "Cn": c, "threads": threads}, "tree": {"threads": threads}})
-        t0 = time.perf_counter()
-        model = train_xr_linear(Ytr, names, params, X=Xtr)
-        train_s = time.perf_counter() - t0
-        P = model.predict(Xdv, topk=TOPK)
-        f1 = heldout_halves_f1(P, Ydv, counts)
-        rk = ranking_metrics(Ydv, P, MetricParams(ks=(1, 3, 5)))["p"]
+        sib = sibling_at_c(base, c, Xtr, Ytr, Xdv, Ydv, counts, names)
+        f1, train_s = sib["f1"], sib["train_s"]
+        rk = ranking_metrics(Ydv, sib["P_dev"], MetricParams(ks=(1, 3, 5)))["p"]
         r2 = lambda v: round(float(v), 2)  # noqa: E731
         rows.append({"dataset": name, "system": f"xmc xr-linear C={c:g} (held-out halves)", "n_labels": meta["n_labels"],
                      "n_train": meta["n_trn"], "n_test": meta["n_dev"], "threads": threads, "train_s": round(train_s, 2),
