@@ -104,6 +104,27 @@ def test_dcd_lanes_solve_each_column_as_alone():
     assert v_single[0] > 2 * 120  # more than one pass: shrinking and the stop are exercised
 
 
+def test_dcd_lanes_vectorized_equals_plain_python():
+    # the lane kernel is compiled with LLVM's SLP vectorizer (kernels.slp_vectorized), which numba
+    # leaves off after miscompilations elsewhere: its triplets must equal those of the same
+    # kernel run as plain Python, bit for bit, on a problem whose lanes shrink and stop apart
+    from xmc_core import kernels
+
+    rng = np.random.default_rng(5)
+    X = smat.random(70, 25, density=0.3, random_state=6, format="csr", dtype=np.float32)
+    Y8 = (rng.random((70, 19)) < rng.uniform(0.05, 0.6, size=19)).astype(np.uint8)
+    args = (X.indptr.astype(np.int64), X.indices.astype(np.int32).view(np.uint32), X.data, 25, Y8,
+            np.arange(19, dtype=np.int64), 1.0, 2.0, 0.1, 30, 7, 0.01)
+    v_fast, v_py = np.zeros(19, np.int64), np.zeros(19, np.int64)
+    fast = kernels.dcd_squared_hinge_lanes(*args, v_fast, kernels.LANES)
+    plain = kernels.dcd_squared_hinge_lanes.dispatcher.py_func(*args, v_py, kernels.LANES)
+    assert kernels.dcd_squared_hinge_lanes.dispatcher.signatures  # compiled, not interpreted
+    assert len(fast[2]) > 50 and (v_fast > 70).all()
+    np.testing.assert_array_equal(v_fast, v_py)
+    for a, b in zip(fast, plain):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_dcd_and_newton_rankers_agree(toy):
     X, Y = toy
     tree = build_tree(pifa(X, Y), TreeParams(nr_splits=4, max_leaf_size=5))
