@@ -45,6 +45,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import scipy.sparse as sp
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import timed_predictions  # noqa: E402  (bench/timing.py: standard library only)
+
 TOPK = 10
 
 
@@ -173,13 +176,12 @@ def run_pecos(Xtr, Ytr, Xte, args, info: dict):
                 shutil.rmtree(tmpdir, ignore_errors=True)
     info["pecos_predict"] = args.pecos_predict
 
-    t0 = time.perf_counter()
-    if model.is_predict_only:
-        Yp = model.predict(Xte, only_topk=TOPK, threads=threads)
-    else:
-        Yp = model.predict(Xte, beam_size=args.beam_size, only_topk=TOPK, threads=threads)
-    preds = topk_from_score_csr(Yp, TOPK)
-    info["predict_s"] = time.perf_counter() - t0
+    def pred(X):
+        if model.is_predict_only:
+            return topk_from_score_csr(model.predict(X, only_topk=TOPK, threads=threads), TOPK)
+        return topk_from_score_csr(model.predict(X, beam_size=args.beam_size, only_topk=TOPK, threads=threads), TOPK)
+
+    preds, info["predict_s"], info["predict_runs_s"] = timed_predictions(pred, Xte, args.predict_repeats)
 
     if args.model_dir and not os.path.exists(os.path.join(args.model_dir, "param.json")):
         xlm.save(args.model_dir)
@@ -237,13 +239,13 @@ def run_omikuji(Xtr, Ytr, Xte, args, info: dict):
     def pred_one(fv):
         return [lab for lab, _ in model.predict(fv, beam_size=args.beam_size, top_k=TOPK)]
 
-    t0 = time.perf_counter()
-    if threads > 1:
-        with ThreadPoolExecutor(max_workers=threads) as ex:
-            preds = list(ex.map(pred_one, rows, chunksize=64))
-    else:
-        preds = [pred_one(fv) for fv in rows]
-    info["predict_s"] = time.perf_counter() - t0
+    def pred(rs):
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=threads) as ex:
+                return list(ex.map(pred_one, rs, chunksize=64))
+        return [pred_one(fv) for fv in rs]
+
+    preds, info["predict_s"], info["predict_runs_s"] = timed_predictions(pred, rows, args.predict_repeats)
 
     if args.model_dir:
         os.makedirs(args.model_dir, exist_ok=True)
@@ -270,9 +272,8 @@ def run_napkinxc(Xtr, Ytr, Xte, args, info: dict):
         model.fit(Xtr, Ytr)
         info["train_s"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        preds = model.predict(Xte, top_k=TOPK)
-        info["predict_s"] = time.perf_counter() - t0
+        preds, info["predict_s"], info["predict_runs_s"] = timed_predictions(
+            lambda X: model.predict(X, top_k=TOPK), Xte, args.predict_repeats)
     finally:
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -293,6 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--beam-size", type=int, default=10, help="pecos/omikuji beam (napkinxc default uses exact search)")
     ap.add_argument("--model-dir", default=None, help="optionally save the trained model here")
+    ap.add_argument("--predict-repeats", type=int, default=3,
+                    help="timed predictions after an untimed warm-up on 64 rows; predict_s is their median")
     ap.add_argument(
         "--pecos-predict",
         choices=("predict-only", "in-memory"),
