@@ -26,13 +26,14 @@ __all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "beam_row_step", "
 _SCRATCH = threading.local()
 
 
-def scratch(name: str, n: int) -> np.ndarray:
-    """A per-thread int64 array of at least n entries, all -1, for the kernels that take one
-    (`slot` of score_pairs, `colmap` of gather_rows / balanced_2means) and leave it so: one
-    allocation per thread, not one per call (a one-row request would pay it per level)."""
+def scratch(name: str, n: int, fill: int = -1) -> np.ndarray:
+    """A per-thread int64 array of at least n entries, all `fill`, for the kernels that take one
+    (`slot` (-1) and `present` (0) of score_pairs, `colmap` of gather_rows / balanced_2means) and
+    leave it so: one allocation per thread, not one per call (a one-row request would pay it per
+    level). A name always comes with the same fill."""
     arr = getattr(_SCRATCH, name, None)
     if arr is None or len(arr) < n:
-        arr = np.full(n, -1, np.int64)
+        arr = np.full(n, fill, np.int64)
         setattr(_SCRATCH, name, arr)
     return arr
 
@@ -270,7 +271,7 @@ _COUNT_MASK = (1 << _COUNT_BITS) - 1
 
 @njit(nogil=True, cache=True)
 def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, order,
-                recs, ent_off, entries, rec_off, n_child, b_shift, b_off, b_ptr, slot, out):
+                recs, ent_off, entries, rec_off, n_child, b_shift, b_off, b_ptr, slot, present, out):
     """Raw scores of every child of each (instance, parent) pair of a beam step.
 
     x_*: the instances, CSR with sorted indices. Pair q scores instance pair_rows[q] against chunk
@@ -281,7 +282,11 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
 
     * scatter: the chunk's entry spans (first entry << 24 | count) are written once into `slot`
       (a length-n_features int64 scratch array of -1, left as it was found), then one lookup
-      per feature. Cost: 2 × the chunk's rows, plus nnz(x) per pair; what a batch wants.
+      per feature. Cost: 2 × the chunk's rows, plus nnz(x) per pair; what a batch wants. The
+      chunk's features are also marked in `present` (an int64 scratch bitmap of n_features / 64
+      + 1 words, zeros, left so): most of a document's features have no weight in a given chunk,
+      and their test reads a bitmap that stays in cache (62 KB for eurlex57k's 498k features)
+      instead of a 4 MB slot table (eurlex57k batch prediction ~1.2× faster).
     * lookup: the chunk's bucket index (b_shift, b_off, b_ptr: `build_buckets`) gives a
       feature's record in two reads. Cost: 2 × nnz(x) per pair; what one document (a request)
       or a few want against big chunks.
@@ -299,7 +304,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
         if c != cur:
             if scattered:
                 for a in range(rec_off[cur], rec_off[cur + 1] - 1):
-                    slot[recs[2 * a]] = -1
+                    f = recs[2 * a]
+                    slot[f] = -1
+                    present[f >> 6] = 0
             # the group's instance nonzeros decide between scatter and lookup
             work = 0
             g = qq
@@ -311,7 +318,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
             if scattered:  # a feature's entries straight from its slot: first << 24 | count
                 base = ent_off[c]
                 for a in range(rec_off[c], rec_off[c + 1] - 1):
-                    slot[recs[2 * a]] = ((base + recs[2 * a + 1]) << _COUNT_BITS) | (recs[2 * a + 3] - recs[2 * a + 1])
+                    f = recs[2 * a]
+                    slot[f] = ((base + recs[2 * a + 1]) << _COUNT_BITS) | (recs[2 * a + 3] - recs[2 * a + 1])
+                    present[f >> 6] |= np.int64(1) << (f & 63)
             cur = c
         i = pair_rows[q]
         o = pair_out[q]
@@ -324,9 +333,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
         for p in range(x_indptr[i], x_indptr[i + 1]):
             f = x_indices[p]
             if scattered:
-                span = slot[f]
-                if span < 0:
+                if not (present[f >> 6] >> (f & 63)) & 1:
                     continue
+                span = slot[f]
                 e0 = 2 * (span >> _COUNT_BITS)
                 e1 = e0 + 2 * (span & _COUNT_MASK)
             else:
@@ -340,7 +349,9 @@ def score_pairs(x_indptr, x_indices, x_data, pair_rows, pair_chunks, pair_out, o
                 out[o + entries[e]] += xv * vals[e + 1]
     if scattered:
         for a in range(rec_off[cur], rec_off[cur + 1] - 1):
-            slot[recs[2 * a]] = -1
+            f = recs[2 * a]
+            slot[f] = -1
+            present[f >> 6] = 0
     return out
 
 

@@ -1032,8 +1032,9 @@ def _score_raw(Xb, W_t, indptr, rows, parents, pair_start, total, threads):
 
     def run(sl):
         slot = kernels.scratch("slot", Xb.shape[1])
+        present = kernels.scratch("present", (Xb.shape[1] >> 6) + 1, fill=0)
         kernels.score_pairs(Xb.indptr, Xb.indices, Xb.data, rows, parents, pair_start, order[sl], *layout,
-                            slot, out_v)
+                            slot, present, out_v)
 
     n_pairs = len(rows)
     if threads > 1 and n_pairs >= 4096:
