@@ -1010,7 +1010,7 @@ def slp_vectorized(dispatcher):
     so the lane kernel's eight independent per-lane sums and updates compile to scalar
     multiply-adds; with it, to one 512-bit (or two 256-bit) operations each. Each lane's arithmetic
     is unchanged (no reassociation, no fused multiply-add: fastmath stays off), so the results are
-    the same bit for bit (`tests/test_kernels.py` checks them against the kernel run as plain
+    the same bit for bit (`tests/test_xlinear.py` checks them against the kernel run as plain
     Python); eurlex57k leaf blocks solve ~2× faster. The flag is numba's global setting, switched on
     only while this kernel compiles under numba's compiler lock, so other code is compiled as
     before. Call it from Python only (compiled callers would reach the plain dispatcher).
