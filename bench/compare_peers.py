@@ -33,20 +33,6 @@ sys.path.insert(0, str(REPO / "bench"))
 PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
 
 
-def in_child(fn, *args):
-    """fn(*args) in a fresh (spawned) process, its result returned.
-
-    The systems' peak RSS is read in their own processes (ru_maxrss, VmHWM), and a process forked
-    from a large parent starts with the parent's resident pages as its high-water mark: the
-    features built here (1.7 GB for eurlex57k's TF-IDF) would otherwise become every system's
-    peak (seen: xmc and PECOS both 1735 MB on eurlex57k the run its features were built)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as ex:
-        return ex.submit(fn, *args).result()
-
-
 def featurize(ds_dir: Path, out: Path) -> dict:
     """Write X/Y train/test npz for a dataset (cached); returns shapes."""
     import numpy as np
@@ -134,7 +120,7 @@ def run_system(system: str, data: Path, threads: int, params: str, save_ranker: 
         cmd = [sys.executable, str(REPO / "bench" / "ours_run.py"), *common, "--params", params, "--preset", preset]
         ens = preset_overrides(preset, json.loads(params)).get("ensemble") or {}
         if ens.get("embedding"):
-            emb = in_child(embed, ds_dir, data, ens["embedding"], ens.get("embedding_max_length", 128), threads)
+            emb = embed(ds_dir, data, ens["embedding"], ens.get("embedding_max_length", 128), threads)
             cmd += ["--embeddings", str(data / f"E-{emb['tag']}")]
         if save_ranker is not None:
             cmd += ["--save-ranker", str(save_ranker)]
@@ -182,7 +168,7 @@ def main(argv=None) -> int:
     bar = progress.task("peers: runs", len(args.datasets) * (len(xmc_systems) + len(args.peers)), "run")
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
-        meta = in_child(featurize, Path(args.data_root) / ds, data)
+        meta = featurize(Path(args.data_root) / ds, data)
         save = Path(args.save_rankers) / ds if args.save_rankers else None
         results = {}
         for s in [*xmc_systems, *args.peers]:

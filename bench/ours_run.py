@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -66,7 +65,7 @@ def main(argv=None) -> int:
     import scipy.sparse as smat
 
     from xmc_core.metrics import ranking_metrics
-    from xmc_core.memory import StageMemory
+    from xmc_core.memory import StageMemory, peak_rss_mb
     from xmc_core.model import fit_rankers
 
     Xtr = smat.load_npz(args.train_X).tocsr().astype(np.float32)
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
         stages[name] = round(r.get("seconds", 0), 3)
         stages_mb[name] = r.get("peak_rss_mb")
 
-    stages_mb["load"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # imports, 4 matrices
+    stages_mb["load"] = round(peak_rss_mb(), 1)  # imports, 4 matrices (VmHWM: since exec, not the parent's)
     memory = StageMemory()
     model = fit_rankers(Xtr, Ytr, names, params, log=log, memory=memory)
     train_s = time.perf_counter() - t0
@@ -113,9 +112,9 @@ def main(argv=None) -> int:
     out = {
         "peer": "xmc", "train_s": round(train_s, 4), "predict_s": round(predict_s, 4), "prepare_s": round(prepare_s, 4),
         "predict_runs_s": predict_runs_s,
-        # the stage peaks reset the kernel's high-water mark (xmc_core.memory), which ru_maxrss
-        # may then miss: the run's peak is the largest of both
-        "peak_rss_mb": round(max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, memory.run_peak_mb), 1),
+        # the stage peaks reset the kernel's high-water mark (xmc_core.memory): the run's peak is
+        # the largest of the loading's and theirs
+        "peak_rss_mb": max(stages_mb["load"], memory.run_peak_mb),
         "p@1": round(res["p"][1], 4), "p@3": round(res["p"][3], 4), "p@5": round(res["p"][5], 4),
         "n_test": int(Yte.shape[0]), "n_train": int(Ytr.shape[0]), "n_labels": int(Ytr.shape[1]),
         "threads": args.threads, "beam_size": args.beam_size, "train_detail_s": stages,

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import tempfile
 import time
 from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as smat
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from xmc_core.memory import peak_rss_mb  # noqa: E402  (standard library only; this process's own peak)
 
 
 def to_csr(preds, n_labels: int) -> smat.csr_matrix:
@@ -75,7 +78,7 @@ def main() -> int:
     np.savez(args.out, dev_data=Pdv.data, dev_indices=Pdv.indices, dev_indptr=Pdv.indptr,
              tst_data=Pte.data, tst_indices=Pte.indices, tst_indptr=Pte.indptr, shape=np.array(Ytr.shape))
     print(json.dumps({"train_s": train_s, "sibling_train_s": sibling_train_s, "predict_s": predict_s,
-                      "version": version("napkinxc"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "version": version("napkinxc"), "peak_rss_mb": peak_rss_mb()}))
     return 0
 
 

@@ -24,8 +24,9 @@ Peers (library defaults, only threads / beam size set):
            liblinear log loss, exact tree search); seed fixed to 0 for reproducibility.
 
 Output JSON keys: peer, train_s (training time, data loading excluded), predict_s, peak_rss_mb
-(ru_maxrss of this process), p@1, p@3, p@5 (percent; over ALL test rows, a row without labels
-counts 0), n_test, plus a few extras (n_train, n_labels, threads, beam_size, version, ...).
+(this process's own peak, `xmc_core.memory.peak_rss_mb`), p@1, p@3, p@5 (percent; over ALL test
+rows, a row without labels counts 0), n_test, plus a few extras (n_train, n_labels, threads,
+beam_size, version, ...).
 Everything the peers print goes to stderr so stdout stays a single JSON line.
 """
 
@@ -35,7 +36,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -46,16 +46,15 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from timing import timed_predictions  # noqa: E402  (bench/timing.py: standard library only)
+
+from xmc_core.memory import peak_rss_mb  # noqa: E402  (standard library only)
 
 TOPK = 10
 
 
 # --------------------------------------------------------------------------- helpers
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
-
 @contextlib.contextmanager
 def stdout_to_stderr():
     """Redirect fd 1 (incl. C/Rust library output) to stderr while peers run."""

@@ -18,7 +18,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 
 
 #: (words_per_doc, labels_per_doc) of `SynthParams` per --density. Realised per training document
@@ -43,7 +42,6 @@ def main(argv=None) -> int:
     ap.add_argument("--save-rankers", default=None, help="passed to compare_peers.py (for bench/latency.py)")
     args = ap.parse_args(argv)
 
-    from compare_peers import in_child
     from xmc_core.synth import SynthParams, write_synth
 
     synth_root = Path(args.out) / "synth"
@@ -56,11 +54,9 @@ def main(argv=None) -> int:
         folder = synth_root / name
         if not (folder / "train.txt.gz").is_file():
             print(f"generating {name} ...", flush=True)
-            # in its own process: this one's high-water mark would become every system's peak
-            # RSS (compare_peers.in_child)
-            in_child(write_synth, folder, SynthParams(n_labels=L, n_train=n_train, n_test=n_test,
-                                                      n_features=max(20_000, 2 * L), words_per_doc=words,
-                                                      labels_per_doc=labels, seed=0))
+            write_synth(folder, SynthParams(n_labels=L, n_train=n_train, n_test=n_test,
+                                            n_features=max(20_000, 2 * L), words_per_doc=words,
+                                            labels_per_doc=labels, seed=0))
         names.append(name)
     cmd = [sys.executable, str(REPO / "bench" / "compare_peers.py"), "--data-root", str(synth_root),
            "--datasets", *names, "--threads", str(args.threads), "--db", args.db, "--out", args.out]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
+sys.path.insert(0, str(REPO))
+from xmc_core.memory import peak_rss_mb  # noqa: E402  (standard library only: the peers' environment runs it too)
 
 
 def _write_texts(ds_dir: Path, out: Path) -> dict:
@@ -75,7 +76,7 @@ def run_one(system: str, train: str, test: str) -> dict:
     return {"system": system, "fit_s": round(fit_s, 3), "transform_s": round(transform_s, 3),
             "n_features": int(Xtr.shape[1]), "nnz_train": int(Xtr.nnz), "nnz_test": int(Xte.nnz),
             "n_train": len(tr), "n_test": len(te),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}  # own VmHWM, not the parent's
 
 
 def main(argv=None) -> int:

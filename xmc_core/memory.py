@@ -6,8 +6,14 @@ A stage's peak is the kernel's high-water mark of resident memory (``VmHWM`` in
 run's peak only; it is the fallback where /proc is missing (macOS, or a container that forbids
 the write), and `StageMemory.exact` then says the per-stage peaks are cumulative.
 
-No numerics here: the training and prediction drivers (`model.train_xr_linear`, the CLI) attach
-these figures to their stage records.
+``VmHWM`` is also the right figure for a measured child process: a process started from a large
+one (fork or vfork, then exec) carries the parent's high-water mark in ``ru_maxrss`` (a child of a
+400 MB parent reads 407 MB there and 11 MB in ``VmHWM``), while ``VmHWM`` counts its own pages
+since exec only.
+
+No numerics here, and only the standard library: the training and prediction drivers
+(`model.train_xr_linear`, the CLI) attach these figures to their stage records, and the bench's
+runners use `peak_rss_mb`, the peers' runners in their own environment too.
 """
 
 from __future__ import annotations
