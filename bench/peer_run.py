@@ -175,10 +175,11 @@ def run_pecos(Xtr, Ytr, Xte, args, info: dict):
                 shutil.rmtree(tmpdir, ignore_errors=True)
     info["pecos_predict"] = args.pecos_predict
 
+    # a predict-only model has the beam size baked in (pred_kwargs above)
+    beam = {} if model.is_predict_only else {"beam_size": args.beam_size}
+
     def pred(X):
-        if model.is_predict_only:
-            return topk_from_score_csr(model.predict(X, only_topk=TOPK, threads=threads), TOPK)
-        return topk_from_score_csr(model.predict(X, beam_size=args.beam_size, only_topk=TOPK, threads=threads), TOPK)
+        return topk_from_score_csr(model.predict(X, only_topk=TOPK, threads=threads, **beam), TOPK)
 
     preds, info["predict_s"], info["predict_runs_s"] = timed_predictions(pred, Xte, args.predict_repeats)
 

@@ -27,7 +27,6 @@ def timed_predictions(fn, X, repeats: int = 3):
     n = X.shape[0] if hasattr(X, "shape") else len(X)
     fn(X[:min(WARMUP_ROWS, n)])
     times = []
-    out = None
     for _ in range(max(1, repeats)):
         out = None  # the previous result is freed before the next call, not held beside it
         t0 = time.perf_counter()
