@@ -30,6 +30,13 @@ from pathlib import Path
 from ours_run import add_data_args, bench_params  # this folder: the options and settings of every bench run
 
 
+#: what a task record of the engine's log keeps in the row
+TASK_KEYS = ("stage", "depth", "node", "root", "level", "parents", "n_labels", "nnz_W", "seconds",
+             "worker_peak_rss_mb")
+#: seconds per point of the per-node memory series in the row (each point the window's largest sum)
+SERIES_S = 5.0
+
+
 def _pss_mb(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -73,19 +80,28 @@ class NodeSampler(threading.Thread):
         super().__init__(daemon=True)
         self.roots, self.interval, self.driver = node_roots, interval, driver_pid
         self.peaks = [0.0] * len(node_roots)
+        self.peak_at = [0.0] * len(node_roots)  # seconds after the start
+        self.series: list[list[float]] = []  # [t, MiB of node 0, node 1, ...] per SERIES_S window
         self.samples = 0
         self._stop_evt = threading.Event()
 
     def run(self):
+        t0 = time.perf_counter()
         while not self._stop_evt.is_set():
             kids = _children()
+            now = time.perf_counter() - t0
+            if not self.series or now >= self.series[-1][0] + SERIES_S:
+                self.series.append([round(now, 1)] + [0.0] * len(self.roots))
             for i, roots in enumerate(self.roots):
                 pids = _tree(roots, kids)
                 if i == 0:
                     pids.add(self.driver)  # the driver runs on the head node
                 else:
                     pids.discard(self.driver)
-                self.peaks[i] = max(self.peaks[i], sum(_pss_mb(p) for p in pids))
+                mb = sum(_pss_mb(p) for p in pids)
+                if mb > self.peaks[i]:
+                    self.peaks[i], self.peak_at[i] = mb, round(now, 1)
+                self.series[-1][i + 1] = round(max(self.series[-1][i + 1], mb), 1)
             self.samples += 1
             self._stop_evt.wait(self.interval)
 
@@ -100,6 +116,10 @@ def main(argv=None) -> int:
     ap.add_argument("--nodes", type=int, default=2)
     ap.add_argument("--cpus-per-node", type=int, default=1)
     ap.add_argument("--split-level", type=int, default=1)
+    ap.add_argument("--head-cpus", type=int, default=0,
+                    help="CPUs of the head node, where the driver runs (0: a head of its own beside the "
+                         "--nodes task nodes; > 0: the head is one of the --nodes)")
+    ap.add_argument("--chunks-per-worker", type=int, default=8, help="RayParams.chunks_per_worker")
     ap.add_argument("--interval", type=float, default=0.25, help="memory sampling interval (s)")
     args = ap.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
@@ -116,9 +136,11 @@ def main(argv=None) -> int:
 
     params = bench_params(args.params, args.cpus_per_node, args.beam_size)
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": args.cpus_per_node,
-                                                            "include_dashboard": False})
-    for _ in range(args.nodes - 1):
+    # the head runs the driver and no tasks (num-cpus 0, as the README's RayCluster manifest), or
+    # is one of the --nodes when --head-cpus is given
+    head_cpus = args.head_cpus
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    for _ in range(args.nodes - (1 if head_cpus else 0)):
         cluster.add_node(num_cpus=args.cpus_per_node)
     ray.init(address=cluster.address, log_to_driver=False)
     nodes = [cluster.head_node, *cluster.worker_nodes]
@@ -128,23 +150,26 @@ def main(argv=None) -> int:
     Ytr = smat.load_npz(args.train_Y).tocsr().astype(np.float32)
     Xtr = smat.load_npz(args.train_X).tocsr().astype(np.float32)
     Xtr.sort_indices()
-    X_ref = ray.put(Xtr)
-    del Xtr  # the driver reads the stored X (zero-copy) from here on
+    # the driver reads the stored X (zero-copy) from here on, and holds no reference of its own
+    # to it, so the store frees X once the tasks are done, before the model is assembled
+    X_box = [ray.put(Xtr)]
+    del Xtr
 
     sampler = NodeSampler(roots, args.interval, os.getpid())
     sampler.start()
     stages = {}
-    subtrees = []
+    tasks = []  # one record per Ray task: tree_node, subtree, chunk
 
     def log(rec):
-        if rec["stage"] == "subtree":
-            subtrees.append(rec)
+        if "worker_peak_rss_mb" in rec:
+            tasks.append({k: v for k, v in rec.items() if k in TASK_KEYS})
         else:
             stages[rec["stage"]] = round(rec["seconds"], 3)
 
     t0 = time.perf_counter()
-    tree, ranker = train_xlinear_ray(X_ref, Ytr, params, RayParams(split_level=args.split_level,
-                                                                  cpus_per_task=args.cpus_per_node), log=log)
+    tree, ranker = train_xlinear_ray(X_box.pop(), Ytr, params, RayParams(split_level=args.split_level,
+                                                                  cpus_per_task=args.cpus_per_node,
+                                                                  chunks_per_worker=args.chunks_per_worker), log=log)
     train_s = time.perf_counter() - t0
     sampler.stop()
     ray.shutdown()
@@ -153,19 +178,26 @@ def main(argv=None) -> int:
     # prediction input as XmcModel.featurize (bench/ours_run.py's path) makes it: rows l2-normalized
     Xte = l2_normalize_rows(smat.load_npz(args.test_X).tocsr().astype(np.float32))
     Yte = smat.load_npz(args.test_Y).tocsr()
+    # timed as bench/ours_run.py times it: the beam layout built first (prepare_s), then a warm-up
+    # and the median of three calls
+    from timing import timed_predictions
+
     t0 = time.perf_counter()
-    P = ranker.predict(Xte, beam_size=args.beam_size, only_topk=10)
-    predict_s = time.perf_counter() - t0
+    ranker.prepare()
+    prepare_s = time.perf_counter() - t0
+    P, predict_s, _ = timed_predictions(lambda X: ranker.predict(X, beam_size=args.beam_size, only_topk=10), Xte)
     res = ranking_metrics(Yte, P)
     print(json.dumps({
         "peer": "xmc-ray", "train_s": round(train_s, 4), "predict_s": round(predict_s, 4),
-        "peak_node_mb": round(max(sampler.peaks), 1), "node_peak_mb": [round(v, 1) for v in sampler.peaks],
+        "prepare_s": round(prepare_s, 4), "peak_node_mb": round(max(sampler.peaks), 1), "node_peak_mb": [round(v, 1) for v in sampler.peaks],
+        "node_peak_at_s": sampler.peak_at, "node_series_mb": sampler.series,
         "samples": sampler.samples, "interval_s": args.interval,
         "p@1": round(res["p"][1], 4), "p@3": round(res["p"][3], 4), "p@5": round(res["p"][5], 4),
         "n_test": int(Yte.shape[0]), "n_train": int(Ytr.shape[0]), "n_labels": int(Ytr.shape[1]),
-        "nodes": args.nodes, "cpus_per_node": args.cpus_per_node, "split_level": args.split_level,
+        "nodes": args.nodes, "cpus_per_node": args.cpus_per_node, "head_cpus": head_cpus,
+        "split_level": args.split_level, "chunks_per_worker": args.chunks_per_worker,
         "train_detail_s": stages, "tree_levels": tree.level_sizes(),
-        "subtrees": [{k: r[k] for k in ("root", "n_labels", "seconds", "worker_peak_rss_mb")} for r in subtrees],
+        "tasks": tasks,
     }))
     return 0
 

@@ -12,12 +12,14 @@ other. Rows: train_s, predict_s, P@1/3/5 and peak_rss_mb, which is the single pr
 peak (its PIFA, tree and ranker stages; the test split it also holds is included) or, for Ray,
 the largest node's peak (PSS of the node's processes plus its object store, bench/ray_run.py).
 
-Scaling model (--model-split-level, one more Ray run): the measured serial part (PIFA, the top of
-the tree, assembly; the meta-problem's rankers overlap the tasks on the driver) plus the
-longest-processing-time schedule of the measured task seconds over W workers gives the makespan at
-W = 2, 8, 32, 128; per-worker memory is the largest task's worker peak plus the stored X, Y, Z
-each node maps. 10M labels are extrapolated, not measured: ten times the tasks of the same sizes
-and a serial part ten times as long (PIFA and the top tree are linear in labels and nonzeros).
+Scaling model (--model-split-level, one more Ray run; or --model-from a recorded run): the
+measured tasks (top-of-tree nodes, sub-tree clusterings, ranker chunks) list-scheduled with their
+dependencies over W = 2, 8, 32, 128 workers, plus the driver's assembly, give the makespan; the
+serial part is the chain of top-of-tree nodes from the root's split down, which no worker count
+shortens. Per-worker memory is the largest task's worker peak plus the stored X and Y each node
+maps. 10M labels are extrapolated, not measured: top-of-tree nodes and top-level chunks ten times
+as long (they cover all labels or all documents), ten times as many sub-trees and lower chunks of
+the same sizes.
 A table on stdout, rows in DuckDB `benchmark` (bench/record.py), a plot in bench/out/.
 """
 
@@ -49,28 +51,91 @@ def _files(d: Path) -> list[str]:
             "--test-X", str(d / "X.tst.npz"), "--test-Y", str(d / "Y.tst.npz")]
 
 
-def lpt_makespan(seconds: list[float], workers: int) -> float:
-    """Longest-processing-time-first schedule of independent tasks on `workers` machines."""
-    loads = [0.0] * workers
-    heapq.heapify(loads)
-    for s in sorted(seconds, reverse=True):
-        heapq.heappush(loads, heapq.heappop(loads) + s)
-    return max(loads)
+def list_schedule(durations: list[float], deps: list[list[int]], workers: int) -> float:
+    """Makespan of tasks with dependencies on `workers` machines: whenever a machine is free it
+    takes the longest ready task (as the engine submits its chunks), a task is ready when the
+    tasks it depends on have finished."""
+    n = len(durations)
+    waiting = [len(d) for d in deps]
+    children: list[list[int]] = [[] for _ in range(n)]
+    for i, ds in enumerate(deps):
+        for j in ds:
+            children[j].append(i)
+    ready = [(-durations[i], i) for i in range(n) if not waiting[i]]
+    heapq.heapify(ready)
+    running: list[tuple[float, int]] = []
+    now, idle, done = 0.0, workers, 0
+    while done < n:
+        while ready and idle:
+            _, i = heapq.heappop(ready)
+            heapq.heappush(running, (now + durations[i], i))
+            idle -= 1
+        now, i = heapq.heappop(running)
+        idle += 1
+        done += 1
+        for c in children[i]:
+            waiting[c] -= 1
+            if not waiting[c]:
+                heapq.heappush(ready, (-durations[c], c))
+    return now
+
+
+def task_graph(ray_row: dict, scale: int = 1) -> tuple[list[float], list[list[int]]]:
+    """The engine's tasks of a recorded run as (seconds, dependencies): a tree node after its
+    parent, a sub-tree after its root's parent, the top levels' ranker chunks after the whole
+    top of the tree, the others after every sub-tree. scale > 1 extrapolates to `scale` times
+    the labels and documents: top-of-tree nodes and top-level chunks `scale` times as long (they
+    cover all labels or all documents), sub-trees and the lower chunks `scale` times as many."""
+    recs = ray_row["tasks"]
+    s = min(ray_row["split_level"], len(ray_row["tree_levels"]) - 1)
+    dur: list[float] = []
+    deps: list[list[int]] = []
+
+    def add(sec, on):
+        dur.append(sec)
+        deps.append(on)
+        return len(dur) - 1
+
+    node_id = {}
+    for r in sorted((r for r in recs if r["stage"] == "tree_node"), key=lambda r: r["depth"]):
+        d, n = r["depth"], r["node"]
+        node_id[(d, n)] = add(r["seconds"] * scale, [node_id[(d - 1, n >> 1)]] if d else [])
+    b = 1 + max(d for d, _ in node_id)
+    top_done = add(0.0, list(node_id.values()))
+    subs = [add(r["seconds"], [node_id[(b - 1, r["root"] >> 1)]])
+            for r in recs if r["stage"] == "subtree" for _ in range(scale)]
+    subs_done = add(0.0, subs)
+    for r in recs:
+        if r["stage"] == "chunk" and r["level"] < s:
+            add(r["seconds"] * scale, [top_done])
+        elif r["stage"] == "chunk":
+            for _ in range(scale):
+                add(r["seconds"], [subs_done])
+    return dur, deps
 
 
 def scaling_table(ray_row: dict, stored_mb: float) -> list[dict]:
-    """Makespan and per-worker memory at 2..128 workers, measured (1M) and extrapolated (10M)."""
+    """Makespan and per-worker memory at 2..128 workers, measured (1M) and extrapolated (10M).
+
+    Makespan: the recorded tasks list-scheduled with their dependencies (`task_graph`,
+    `list_schedule`), plus the driver's assembly. serial_s: what no worker count shortens, the
+    longest chain of top-of-tree nodes (the root's split first) plus the assembly. Per-worker
+    memory: the largest task's worker peak plus the stored X and Y a node maps."""
     d = ray_row["train_detail_s"]
-    serial = d.get("label_embeddings", 0) + d.get("label_tree_top", 0) + d.get("assemble", 0)
-    tasks = [t["seconds"] for t in ray_row["subtrees"]]
-    worker_mb = max(t["worker_peak_rss_mb"] for t in ray_row["subtrees"])
+    worker_mb = max(t["worker_peak_rss_mb"] for t in ray_row["tasks"])
     rows = []
     for scale, label in ((1, "measured tasks"), (10, "extrapolated x10")):
+        dur, deps = task_graph(ray_row, scale)
+        chain = [0.0] * len(dur)
+        for i in range(len(dur)):  # tasks are listed after what they depend on
+            chain[i] = dur[i] + max((chain[j] for j in deps[i]), default=0.0)
+        n_nodes = sum(1 for r in ray_row["tasks"] if r["stage"] == "tree_node")
+        serial = max(chain[:n_nodes]) + d.get("assemble", 0) * scale
         for W in (2, 8, 32, 128):
-            span = serial * scale + max(lpt_makespan(tasks * scale, W), d.get("rankers_top", 0) * scale)
+            span = list_schedule(dur, deps, W) + d.get("assemble", 0) * scale
             rows.append({"labels": ray_row["n_labels"] * scale, "basis": label, "workers": W,
-                         "tasks": len(tasks) * scale, "serial_s": round(serial * scale, 1),
-                         "makespan_s": round(span, 1), "speedup_vs_1": round((serial * scale + sum(tasks) * scale) / span, 2),
+                         "tasks": sum(1 for x in dur if x > 0), "serial_s": round(serial, 1),
+                         "makespan_s": round(span, 1), "speedup_vs_1": round(sum(dur) / span, 2),
                          "worker_mb": round(worker_mb + stored_mb * scale, 0)})
     return rows
 

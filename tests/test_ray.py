@@ -195,7 +195,7 @@ def test_dagster_rankers_on_ray_and_batch_predictions(cluster, reuters_dir, tmp_
     assert result.success
     meta = {e.asset_key.to_user_string(): e.materialization.metadata
             for e in result.get_asset_materialization_events()}["rankers"]
-    assert meta["engine"].value == "ray" and meta["ray_subtrees"].value >= 2
+    assert meta["engine"].value == "ray" and meta["ray_tasks"].value >= 2
 
     art = tmp_path / "artifacts" / ds
     model = load_model(art / "model")

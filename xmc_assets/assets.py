@@ -398,15 +398,17 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
             raise Failure(description=f"rankers: {e}") from None
 
     levels: list[dict] = []
-    subtrees: list[dict] = []
+    ray_tasks: list[dict] = []
 
     def log(rec: dict) -> None:
         if rec.get("stage") == "rankers_level":
             levels.append(rec)
             context.log.info(f"level {rec['level']}: {rec['n_nodes']} nodes in {rec['seconds']:.1f}s")
-        elif rec.get("stage") == "subtree":  # engine ray: one per task as it finishes
-            subtrees.append(rec)
-            context.log.info(f"sub-tree {rec['root']}: {rec['n_labels']} labels in {rec['seconds']:.1f}s "
+        elif "worker_peak_rss_mb" in rec:  # engine ray: one record per task as it finishes
+            ray_tasks.append(rec)
+            where = (f"level {rec['level']} parents {rec['parents'][0]}..{rec['parents'][1] - 1}"
+                     if rec["stage"] == "chunk" else f"{rec['stage']} {rec.get('root', rec.get('node'))}")
+            context.log.info(f"Ray task {where}: {rec['n_labels']} labels in {rec['seconds']:.1f}s "
                              f"(worker peak {rec['worker_peak_rss_mb']:.0f} MiB)")
 
     engine = ray_engine.engine()
@@ -450,8 +452,8 @@ def rankers(context: AssetExecutionContext, artifacts: ArtifactStore, xmc_settin
         "n_train": int(Y.shape[0]),
         "params": MetadataValue.json(params.to_dict()),
         "engine": "ray" if engine is not None else "local",
-        **({"ray_subtrees": len(subtrees),
-            "ray_worker_peak_mb": max(r["worker_peak_rss_mb"] for r in subtrees)} if subtrees else {}),
+        **({"ray_tasks": len(ray_tasks),
+            "ray_worker_peak_mb": max(r["worker_peak_rss_mb"] for r in ray_tasks)} if ray_tasks else {}),
         **_settings_metadata(context, xmc_settings, "rankers"),
     })
 

@@ -847,8 +847,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--engine ray: the cluster to join ('auto': the one 'ray start' runs on this machine; "
                         "'ray://HOST:10001': Ray Client); default: a local Ray started for the run")
     p.add_argument("--ray-split-level", type=int, default=1,
-                   help="--engine ray: tree level whose nodes root the tasks (default 1: the top clusters; deeper: more, "
-                        "smaller tasks)")
+                   help="--engine ray: tree level whose nodes root the sub-tree clustering tasks (default 1: the top "
+                        "clusters; deeper: more, smaller tasks); the rankers are cut into chunks of equal cost")
     p.add_argument("--ray-cpus-per-task", type=int, default=1,
                    help="--engine ray: CPUs (threads) per task (count, default 1)")
     p.add_argument("--calibrate", action="store_true",

@@ -1,23 +1,29 @@
-"""Ray execution engine: XR-Linear training split into sub-trees, and batch prediction by actors.
+"""Ray execution engine: XR-Linear training as Ray tasks, and batch prediction by actors.
 
-Training decomposition (PECOS's distributed XR-Linear, ``pecos/distributed/xmc/xlinear``, there over
-MPI; here over Ray tasks and the object store):
+Training decomposition (after PECOS's distributed XR-Linear, ``pecos/distributed/xmc/xlinear``,
+there over MPI: a meta-problem over the top of the tree, then independent sub-trees; here over
+Ray tasks and the object store):
 
-- the driver computes PIFA (Z), the top `split_level` levels of the label tree (binary 2-means down
-  to the sub-tree roots) and the rankers of those levels: the meta-problem, over all N instances;
-- every node of level `split_level - 1` roots one sub-tree. One Ray task per sub-tree clusters its
-  labels the rest of the way down and trains the rankers of all levels below, on the instances
-  that have a positive among its labels (TFN: exactly the instances active anywhere in it);
-- X, Y (CSC) and Z are put in the object store once; a task reads them zero-copy and copies out
-  only its rows (X, Y) and labels (Z). Tasks are submitted largest first (labels × instances), so
-  Ray's queue hands the big ones out before the small ones;
-- the driver assembles the codes into one :class:`LabelTree` and each level's weight columns
-  (contiguous per sub-tree: nodes are numbered by their binary code) into one
-  :class:`XLinearModel`, an ordinary model folder that loads and predicts without Ray.
+- X and Y (CSC) are put in the object store once; every task reads them zero-copy and copies out
+  only its rows and labels. No task reads a stored Z: a task computes the PIFA rows of its own
+  labels (each row as `pifa` of all labels computes it), because Z is larger than X (127M
+  nonzeros against 74M for 1M labels / 1M documents);
+- the top of the label tree, binary depths above the sub-tree roots (the nodes of level
+  `split_level - 1`), is one task per node: a node's two children are submitted when it returns;
+- every sub-tree's clustering below its root is one task;
+- the rankers of every level are cut into chunks of consecutive parents of about equal cost
+  (active instances × children), `chunks_per_worker` per worker and level, and each chunk is one
+  task, largest first. The top levels' chunks (the meta-problem) start as soon as the top of
+  the tree is known, beside the sub-tree clustering. A sub-tree is not one ranker task, as in
+  PECOS: with Zipf-distributed labels one of 64 sub-trees held 47% of the ranker work
+  (run ray-20261130T044953-a9d2c4) and set the makespan;
+- the driver only schedules, and assembles the codes into one :class:`LabelTree` and each
+  level's weight columns (contiguous per chunk) into one :class:`XLinearModel`, an ordinary
+  model folder that loads and predicts without Ray.
 
 Same model: every 2-means node takes the seed it has in the whole tree (`tree.binary_codes`
-first_depth/prefix) and every ranker parent its instance-order seed (`XLinearModel.train`
-parent_offset); a task's instance blocks are the same rows in the same order. So the tree and
+first_depth/prefix) and every ranker parent its instance-order seed (`_train_level`
+parent_offset); a chunk's instance blocks are the same rows in the same order. So the tree and
 the weights equal the single-process model's, bit for bit, with TFN negatives. MAN negatives need
 the beam of the whole model above each level, so they (and label disentanglement) are refused.
 
@@ -44,7 +50,7 @@ from .memory import peak_rss_mb, reset_peak
 from .params import ParamsBase
 from .sparse import binarize
 from .tree import LabelTree, binary_codes, chain_bits, tree_from_codes
-from .xlinear import XLinearModel
+from .xlinear import XLinearModel, _train_level
 
 __all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "train_rankers_ray", "predict_files_ray", "ray_session"]
 
@@ -63,17 +69,22 @@ class RayParams(ParamsBase):
 
     address: Ray cluster to join ("auto": the one `ray start` runs here; "ray://HOST:10001": Ray
         Client); None starts a local Ray for the run and stops it after.
-    split_level: tree level whose nodes root the sub-tree tasks (1: the top level's clusters, as
-        PECOS does; deeper levels give more, smaller tasks). Clipped to the tree's depth - 1.
+    split_level: tree level whose nodes root the sub-tree clustering tasks (1: the top level's
+        clusters, as PECOS does; deeper levels give more, smaller tasks, and more of the tree one
+        node per task above them). Clipped to the tree's depth - 1.
     cpus_per_task: CPUs Ray reserves for one task; the task's threads (int >= 1).
     max_retries: retries of a task whose worker or node died (Ray's system-failure retries; a
         task that raises is not retried).
+    chunks_per_worker: every level's rankers are cut into about this many tasks per worker (int
+        >= 1), of equal cost (active instances × children): more give a better balance and
+        smaller tasks, each one slicing its rows of X.
     """
 
     address: str | None = None
     split_level: int = 1
     cpus_per_task: int = 1
     max_retries: int = 3
+    chunks_per_worker: int = 8
 
     def __post_init__(self):
         if self.split_level < 1:
@@ -82,6 +93,8 @@ class RayParams(ParamsBase):
             raise ValueError(f"RayParams.cpus_per_task: must be >= 1, got {self.cpus_per_task}")
         if self.max_retries < 0:
             raise ValueError(f"RayParams.max_retries: must be >= 0, got {self.max_retries}")
+        if self.chunks_per_worker < 1:
+            raise ValueError(f"RayParams.chunks_per_worker: must be >= 1, got {self.chunks_per_worker}")
 
 
 class ray_session:
@@ -186,102 +199,235 @@ def _maybe_die():
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _subtree_task(X, Y_csc, Z, labels, root, depth, bits_below, first_depth, parent_offset, tree_params,
-                  ranker_params, pred_params, threads):
-    """One sub-tree: the codes of its labels below `root` and the rankers of its levels.
+def _task_result(value, t0: float):
+    """What every task returns: (value, seconds, the worker process's peak MiB)."""
+    return value, time.perf_counter() - t0, peak_rss_mb()
 
-    X: N × D float32 CSR (rows l2-normalized); Y_csc: N × L CSC; Z: L × D' label embeddings
-    (zero-copy views from the object store). labels: (L_k,) int64 ascending, the sub-tree's
-    labels. Returns (codes (L_k,) int64 below `root`, [W per level below], seconds, peak MiB)."""
+
+def _pifa_rows(X, Y_csc, labels, pifa_params):
+    """PIFA rows of `labels` (ascending): each row is computed as `pifa` of all labels computes
+    it (Yᵀ X row by row, then l2 rows), so a task builds the embeddings of its own labels from
+    X and Y instead of reading a stored Z (972 MiB for 1M labels, nearly twice X)."""
+    Yk = Y_csc if len(labels) == Y_csc.shape[1] else Y_csc[:, labels]
+    return pifa(X, Yk, pifa_params, threads=1)
+
+
+def _check_finite(X, rows, where: str) -> None:
+    """ValueError naming the first of `rows` (ascending; None: all) whose X row holds a NaN or
+    inf."""
+    bad = np.flatnonzero(~np.isfinite(X.data))
+    if len(bad):
+        bad_rows = np.unique(np.searchsorted(X.indptr, bad, side="right") - 1)
+        if rows is not None:
+            bad_rows = bad_rows[np.isin(bad_rows, rows)]
+        if len(bad_rows):
+            raise ValueError(f"X row {int(bad_rows[0])}: a non-finite feature value (NaN or inf); "
+                             f"{where} cannot be trained on it")
+
+
+def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params):
+    """One node of the top of the tree: the 2-means sides of its labels `members` (ascending),
+    node `n` of binary depth `d` of the whole tree (its seed is the one it has there).
+
+    X: N × D float32 CSR, Y_csc: N × L CSC (zero-copy from the object store). Returns
+    (sides (m,) int64, seconds, peak MiB)."""
     reset_peak()
     t0 = time.perf_counter()
     _maybe_die()
-    Zk = Z[labels]
-    codes = binary_codes(Zk, depth, tree_params.kmeans_max_iter, tree_params.seed, threads,
-                         first_depth=first_depth, prefix=root)
-    del Zk
-    sub = tree_from_codes(codes, [b - first_depth for b in bits_below])
-    W = _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads)
-    return codes, W, time.perf_counter() - t0, peak_rss_mb()
+    if d == 0:
+        _check_finite(X, None, "the label tree")
+    Z = _pifa_rows(X, Y_csc, members, pifa_params)
+    sides = binary_codes(Z, d + 1, tree_params.kmeans_max_iter, tree_params.seed, 1, first_depth=d, prefix=n,
+                         overwrite_indices=True)
+    return _task_result(sides, t0)
 
 
-def _subtree_rankers_task(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads):
-    """One sub-tree of a given tree (`sub`, its chain below `root` over `labels`): its rankers.
-    Returns (None, [W per level below], seconds, peak MiB)."""
+def _subtree_codes_task(X, Y_csc, labels, root, first_depth, depth, pifa_params, tree_params):
+    """One sub-tree's clustering: the codes of its labels (ascending) below `root`, a node of
+    binary depth `first_depth`, down to binary depth `depth`. Returns (codes (L_k,) int64,
+    seconds, peak MiB)."""
     reset_peak()
     t0 = time.perf_counter()
     _maybe_die()
-    W = _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads)
-    return None, W, time.perf_counter() - t0, peak_rss_mb()
+    Z = _pifa_rows(X, Y_csc, labels, pifa_params)
+    codes = binary_codes(Z, depth, tree_params.kmeans_max_iter, tree_params.seed, 1, first_depth=first_depth,
+                         prefix=root, overwrite_indices=True)
+    return _task_result(codes, t0)
 
 
-def _train_subtree(X, Y_csc, labels, sub, root, parent_offset, ranker_params, pred_params, threads):
-    """The rankers of sub-tree `sub` on the instances with a positive among `labels` (TFN: those
-    active anywhere in it), taken in their global order so every block equals the whole model's."""
-    Yk = Y_csc[:, labels].tocsr()
-    rows = np.flatnonzero(np.diff(Yk.indptr))
-    Yk = Yk[rows]
-    Xk = X[rows]
-    bad = ~np.isfinite(Xk.data)
-    if bad.any():
-        at = int(np.searchsorted(Xk.indptr, np.flatnonzero(bad)[0], side="right") - 1)
-        raise ValueError(f"X row {int(rows[at])}: a non-finite feature value (NaN or inf); "
-                         f"sub-tree {root} cannot be trained on it")
-    ranker_params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
-    return XLinearModel.train(Xk, Yk, sub, ranker_params, pred_params, parent_offset=parent_offset).W
+@dataclass
+class _Chunk:
+    """Ranker work of one task: parents lo..hi-1 of level t. labels: (L_c,) int64 ascending, the
+    labels under those parents; M: L_c × m 0/1 CSR, which of the m children (level-t nodes, in
+    their global order) holds each label; C: m × (hi-lo) CSC, the parents' children (C[t]'s
+    block); cost: Σ active instances × children, the solver's work to scale."""
+
+    t: int
+    lo: int
+    hi: int
+    labels: np.ndarray
+    M: smat.csr_matrix
+    C: smat.csc_matrix
+    cost: float
 
 
-def _subtrees(tree: LabelTree, s: int):
-    """Sub-trees rooted at the level-(s-1) nodes of a given tree: per root, (its labels ascending,
-    its chain below as a LabelTree, the number of each local level's first parent in the whole tree).
+def _chunk_task(X, Y_csc, chunk: _Chunk, ranker_params, threads):
+    """The rankers of one chunk: level chunk.t's weight columns of parents lo..hi-1, trained on
+    the instances active for them (TFN; level 0: all instances) in their global order, each
+    parent with its whole-model seed, so the columns equal `XLinearModel.train`'s. Each parent's
+    block is gathered straight from the stored X (no copy of the chunk's rows).
+    Returns ((D+1) × nnz(chunk.C) float32 CSC, seconds, peak MiB)."""
+    reset_peak()
+    t0 = time.perf_counter()
+    _maybe_die()
+    N = X.shape[0]
+    Y_t = binarize(Y_csc[:, chunk.labels].tocsr() @ chunk.M)  # N × m, the children's targets
+    if chunk.t == 0:  # the root is active for every instance, labelled or not
+        active = smat.csc_matrix(np.ones((N, 1), np.float32))
+    else:
+        active = binarize(Y_t @ chunk.C).tocsc()
+    where = f"level {chunk.t} parents {chunk.lo}..{chunk.hi - 1}"
+    _check_finite(X, np.unique(active.indices), where)
+    params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
+    W = _train_level(X, Y_t, chunk.C, active, params, threads, parent_offset=chunk.lo, desc=f"rankers {where}")
+    return _task_result(W, t0)
 
-    A root's weight columns at every level are the nonzeros of its parents' columns of C (one
-    contiguous run, as CSC keeps each parent's children together), so the tasks' columns go side
-    by side in root order. Internal nodes must be numbered contiguously per root (as every
-    :func:`tree.build_tree` chain is, disentangled or not): a local node's seed is offset + its
-    local number. Raises ValueError otherwise."""
-    out = []
-    for k in range(tree.C[s - 1].shape[0]):
-        lo, hi = k, k + 1  # the parents' range at the current level
-        chain, offsets = [], []
-        for t in range(s, tree.depth):
-            block = tree.C[t][:, lo:hi]
-            offsets.append(lo)
-            rows = np.unique(block.indices)
-            if t == tree.depth - 1:
-                labels = rows.astype(np.int64)
-                chain.append(block[labels])
-                break
-            if len(rows) == 0 or rows[-1] - rows[0] + 1 != len(rows):
-                raise ValueError(f"engine ray: the level-{t} nodes under sub-tree {k} are not numbered "
-                                 "contiguously; its weights could not be assembled")
-            lo, hi = int(rows[0]), int(rows[-1]) + 1
-            chain.append(block[lo:hi])
-        out.append((labels, LabelTree(chain), offsets))
-    return out
+
+def _plan_level(tree: LabelTree, t: int, Y: smat.csr_matrix, n_chunks: int) -> list[_Chunk]:
+    """Level t of `tree` (its levels 0..t at least final) cut into about `n_chunks` runs of
+    parents of equal cost (active instances × children; a heavier parent alone)."""
+    C = tree.C[t]
+    n_children = np.diff(C.indptr).astype(np.float64)
+    if t == 0:
+        act = np.array([Y.shape[0]], np.float64)
+    else:
+        act = np.diff(binarize(Y @ tree.label_to_level(t - 1)).tocsc().indptr).astype(np.float64)
+    cost = act * n_children
+    target = max(cost.sum() / max(n_chunks, 1), 1.0)
+    L2N = tree.label_to_level(t).tocsc() if t < tree.depth - 1 else None
+    chunks, lo, acc = [], 0, 0.0
+    P = C.shape[1]
+    for p in range(P):
+        acc += cost[p]
+        if acc >= target or p == P - 1:
+            hi = p + 1
+            S = C[:, lo:hi]
+            children = np.unique(S.indices)
+            if L2N is None:  # the leaf level: the children are the labels
+                labels = children.astype(np.int64)
+                M = smat.identity(len(labels), np.float32, format="csr")
+            else:
+                sub = L2N[:, children].tocsr()
+                labels = np.flatnonzero(np.diff(sub.indptr)).astype(np.int64)
+                M = sub[labels]
+            chunks.append(_Chunk(t, lo, hi, labels, M, smat.csc_matrix(C[children][:, lo:hi]), float(cost[lo:hi].sum())))
+            lo, acc = hi, 0.0
+    return chunks
+
+
+class _Tasks:
+    """The run's Ray tasks in flight: submitted with a kind and a key, collected as they finish
+    (a task's own exception re-raised as itself, Ray's failures as RayRunError)."""
+
+    def __init__(self, ray_params: RayParams, emit):
+        import ray
+
+        self.ray, self.emit, self.pending = ray, emit, {}
+        self.fns = {name: _remote(fn, ray_params) for name, fn in
+                    (("node", _node_task), ("subtree", _subtree_codes_task), ("chunk", _chunk_task))}
+
+    def submit(self, kind: str, key, *args):
+        self.pending[self.fns[kind].remote(*args)] = (kind, key)
+
+    def submit_chunks(self, chunks: list[_Chunk], X_ref, Y_ref, ranker_params, threads):
+        for c in sorted(chunks, key=lambda c: -c.cost):  # largest first
+            self.submit("chunk", c, X_ref, Y_ref, c, ranker_params, threads)
+
+    def next(self):
+        """(kind, key, value) of the next task to finish; its record emitted."""
+        done, _ = self.ray.wait(list(self.pending), num_returns=1)
+        kind, key = self.pending.pop(done[0])
+        value, sec, peak = _get(done[0])
+        if kind == "chunk":
+            self.emit({"stage": "chunk", "level": key.t, "parents": [key.lo, key.hi], "n_labels": len(key.labels),
+                       "nnz_W": int(value.nnz), "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
+        elif kind == "subtree":
+            self.emit({"stage": "subtree", "root": key[0], "n_labels": len(key[1]), "seconds": round(sec, 3),
+                       "worker_peak_rss_mb": round(peak, 1)})
+        else:
+            self.emit({"stage": "tree_node", "depth": key[0], "node": key[1], "n_labels": len(key[2]),
+                       "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
+        return kind, key, value
+
+
+class _Pieces:
+    """The chunks' weight columns, kept on the driver's disk (a temporary folder) until all are
+    in, then assembled level by level: the driver holds one copy of W, never W and its pieces,
+    and nothing of W while the tasks run (the stored copy of a piece is freed once written)."""
+
+    def __init__(self):
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory(prefix="xmc-ray-W-")
+        self.meta: dict[int, list[tuple[int, int, int, str]]] = {}
+
+    def add(self, t: int, lo: int, W: smat.csc_matrix) -> None:
+        path = os.path.join(self.dir.name, f"W{t}-{lo}.npz")
+        np.savez(path, data=W.data, indices=W.indices, indptr=W.indptr)
+        self.meta.setdefault(t, []).append((lo, W.shape[1], int(W.nnz), path))
+
+    def assemble(self, n_levels: int, D1: int) -> list[smat.csc_matrix]:
+        """Each level's chunks side by side in parent order: (D+1) × nnz(C[t]) float32 CSC,
+        int32 indices (scipy's hstack would upcast them)."""
+        out = []
+        for t in range(n_levels):
+            parts = sorted(self.meta.pop(t, []))
+            nnz = sum(p[2] for p in parts)
+            n_cols = sum(p[1] for p in parts)
+            indptr = np.zeros(n_cols + 1, np.int64)
+            indices = np.empty(nnz, np.int32)
+            data = np.empty(nnz, np.float32)
+            c = q = 0
+            for _, m, k, path in parts:
+                with np.load(path) as f:
+                    indptr[c + 1:c + m + 1] = q + f["indptr"][1:]
+                    indices[q:q + k] = f["indices"]
+                    data[q:q + k] = f["data"]
+                os.remove(path)
+                c, q = c + m, q + k
+            W = smat.csc_matrix((data, indices, indptr.astype(np.int32 if nnz < 2**31 else np.int64)),
+                                shape=(D1, n_cols))
+            W.has_sorted_indices = True
+            out.append(W)
+        self.dir.cleanup()
+        return out
+
+
+def _n_workers(ray_params: RayParams) -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // ray_params.cpus_per_task))
 
 
 def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, params,
                       ray_params: RayParams | None = None, log: Callable[[dict], None] | None = None) -> XLinearModel:
-    """The rankers of a given tree (`XLinearModel.train`'s result) with its sub-trees as Ray tasks.
+    """The rankers of a given tree (`XLinearModel.train`'s result), every level cut into chunks of
+    parents of equal cost, each chunk one Ray task.
 
     What the Dagster `rankers` asset runs when a Ray resource is configured: the tree (plain or
-    disentangled) is an input there. The meta-problem (levels 0..split_level-1) is trained on the
-    driver while the tasks run.
+    disentangled) is an input there.
 
     Args:
         X: N × D float32 CSR, rows l2-normalized. Y: N × L label matrix, entries > 0 positives.
-        tree: :class:`LabelTree` over the L labels whose levels are contiguous per sub-tree (any
-            :func:`tree.build_tree` chain, disentangled or not).
+        tree: any :class:`LabelTree` over the L labels (label copies allowed).
         params: :class:`model.XRLinearParams` (ranker and pred sections; TFN negatives).
-        ray_params: :class:`RayParams`. log: as :func:`train_xlinear_ray`.
+        ray_params: :class:`RayParams`. log: as :func:`train_xlinear_ray` ("chunk" records).
 
     Returns:
         XLinearModel equal to ``XLinearModel.train(X, Y, tree, params.ranker, params.pred)``.
 
     Raises:
-        ValueError: MAN negatives; a tree whose levels are not contiguous per sub-tree; a task's
-            own error. RayRunError: as :func:`train_xlinear_ray`.
+        ValueError: MAN negatives; a task's own error. RayRunError: as :func:`train_xlinear_ray`.
     """
     import ray
 
@@ -289,29 +435,22 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
     emit = log or (lambda rec: None)
     _check_tfn(params)
     X_ref, X, Y = _checked(X, Y)
-    s = min(ray_params.split_level, tree.depth - 1)
-    if s == 0:
-        return XLinearModel.train(X, Y, tree, params.ranker, params.pred)
-    parts = _subtrees(tree, s)
-    Y_csc = Y.tocsc()
-    col_nnz = np.diff(Y_csc.indptr)
-    X_ref, Y_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc)
-    task = _remote(_subtree_rankers_task, ray_params)
-    work = [col_nnz[labels].sum() * len(labels) for labels, _, _ in parts]
-    refs = {}
-    for k in np.argsort(-np.asarray(work), kind="stable"):
-        labels, sub, offsets = parts[int(k)]
-        refs[int(k)] = task.remote(X_ref, Y_ref, labels, sub, int(k), offsets, params.ranker, params.pred,
-                                   ray_params.cpus_per_task)
+    X_ref, Y_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y.tocsc())
+    tasks = _Tasks(ray_params, emit)
+    n_chunks = _n_workers(ray_params) * ray_params.chunks_per_worker
+    for t in range(tree.depth):
+        tasks.submit_chunks(_plan_level(tree, t, Y, n_chunks), X_ref, Y_ref, params.ranker, ray_params.cpus_per_task)
+    pieces = _Pieces()
     t0 = time.perf_counter()
-    Y_top = binarize(Y @ tree.label_to_level(s - 1))
-    top_W = XLinearModel.train(X, Y_top, LabelTree(tree.C[:s]), params.ranker, params.pred).W
-    emit({"stage": "rankers_top", "seconds": time.perf_counter() - t0, "levels": s})
-    results = _collect(refs, {k: len(parts[k][0]) for k in refs}, emit)
+    while tasks.pending:
+        _, c, W_c = tasks.next()
+        pieces.add(c.t, c.lo, W_c)
+        del W_c
+    emit({"stage": "rankers_tasks", "seconds": time.perf_counter() - t0})
+    D1 = X.shape[1] + 1
+    del X, X_ref, Y_ref  # the store frees X here unless the caller holds a reference
     t0 = time.perf_counter()
-    W = list(top_W)
-    for j in range(tree.depth - s):
-        W.append(_hstack_csc([results[k][1][j] for k in range(len(parts))], X.shape[1] + 1))
+    W = pieces.assemble(tree.depth, D1)
     emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
     return XLinearModel(tree, W, params.ranker.bias, params.pred)
 
@@ -351,27 +490,15 @@ def _checked(X, Y):
     return X_ref, X, Y
 
 
-def _collect(refs: dict, n_labels: dict, emit) -> dict:
-    """Results of the sub-tree tasks as they finish (one "subtree" record each)."""
-    import ray
-
-    results = {}
-    pending = {ref: k for k, ref in refs.items()}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        k = pending.pop(done[0])
-        codes_k, W_k, sec, peak = _get(done[0])
-        results[k] = (codes_k, W_k)
-        emit({"stage": "subtree", "root": k, "n_labels": n_labels[k], "seconds": round(sec, 3),
-              "worker_peak_rss_mb": round(peak, 1)})
-    return results
-
-
 def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: RayParams | None = None,
                       log: Callable[[dict], None] | None = None) -> tuple[LabelTree, XLinearModel]:
-    """PIFA → label tree → rankers of XR-Linear with the sub-trees trained as Ray tasks.
+    """PIFA → label tree → rankers of XR-Linear, every part of the work a Ray task.
 
-    Runs inside a Ray session (:class:`ray_session`, or `ray.init` by the caller).
+    Runs inside a Ray session (:class:`ray_session`, or `ray.init` by the caller). The driver
+    only schedules: the top of the tree (binary depths above the sub-tree roots) one node per
+    task, each sub-tree's clustering one task, and the rankers of every level in chunks of
+    parents of equal cost (:func:`train_rankers_ray`'s), the top levels' chunks as soon as the
+    top of the tree is known. Tasks compute the PIFA rows of their own labels from X and Y.
 
     Args:
         X: N × D float32 CSR, rows l2-normalized; or an ObjectRef of one (float32, sorted
@@ -380,9 +507,10 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         params: :class:`model.XRLinearParams` (pifa, tree, ranker, pred sections; TFN negatives,
             no disentangle section).
         ray_params: :class:`RayParams` (None: defaults).
-        log: receives {"stage": "label_embeddings" | "label_tree_top" | "rankers_top" |
-            "subtree" | "assemble", "seconds", ...} records; "subtree" ones carry the task's
-            "root", "n_labels", "seconds" and the worker process's "worker_peak_rss_mb".
+        log: receives {"stage", "seconds", ...} records: one "tree_node", "subtree" or "chunk"
+            per task as it finishes (with the worker process's "worker_peak_rss_mb"; sub-trees
+            with "root" and "n_labels", chunks with "level", "parents" and "nnz_W"), then "label_tree",
+            "rankers_tasks" (wall seconds of each phase) and "assemble".
 
     Returns:
         (tree, ranker): equal to `build_tree(pifa(X, Y))` and `XLinearModel.train` on it with
@@ -402,65 +530,75 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         raise ValueError("engine ray: label disentanglement is not decomposed; train xr-linear-ld locally")
     X_ref, X, Y = _checked(X, Y)
     N, L = Y.shape
+    D1 = X.shape[1] + 1
     tp = params.tree
-    threads = tp.threads if tp.threads > 0 else (os.cpu_count() or 1)
-
-    t0 = time.perf_counter()
-    Z = pifa(X, Y, params.pifa, threads=threads)
-    emit({"stage": "label_embeddings", "seconds": time.perf_counter() - t0})
     bits = chain_bits(L, tp)
     s = min(ray_params.split_level, len(bits))
     if s == 0:  # a flat tree: one problem, nothing to split
         tree = tree_from_codes(np.zeros(L, np.int64), [])
         return tree, XLinearModel.train(X, Y, tree, params.ranker, params.pred)
     b = bits[s - 1]  # binary depth of the sub-tree roots
+    X_ref, Y_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y.tocsc())
+    del X  # the tasks read the stored X
+    tasks = _Tasks(ray_params, emit)
+    n_chunks = _n_workers(ray_params) * ray_params.chunks_per_worker
+    threads = ray_params.cpus_per_task
+
+    # the top of the tree, a node per task: a node's children are submitted when it returns,
+    # a sub-tree's clustering when its root is known; then the top levels' rankers
+    t_tree = time.perf_counter()
+    codes = np.zeros(L, np.int64)  # binary code at the depth reached so far, then the leaf code
+    members0 = np.arange(L, dtype=np.int64)
+    tasks.submit("node", (0, 0, members0), X_ref, Y_ref, members0, 0, 0, params.pifa, tp)
+    roots_left, tree_top_left = 1 << b, (1 << b) - 1
+    sub_codes: dict[int, tuple] = {}
+    pieces = _Pieces()
+    tree = None
+    t_tasks = None
+
+    def submit_subtree(root, labels):
+        tasks.submit("subtree", (root, labels), X_ref, Y_ref, labels, root, b, bits[-1], params.pifa, tp)
+
+    while tasks.pending:
+        kind, key, value = tasks.next()
+        if kind == "node":
+            d, n, members = key
+            codes[members] = 2 * n + value
+            tree_top_left -= 1
+            for child in (2 * n, 2 * n + 1):
+                labels = members[value == child - 2 * n]
+                if d + 1 < b:
+                    tasks.submit("node", (d + 1, child, labels), X_ref, Y_ref, labels, d + 1, child, params.pifa, tp)
+                else:
+                    submit_subtree(child, labels)
+            if tree_top_left == 0:  # the top levels' rankers: their nodes are known now
+                top = tree_from_codes(codes, bits[:s])
+                for t in range(s):
+                    tasks.submit_chunks(_plan_level(top, t, Y, n_chunks), X_ref, Y_ref, params.ranker, threads)
+        elif kind == "subtree":
+            root, labels = key
+            sub_codes[root] = (labels, value)
+            roots_left -= 1
+            if roots_left == 0:  # the whole tree: the rankers of the levels below the roots
+                shift = bits[-1] - b
+                for root, (labels, c) in sub_codes.items():
+                    codes[labels] = (np.int64(root) << shift) | c
+                sub_codes.clear()
+                tree = tree_from_codes(codes, bits)
+                emit({"stage": "label_tree", "seconds": time.perf_counter() - t_tree, "n_subtrees": 1 << b})
+                t_tasks = time.perf_counter()
+                for t in range(s, tree.depth):
+                    tasks.submit_chunks(_plan_level(tree, t, Y, n_chunks), X_ref, Y_ref, params.ranker, threads)
+        else:
+            pieces.add(key.t, key.lo, value)
+        del value
+    emit({"stage": "rankers_tasks", "seconds": time.perf_counter() - t_tasks})
+    del X_ref, Y_ref, tasks  # the store frees X here unless the caller holds a reference
     t0 = time.perf_counter()
-    top = binary_codes(Z, b, tp.kmeans_max_iter, tp.seed, threads)
-    emit({"stage": "label_tree_top", "seconds": time.perf_counter() - t0, "n_subtrees": 1 << b})
-
-    # one task per sub-tree root, largest first (labels × instances is its work's scale)
-    order = np.argsort(top, kind="stable")
-    bounds = np.searchsorted(top[order], np.arange((1 << b) + 1))
-    Y_csc = Y.tocsc()
-    col_nnz = np.diff(Y_csc.indptr)
-    work = np.array([col_nnz[order[bounds[k]:bounds[k + 1]]].sum() * (bounds[k + 1] - bounds[k])
-                     for k in range(1 << b)])
-    X_ref, Y_ref, Z_ref = X_ref if X_ref is not None else ray.put(X), ray.put(Y_csc), ray.put(Z)
-    del Z, Y_csc  # the stored copies are what the tasks read; the driver keeps Y (CSR) and X
-    task = _remote(_subtree_task, ray_params)
-    # level s+j's first parent under root k: k's first descendant at level s+j-1
-    level_bits = [b] + bits[s:]  # binary depth of the parents of levels s, s+1, ...
-    refs = {}
-    for k in np.argsort(-work, kind="stable"):
-        k = int(k)
-        labels = order[bounds[k]:bounds[k + 1]].astype(np.int64)
-        offsets = [k << (pb - b) for pb in level_bits]
-        refs[k] = task.remote(X_ref, Y_ref, Z_ref, labels, k, bits[-1], bits[s:], b, offsets, tp,
-                              params.ranker, params.pred, ray_params.cpus_per_task)
-
-    # the meta-problem on the driver while the tasks run: levels 0..s-1 over the top nodes
-    t0 = time.perf_counter()
-    top_tree = tree_from_codes(top, bits[:s])  # levels 0..s-1, then the labels under them
-    Y_top = binarize(Y @ smat.csr_matrix(top_tree.C[-1]))  # N × (level s-1 nodes)
-    top_W = XLinearModel.train(X, Y_top, LabelTree(top_tree.C[:-1]), params.ranker, params.pred).W
-    emit({"stage": "rankers_top", "seconds": time.perf_counter() - t0, "levels": s})
-
-    results = _collect(refs, {k: int(bounds[k + 1] - bounds[k]) for k in refs}, emit)
-
-    t0 = time.perf_counter()
-    codes = np.empty(L, np.int64)
-    shift = bits[-1] - b
-    for k in range(1 << b):
-        labels = order[bounds[k]:bounds[k + 1]]
-        if len(labels):
-            codes[labels] = (np.int64(k) << shift) | results[k][0]
-    tree = tree_from_codes(codes, bits)
-    W = list(top_W)
-    for j in range(len(tree.C) - s):
-        W.append(_hstack_csc([results[k][1][j] for k in range(1 << b) if k in results], X.shape[1] + 1))
-    ranker = XLinearModel(tree, W, params.ranker.bias, params.pred)
+    ranker = XLinearModel(tree, pieces.assemble(tree.depth, D1), params.ranker.bias, params.pred)
     emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
     return tree, ranker
+
 
 
 class RayEngine:
@@ -500,26 +638,6 @@ class RayEngine:
         """
         with ray_session(self.params.address):
             return train_rankers_ray(X, Y, tree, params, self.params, log)
-
-
-def _hstack_csc(blocks: Sequence[smat.csc_matrix], n_rows: int) -> smat.csc_matrix:
-    """Columns of CSC blocks side by side, int32 indices kept (scipy's hstack upcasts)."""
-    nnz = sum(int(B.nnz) for B in blocks)
-    n_cols = sum(B.shape[1] for B in blocks)
-    indptr = np.zeros(n_cols + 1, np.int64)
-    indices = np.empty(nnz, np.int32)
-    data = np.empty(nnz, np.float32)
-    c = p = 0
-    for B in blocks:
-        m = B.shape[1]
-        indptr[c + 1:c + m + 1] = p + B.indptr[1:]
-        indices[p:p + B.nnz] = B.indices
-        data[p:p + B.nnz] = B.data
-        c += m
-        p += B.nnz
-    W = smat.csc_matrix((data, indices, indptr.astype(np.int32 if nnz < 2**31 else np.int64)), shape=(n_rows, n_cols))
-    W.has_sorted_indices = True
-    return W
 
 
 # ---------------------------------------------------------------------------------------------

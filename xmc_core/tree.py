@@ -237,7 +237,7 @@ def _split_node(Zn, seed: int, max_iter: int) -> np.ndarray:
 
 
 def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int = 1,
-                 first_depth: int = 0, prefix: int = 0) -> np.ndarray:
+                 first_depth: int = 0, prefix: int = 0, overwrite_indices: bool = False) -> np.ndarray:
     """Leaf code in [0, 2**depth) for each label by recursive balanced spherical 2-means.
 
     Each node of a binary depth is split in two halves (sizes ceil(m/2), floor(m/2)): seeds are
@@ -259,6 +259,9 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
             `first_depth` of a larger tree, and only the depths first_depth..depth-1 below it are
             split (a sub-tree of the distributed engine). Every node's seed is the one it has in
             the whole tree, so the sub-tree equals that part of ``binary_codes`` of all labels.
+        overwrite_indices: renumber a sparse Z's own int32 column ids in place instead of a copy
+            (saves nnz(Z) int32; Z's column ids are lost). The sides are the same: a node's
+            numbering follows the first use of its columns, whatever their ids.
 
     Returns:
         (L,) int64 codes in [0, 2**(depth - first_depth)); ``code >> (depth - d)`` is the label's
@@ -279,7 +282,7 @@ def binary_codes(Z, depth: int, max_iter: int = 20, seed: int = 0, threads: int 
         # Each depth renumbers every node's columns in place in a copy of Z's column ids (half
         # Z's size) and splits the node where its rows lie: no gathered copy of a node's rows,
         # which at the top depths would be a second Z; the same sides as gathered blocks.
-        local = np.array(Z.indices, dtype=np.int32)
+        local = Z.indices if overwrite_indices and Z.indices.dtype == np.int32 else np.array(Z.indices, dtype=np.int32)
         colmap = np.full(Z.shape[1], -1, np.int64)
         used = np.empty(Z.shape[1], np.int64)
     # progress: every depth splits all of the labels once
