@@ -361,9 +361,14 @@ class _Tasks:
 
 
 class _Pieces:
-    """The chunks' weight columns, kept on the driver's disk (a temporary folder) until all are
-    in, then assembled level by level: the driver holds one copy of W, never W and its pieces,
-    and nothing of W while the tasks run (the stored copy of a piece is freed once written)."""
+    """The chunks' weight columns, kept on the driver's disk (a temporary folder) as they come
+    in; the stored copy of a piece is freed once it is written, so the driver holds nothing of W
+    while the tasks run.
+
+    `assemble` streams each level's pieces, in parent order, into one file per array and maps
+    the files read-only: the model's W is in the page cache and on disk, not in the driver's
+    memory (1.87 GB of weights for 1M labels, more than the driver holds otherwise). The files
+    are unlinked once mapped; the mappings keep them readable until the model is dropped."""
 
     def __init__(self):
         import tempfile
@@ -378,23 +383,29 @@ class _Pieces:
 
     def assemble(self, n_levels: int, D1: int) -> list[smat.csc_matrix]:
         """Each level's chunks side by side in parent order: (D+1) × nnz(C[t]) float32 CSC,
-        int32 indices (scipy's hstack would upcast them)."""
+        int32 indices (scipy's hstack would upcast them), data and indices memory-mapped."""
         out = []
         for t in range(n_levels):
             parts = sorted(self.meta.pop(t, []))
             nnz = sum(p[2] for p in parts)
             n_cols = sum(p[1] for p in parts)
             indptr = np.zeros(n_cols + 1, np.int64)
-            indices = np.empty(nnz, np.int32)
-            data = np.empty(nnz, np.float32)
+            paths = {k: os.path.join(self.dir.name, f"W{t}.{k}.npy") for k in ("indices", "data")}
+            files = {k: open(paths[k], "wb") for k in paths}
+            for k, dtype in (("indices", np.int32), ("data", np.float32)):
+                np.lib.format.write_array_header_1_0(files[k], {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                                "fortran_order": False, "shape": (nnz,)})
             c = q = 0
             for _, m, k, path in parts:
                 with np.load(path) as f:
                     indptr[c + 1:c + m + 1] = q + f["indptr"][1:]
-                    indices[q:q + k] = f["indices"]
-                    data[q:q + k] = f["data"]
+                    f["indices"].astype(np.int32, copy=False).tofile(files["indices"])
+                    f["data"].astype(np.float32, copy=False).tofile(files["data"])
                 os.remove(path)
                 c, q = c + m, q + k
+            for f in files.values():
+                f.close()
+            indices, data = (np.load(paths[k], mmap_mode="r") for k in ("indices", "data"))
             W = smat.csc_matrix((data, indices, indptr.astype(np.int32 if nnz < 2**31 else np.int64)),
                                 shape=(D1, n_cols))
             W.has_sorted_indices = True
