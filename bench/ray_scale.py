@@ -86,6 +86,8 @@ def task_graph(ray_row: dict, scale: int = 1) -> tuple[list[float], list[list[in
     top of the tree, the others after every sub-tree. scale > 1 extrapolates to `scale` times
     the labels and documents: top-of-tree nodes and top-level chunks `scale` times as long (they
     cover all labels or all documents), sub-trees and the lower chunks `scale` times as many."""
+    if "tasks" not in ray_row:
+        raise SystemExit("ray_scale: this run predates the task records (bench/ray_run.py 'tasks'); run it again")
     recs = ray_row["tasks"]
     s = min(ray_row["split_level"], len(ray_row["tree_levels"]) - 1)
     dur: list[float] = []
@@ -150,7 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--split-level", type=int, default=1)
     ap.add_argument("--model-split-level", type=int, default=None,
-                    help="also run Ray at this split level for the scaling model (more, smaller tasks)")
+                    help="also run Ray at this split level and take the scaling model from it (default: "
+                         "from the --split-level run)")
     ap.add_argument("--params", default="{}")
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     args = ap.parse_args(argv)
@@ -180,6 +183,7 @@ def main(argv=None) -> int:
                          "train_s": r["train_s"], "predict_s": r["predict_s"], "peak_rss_mb": peak,
                          "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"], "extra": r})
         table.append((name, single, single_peak, dist))
+        fine = dist
         if args.model_split_level:
             fine = _run([py, str(REPO / "bench" / "ray_run.py"), *_files(d), "--nodes", str(args.nodes),
                          "--cpus-per-node", str(args.cpus_per_node), "--split-level", str(args.model_split_level),
@@ -189,14 +193,15 @@ def main(argv=None) -> int:
                          "n_train": fine["n_train"], "n_test": fine["n_test"], "train_s": fine["train_s"],
                          "predict_s": fine["predict_s"], "peak_rss_mb": fine["peak_node_mb"], "p1": fine["p@1"],
                          "p3": fine["p@3"], "p5": fine["p@5"], "extra": fine})
-            stored_mb = sum((d / f).stat().st_size for f in ("X.trn.npz", "Y.trn.npz")) / 2**20
-            model = scaling_table(fine, stored_mb)
-            for m in model:
-                rows.append({"bench": "ray-scaling-model", "dataset": name, "system": f"model-{m['workers']}w-{m['labels']}l",
-                             "threads": m["workers"], "n_labels": m["labels"], "train_s": m["makespan_s"],
-                             "peak_rss_mb": m["worker_mb"], "extra": m})
-            _print_model(name, model)
-            _plot(model, REPO / "bench" / "out" / f"ray_scaling_{name}.png")
+        # the scaling model of the finer run when there is one, else of the run above
+        stored_mb = sum((d / f).stat().st_size for f in ("X.trn.npz", "Y.trn.npz")) / 2**20
+        model = scaling_table(fine, stored_mb)
+        for m in model:
+            rows.append({"bench": "ray-scaling-model", "dataset": name, "system": f"model-{m['workers']}w-{m['labels']}l",
+                         "threads": m["workers"], "n_labels": m["labels"], "train_s": m["makespan_s"],
+                         "peak_rss_mb": m["worker_mb"], "extra": m})
+        _print_model(name, model)
+        _plot(model, REPO / "bench" / "out" / f"ray_scaling_{name}.png")
 
     print(f"\n{'dataset':<34} {'train s (1p / ray)':>20} {'ratio':>6} {'peak MB (1p / node)':>21} {'ratio':>6} "
           f"{'P@1/3/5 1p':>20} {'P@1/3/5 ray':>20}")
