@@ -138,3 +138,24 @@ def test_pifa_is_normalized_sum_of_positive_rows():
     np.testing.assert_allclose(Z7[:4], expected, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(Z7[6], [0, 0, 1, 0, 0], rtol=1e-6)
     np.testing.assert_array_equal(Z7[4:6], 0.0)
+
+
+def test_binary_codes_overwriting_the_column_ids_gives_the_same_codes():
+    """The Ray engine's tasks renumber their own Z's column ids in place (no nnz(Z) copy): a
+    node's numbering follows the first use of its columns, so the codes are the same, and the
+    same again when Z's columns are permuted."""
+    rng = np.random.default_rng(5)
+    Z = smat.random(300, 400, density=0.05, format="csr", dtype=np.float32, random_state=rng)
+    Z.data[:] = rng.random(Z.nnz, dtype=np.float32)
+    Z = smat.csr_matrix(Z / np.maximum(np.sqrt(Z.multiply(Z).sum(1)), 1e-12), dtype=np.float32)
+    ref = binary_codes(Z, 5, seed=3)
+    own = Z.copy()
+    assert np.array_equal(binary_codes(own, 5, seed=3, overwrite_indices=True), ref)
+    assert not np.array_equal(own.indices, Z.indices)  # the ids were overwritten
+    perm = rng.permutation(400)
+    Zp = smat.csr_matrix((Z.data, perm[Z.indices], Z.indptr), shape=Z.shape)
+    assert np.array_equal(binary_codes(Zp, 5, seed=3, overwrite_indices=True), ref)
+    # a sub-tree from its own labels' rows, as a task builds it
+    node1 = np.flatnonzero((ref >> 4) == 1)
+    sub = binary_codes(Z[node1], 5, seed=3, first_depth=1, prefix=1, overwrite_indices=True)
+    assert np.array_equal(sub, ref[node1] & 0b1111)

@@ -54,7 +54,7 @@ from .xlinear import XLinearModel, _train_level
 
 __all__ = ["RayParams", "RayEngine", "RayRunError", "train_xlinear_ray", "train_rankers_ray", "predict_files_ray", "ray_session"]
 
-#: test hook: when set to a path, the first sub-tree task that finds no file there creates it and
+#: test hook: when set to a path, the first training task that finds no file there creates it and
 #: SIGKILLs its own worker process (a worker lost mid-task; Ray must retry it)
 FAULT_ENV = "XMC_RAY_KILL_ONCE"
 #: test hook: likewise, but the first task that runs on a node with the custom resource
@@ -204,12 +204,12 @@ def _task_result(value, t0: float):
     return value, time.perf_counter() - t0, peak_rss_mb()
 
 
-def _pifa_rows(X, Y_csc, labels, pifa_params):
+def _pifa_rows(X, Y_csc, labels, pifa_params, threads: int = 1):
     """PIFA rows of `labels` (ascending): each row is computed as `pifa` of all labels computes
     it (Yᵀ X row by row, then l2 rows), so a task builds the embeddings of its own labels from
     X and Y instead of reading a stored Z (972 MiB for 1M labels, nearly twice X)."""
     Yk = Y_csc if len(labels) == Y_csc.shape[1] else Y_csc[:, labels]
-    return pifa(X, Yk, pifa_params, threads=1)
+    return pifa(X, Yk, pifa_params, threads=threads)
 
 
 def _check_finite(X, rows, where: str) -> None:
@@ -225,7 +225,7 @@ def _check_finite(X, rows, where: str) -> None:
                              f"{where} cannot be trained on it")
 
 
-def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params):
+def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params, threads):
     """One node of the top of the tree: the 2-means sides of its labels `members` (ascending),
     node `n` of binary depth `d` of the whole tree (its seed is the one it has there).
 
@@ -236,21 +236,21 @@ def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params):
     _maybe_die()
     if d == 0:
         _check_finite(X, None, "the label tree")
-    Z = _pifa_rows(X, Y_csc, members, pifa_params)
+    Z = _pifa_rows(X, Y_csc, members, pifa_params, threads)
     sides = binary_codes(Z, d + 1, tree_params.kmeans_max_iter, tree_params.seed, 1, first_depth=d, prefix=n,
                          overwrite_indices=True)
     return _task_result(sides, t0)
 
 
-def _subtree_codes_task(X, Y_csc, labels, root, first_depth, depth, pifa_params, tree_params):
+def _subtree_codes_task(X, Y_csc, labels, root, first_depth, depth, pifa_params, tree_params, threads):
     """One sub-tree's clustering: the codes of its labels (ascending) below `root`, a node of
     binary depth `first_depth`, down to binary depth `depth`. Returns (codes (L_k,) int64,
     seconds, peak MiB)."""
     reset_peak()
     t0 = time.perf_counter()
     _maybe_die()
-    Z = _pifa_rows(X, Y_csc, labels, pifa_params)
-    codes = binary_codes(Z, depth, tree_params.kmeans_max_iter, tree_params.seed, 1, first_depth=first_depth,
+    Z = _pifa_rows(X, Y_csc, labels, pifa_params, threads)
+    codes = binary_codes(Z, depth, tree_params.kmeans_max_iter, tree_params.seed, threads, first_depth=first_depth,
                          prefix=root, overwrite_indices=True)
     return _task_result(codes, t0)
 
@@ -560,7 +560,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     t_tree = time.perf_counter()
     codes = np.zeros(L, np.int64)  # binary code at the depth reached so far, then the leaf code
     members0 = np.arange(L, dtype=np.int64)
-    tasks.submit("node", (0, 0, members0), X_ref, Y_ref, members0, 0, 0, params.pifa, tp)
+    tasks.submit("node", (0, 0, members0), X_ref, Y_ref, members0, 0, 0, params.pifa, tp, threads)
     roots_left, tree_top_left = 1 << b, (1 << b) - 1
     sub_codes: dict[int, tuple] = {}
     pieces = _Pieces()
@@ -568,7 +568,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     t_tasks = None
 
     def submit_subtree(root, labels):
-        tasks.submit("subtree", (root, labels), X_ref, Y_ref, labels, root, b, bits[-1], params.pifa, tp)
+        tasks.submit("subtree", (root, labels), X_ref, Y_ref, labels, root, b, bits[-1], params.pifa, tp, threads)
 
     while tasks.pending:
         kind, key, value = tasks.next()
@@ -579,7 +579,8 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
             for child in (2 * n, 2 * n + 1):
                 labels = members[value == child - 2 * n]
                 if d + 1 < b:
-                    tasks.submit("node", (d + 1, child, labels), X_ref, Y_ref, labels, d + 1, child, params.pifa, tp)
+                    tasks.submit("node", (d + 1, child, labels), X_ref, Y_ref, labels, d + 1, child, params.pifa, tp,
+                                 threads)
                 else:
                     submit_subtree(child, labels)
             if tree_top_left == 0:  # the top levels' rankers: their nodes are known now
@@ -613,7 +614,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
 
 
 class RayEngine:
-    """The Ray engine as `model.fit_rankers` uses it: tree and rankers by sub-tree tasks.
+    """The Ray engine as `model.fit_rankers` uses it: tree and rankers as Ray tasks.
 
     Args:
         params: :class:`RayParams`; training runs in a :class:`ray_session` of its address.
