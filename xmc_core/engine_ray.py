@@ -347,7 +347,15 @@ class _Tasks:
         """(kind, key, value) of the next task to finish; its record emitted."""
         done, _ = self.ray.wait(list(self.pending), num_returns=1)
         kind, key = self.pending.pop(done[0])
-        value, sec, peak = _get(done[0])
+        try:
+            value, sec, peak = _get(done[0])
+        except BaseException:
+            # the run has failed: the tasks still queued or running would only occupy a cluster
+            # the driver may not own (one joined by address is left running)
+            for ref in self.pending:
+                self.ray.cancel(ref, force=True)
+            self.pending.clear()
+            raise
         if kind == "chunk":
             self.emit({"stage": "chunk", "level": key.t, "parents": [key.lo, key.hi], "n_labels": len(key.labels),
                        "nnz_W": int(value.nnz), "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
