@@ -2,18 +2,23 @@
 """Train XR-Linear with the Ray engine on a local multi-node Ray cluster; print ONE JSON line.
 
     .venv/bin/python bench/ray_run.py --train-X X.trn.npz --train-Y Y.trn.npz --test-X X.tst.npz \
-        --test-Y Y.tst.npz [--nodes 2] [--cpus-per-node 1] [--split-level 1] [--params '{...}']
+        --test-Y Y.tst.npz [--nodes 2] [--cpus-per-node 1] [--head-cpus 0] [--split-level 1] \
+        [--chunks-per-worker 8] [--params '{...}']
 
-The cluster is `ray.cluster_utils.Cluster` (--nodes raylets on this machine, each with its own
-object store and workers): what `ray start` gives on --nodes machines, without the network. X goes
-into the object store once and the driver keeps no private copy (it reads the stored one).
+The cluster is `ray.cluster_utils.Cluster`: a head node with --head-cpus CPUs for tasks (0 by
+default: it runs the driver only, as the README's RayCluster manifest) and --nodes task nodes of
+--cpus-per-node CPUs, each a raylet on this machine with its own object store and workers: what
+`ray start` gives on that many machines, without the network. X goes into the object store once
+and the driver keeps no reference of its own (it reads the stored one), so the store frees it
+once the tasks are done.
 
 Memory per node, sampled every --interval seconds during training: the proportional set size (PSS,
 /proc/PID/smaps_rollup) summed over the node's processes: its raylet (which holds the node's
 object store), the raylet's worker processes and, on the head node, the GCS and the other head
 processes plus this driver. PSS splits a shared page among the processes that map it, so the
 object store is counted once, on its node. The row reports each node's peak of that sum; the
-largest is "peak_node_mb". train_s covers PIFA + tree + rankers + assembly (Ray start excluded),
+largest is "peak_node_mb", "node_peak_at_s" says when each peaked and "node_series_mb" gives
+each node's largest sum per 5-second window. train_s covers PIFA + tree + rankers + assembly (Ray start excluded),
 as bench/ours_run.py's does; P@k is computed after training, outside the sampling.
 """
 
