@@ -48,7 +48,7 @@ import scipy.sparse as smat
 from .label_embedding import pifa
 from .memory import peak_rss_mb, reset_peak
 from .params import ParamsBase
-from .sparse import binarize
+from .sparse import binarize, first_entry
 from .tree import LabelTree, binary_codes, chain_bits, tree_from_codes
 from .xlinear import XLinearModel, _train_level
 
@@ -212,17 +212,14 @@ def _pifa_rows(X, Y_csc, labels, pifa_params, threads: int = 1):
     return pifa(X, Yk, pifa_params, threads=threads)
 
 
-def _check_finite(X, rows, where: str) -> None:
-    """ValueError naming the first of `rows` (ascending; None: all) whose X row holds a NaN or
-    inf."""
-    bad = np.flatnonzero(~np.isfinite(X.data))
-    if len(bad):
-        bad_rows = np.unique(np.searchsorted(X.indptr, bad, side="right") - 1)
-        if rows is not None:
-            bad_rows = bad_rows[np.isin(bad_rows, rows)]
-        if len(bad_rows):
-            raise ValueError(f"X row {int(bad_rows[0])}: a non-finite feature value (NaN or inf); "
-                             f"{where} cannot be trained on it")
+def _check_finite(X, where: str) -> None:
+    """ValueError naming the first row of X that holds a NaN or inf. Run by the tasks that read
+    every row (the root's split, the level-0 chunk), so a bad X fails the run once, not once
+    per task."""
+    bad = ~np.isfinite(X.data)
+    if bad.any():
+        row, _, _ = first_entry(X, bad)
+        raise ValueError(f"X row {row}: a non-finite feature value (NaN or inf); {where} cannot be trained on it")
 
 
 def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params, threads):
@@ -235,7 +232,7 @@ def _node_task(X, Y_csc, members, d, n, pifa_params, tree_params, threads):
     t0 = time.perf_counter()
     _maybe_die()
     if d == 0:
-        _check_finite(X, None, "the label tree")
+        _check_finite(X, "the label tree")
     Z = _pifa_rows(X, Y_csc, members, pifa_params, threads)
     sides = binary_codes(Z, d + 1, tree_params.kmeans_max_iter, tree_params.seed, 1, first_depth=d, prefix=n,
                          overwrite_indices=True)
@@ -282,12 +279,12 @@ def _chunk_task(X, Y_csc, chunk: _Chunk, ranker_params, threads):
     _maybe_die()
     N = X.shape[0]
     Y_t = binarize(Y_csc[:, chunk.labels].tocsr() @ chunk.M)  # N × m, the children's targets
+    where = f"level {chunk.t} parents {chunk.lo}..{chunk.hi - 1}"
     if chunk.t == 0:  # the root is active for every instance, labelled or not
         active = smat.csc_matrix(np.ones((N, 1), np.float32))
+        _check_finite(X, where)
     else:
         active = binarize(Y_t @ chunk.C).tocsc()
-    where = f"level {chunk.t} parents {chunk.lo}..{chunk.hi - 1}"
-    _check_finite(X, np.unique(active.indices), where)
     params = type(ranker_params)(**{**ranker_params.to_dict(), "threads": threads})
     W = _train_level(X, Y_t, chunk.C, active, params, threads, parent_offset=chunk.lo, desc=f"rankers {where}")
     return _task_result(W, t0)
@@ -357,14 +354,13 @@ class _Tasks:
             self.pending.clear()
             raise
         if kind == "chunk":
-            self.emit({"stage": "chunk", "level": key.t, "parents": [key.lo, key.hi], "n_labels": len(key.labels),
-                       "nnz_W": int(value.nnz), "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
+            rec = {"stage": "chunk", "level": key.t, "parents": [key.lo, key.hi], "n_labels": len(key.labels),
+                   "nnz_W": int(value.nnz)}
         elif kind == "subtree":
-            self.emit({"stage": "subtree", "root": key[0], "n_labels": len(key[1]), "seconds": round(sec, 3),
-                       "worker_peak_rss_mb": round(peak, 1)})
+            rec = {"stage": "subtree", "root": key[0], "n_labels": len(key[1])}
         else:
-            self.emit({"stage": "tree_node", "depth": key[0], "node": key[1], "n_labels": len(key[2]),
-                       "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
+            rec = {"stage": "tree_node", "depth": key[0], "node": key[1], "n_labels": len(key[2])}
+        self.emit({**rec, "seconds": round(sec, 3), "worker_peak_rss_mb": round(peak, 1)})
         return kind, key, value
 
 
@@ -468,6 +464,11 @@ def train_rankers_ray(X: smat.csr_matrix, Y: smat.spmatrix, tree: LabelTree, par
     emit({"stage": "rankers_tasks", "seconds": time.perf_counter() - t0})
     D1 = X.shape[1] + 1
     del X, X_ref, Y_ref  # the store frees X here unless the caller holds a reference
+    return _assembled(pieces, tree, D1, params, emit)
+
+
+def _assembled(pieces: _Pieces, tree: LabelTree, D1: int, params, emit) -> XLinearModel:
+    """The model of the chunks' columns (`_Pieces.assemble`), with its "assemble" record."""
     t0 = time.perf_counter()
     W = pieces.assemble(tree.depth, D1)
     emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
@@ -569,7 +570,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
     codes = np.zeros(L, np.int64)  # binary code at the depth reached so far, then the leaf code
     members0 = np.arange(L, dtype=np.int64)
     tasks.submit("node", (0, 0, members0), X_ref, Y_ref, members0, 0, 0, params.pifa, tp, threads)
-    roots_left, tree_top_left = 1 << b, (1 << b) - 1
+    tree_top_left = (1 << b) - 1  # top-of-tree nodes not returned yet
     sub_codes: dict[int, tuple] = {}
     pieces = _Pieces()
     tree = None
@@ -596,10 +597,10 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
                 for t in range(s):
                     tasks.submit_chunks(_plan_level(top, t, Y, n_chunks), X_ref, Y_ref, params.ranker, threads)
         elif kind == "subtree":
-            root, labels = key
-            sub_codes[root] = (labels, value)
-            roots_left -= 1
-            if roots_left == 0:  # the whole tree: the rankers of the levels below the roots
+            # codes keep their depth-b values until every sub-tree is in: the top levels'
+            # chunks may still be planned from them
+            sub_codes[key[0]] = (key[1], value)
+            if len(sub_codes) == 1 << b:  # the whole tree: the rankers of the levels below the roots
                 shift = bits[-1] - b
                 for root, (labels, c) in sub_codes.items():
                     codes[labels] = (np.int64(root) << shift) | c
@@ -614,10 +615,7 @@ def train_xlinear_ray(X: smat.csr_matrix, Y: smat.spmatrix, params, ray_params: 
         del value
     emit({"stage": "rankers_tasks", "seconds": time.perf_counter() - t_tasks})
     del X_ref, Y_ref, tasks  # the store frees X here unless the caller holds a reference
-    t0 = time.perf_counter()
-    ranker = XLinearModel(tree, pieces.assemble(tree.depth, D1), params.ranker.bias, params.pred)
-    emit({"stage": "assemble", "seconds": time.perf_counter() - t0})
-    return tree, ranker
+    return tree, _assembled(pieces, tree, D1, params, emit)
 
 
 
