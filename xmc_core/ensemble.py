@@ -15,6 +15,7 @@ A model folder:
       params.json         method "xr-linear-ensemble"; params hold the `ensemble` section
       labels.txt, label_counts.npy, train_stats.json, calibration/   (`model_base`)
       featurizer/         the shared TF-IDF (raw-text models)
+      column_weights.npy  (D,) float32 column weights (models with column_idf)
       members/{t}/ranker/ one XR-Linear ranker per member (tree.npz, W{t}.npz, ranker.json)
       members/{t}/copies.parquet   members with label disentanglement
 
@@ -80,6 +81,15 @@ class EnsembleParams(ParamsBase):
         l2_rows([TF-IDF ⊕ embedding]) (XR-Transformer's pretrained block, without fine-tuning);
         raw-text models only. None: TF-IDF alone.
     embedding_max_length: word pieces of each text the encoder reads.
+    c_grid: candidate factors of the rankers' Cp and Cn (base and members' overrides alike,
+        `selection.scale_c`), one chosen on held-out training documents before the members are
+        trained (`selection.select_c`: one model per factor on the rest, best mean P@1/3/5); the
+        saved settings hold the chosen values and no grid. None: the settings as given.
+    holdout_frac: fraction of the training documents `c_grid` holds out, in (0, 0.5].
+    column_idf: every feature column weighed by its smoothed idf on the training rows, rows
+        re-normalized (`selection.column_idf`; kept in the model folder and applied to every
+        document it predicts on): True, False, or "select": chosen on the held-out documents of
+        `c_grid` (raw bag-of-words gain from it, TF-IDF rows weighed twice lose).
     """
 
     size: int = 3
@@ -90,6 +100,9 @@ class EnsembleParams(ParamsBase):
     members: list[dict] | None = None
     embedding: str | None = None
     embedding_max_length: int = 128
+    c_grid: list[float] | None = None
+    holdout_frac: float = 0.2
+    column_idf: bool | str = False
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 1:
@@ -111,6 +124,15 @@ class EnsembleParams(ParamsBase):
             raise ValueError(f"EnsembleParams.embedding: an encoder name or null, got {self.embedding!r}")
         if self.embedding_max_length < 1:
             raise ValueError(f"EnsembleParams.embedding_max_length: must be >= 1, got {self.embedding_max_length}")
+        if self.c_grid is not None:
+            if not isinstance(self.c_grid, list) or not self.c_grid or \
+                    any(isinstance(c, bool) or not isinstance(c, (int, float)) or not np.isfinite(c) or c <= 0
+                        for c in self.c_grid):
+                raise ValueError(f"EnsembleParams.c_grid: a non-empty list of factors > 0 or null, got {self.c_grid!r}")
+        if not 0 < self.holdout_frac <= 0.5:
+            raise ValueError(f"EnsembleParams.holdout_frac: must be in (0, 0.5], got {self.holdout_frac!r}")
+        if self.column_idf not in (False, True, "select") or not isinstance(self.column_idf, (bool, str)):
+            raise ValueError(f"EnsembleParams.column_idf: true, false or \"select\", got {self.column_idf!r}")
         if self.members is not None:
             if not isinstance(self.members, list) or any(not isinstance(m, dict) for m in self.members):
                 raise ValueError(f"EnsembleParams.members: a list of setting objects, got {self.members!r}")
@@ -245,18 +267,39 @@ def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
             asset); the other members are disentangled here when params have the section.
 
     Returns:
-        XmcEnsemble with T members.
+        XmcEnsemble with T members. With `ensemble.c_grid` (or column_idf "select"), its params
+        hold the chosen Cp / Cn and column_idf and its info the selection's report
+        ("selection"); with column idf it keeps the column weights (and a given non-final
+        `first_tree`, built on the unweighted columns, is not used).
 
     Raises:
-        ValueError: no ensemble section; as `model.fit_rankers`.
+        ValueError: no ensemble section; as `model.fit_rankers` and `selection.select_c`.
     """
     from .model import fit_rankers
+    from .selection import column_idf, scale_c, select_c, weigh_columns
 
     ens = params.ensemble
     if ens is None:
         raise ValueError("fit_ensemble: params have no ensemble section")
     memory = memory or StageMemory()
     _emit = log or (lambda rec: None)
+    info: dict = {}
+    use_idf = ens.column_idf is True
+    if ens.c_grid or ens.column_idf == "select":
+        c, use_idf, report = select_c(X, Y, label_names, params, ens.c_grid or [1.0], ens.holdout_frac,
+                                      seed=params.tree.seed, idf=ens.column_idf,
+                                      log=lambda rec: _emit(memory.add(rec)))
+        # the saved settings are the ones the members were trained with: the choice is spent
+        params = scale_c(params, c)
+        params = replace(params, ensemble=replace(params.ensemble, c_grid=None, column_idf=use_idf))
+        ens = params.ensemble
+        info["selection"] = report
+    column_weights = None
+    if use_idf:
+        column_weights = column_idf(X)
+        X = weigh_columns(X, column_weights)
+        if not first_tree_final:
+            first_tree = None  # built on the unweighted columns: member 0's tree is built here
     trees: list[LabelTree | None] = [None] * ens.size
     if first_tree is not None:
         trees[0] = first_tree
@@ -287,7 +330,7 @@ def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
                                    engine=engine))
         trees[t] = None
     return XmcEnsemble(params, list(label_names), members, featurizer,
-                       info={"members": [m.info for m in members]})
+                       info={**info, "members": [m.info for m in members]}, column_weights=column_weights)
 
 
 class XmcEnsemble(ModelBase):
@@ -298,6 +341,8 @@ class XmcEnsemble(ModelBase):
         label_names: L label names (list of str).
         members: T `model.XmcModel`, member t trained with ``member_params(params, t)``.
         featurizer: the shared TfidfVectorizer (raw-text models) or None.
+        column_weights: (D,) float32 weights the features are weighed by before the members score
+            them (`selection.weigh_columns`; `EnsembleParams.column_idf`), or None.
         info: training records ({"members": [each member's info]} and what the caller adds).
         label_counts, n_train: as every model kind (`model_base.LabelSpace`).
 
@@ -307,7 +352,8 @@ class XmcEnsemble(ModelBase):
 
     method = METHOD_XR_LINEAR_ENSEMBLE
 
-    def __init__(self, params, label_names: list[str], members: list, featurizer=None, info: dict | None = None):
+    def __init__(self, params, label_names: list[str], members: list, featurizer=None, info: dict | None = None,
+                 column_weights: np.ndarray | None = None):
         if not members:
             raise ValueError("XmcEnsemble: no members")
         bad = [m.n_labels for m in members if m.n_labels != len(label_names)]
@@ -317,6 +363,9 @@ class XmcEnsemble(ModelBase):
         self.label_names = list(label_names)
         self.members = list(members)
         self.featurizer = featurizer
+        if column_weights is not None and len(column_weights) != members[0].n_features:
+            raise ValueError(f"XmcEnsemble: {len(column_weights)} column weights for {members[0].n_features} features")
+        self.column_weights = column_weights
         self.info = dict(info or {})
         self.label_counts: np.ndarray | None = None
         self.n_train: int | None = None
@@ -332,32 +381,45 @@ class XmcEnsemble(ModelBase):
         """The members' features of raw texts or of a feature matrix, computed once for all members.
 
         Args:
-            texts_or_X: a str or N texts (TF-IDF, and the embedding block when the ensemble has
-                one), or an N × D matrix (taken as it is when D is `n_features`, else
-                l2-normalized as `model.XmcModel.featurize` does).
+            texts_or_X: a str or N texts (TF-IDF, the embedding block when the ensemble has one,
+                then `column_weights` when it has them), or an N × D matrix. A raw-text model
+                takes a matrix of `n_features` columns as its own features, as they are (what
+                this method returned); a feature-vector model l2-normalizes it as
+                `model.XmcModel.featurize` does and weighs it by `column_weights`.
 
         Returns:
             N × n_features float32 CSR, rows l2-normalized.
 
         Raises:
             ValueError: texts for a model without a text featurizer; a matrix of another width
-                for a model with an embedding block.
+                for a model with an embedding block or column weights.
         """
+        from .selection import weigh_columns
+
         ens = self.params.ensemble
-        if not ens.embedding:
-            return self.members[0].featurize(texts_or_X)
-        if smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
+        matrix = smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray)
+        if self.featurizer is None or (matrix and not ens.embedding):
+            X = self.members[0].featurize(texts_or_X)  # refuses texts without a featurizer
+            if self.column_weights is None or (matrix and self.featurizer is not None and
+                                               X.shape[1] == self.featurizer.n_features):
+                return X
+            return weigh_columns(X, self.column_weights)
+        if matrix:
             X = smat.csr_matrix(texts_or_X, dtype=np.float32)
             if X.shape[1] != self.n_features:
                 raise ValueError(f"this ensemble reads raw texts (TF-IDF and {ens.embedding} embeddings): a matrix "
                                  f"must have its {self.n_features} columns, got {X.shape[1]}")
             return X
         texts = [texts_or_X] if isinstance(texts_or_X, str) else list(texts_or_X)
-        if self._encoder is None:
-            from .encoder import load_encoder
+        if not ens.embedding:
+            X = self.featurizer.transform(texts)
+        else:
+            if self._encoder is None:
+                from .encoder import load_encoder
 
-            self._encoder = load_encoder(encoder_params(ens))
-        return embedding_block(self.featurizer.transform(texts), texts, ens, self._encoder)
+                self._encoder = load_encoder(encoder_params(ens))
+            X = embedding_block(self.featurizer.transform(texts), texts, ens, self._encoder)
+        return X if self.column_weights is None else weigh_columns(X, self.column_weights)
 
     def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:
@@ -406,7 +468,10 @@ class XmcEnsemble(ModelBase):
         path = Path(path)
         with atomic_dir(path) as tmp:
             self.write_common(tmp, {"n_features": self.n_features, "has_text_featurizer": self.featurizer is not None,
-                                    "n_members": len(self.members)})
+                                    "n_members": len(self.members),
+                                    "has_column_weights": self.column_weights is not None})
+            if self.column_weights is not None:
+                np.save(tmp / "column_weights.npy", self.column_weights)
             if self.featurizer is not None:
                 self.featurizer.save(tmp / "featurizer")
             for t, m in enumerate(self.members):
@@ -446,7 +511,10 @@ class XmcEnsemble(ModelBase):
             for t in range(n_members):
                 mp = member_params(params, t)
                 members.append(XmcModel.read_rankers(path / "members" / str(t), mp, names, featurizer, mp.method))
-            model = cls(params, names, members, featurizer, meta.get("info"))
+            weights = None
+            if meta.get("has_column_weights"):
+                weights = np.load(path / "column_weights.npy", allow_pickle=False).astype(np.float32, copy=False)
+            model = cls(params, names, members, featurizer, meta.get("info"), column_weights=weights)
             model.load_common(path)
         except ModelFormatError:
             raise

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict] = {
     "default": {},
     "accurate": {
         "ensemble": {"size": 3, "views": ["pifa"],
-                     "members": [{}, {"ranker": {"Cn": 2.0}}, {"ranker": {"Cn": 3.0}}]},
+                     "members": [{}, {"ranker": {"Cn": 2.0}}, {"ranker": {"Cn": 3.0}}],
+                     "c_grid": [0.35, 1.0, 3.0], "column_idf": "select"},
     },
 }
 PRESETS["sets"] = {"ranker": {"Cp": 3.0, "Cn": 3.0}}
