@@ -90,6 +90,11 @@ class EnsembleParams(ParamsBase):
         re-normalized (`selection.column_idf`; kept in the model folder and applied to every
         document it predicts on): True, False, or "select": chosen on the held-out documents of
         `c_grid` (raw bag-of-words gain from it, TF-IDF rows weighed twice lose).
+    disentangle_below: the members get label disentanglement (a `disentangle` section with its
+        defaults, `xmc_core.disentangle`) when the chosen single model's reach on the held-out
+        documents of `c_grid` (percent of their labels in a leaf cluster of the matcher's beam,
+        `disentangle.matcher_recall`) is below this: copies pay where the matcher limits reach
+        and cost twice the training elsewhere. None: the settings' own `disentangle` section.
     """
 
     size: int = 3
@@ -103,6 +108,7 @@ class EnsembleParams(ParamsBase):
     c_grid: list[float] | None = None
     holdout_frac: float = 0.2
     column_idf: bool | str = False
+    disentangle_below: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.size, int) or self.size < 1:
@@ -133,6 +139,10 @@ class EnsembleParams(ParamsBase):
             raise ValueError(f"EnsembleParams.holdout_frac: must be in (0, 0.5], got {self.holdout_frac!r}")
         if self.column_idf not in (False, True, "select") or not isinstance(self.column_idf, (bool, str)):
             raise ValueError(f"EnsembleParams.column_idf: true, false or \"select\", got {self.column_idf!r}")
+        if self.disentangle_below is not None and (isinstance(self.disentangle_below, bool) or not isinstance(
+                self.disentangle_below, (int, float)) or not 0 <= self.disentangle_below <= 100):
+            raise ValueError(f"EnsembleParams.disentangle_below: a percentage in [0, 100] or null, "
+                             f"got {self.disentangle_below!r}")
         if self.members is not None:
             if not isinstance(self.members, list) or any(not isinstance(m, dict) for m in self.members):
                 raise ValueError(f"EnsembleParams.members: a list of setting objects, got {self.members!r}")
@@ -267,9 +277,9 @@ def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
             asset); the other members are disentangled here when params have the section.
 
     Returns:
-        XmcEnsemble with T members. With `ensemble.c_grid` (or column_idf "select"), its params
-        hold the chosen Cp / Cn and column_idf and its info the selection's report
-        ("selection"); with column idf it keeps the column weights (and a given non-final
+        XmcEnsemble with T members. With `ensemble.c_grid` (or column_idf "select", or
+        disentangle_below), its params hold the chosen Cp / Cn, column_idf and disentangle section
+        and its info the selection's report ("selection"); with column idf it keeps the column weights (and a given non-final
         `first_tree`, built on the unweighted columns, is not used).
 
     Raises:
@@ -285,13 +295,20 @@ def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
     _emit = log or (lambda rec: None)
     info: dict = {}
     use_idf = ens.column_idf is True
-    if ens.c_grid or ens.column_idf == "select":
+    if ens.c_grid or ens.column_idf == "select" or ens.disentangle_below is not None:
         c, use_idf, report = select_c(X, Y, label_names, params, ens.c_grid or [1.0], ens.holdout_frac,
                                       seed=params.tree.seed, idf=ens.column_idf,
                                       log=lambda rec: _emit(memory.add(rec)))
         # the saved settings are the ones the members were trained with: the choice is spent
         params = scale_c(params, c)
-        params = replace(params, ensemble=replace(params.ensemble, c_grid=None, column_idf=use_idf))
+        below = ens.disentangle_below is not None and report["chosen"]["reach"] < ens.disentangle_below
+        if below and params.disentangle is None:
+            params = params.merged({"disentangle": {}})
+            if first_tree_final:
+                first_tree, first_tree_final = None, False  # a tree without copies: member 0's is built here
+        report["disentangle"] = params.disentangle is not None
+        params = replace(params, ensemble=replace(params.ensemble, c_grid=None, column_idf=use_idf,
+                                                  disentangle_below=None))
         ens = params.ensemble
         info["selection"] = report
     column_weights = None

@@ -3,10 +3,15 @@ location's `XmcSettings.preset`, `bench/compare_peers.py --xmc-presets`.
 
 - "default": the fast single model (PECOS's settings).
 - "accurate": an ensemble (`xmc_core.ensemble`) of three trees over PIFA, differing in seed and in
-  the negatives' loss weight Cn (1, 2, 3): a higher Cn pushes wrong labels below the right one,
-  which raised P@1 on delicious and reuters-21578 (means over 3 seeds in the closing note of
-  issue 25); averaging the three also evens out the trees' clustering errors. Training costs
-  about three single models, prediction three beam searches.
+  the negatives' loss weight Cn (1, 2, 3 times Cp): a higher Cn pushes wrong labels below the right
+  one, and averaging the three evens out the trees' clustering errors. Before the members are
+  trained, the rankers' C (Cp and Cn, a factor of 0.35, 1 or 3) and idf weights on the feature
+  columns are chosen on a seeded fifth of the training documents (`xmc_core.selection.select_c`,
+  four single models on the rest): the best C is a property of the data (0.35 on bibtex,
+  delicious and yso-finna-en's short titles, 3 on reuters-21578's and eurlex57k's long
+  documents; idf weights helped bibtex's binary words and yso-finna-en's TF-IDF, not reuters').
+  Training costs about the four selection models plus three single models at the chosen C,
+  prediction three beam searches.
 - "sets": the single model with less regularized rankers (Cp = Cn = 3, PECOS's C), for calibrated
   label sets (`--calibrate`) on long documents. On held-out documents (calibrated on one half,
   scored on the other, both ways; run sets-20261201T032602-3e959c) it raised micro-F1 of the micro
@@ -35,7 +40,8 @@ PRESETS: dict[str, dict] = {
     "accurate": {
         "ensemble": {"size": 3, "views": ["pifa"],
                      "members": [{}, {"ranker": {"Cn": 2.0}}, {"ranker": {"Cn": 3.0}}],
-                     "c_grid": [0.35, 1.0, 3.0], "column_idf": "select"},
+                     "c_grid": [0.35, 1.0, 3.0], "column_idf": "select",
+                     "disentangle_below": 80.0},
     },
 }
 PRESETS["sets"] = {"ranker": {"Cp": 3.0, "Cn": 3.0}}

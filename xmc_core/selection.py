@@ -85,21 +85,24 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
         label_names: L label names.
         params: `model.XRLinearParams` (an ensemble section is dropped for the candidates).
         grid: candidate factors (each > 0; at least one).
-        holdout_frac: fraction of the N documents held out, in (0, 0.5].
+        holdout_frac: fraction of the N documents held out, in (0, 0.5]: the first
+            round(N · holdout_frac) of ``numpy.random.default_rng(seed).permutation(N)``.
         seed: seed of the held-out draw.
         idf: False / True (every candidate without / with idf weights), or "select".
-        log: receives one {"stage": "select_c", "c", "idf", "score", "seconds", "n_holdout"}
-            record per candidate.
+        log: receives one {"stage": "select_c", "c", "idf", "score", "reach", "seconds",
+            "n_holdout"} record per candidate.
 
     Returns:
         (c, idf, report): the chosen factor, whether idf weights won, and {"candidates":
-        [{"c", "idf", "score" (mean P@1/3/5, percent)}], "chosen": {"c", "idf"}, "n_holdout",
-        "seconds"}.
+        [{"c", "idf", "score" (mean P@1/3/5, percent), "reach" (`disentangle.matcher_recall`
+        of the held-out documents at the model's beam, percent)}], "chosen": {"c", "idf",
+        "reach"}, "n_holdout", "seconds"}.
 
     Raises:
         ValueError: an empty grid or a factor <= 0; holdout_frac outside (0, 0.5]; fewer than 2
             held-out or kept documents; idf not False, True or "select".
     """
+    from .disentangle import matcher_recall
     from .metrics import MetricParams, ranking_metrics
     from .model import fit_rankers
 
@@ -121,6 +124,7 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
     weights = column_idf(Xk) if idf else None
     base = replace(params, ensemble=None)
     scores: dict[tuple[float, bool], float] = {}
+    reach: dict[tuple[float, bool], float] = {}
     t_all = time.perf_counter()
 
     def score(c: float, use_idf: bool) -> float:
@@ -130,9 +134,11 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
             model = fit_rankers(Xt, Yk, label_names, scale_c(base, c))
             res = ranking_metrics(Yo, model.predict(Xh, topk=max(SELECTION_KS)), MetricParams(ks=SELECTION_KS))
             scores[(c, use_idf)] = float(np.mean([res["p"][k] for k in SELECTION_KS]))
+            reach[(c, use_idf)] = 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xh, Yo)
             if log:
                 log({"stage": "select_c", "c": c, "idf": use_idf, "score": round(scores[(c, use_idf)], 4),
-                     "seconds": time.perf_counter() - t0, "n_holdout": int(n_out)})
+                     "reach": round(reach[(c, use_idf)], 2), "seconds": time.perf_counter() - t0,
+                     "n_holdout": int(n_out)})
         return scores[(c, use_idf)]
 
     def best(cands):  # ties: the smaller c, then no idf
@@ -140,8 +146,9 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
 
     c = best([(c, idf is True) for c in grid])[0]
     use_idf = best([(c, False), (c, True)])[1] if idf == "select" else bool(idf)
-    report = {"candidates": [{"c": c_, "idf": i_, "score": round(v, 4)} for (c_, i_), v in scores.items()],
-              "chosen": {"c": c, "idf": use_idf}, "n_holdout": int(n_out),
+    report = {"candidates": [{"c": c_, "idf": i_, "score": round(v, 4), "reach": round(reach[(c_, i_)], 2)}
+                             for (c_, i_), v in scores.items()],
+              "chosen": {"c": c, "idf": use_idf, "reach": round(reach[(c, use_idf)], 2)}, "n_holdout": int(n_out),
               "seconds": round(time.perf_counter() - t_all, 3)}
     return c, use_idf, report
 
