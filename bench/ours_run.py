@@ -120,6 +120,8 @@ def main(argv=None) -> int:
         "threads": args.threads, "beam_size": args.beam_size, "train_detail_s": stages,
         "stage_peak_mb": stages_mb,
         "tree_levels": rankers[0].tree.level_sizes(), "preset": args.preset, "n_members": len(rankers),
+        # what a preset chose on held-out training documents (C, idf weights, reach, copies)
+        "selection": model.info.get("selection"),
     }
     print(json.dumps(out))
     return 0

@@ -278,9 +278,10 @@ def fit_ensemble(X, Y, label_names: Sequence[str], params, featurizer=None,
 
     Returns:
         XmcEnsemble with T members. With `ensemble.c_grid` (or column_idf "select", or
-        disentangle_below), its params hold the chosen Cp / Cn, column_idf and disentangle section
-        and its info the selection's report ("selection"); with column idf it keeps the column weights (and a given non-final
-        `first_tree`, built on the unweighted columns, is not used).
+        disentangle_below), its params hold the chosen Cp / Cn, column_idf and disentangle
+        section, and its info the selection's report ("selection"). With column idf it keeps the
+        column weights, and a given `first_tree` that is not final (built on the unweighted
+        columns) is not used; nor is a final one when the selection adds disentanglement.
 
     Raises:
         ValueError: no ensemble section; as `model.fit_rankers` and `selection.select_c`.
