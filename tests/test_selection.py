@@ -148,6 +148,11 @@ def test_the_chosen_settings_are_what_the_folder_keeps(problem, tmp_path):
     ens.save(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "params.json").read_text())
     assert saved["params"]["ensemble"]["c_grid"] is None and saved["info"]["selection"]["chosen"] == sel["chosen"]
+    from xmc_core.model_card import card_markdown, model_card
+
+    card = model_card(tmp_path / "m")
+    assert card["selection"]["chosen"] == sel["chosen"]  # `xmc info` shows what was chosen
+    assert f"C × {c}, idf weights {'yes' if idf else 'no'}" in card_markdown(card)
     # training again from the saved settings selects nothing and gives the same model
     again = train_xr_linear(Ytr, _names(Ytr), load_model(tmp_path / "m").params, X=Xtr)
     assert "selection" not in again.info

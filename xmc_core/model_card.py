@@ -108,7 +108,8 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         JSON-ready dict: model (the folder), method, model_sha, n_labels, n_features, text
         featurizer (vocabulary size), settings (params), training (dataset, data path, n_train,
         seconds, data_fingerprint, run_id), rankers (per ranker/ folder: depth, levels with nodes,
-        parents and nnz_W; several for an ensemble), calibration (threshold, held-out F1) or None,
+        parents and nnz_W; several for an ensemble), selection (the held-out choice of C, idf
+        weights and copies, `selection.select_c`'s report, or None), calibration (threshold, held-out F1) or None,
         size_bytes, files, evaluation_db (the history searched, or None) and last_evaluation
         (None when the history has none of this model).
 
@@ -129,6 +130,7 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         "training": {k: info.get(k) for k in ("dataset", "data", "n_train", "train_s", "data_fingerprint",
                                               "fingerprint_of", "run_id", "max_rows", "device") if k in info},
         "rankers": [],
+        "selection": info.get("selection"),  # what a preset chose on held-out documents (`selection`)
         "calibration": None,
         "label_titles": (path / "label_titles.txt").is_file(),
         "size_bytes": folder_bytes(path),
@@ -186,6 +188,14 @@ def card_markdown(card: dict) -> str:
         out += ["", f"**tree** `{r['folder']}` (depth {r['depth']}; beam {(r.get('pred_params') or {}).get('beam_size')})",
                 "", "| level | nodes | parents | weights (nnz) |", "|---|---|---|---|"]
         out += [f"| {lv['level']} | {lv['nodes']} | {lv['parents']} | {lv['nnz_W']} |" for lv in r["levels"]]
+    sel = card.get("selection")
+    if sel:
+        ch = sel["chosen"]
+        score = next((c["score"] for c in sel["candidates"] if (c["c"], c["idf"]) == (ch["c"], ch["idf"])), None)
+        out += ["", f"**held-out selection** ({sel['n_holdout']} documents, {len(sel['candidates'])} candidates): "
+                    f"C × {ch['c']}, idf weights {'yes' if ch['idf'] else 'no'}, copies "
+                    f"{'yes' if sel.get('disentangle') else 'no'}; mean P@1/3/5 {score}"
+                    + (f", reach {ch['reach']}%" if "reach" in ch else "")]
     cal = card.get("calibration")
     out += ["", "**calibration**: " + ("none yet ('xmc calibrate', train --calibrate or the calibration asset "
                                        "fits one)" if cal is None else
