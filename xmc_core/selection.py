@@ -50,6 +50,7 @@ def scale_c(params, c: float):
     """
     if not np.isfinite(c) or c <= 0:
         raise ValueError(f"scale_c: the factor must be finite and > 0, got {c!r}")
+
     def times(x):  # 12 significant digits: 0.35 * 3 is written 1.05, not 1.0499999999999998
         return float(f"{x * c:.12g}")
 
