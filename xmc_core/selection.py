@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.sparse as smat
 
-from .sparse import l2_normalize_rows
+from .sparse import l2_normalize_rows, smooth_idf
 
 __all__ = ["scale_c", "select_c", "column_idf", "weigh_columns"]
 
@@ -164,8 +164,7 @@ def column_idf(X: smat.spmatrix) -> np.ndarray:
         (D,) float32 weights >= 1 (a column no row uses gets the largest, ln(1 + N) + 1).
     """
     X = smat.csr_matrix(X)
-    df = np.bincount(X.indices[X.data != 0], minlength=X.shape[1]).astype(np.float64)
-    return (np.log((1.0 + X.shape[0]) / (1.0 + df)) + 1.0).astype(np.float32)
+    return smooth_idf(np.bincount(X.indices[X.data != 0], minlength=X.shape[1]), X.shape[0])
 
 
 def weigh_columns(X: smat.spmatrix, weights: np.ndarray) -> smat.csr_matrix:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as smat
 
-__all__ = ["binarize", "pattern", "row_ids", "keep_entries", "l2_normalize_rows", "l2_normalize_row", "first_entry", "first_bad_label",
+__all__ = ["smooth_idf", "binarize", "pattern", "row_ids", "keep_entries", "l2_normalize_rows", "l2_normalize_row", "first_entry", "first_bad_label",
            "check_label_matrix"]
 
 
@@ -44,6 +44,20 @@ def binarize(M) -> smat.csr_matrix:
     M.sum_duplicates()  # also sorts indices
     M.data[:] = 1.0
     return M
+
+
+def smooth_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
+    """Smoothed inverse document frequency, ln((1 + N) / (1 + df)) + 1 (scikit-learn's
+    ``smooth_idf=True``), of the TF-IDF featurizer and of `selection.column_idf`.
+
+    Args:
+        df: (D,) document frequency of each column (int or float).
+        n_docs: N, the number of documents df was counted over.
+
+    Returns:
+        (D,) float32 weights >= 1.
+    """
+    return (np.log((1.0 + n_docs) / (1.0 + np.asarray(df, np.float64))) + 1.0).astype(np.float32)
 
 
 #: Entries per block of `l2_normalize_rows`: its temporaries stay this size, not X's.

@@ -22,6 +22,7 @@ import scipy.sparse as smat
 
 from .folders import atomic_dir
 from .params import ParamsBase
+from .sparse import smooth_idf
 from .textio import normalize_texts
 from . import kernels, progress
 
@@ -396,7 +397,7 @@ class TfidfVectorizer:
             terms[list(raw_vocab.values())] = list(raw_vocab.keys())
             kept_names = terms[kept].tolist()
         self.vocab = dict(zip(kept_names, range(len(kept))))
-        self.idf = (np.log((1.0 + n_docs) / (1.0 + df[kept])) + 1.0).astype(np.float32)
+        self.idf = smooth_idf(df[kept], n_docs)
         newcol = np.full(n_terms, -1, np.int64)
         newcol[kept] = np.arange(len(kept))
         return self._weight(self._csr(*kernels.remap_columns(tf.indptr, tf.indices, tf.data, newcol), len(kept)))
