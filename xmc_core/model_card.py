@@ -191,11 +191,9 @@ def card_markdown(card: dict) -> str:
     sel = card.get("selection")
     if sel:
         ch = sel["chosen"]
-        score = next((c["score"] for c in sel["candidates"] if (c["c"], c["idf"]) == (ch["c"], ch["idf"])), None)
         out += ["", f"**held-out selection** ({sel['n_holdout']} documents, {len(sel['candidates'])} candidates): "
                     f"C × {ch['c']}, idf weights {'yes' if ch['idf'] else 'no'}, copies "
-                    f"{'yes' if sel.get('disentangle') else 'no'}; mean P@1/3/5 {score}"
-                    + (f", reach {ch['reach']}%" if "reach" in ch else "")]
+                    f"{'yes' if sel.get('disentangle') else 'no'}; mean P@1/3/5 {ch['score']}, reach {ch['reach']}%"]
     cal = card.get("calibration")
     out += ["", "**calibration**: " + ("none yet ('xmc calibrate', train --calibrate or the calibration asset "
                                        "fits one)" if cal is None else

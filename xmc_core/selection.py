@@ -96,8 +96,8 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
     Returns:
         (c, idf, report): the chosen factor, whether idf weights won, and {"candidates":
         [{"c", "idf", "score" (mean P@1/3/5, percent), "reach" (`disentangle.matcher_recall`
-        of the held-out documents at the model's beam, percent)}], "chosen": {"c", "idf",
-        "reach"}, "n_holdout", "seconds"}.
+        of the held-out documents at the model's beam, percent)}], "chosen" (the chosen
+        candidate's record), "n_holdout", "seconds"}.
 
     Raises:
         ValueError: an empty grid or a factor <= 0; holdout_frac outside (0, 0.5]; fewer than 2
@@ -124,32 +124,31 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
     Xk, Yk, Xo, Yo = X[kept], Y[kept], X[out], Y[out]
     weights = column_idf(Xk) if idf else None
     base = replace(params, ensemble=None)
-    scores: dict[tuple[float, bool], float] = {}
-    reach: dict[tuple[float, bool], float] = {}
+    found: dict[tuple[float, bool], tuple[float, float]] = {}  # (c, idf) → (score, reach), percent
     t_all = time.perf_counter()
 
+    def record(key) -> dict:
+        return {"c": key[0], "idf": key[1], "score": round(found[key][0], 4), "reach": round(found[key][1], 2)}
+
     def score(c: float, use_idf: bool) -> float:
-        if (c, use_idf) not in scores:
+        key = (c, use_idf)
+        if key not in found:
             t0 = time.perf_counter()
             Xt, Xh = (weigh_columns(Xk, weights), weigh_columns(Xo, weights)) if use_idf else (Xk, Xo)
             model = fit_rankers(Xt, Yk, label_names, scale_c(base, c))
             res = ranking_metrics(Yo, model.predict(Xh, topk=max(SELECTION_KS)), MetricParams(ks=SELECTION_KS))
-            scores[(c, use_idf)] = float(np.mean([res["p"][k] for k in SELECTION_KS]))
-            reach[(c, use_idf)] = 100.0 * matcher_recall(model.ranker, model.ranker.tree, Xh, Yo)
+            found[key] = (float(np.mean([res["p"][k] for k in SELECTION_KS])),
+                          100.0 * matcher_recall(model.ranker, model.ranker.tree, Xh, Yo))
             if log:
-                log({"stage": "select_c", "c": c, "idf": use_idf, "score": round(scores[(c, use_idf)], 4),
-                     "reach": round(reach[(c, use_idf)], 2), "seconds": time.perf_counter() - t0,
-                     "n_holdout": int(n_out)})
-        return scores[(c, use_idf)]
+                log({"stage": "select_c", **record(key), "seconds": time.perf_counter() - t0, "n_holdout": int(n_out)})
+        return found[key][0]
 
     def best(cands):  # ties: the smaller c, then no idf
         return max(cands, key=lambda ci: (score(*ci), -ci[0], not ci[1]))
 
     c = best([(c, idf is True) for c in grid])[0]
     use_idf = best([(c, False), (c, True)])[1] if idf == "select" else bool(idf)
-    report = {"candidates": [{"c": c_, "idf": i_, "score": round(v, 4), "reach": round(reach[(c_, i_)], 2)}
-                             for (c_, i_), v in scores.items()],
-              "chosen": {"c": c, "idf": use_idf, "reach": round(reach[(c, use_idf)], 2)}, "n_holdout": int(n_out),
+    report = {"candidates": [record(key) for key in found], "chosen": record((c, use_idf)), "n_holdout": int(n_out),
               "seconds": round(time.perf_counter() - t_all, 3)}
     return c, use_idf, report
 
