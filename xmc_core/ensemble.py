@@ -415,29 +415,30 @@ class XmcEnsemble(ModelBase):
         from .selection import weigh_columns
 
         ens = self.params.ensemble
-        matrix = smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray)
-        if self.featurizer is None or (matrix and not ens.embedding):
-            X = self.members[0].featurize(texts_or_X)  # refuses texts without a featurizer
-            if self.column_weights is None or (matrix and self.featurizer is not None and
-                                               X.shape[1] == self.featurizer.n_features):
+        if self.featurizer is None:
+            X = self.members[0].featurize(texts_or_X)  # l2 rows of a matrix; texts are refused
+        elif smat.issparse(texts_or_X) or isinstance(texts_or_X, np.ndarray):
+            # a raw-text model's own features, what this method returned: taken as they are
+            if ens.embedding:
+                X = smat.csr_matrix(texts_or_X, dtype=np.float32)
+                if X.shape[1] != self.n_features:
+                    raise ValueError(f"this ensemble reads raw texts (TF-IDF and {ens.embedding} embeddings): a "
+                                     f"matrix must have its {self.n_features} columns, got {X.shape[1]}")
                 return X
-            return weigh_columns(X, self.column_weights)
-        if matrix:
-            X = smat.csr_matrix(texts_or_X, dtype=np.float32)
-            if X.shape[1] != self.n_features:
-                raise ValueError(f"this ensemble reads raw texts (TF-IDF and {ens.embedding} embeddings): a matrix "
-                                 f"must have its {self.n_features} columns, got {X.shape[1]}")
-            return X
-        texts = [texts_or_X] if isinstance(texts_or_X, str) else list(texts_or_X)
-        if not ens.embedding:
-            X = self.featurizer.transform(texts)
+            X = self.members[0].featurize(texts_or_X)  # as it is at the featurizer's width, else l2 rows
+            if X.shape[1] == self.featurizer.n_features:
+                return X
         else:
-            if self._encoder is None:
-                from .encoder import load_encoder
+            texts = [texts_or_X] if isinstance(texts_or_X, str) else list(texts_or_X)
+            X = self.featurizer.transform(texts)
+            if ens.embedding:
+                if self._encoder is None:
+                    from .encoder import load_encoder
 
-                self._encoder = load_encoder(encoder_params(ens))
-            X = embedding_block(self.featurizer.transform(texts), texts, ens, self._encoder)
-        return X if self.column_weights is None else weigh_columns(X, self.column_weights)
+                    self._encoder = load_encoder(encoder_params(ens))
+                X = embedding_block(X, texts, ens, self._encoder)
+        # X is this method's own copy here, so the weights scale it in place
+        return X if self.column_weights is None else weigh_columns(X, self.column_weights, copy=False)
 
     def predict(self, texts_or_X, topk: int | None = None, beam_size: int | None = None,
                 post_processor: str | None = None) -> smat.csr_matrix:

@@ -166,12 +166,14 @@ def column_idf(X: smat.spmatrix) -> np.ndarray:
     return smooth_idf(np.bincount(X.indices[X.data != 0], minlength=X.shape[1]), X.shape[0])
 
 
-def weigh_columns(X: smat.spmatrix, weights: np.ndarray) -> smat.csr_matrix:
+def weigh_columns(X: smat.spmatrix, weights: np.ndarray, copy: bool = True) -> smat.csr_matrix:
     """l2_rows(X · diag(weights)): columns scaled, then every row back to unit norm.
 
     Args:
         X: N × D sparse matrix.
         weights: (D,) float column weights.
+        copy: False scales X's own data in place when X is already a float32 CSR matrix (as
+            `sparse.l2_normalize_rows` does).
 
     Returns:
         N × D float32 CSR, rows unit norm (all-zero rows stay zero).
@@ -179,9 +181,10 @@ def weigh_columns(X: smat.spmatrix, weights: np.ndarray) -> smat.csr_matrix:
     Raises:
         ValueError: D differs from len(weights).
     """
-    X = smat.csr_matrix(X, dtype=np.float32, copy=True)
     weights = np.asarray(weights, np.float32)
     if X.shape[1] != weights.shape[0]:
         raise ValueError(f"weigh_columns: {X.shape[1]} columns, {weights.shape[0]} weights")
+    if copy or not (isinstance(X, smat.csr_matrix) and X.dtype == np.float32):
+        X = smat.csr_matrix(X, dtype=np.float32, copy=True)
     X.data *= weights[X.indices]
     return l2_normalize_rows(X, copy=False)
