@@ -109,8 +109,8 @@ def model_card(path: str | Path, db: str | Path | None = None) -> dict:
         featurizer (vocabulary size), settings (params), training (dataset, data path, n_train,
         seconds, data_fingerprint, run_id), rankers (per ranker/ folder: depth, levels with nodes,
         parents and nnz_W; several for an ensemble), selection (the held-out choice of C, idf
-        weights and copies, `selection.select_c`'s report, or None), calibration (threshold, held-out F1) or None,
-        size_bytes, files, evaluation_db (the history searched, or None) and last_evaluation
+        weights and copies, `selection.select_c`'s report, or None), calibration (threshold,
+        held-out F1) or None, size_bytes, files, evaluation_db (the history searched, or None) and last_evaluation
         (None when the history has none of this model).
 
     Raises:

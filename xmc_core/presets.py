@@ -10,8 +10,10 @@ location's `XmcSettings.preset`, `bench/compare_peers.py --xmc-presets`.
   four single models on the rest): the best C is a property of the data (0.35 on bibtex,
   delicious and yso-finna-en's short titles, 3 on reuters-21578's and eurlex57k's long
   documents; idf weights helped bibtex's binary words and yso-finna-en's TF-IDF, not reuters').
-  Training costs about the four selection models plus three single models at the chosen C,
-  prediction three beam searches.
+  Where the chosen model's beam reaches fewer than 80% of the held-out labels (yso-finna-en:
+  67%), the members get label disentanglement. Run peers-20261201T123632-20905b has the preset
+  against every peer. Training costs about the four selection models plus three single models
+  at the chosen C (twice that with copies), prediction three beam searches.
 - "sets": the single model with less regularized rankers (Cp = Cn = 3, PECOS's C), for calibrated
   label sets (`--calibrate`) on long documents. On held-out documents (calibrated on one half,
   scored on the other, both ways; run sets-20261201T032602-3e959c) it raised micro-F1 of the micro
