@@ -10,6 +10,13 @@ xmc runs once per preset (rows "xmc" and "xmc-<preset>"); a preset with an embed
 reported apart as embed_s (peers and the other presets get the TF-IDF alone). Each row's train×,
 pred× and rss× are ratios to PECOS; best1 is its P@1 minus the best peer's.
 
+With --seeds S1 S2 ..., every system trains once per seed (xmc: the tree's and rankers' seed, an
+ensemble's members seed + t, so spread the seeds wider than the ensemble size; PECOS: its k-means
+seed; napkinXC: its seed; omikuji takes none, so its runs differ by themselves) and each row holds
+the means over the seeds of P@k, seconds and peak RSS, with every seed's own values in
+extra.per_seed and the P@1 standard deviation printed as sd1: differences under a point are judged
+on such means.
+
 Each dataset is featurized once by xmc (raw text: word 1-2-gram TF-IDF, sublinear tf, min_df 2,
 l2 rows, fitted on train; bag-of-words: l2-normalized rows) and written as .npz; every system then
 trains and predicts on exactly those matrices in its own process (peers in bench/.venv-peers, see
@@ -108,12 +115,13 @@ def _embed_files(ds_dir: Path, out: Path, encoder: str, max_length: int, threads
 
 
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
-               ds_dir: Path | None = None, predict_repeats: int = 3) -> dict:
+               ds_dir: Path | None = None, predict_repeats: int = 3, seed: int | None = None) -> dict:
     """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name;
-    its predict_s is the median of `predict_repeats` timed predictions after a warm-up."""
+    its predict_s is the median of `predict_repeats` timed predictions after a warm-up; `seed`
+    (None: each system's default) goes to its --seed."""
     common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
               "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads),
-              "--predict-repeats", str(predict_repeats)]
+              "--predict-repeats", str(predict_repeats)] + ([] if seed is None else ["--seed", str(seed)])
     emb = None
     if system == "xmc" or system.startswith("xmc-"):
         from xmc_core.presets import preset_overrides
@@ -139,6 +147,26 @@ def run_system(system: str, data: Path, threads: int, params: str, save_ranker: 
     return out
 
 
+#: the per-run values a row with several seeds averages (the rest of its extra is the first run's)
+SEED_MEAN_KEYS = ("p@1", "p@3", "p@5", "train_s", "predict_s", "peak_rss_mb")
+
+
+def mean_over_seeds(runs: list[dict], seeds: list[int]) -> dict:
+    """One row's result from a system's runs, one per seed: the means of `SEED_MEAN_KEYS`, the
+    first run's other fields, and, with more than one seed, "seeds", "per_seed" (each run's
+    `SEED_MEAN_KEYS` and seed) and "sd_p@1" (the sample standard deviation of P@1)."""
+    import statistics
+
+    if len(runs) == 1:
+        return runs[0]
+    out = {**runs[0], **{k: statistics.fmean(r[k] for r in runs) for k in SEED_MEAN_KEYS}}
+    out["seeds"] = list(seeds)
+    out["per_seed"] = [{"seed": seed, **{k: r[k] for k in SEED_MEAN_KEYS}} for seed, r in zip(seeds, runs)]
+    out["sd_p@1"] = statistics.stdev(r["p@1"] for r in runs)
+    out.pop("seed", None)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=["bibtex", "delicious", "reuters-21578", "eurlex57k"])
@@ -153,6 +181,9 @@ def main(argv=None) -> int:
     ap.add_argument("--predict-repeats", type=int, default=3,
                     help="timed predictions per system after an untimed warm-up; predict_s is their median "
                          "(1 saves time where only accuracy is at stake: omikuji predicts yso-finna-en in ~4 min)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None,
+                    help="train every system once per seed; rows hold the means (default: one run, "
+                         "each system's own seed)")
     ap.add_argument("--save-rankers", default=None,
                     help="save xmc's ranker of each dataset under DIR/<dataset> (for bench/latency.py)")
     args = ap.parse_args(argv)
@@ -163,23 +194,30 @@ def main(argv=None) -> int:
     run_id = run.run_id
     rows = []
     header = (f"{'dataset':<14} {'system':<12} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} "
-              f"{'train_s':>8} {'pred_s':>7} {'rss_mb':>7} {'train×':>6} {'pred×':>6} {'rss×':>6} {'best1':>6}")
+              f"{'train_s':>8} {'pred_s':>7} {'rss_mb':>7} {'train×':>6} {'pred×':>6} {'rss×':>6} {'best1':>6}"
+              + (f" {'sd1':>5}" if args.seeds and len(args.seeds) > 1 else ""))
     print(header)
     print("-" * len(header))
     from xmc_core import progress
 
     xmc_systems = ["xmc" if p == "default" else f"xmc-{p}" for p in args.xmc_presets]
     # each system runs in its own process (its output captured): progress counts finished runs
-    bar = progress.task("peers: runs", len(args.datasets) * (len(xmc_systems) + len(args.peers)), "run")
+    seeds = args.seeds or [None]
+    bar = progress.task("peers: runs", len(args.datasets) * (len(xmc_systems) + len(args.peers)) * len(seeds),
+                        "run")
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
         meta = featurize(Path(args.data_root) / ds, data)
         save = Path(args.save_rankers) / ds if args.save_rankers else None
         results = {}
         for s in [*xmc_systems, *args.peers]:
-            results[s] = run_system(s, data, args.threads, args.params, save if s == "xmc" else None,
-                                    Path(args.data_root) / ds, args.predict_repeats)
-            bar.update()
+            runs = []
+            for seed in seeds:
+                runs.append(run_system(s, data, args.threads, args.params,
+                                       save if s == "xmc" and seed == seeds[0] else None,
+                                       Path(args.data_root) / ds, args.predict_repeats, seed))
+                bar.update()
+            results[s] = mean_over_seeds(runs, seeds)
         ref = results.get("pecos")
         # the best peer's P@1 (dP@1 and ratios: against PECOS; best1: P@1 minus the best peer's)
         peer_p1 = [r["p@1"] for s, r in results.items() if s in args.peers]
@@ -190,7 +228,7 @@ def main(argv=None) -> int:
             print(f"{ds:<14} {system:<12} {r['p@1']:6.2f} {r['p@3']:6.2f} {r['p@5']:6.2f} "
                   f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} "
                   f"{r['peak_rss_mb']:7.0f} {x['train_s']:6.2f} {x['predict_s']:6.2f} {x['peak_rss_mb']:6.2f} "
-                  f"{r['p@1'] - best:+6.2f}", flush=True)
+                  f"{r['p@1'] - best:+6.2f}" + (f" {r['sd_p@1']:5.2f}" if "sd_p@1" in r else ""), flush=True)
             rows.append({"bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
                          "threads": args.threads, "n_labels": meta["n_labels"], "n_train": meta["n_train"],
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],

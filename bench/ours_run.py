@@ -29,15 +29,19 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--beam-size", type=int, default=10)
     ap.add_argument("--params", default="{}", help="nested XRLinearParams overrides (JSON)")
     ap.add_argument("--preset", default="default", help="xmc_core.presets name the --params apply over")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="the tree's and the rankers' seed (an ensemble's members take seed + t; "
+                         "None: the preset's and --params' own)")
     ap.add_argument("--embeddings", default=None,
                     help="PREFIX of PREFIX.trn.npy / PREFIX.tst.npy: encoder embeddings joined to X "
                          "(l2_rows([X ⊕ E]), the embedding block of a preset such as accurate-text)")
 
 
-def bench_params(params_json: str, threads: int, beam_size: int, preset: str = "default"):
+def bench_params(params_json: str, threads: int, beam_size: int, preset: str = "default",
+                 seed: int | None = None):
     """XRLinearParams of a bench run: preset `preset` with the --params overrides over it, with
-    `threads` for the tree, the rankers and prediction, and `beam_size` (xmc_core must be
-    importable)."""
+    `threads` for the tree, the rankers and prediction, `beam_size`, and `seed` (None: keep the
+    settings' own) for the tree and the rankers (xmc_core must be importable)."""
     from xmc_core.model import XRLinearParams
     from xmc_core.presets import preset_overrides
 
@@ -46,6 +50,8 @@ def bench_params(params_json: str, threads: int, beam_size: int, preset: str = "
     overrides.setdefault("tree", {})["threads"] = threads
     overrides.setdefault("pred", {})["beam_size"] = beam_size
     overrides["pred"]["threads"] = threads
+    if seed is not None:
+        overrides["tree"]["seed"] = overrides["ranker"]["seed"] = seed
     return XRLinearParams().merged(overrides)
 
 
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
 
         Xtr = concat_features(Xtr, np.load(args.embeddings + ".trn.npy"))
         Xte = concat_features(Xte, np.load(args.embeddings + ".tst.npy"))
-    params = bench_params(args.params, args.threads, args.beam_size, args.preset)
+    params = bench_params(args.params, args.threads, args.beam_size, args.preset, args.seed)
     names = [str(i) for i in range(Ytr.shape[1])]
     t0 = time.perf_counter()
     stages, stages_mb = {}, {}
@@ -117,7 +123,8 @@ def main(argv=None) -> int:
         "peak_rss_mb": max(stages_mb["load"], memory.run_peak_mb),
         "p@1": round(res["p"][1], 4), "p@3": round(res["p"][3], 4), "p@5": round(res["p"][5], 4),
         "n_test": int(Yte.shape[0]), "n_train": int(Ytr.shape[0]), "n_labels": int(Ytr.shape[1]),
-        "threads": args.threads, "beam_size": args.beam_size, "train_detail_s": stages,
+        "threads": args.threads, "beam_size": args.beam_size,
+        "seed": params.tree.seed, "train_detail_s": stages,
         "stage_peak_mb": stages_mb,
         "tree_levels": rankers[0].tree.level_sizes(), "preset": args.preset, "n_members": len(rankers),
         # what a preset chose on held-out training documents (C, idf weights, reach, copies)

@@ -21,7 +21,9 @@ Peers (library defaults, only threads / beam size set):
            trains from a file). Prediction is one row per Model.predict call; rows are spread
            over --threads Python threads (the cffi call releases the GIL).
   napkinxc napkinxc.models.PLT defaults (hierarchical k-means, arity 2, max_leaves 100,
-           liblinear log loss, exact tree search); seed fixed to 0 for reproducibility.
+           liblinear log loss, exact tree search).
+--seed (default 0) seeds PECOS's k-means and napkinXC's tree; omikuji's Python API takes no seed
+(its clustering draws from an unseeded generator, so its runs differ by themselves).
 
 Output JSON keys: peer, train_s (training time, data loading excluded), predict_s, peak_rss_mb
 (this process's own peak, `xmc_core.memory.peak_rss_mb`), p@1, p@3, p@5 (percent; over ALL test
@@ -136,6 +138,7 @@ def run_pecos(Xtr, Ytr, Xte, args, info: dict):
         nr_splits=16,
         max_leaf_size=100,
         threads=threads,
+        seed=args.seed,
     )
     t2 = time.perf_counter()
     # Same construction as pecos.xmc.xlinear.train (the CLI): defaults + threads.
@@ -267,7 +270,7 @@ def run_napkinxc(Xtr, Ytr, Xte, args, info: dict):
         out = tmpdir
     try:
         # napkinxc writes the model into `output` during fit (part of train_s).
-        model = PLT(out, threads=threads, seed=0)
+        model = PLT(out, threads=threads, seed=args.seed)
         t0 = time.perf_counter()
         model.fit(Xtr, Ytr)
         info["train_s"] = time.perf_counter() - t0
@@ -293,6 +296,8 @@ def main(argv=None) -> int:
     ap.add_argument("--test-Y", required=True)
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--beam-size", type=int, default=10, help="pecos/omikuji beam (napkinxc default uses exact search)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="PECOS's k-means seed, napkinXC's seed (omikuji takes none)")
     ap.add_argument("--model-dir", default=None, help="optionally save the trained model here")
     ap.add_argument("--predict-repeats", type=int, default=3,
                     help="timed predictions after an untimed warm-up on 64 rows; predict_s is their median")
@@ -338,6 +343,7 @@ def main(argv=None) -> int:
         "n_labels": int(Ytr.shape[1]),
         "threads": args.threads,
         "beam_size": args.beam_size,
+        "seed": None if args.peer == "omikuji" else args.seed,
         "rss_after_load_mb": round(rss_loaded, 1),
         **info,
     }
