@@ -3,9 +3,9 @@
 
     .venv/bin/python bench/compare_peers.py [--datasets bibtex delicious reuters-21578 eurlex57k]
         [--peers pecos omikuji napkinxc] [--xmc-presets default accurate accurate-text] [--threads 2]
-        [--data-root ../shared/data]
+        [--data-root ../shared/data] [--seeds 0 100 200]
 
-xmc runs once per preset (rows "xmc" and "xmc-<preset>"); a preset with an embedding block
+xmc runs once per preset (rows "xmc" and "xmc-<preset>"), once per seed; a preset with an embedding block
 (accurate-text) gets the encoder's embeddings of the raw texts, computed once per dataset and
 reported apart as embed_s (peers and the other presets get the TF-IDF alone). Each row's train×,
 pred× and rss× are ratios to PECOS; best1 is its P@1 minus the best peer's.
