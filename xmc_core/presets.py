@@ -12,8 +12,9 @@ location's `XmcSettings.preset`, `bench/compare_peers.py --xmc-presets`.
   documents; idf weights helped bibtex's binary words and yso-finna-en's TF-IDF, not reuters').
   Where the chosen model's beam reaches fewer than 80% of the held-out labels (yso-finna-en:
   67%), the members get label disentanglement. Run peers-20261201T135943-afd52a has the preset
-  against every peer, means over three seeds. Training costs about the four selection models plus three single models
-  at the chosen C (twice that with copies), prediction three beam searches.
+  against every peer, means over three seeds. Training costs about the four selection models
+  plus three single models at the chosen C (twice that with copies), prediction three beam
+  searches.
 - "sets": the single model with less regularized rankers (Cp = Cn = 3, PECOS's C), for calibrated
   label sets (`--calibrate`) on long documents. On held-out documents (calibrated on one half,
   scored on the other, both ways; run sets-20261201T032602-3e959c) it raised micro-F1 of the micro

@@ -123,6 +123,7 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
     Y = smat.csr_matrix(Y)
     Xk, Yk, Xo, Yo = X[kept], Y[kept], X[out], Y[out]
     weights = column_idf(Xk) if idf else None
+    weighted: list = []  # (Xk, Xo) weighed once, for every candidate with idf
     base = replace(params, ensemble=None)
     found: dict[tuple[float, bool], tuple[float, float]] = {}  # (c, idf) → (score, reach), percent
     t_all = time.perf_counter()
@@ -134,7 +135,9 @@ def select_c(X: smat.csr_matrix, Y: smat.spmatrix, label_names: Sequence[str], p
         key = (c, use_idf)
         if key not in found:
             t0 = time.perf_counter()
-            Xt, Xh = (weigh_columns(Xk, weights), weigh_columns(Xo, weights)) if use_idf else (Xk, Xo)
+            if use_idf and not weighted:
+                weighted[:] = weigh_columns(Xk, weights), weigh_columns(Xo, weights)
+            Xt, Xh = weighted if use_idf else (Xk, Xo)
             model = fit_rankers(Xt, Yk, label_names, scale_c(base, c))
             res = ranking_metrics(Yo, model.predict(Xh, topk=max(SELECTION_KS)), MetricParams(ks=SELECTION_KS))
             found[key] = (float(np.mean([res["p"][k] for k in SELECTION_KS])),
