@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Label sets and probabilities: xmc XR-Linear (calibrated) against napkinXC's PLT, side by side.
+"""Label sets and probabilities: xmc XR-Linear and XR-Transformer (calibrated) against napkinXC's PLT, side by side.
 
     .venv/bin/python bench/label_sets.py [--datasets eurlex57k yso-finna-en reuters-21578] [--threads 2]
+        [--systems xr-linear xr-transformer-pretrained xr-transformer napkinxc] [--xrt-params JSON]
     .venv/bin/python bench/label_sets.py --choose-c 1 2 3 4 6 8 --datasets eurlex57k
 
 Protocol, the same for every system:
@@ -20,6 +21,16 @@ Protocol, the same for every system:
   `--choose-c`); then `calibrate` on all held-out documents (isotonic by frequency group;
   thresholds for micro-F1 and per-label for macro-F1), sets on test. sibling_train_s sums the
   siblings;
+- xmc XR-Transformer (`--systems xr-transformer-pretrained` / `xr-transformer`, raw-text datasets;
+  settings `--xrt-params`, e.g. '{"encoder": {"precision": "bf16"}}'): the encoder, as downloaded
+  or first fine-tuned on the training documents alone (`fit_encoder` over the bench's TF-IDF),
+  embeds every document once (cached under the dataset's folder by its settings); then the same
+  C choice, calibration and refit as XR-Linear with the refined tree and rankers on
+  [TF-IDF ⊕ E] (`fit_concat_rankers`). The final model keeps the siblings' encoder (fine-tuned,
+  if at all, on the training documents only); its rankers are refit on training + held-out
+  documents, as XR-Linear's are. train_s = fine-tuning + embedding the
+  training and held-out documents + final rankers; predict_s = embedding the test documents +
+  the rankers' beam search;
 - napkinXC: `PLT` (its defaults: logistic loss, liblinear C 10; seed 0) in bench/.venv-peers; its
   `predict_proba` top-20 are taken as probabilities (calibration method "none"); the same threshold
   search on the same held-out documents gives its micro and macro policies. Its Python package
@@ -58,17 +69,12 @@ PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
 TOPK = 20
 
 
-def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
-    """X/Y .npz of trn, dev (the dev split, or a seeded 10% of train) and tst (cached)."""
+def split_parts(ds_dir: Path, seed: int = 0):
+    """(dataset, {"trn" | "dev" | "tst": (texts or None, X or None, Y)}, how the held-out part was made):
+    the dev split when the dataset has one, else a seeded 10% of train (`train --calibrate`'s slice)."""
     from xmc_core.calibration import holdout_split
     from xmc_core.data import load_dataset
-    from xmc_core.sparse import l2_normalize_rows
-    from xmc_core.tfidf import TfidfParams, TfidfVectorizer
 
-    meta_file = out / "meta.json"
-    if meta_file.is_file():
-        return json.loads(meta_file.read_text())
-    out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(ds_dir, splits=("train", "dev", "test"))
     tr = ds.train
     if ds.dev is not None:
@@ -83,7 +89,20 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
                     tr.X[rows] if tr.X is not None else None, tr.Y[rows])
         parts = {"trn": take(rest), "dev": take(held)}
     parts["tst"] = (ds.test.texts, ds.test.X, ds.test.Y)
-    if tr.texts is not None:
+    return ds, parts, dev_note
+
+
+def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
+    """X/Y .npz of trn, dev (the dev split, or a seeded 10% of train) and tst (cached)."""
+    from xmc_core.sparse import l2_normalize_rows
+    from xmc_core.tfidf import TfidfParams, TfidfVectorizer
+
+    meta_file = out / "meta.json"
+    if meta_file.is_file():
+        return json.loads(meta_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    ds, parts, dev_note = split_parts(ds_dir, seed)
+    if ds.train.texts is not None:
         vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 2), sublinear_tf=True, min_df=2))
         X = {"trn": vec.fit_transform(parts["trn"][0])}
         X.update({k: vec.transform(parts[k][0]) for k in ("dev", "tst")})
@@ -93,7 +112,8 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
         smat.save_npz(out / f"X.{k}.npz", smat.csr_matrix(X[k], dtype=np.float32), compressed=False)
         smat.save_npz(out / f"Y.{k}.npz", smat.csr_matrix(parts[k][2], dtype=np.float32), compressed=False)
     meta = {"n_trn": parts["trn"][2].shape[0], "n_dev": parts["dev"][2].shape[0], "n_tst": parts["tst"][2].shape[0],
-            "n_labels": ds.n_labels, "n_features": int(X["trn"].shape[1]), "heldout": dev_note}
+            "n_labels": ds.n_labels, "n_features": int(X["trn"].shape[1]), "heldout": dev_note,
+            "raw_text": ds.train.texts is not None}
     meta_file.write_text(json.dumps(meta))
     return meta
 
@@ -104,7 +124,8 @@ def load(out: Path, name: str) -> smat.csr_matrix:
 
 def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extra: dict) -> dict:
     """One benchmark row: ranking P@k, both policies' sets, calibration of the probabilities."""
-    from xmc_core.metrics import MetricParams, calibration_metrics, ranking_metrics, set_report
+    from xmc_core.metrics import MetricParams, bucket_masks, calibration_metrics, ranking_metrics, set_report
+    from xmc_core.sparse import keep_entries
 
     extra = dict(extra)
     row = {k: extra.pop(k, None) for k in ("threads", "train_s", "predict_s", "peak_rss_mb")}
@@ -115,6 +136,14 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
     raw = P_tst.copy()
     raw.data = np.clip(raw.data, 0.0, 1.0)
     cm, cm_raw = calibration_metrics(Y_tst, Pp), calibration_metrics(Y_tst, raw)
+    # ECE over the pairs whose label is in a bucket, as `xmc evaluate` reports it (a bucket no
+    # returned pair falls in, such as zero for a classifier, has none)
+    bucket_ece = {}
+    for b, in_bucket in bucket_masks(counts, Pp.shape[1]).items():
+        for tag, M in (("ece", Pp), ("ece_raw", raw)):
+            m = in_bucket[M.indices]
+            if m.any():
+                bucket_ece[f"{b}_{tag}"] = round(calibration_metrics(Y_tst, keep_entries(M, m))["ece"], 2)
     rk = ranking_metrics(Y_tst, P_tst, MetricParams(ks=(1, 3, 5)))["p"]
     r2 = lambda v: round(float(v), 2)  # noqa: E731
     ex = {"micro_f1": r2(micro["micro_f1"]), "micro_precision": r2(micro["micro_precision"]),
@@ -125,7 +154,7 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
           "brier_raw": round(cm_raw["brier"], 4), "threshold_micro": round(float(cal.threshold), 4),
           **{f"{b}_{m}": r2(macro[f"{b}_{m}"] if m == "macro_f1" else micro[f"{b}_{m}"])
              for b in ("frequent", "few", "zero") for m in ("micro_f1", "macro_f1")},
-          **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")},
+          **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")}, **bucket_ece,
           "heldout": meta["heldout"], "n_sibling_train": meta["n_trn"], "n_heldout": meta["n_dev"], **extra}
     # the scored model is the final one, trained on the training and the held-out documents
     return {"dataset": dataset, "system": system, "n_labels": meta["n_labels"], "n_train": meta["n_trn"] + meta["n_dev"],
@@ -166,20 +195,147 @@ def sibling_at_c(base: dict, c: float, Xtr, Ytr, Xdv, Ydv, counts: np.ndarray, n
     return {"P_dev": P_dev, "f1": heldout_halves_f1(P_dev, Ydv, counts), "params": params, "train_s": train_s}
 
 
-def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: list[float]) -> list[dict]:
-    from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.model import train_xr_linear
-    from xmc_core.presets import preset_overrides
+def encoder_embeddings(ds_dir: Path, out: Path, params, threads: int) -> dict:
+    """The encoder's embeddings of the trn, dev and tst documents, the encoder first fine-tuned on
+    the trn documents alone when `params.finetune.steps_per_level` > 0, so no part of the scoring
+    model has seen a held-out document. Cached under out/encoder-<settings hash>/ with the seconds
+    each step took (a cached run reports those seconds, and says it was cached).
 
+    Returns {"E": {part: N × H float32 (l2 rows)}, "finetune_s": s, "embed_s": {part: s},
+    "device": str, "cached": bool}.
+    """
+    import hashlib
+
+    import torch
+
+    from xmc_core.encoder import encode
+    from xmc_core.xtransformer import fit_encoder
+
+    steps = params.finetune.steps_per_level
+    settings = {"encoder": {k: v for k, v in params.encoder.to_dict().items() if k != "threads"}}
+    if steps > 0:  # the fine-tuning (and its TF-IDF matcher) shape the encoder too
+        settings.update({k: v for k, v in params.to_dict().items() if k in ("finetune", "pifa", "tree", "ranker")})
+        settings["finetune"] = {k: v for k, v in settings["finetune"].items() if k != "threads"}
+        for k in ("tree", "ranker"):
+            settings[k] = {kk: vv for kk, vv in settings[k].items() if kk != "threads"}
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    cache = out / f"encoder-{key}"
+    if (cache / "times.json").is_file():
+        times = json.loads((cache / "times.json").read_text())
+        E = {k: np.load(cache / f"E.{k}.npy") for k in ("trn", "dev", "tst")}
+        return {"E": E, **times, "cached": True}
+    torch.set_num_threads(threads)
+    _, parts, _ = split_parts(ds_dir)
+    texts = {k: parts[k][0] for k in parts}
+    t0 = time.perf_counter()
+    if steps > 0:
+        tokenizer, encoder, _, _, device = fit_encoder(texts["trn"], load(out, "X.trn"), load(out, "Y.trn"), params)
+    else:
+        from xmc_core.encoder import load_encoder, pick_device
+        tokenizer, encoder = load_encoder(params.encoder)
+        device = pick_device(params.encoder.device)
+    finetune_s = time.perf_counter() - t0 if steps > 0 else 0.0
+    E, embed_s = {}, {}
+    for k in ("trn", "dev", "tst"):
+        t0 = time.perf_counter()
+        E[k] = encode(encoder, tokenizer, texts[k], params.encoder, device)
+        embed_s[k] = time.perf_counter() - t0
+        print(f"[{ds_dir.name}] embedded {k}: {E[k].shape} in {embed_s[k]:.1f}s", file=sys.stderr, flush=True)
+    times = {"finetune_s": finetune_s, "embed_s": embed_s, "device": device, "settings": settings}
+    cache.mkdir(parents=True, exist_ok=True)
+    for k in E:
+        np.save(cache / f"E.{k}.npy", E[k])
+    (cache / "times.json").write_text(json.dumps(times))
+    return {"E": E, **times, "cached": False}
+
+
+def xr_transformer_row(name: str, system: str, data_root: Path, out: Path, meta: dict, threads: int,
+                       overrides: dict, c_grid: list[float], data: dict, counts: np.ndarray) -> dict:
+    """The XR-Transformer under the same protocol as XR-Linear: its encoder (pretrained, or
+    fine-tuned on the training documents) embeds every document once; per C of the grid a sibling
+    (refined tree + rankers on [TF-IDF ⊕ E] of the training documents) scores the held-out ones,
+    the best C's scores are calibrated, and the final rankers train on training + held-out
+    documents with the same encoder. train_s = fine-tuning + embedding the training and held-out
+    documents + the final rankers; predict_s = embedding the test documents + the rankers."""
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+    from xmc_core.xtransformer import XTransformerParams, concat_features, fit_concat_rankers, project
+
+    t = {"threads": threads}
+    base = XTransformerParams().merged(overrides).merged({"ranker": t, "tree": t, "encoder": t, "finetune": t})
+    if system == "xr-transformer-pretrained":
+        base = base.merged({"finetune": {"steps_per_level": 0}})
+    emb = encoder_embeddings(data_root / name, out, base, threads)
+    E = emb["E"]
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (data[k] for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst"))
+
+    def fit(params, X, Eb, Y):
+        t0 = time.perf_counter()
+        _, ranker, _, projection = fit_concat_rankers(X, Eb, Y, params)
+        return ranker, projection, time.perf_counter() - t0
+
+    by_c = {}
+    for c in c_grid:
+        params = base.merged({"ranker": {"Cp": c, "Cn": c}})
+        ranker, projection, secs = fit(params, Xtr, E["trn"], Ytr)
+        P_dev = ranker.predict(concat_features(Xdv, project(E["dev"], projection)), only_topk=TOPK)
+        by_c[c] = {"P_dev": P_dev, "f1": heldout_halves_f1(P_dev, Ydv, counts), "params": params, "train_s": secs}
+        print(f"[{name}] {system} C={c:g}: held-out halves micro/macro-F1 {by_c[c]['f1']}", file=sys.stderr, flush=True)
+    best = max(c_grid, key=lambda c: (round(by_c[c]["f1"][0], 2), -c))  # ties: the smaller C
+    params = by_c[best]["params"]
+    cal = fit_calibration(by_c[best]["P_dev"], Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
+    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c]["f1"]] for c in c_grid}
+    sibling_s = sum(by_c[c]["train_s"] for c in c_grid)
+    del by_c
+    ranker, projection, rankers_s = fit(params, smat.vstack([Xtr, Xdv], format="csr"),
+                                        np.vstack([E["trn"], E["dev"]]), smat.vstack([Ytr, Ydv], format="csr"))
+    t0 = time.perf_counter()
+    P = ranker.predict(concat_features(Xte, project(E["tst"], projection)), only_topk=TOPK)
+    predict_s = time.perf_counter() - t0 + emb["embed_s"]["tst"]
+    encoder_s = emb["finetune_s"] + emb["embed_s"]["trn"] + emb["embed_s"]["dev"]
+    label = "xmc xr-transformer" + (" (pretrained)" if system == "xr-transformer-pretrained" else "")
+    return score(label, name, meta, P, Yte, cal, counts, {
+        "threads": threads, "train_s": round(encoder_s + rankers_s, 2), "predict_s": round(predict_s, 2),
+        "sibling_train_s": round(sibling_s, 2), "ranker_C": best, "heldout_micro_macro_all_macro_f1_by_C": heldout_by_c,
+        "finetune_s": round(emb["finetune_s"], 2), "embed_s": {k: round(v, 2) for k, v in emb["embed_s"].items()},
+        "rankers_s": round(rankers_s, 2), "encoder_cached": emb["cached"], "device": emb["device"],
+        "params": params.to_dict(), "calibration": "isotonic by frequency group"})
+
+
+def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: list[float],
+                systems: list[str], xrt_overrides: dict) -> list[dict]:
+    """Every system's rows on one dataset, in the order xr-linear, xr-transformer(s), napkinXC."""
     out = REPO / "bench" / "out" / "data" / f"{name}-sets"
     t0 = time.perf_counter()
     meta = prepare(data_root / name, out)
     print(f"[{name}] features ready in {time.perf_counter() - t0:.1f}s: {meta}", file=sys.stderr, flush=True)
-    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst"))
+    data = {k: load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst")}
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
     counts = np.diff(smat.csc_matrix(Ytr).indptr)
     names = [str(j) for j in range(Ytr.shape[1])]
     rows = []
+    if "xr-linear" in systems:
+        rows += xr_linear_rows(name, meta, threads, preset, c_grid, data, counts, names)
+    for system in [s for s in systems if s.startswith("xr-transformer")]:
+        if meta.get("raw_text") is False:
+            print(f"[{name}] {system}: skipped, the dataset has no raw text", file=sys.stderr, flush=True)
+            continue
+        rows.append(xr_transformer_row(name, system, data_root, out, meta, threads, xrt_overrides, c_grid, data,
+                                       counts))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if "napkinxc" in systems:
+        rows += napkinxc_rows(name, out, meta, threads, data, counts)
+    return rows
 
+
+def xr_linear_rows(name: str, meta: dict, threads: int, preset: str, c_grid: list[float], data: dict,
+                   counts: np.ndarray, names: list[str]) -> list[dict]:
+    """xmc's XR-Linear row (see the module docstring's protocol)."""
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+    from xmc_core.model import train_xr_linear
+    from xmc_core.presets import preset_overrides
+
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
+    rows = []
     # xmc: per C of the grid, a sibling trained on the training documents scores the held-out ones;
     # the C whose calibrated sets do best on the held-out halves (micro-F1) is kept, its sibling's
     # scores on all held-out documents are calibrated, and the final model trains on both
@@ -210,7 +366,15 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: l
         "calibration": "isotonic by frequency group"}))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     del model
+    return rows
 
+
+def napkinxc_rows(name: str, out: Path, meta: dict, threads: int, data: dict, counts: np.ndarray) -> list[dict]:
+    """napkinXC's PLT rows, with its own probabilities and with our isotonic map on them."""
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
+    rows = []
     # napkinXC, the same protocol
     npz = out / "napkinxc_proba.npz"
     proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_proba.py"), "--data", str(out), "--out", str(npz),
@@ -273,6 +437,13 @@ def main(argv=None) -> int:
     ap.add_argument("--choose-c", type=float, nargs="+", default=None, metavar="C",
                     help="instead of the comparison: score these ranker C values (Cp = Cn) on the held-out "
                          "documents' halves")
+    ap.add_argument("--systems", nargs="+", default=["xr-linear", "napkinxc"],
+                    choices=["xr-linear", "napkinxc", "xr-transformer-pretrained", "xr-transformer"],
+                    help="systems compared (default: xr-linear napkinxc). xr-transformer-pretrained: the encoder "
+                         "as downloaded; xr-transformer: fine-tuned on the training documents first")
+    ap.add_argument("--xrt-params", default="{}", metavar="JSON",
+                    help="XTransformerParams overrides for the xr-transformer systems, e.g. "
+                         "'{\"encoder\": {\"precision\": \"bf16\"}}'")
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--db", default=str(REPO / "data" / "xmc.duckdb"))
     args = ap.parse_args(argv)
@@ -292,7 +463,8 @@ def main(argv=None) -> int:
         run = Run("sets", settings=vars(args))
         rows = []
         for name in args.datasets:
-            rows += run_dataset(name, Path(args.data_root), args.threads, args.preset, args.c_grid)
+            rows += run_dataset(name, Path(args.data_root), args.threads, args.preset, args.c_grid, args.systems,
+                                json.loads(args.xrt_params))
         cols = ("micro_f1", "macro_f1", "macro_f1_all", "ece", "ece_raw", "few_macro_f1", "frequent_macro_f1")
         print(f"{'dataset':<14} {'system':<24} {'P@1':>6} " + " ".join(f"{c:>17}" for c in cols) + f" {'train s':>8}")
         for r in rows:
