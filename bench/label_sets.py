@@ -195,6 +195,21 @@ def sibling_at_c(base: dict, c: float, Xtr, Ytr, Xdv, Ydv, counts: np.ndarray, n
     return {"P_dev": P_dev, "f1": heldout_halves_f1(P_dev, Ydv, counts), "params": params, "train_s": train_s}
 
 
+def best_sibling(by_c: dict, Ydv, counts: np.ndarray):
+    """The C whose sibling's calibrated sets did best on the held-out halves (micro-F1; ties: the
+    smaller C) and that sibling's calibration on all held-out documents.
+
+    by_c: {C: {"P_dev", "f1", "params", "train_s"}} (`sibling_at_c`). Returns (C, its params, the
+    calibration, {"C": [held-out micro-F1, macro-F1 all, macro-F1 present]}, the siblings' seconds).
+    """
+    from xmc_core.calibration import CalibrationParams, fit_calibration
+
+    best = max(by_c, key=lambda c: (round(by_c[c]["f1"][0], 2), -c))
+    cal = fit_calibration(by_c[best]["P_dev"], Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
+    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c]["f1"]] for c in by_c}
+    return best, by_c[best]["params"], cal, heldout_by_c, sum(v["train_s"] for v in by_c.values())
+
+
 def encoder_embeddings(ds_dir: Path, out: Path, params, threads: int) -> dict:
     """The encoder's embeddings of the trn, dev and tst documents, the encoder first fine-tuned on
     the trn documents alone when `params.finetune.steps_per_level` > 0, so no part of the scoring
@@ -257,7 +272,6 @@ def xr_transformer_row(name: str, system: str, data_root: Path, out: Path, meta:
     the best C's scores are calibrated, and the final rankers train on training + held-out
     documents with the same encoder. train_s = fine-tuning + embedding the training and held-out
     documents + the final rankers; predict_s = embedding the test documents + the rankers."""
-    from xmc_core.calibration import CalibrationParams, fit_calibration
     from xmc_core.xtransformer import XTransformerParams, concat_features, fit_concat_rankers, project
 
     t = {"threads": threads}
@@ -280,11 +294,7 @@ def xr_transformer_row(name: str, system: str, data_root: Path, out: Path, meta:
         P_dev = ranker.predict(concat_features(Xdv, project(E["dev"], projection)), only_topk=TOPK)
         by_c[c] = {"P_dev": P_dev, "f1": heldout_halves_f1(P_dev, Ydv, counts), "params": params, "train_s": secs}
         print(f"[{name}] {system} C={c:g}: held-out halves micro/macro-F1 {by_c[c]['f1']}", file=sys.stderr, flush=True)
-    best = max(c_grid, key=lambda c: (round(by_c[c]["f1"][0], 2), -c))  # ties: the smaller C
-    params = by_c[best]["params"]
-    cal = fit_calibration(by_c[best]["P_dev"], Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
-    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c]["f1"]] for c in c_grid}
-    sibling_s = sum(by_c[c]["train_s"] for c in c_grid)
+    best, params, cal, heldout_by_c, sibling_s = best_sibling(by_c, Ydv, counts)
     del by_c
     ranker, projection, rankers_s = fit(params, smat.vstack([Xtr, Xdv], format="csr"),
                                         np.vstack([E["trn"], E["dev"]]), smat.vstack([Ytr, Ydv], format="csr"))
@@ -330,7 +340,6 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: l
 def xr_linear_rows(name: str, meta: dict, threads: int, preset: str, c_grid: list[float], data: dict,
                    counts: np.ndarray, names: list[str]) -> list[dict]:
     """xmc's XR-Linear row (see the module docstring's protocol)."""
-    from xmc_core.calibration import CalibrationParams, fit_calibration
     from xmc_core.model import train_xr_linear
     from xmc_core.presets import preset_overrides
 
@@ -344,11 +353,7 @@ def xr_linear_rows(name: str, meta: dict, threads: int, preset: str, c_grid: lis
     for c in c_grid:
         by_c[c] = sibling_at_c(base, c, Xtr, Ytr, Xdv, Ydv, counts, names)
         print(f"[{name}] C={c:g}: held-out halves micro/macro-F1 {by_c[c]['f1']}", file=sys.stderr, flush=True)
-    best = max(c_grid, key=lambda c: (round(by_c[c]["f1"][0], 2), -c))  # ties: the smaller C
-    params = by_c[best]["params"]
-    cal = fit_calibration(by_c[best]["P_dev"], Ydv, counts, CalibrationParams(topk=TOPK), info={"source": "held-out"})
-    heldout_by_c = {f"{c:g}": [round(v, 2) for v in by_c[c]["f1"]] for c in c_grid}
-    sibling_s = sum(by_c[c]["train_s"] for c in c_grid)
+    best, params, cal, heldout_by_c, sibling_s = best_sibling(by_c, Ydv, counts)
     del by_c
     t0 = time.perf_counter()
     model = train_xr_linear(smat.vstack([Ytr, Ydv], format="csr"), names, params,
