@@ -215,7 +215,10 @@ def test_corrupt_or_mismatched_model_is_one_line_error(tmp_path, capsys, text_mo
     (missing / "labels.txt").unlink()
     assert "incomplete or corrupt model folder" in run("predict", "--model", str(missing), "--text", "oil")
 
-    assert "not a model folder" in run("predict", "--model", str(tmp_path / "nope"), "--text", "oil")
+    assert "nope: no such model folder" in run("predict", "--model", str(tmp_path / "nope"), "--text", "oil")
+    (tmp_path / "empty").mkdir()
+    assert "empty: not a model folder (no params.json)" in run("predict", "--model", str(tmp_path / "empty"),
+                                                               "--text", "oil")
     assert "no text featurizer" in run("predict", "--model", str(bow_model), "--text", "oil")
     assert "--topk: must be >= 1" in run("predict", "--model", str(text_model), "--text", "oil", "--topk", "0")
     assert "--max-rows: must be >= 1" in run("train", "--data", str(tmp_path), "--model", str(tmp_path / "m"),

@@ -66,12 +66,14 @@ def read_model_meta(path: str | Path) -> dict:
         dict: format_version, method, n_labels, params, info, ...
 
     Raises:
-        ModelFormatError: (one line naming the folder or file) no params.json, unreadable or not
-            a JSON object, or a format_version other than FORMAT_VERSION.
+        ModelFormatError: (one line naming the folder or file) no such folder, no params.json,
+            unreadable or not a JSON object, or a format_version other than FORMAT_VERSION.
     """
     path = Path(path)
     meta_file = path / "params.json"
     if not meta_file.is_file():
+        if not path.exists():
+            raise ModelFormatError(f"{path}: no such model folder")
         raise ModelFormatError(f"{path}: not a model folder (no params.json)")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
