@@ -201,3 +201,12 @@ def test_few_texts_count_the_terms_the_string_path_counts(ngram_range, lowercase
     assert ids.indptr.tolist() == strings.indptr.tolist() and ids.indices.tolist() == strings.indices.tolist()
     np.testing.assert_array_equal(ids.data, strings.data)
     assert ids.nnz >= 5  # not a comparison of empty matrices
+
+
+@pytest.mark.parametrize("texts, hint", [(["1 2", "a b", "- +", "x"], True), (["alpha beta", "gamma delta"], False)])
+def test_no_term_error_says_why(texts, hint):
+    """No term at all (one-character tokens only) names what a word is; terms below min_df do not."""
+    with pytest.raises(ValueError, match=r"no term occurs in >= min_df=2 documents") as err:
+        TfidfVectorizer(TfidfParams(min_df=2)).fit(texts)
+    assert ("one-character tokens" in str(err.value)) is hint
+    assert "\n" not in str(err.value)

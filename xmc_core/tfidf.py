@@ -383,9 +383,12 @@ class TfidfVectorizer:
             keep &= df <= p.max_df_ratio * n_docs
         kept = np.flatnonzero(keep)
         if len(kept) == 0:
+            # with no term at all min_df is not the cause: say what the word tokenizer keeps
+            why = ("; the texts hold no word: a word is 2 or more letters, digits or underscores, so "
+                   "one-character tokens and punctuation are dropped") if n_terms == 0 and p.analyzer == "word" else ""
             raise ValueError(
                 f"TfidfVectorizer.fit: no term occurs in >= min_df={p.min_df} documents "
-                f"({n_docs} documents, {n_terms} distinct terms)"
+                f"({n_docs} documents, {n_terms} distinct terms){why}"
             )
         if p.max_features is not None and len(kept) > p.max_features:
             # highest df first; ties by column order, for determinism
