@@ -367,11 +367,11 @@ def test_plus_minus_one_label_matrix_is_refused(tmp_path, capsys):
     data = _pecos(tmp_path / "d", Y)
     rc, _, err = _main(capsys, "train", "--data", str(data), "--model", str(tmp_path / "m"))
     msg = _one_line_error(rc, err, f"{data / 'Y.trn.npz'}: label", "row 1", "value -1")
-    assert "column 1" in msg and not (tmp_path / "m").exists()
+    assert "label id 1 (column 1 counted from 0)" in msg and not (tmp_path / "m").exists()
     for bad, what in ((np.nan, "value nan"), (-0.5, "value -0.5")):
         data = _pecos(tmp_path / f"d{what}", _y({(3, 2): bad}))
         rc, _, err = _main(capsys, "train", "--data", str(data), "--model", str(tmp_path / "m"))
-        _one_line_error(rc, err, "Y.trn.npz: label", "row 4", "column 2", what)
+        _one_line_error(rc, err, "Y.trn.npz: label", "row 4 (line 4 of", "label id 2 (column 2 counted from 0)", what)
 
 
 def test_python_api_refuses_a_plus_minus_one_label_matrix():

@@ -725,14 +725,16 @@ def _load_npz(path: Path) -> sp.csr_matrix:
 
 def _check_label_values(path: Path, Y: sp.csr_matrix, texts_file: Path) -> None:
     """Y of a PECOS .npz: entries > 0 are positives (0/1, or graded relevance read as relevant);
-    a negative or non-finite entry is an error naming its row and column (a ±1 matrix would
-    otherwise make every label of every document a positive: PECOS#87)."""
+    a negative or non-finite entry is an error naming its row (from 1, as the texts' lines) and its
+    label id (the column, from 0, as label ids are) (a ±1 matrix would otherwise make every label
+    of every document a positive: PECOS#87)."""
     bad = first_bad_label(Y)
     if bad is not None:
         row, col, value = bad
         raise DataFormatError(
             path, None, "label",
-            f"row {row + 1} (line {row + 1} of {texts_file.name}), column {col}: value {value:g}; Y holds 0/1 "
+            f"row {row + 1} (line {row + 1} of {texts_file.name}), label id {col} (column {col} counted from 0): "
+            f"value {value:g}; Y holds 0/1 "
             "(entries > 0 are positives, graded relevance included); a +1/-1 matrix marks negatives with -1: "
             "store only the positives")
 
