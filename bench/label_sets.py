@@ -67,6 +67,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
 TOPK = 20
+#: the matrices `prepare` writes, in the order the row functions unpack them
+MATRICES = ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst")
 
 
 def split_parts(ds_dir: Path, seed: int = 0):
@@ -124,8 +126,7 @@ def load(out: Path, name: str) -> smat.csr_matrix:
 
 def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extra: dict) -> dict:
     """One benchmark row: ranking P@k, both policies' sets, calibration of the probabilities."""
-    from xmc_core.metrics import MetricParams, bucket_masks, calibration_metrics, ranking_metrics, set_report
-    from xmc_core.sparse import keep_entries
+    from xmc_core.metrics import MetricParams, bucket_ece, calibration_metrics, ranking_metrics, set_report
 
     extra = dict(extra)
     row = {k: extra.pop(k, None) for k in ("threads", "train_s", "predict_s", "peak_rss_mb")}
@@ -136,14 +137,9 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
     raw = P_tst.copy()
     raw.data = np.clip(raw.data, 0.0, 1.0)
     cm, cm_raw = calibration_metrics(Y_tst, Pp), calibration_metrics(Y_tst, raw)
-    # ECE over the pairs whose label is in a bucket, as `xmc evaluate` reports it (a bucket no
-    # returned pair falls in, such as zero for a classifier, has none)
-    bucket_ece = {}
-    for b, in_bucket in bucket_masks(counts, Pp.shape[1]).items():
-        for tag, M in (("ece", Pp), ("ece_raw", raw)):
-            m = in_bucket[M.indices]
-            if m.any():
-                bucket_ece[f"{b}_{tag}"] = round(calibration_metrics(Y_tst, keep_entries(M, m))["ece"], 2)
+    # per bucket as `xmc evaluate` reports it
+    by_bucket = {f"{b}_{tag}": round(v, 2) for tag, M in (("ece", Pp), ("ece_raw", raw))
+                 for b, v in bucket_ece(Y_tst, M, counts).items()}
     rk = ranking_metrics(Y_tst, P_tst, MetricParams(ks=(1, 3, 5)))["p"]
     r2 = lambda v: round(float(v), 2)  # noqa: E731
     ex = {"micro_f1": r2(micro["micro_f1"]), "micro_precision": r2(micro["micro_precision"]),
@@ -154,7 +150,7 @@ def score(system: str, dataset: str, meta: dict, P_tst, Y_tst, cal, counts, extr
           "brier_raw": round(cm_raw["brier"], 4), "threshold_micro": round(float(cal.threshold), 4),
           **{f"{b}_{m}": r2(macro[f"{b}_{m}"] if m == "macro_f1" else micro[f"{b}_{m}"])
              for b in ("frequent", "few", "zero") for m in ("micro_f1", "macro_f1")},
-          **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")}, **bucket_ece,
+          **{f"{b}_labels": int(micro[f"{b}_labels"]) for b in ("frequent", "few", "zero")}, **by_bucket,
           "heldout": meta["heldout"], "n_sibling_train": meta["n_trn"], "n_heldout": meta["n_dev"], **extra}
     # the scored model is the final one, trained on the training and the held-out documents
     return {"dataset": dataset, "system": system, "n_labels": meta["n_labels"], "n_train": meta["n_trn"] + meta["n_dev"],
@@ -227,12 +223,10 @@ def encoder_embeddings(ds_dir: Path, out: Path, params, threads: int) -> dict:
     from xmc_core.xtransformer import fit_encoder
 
     steps = params.finetune.steps_per_level
-    settings = {"encoder": {k: v for k, v in params.encoder.to_dict().items() if k != "threads"}}
-    if steps > 0:  # the fine-tuning (and its TF-IDF matcher) shape the encoder too
-        settings.update({k: v for k, v in params.to_dict().items() if k in ("finetune", "pifa", "tree", "ranker")})
-        settings["finetune"] = {k: v for k, v in settings["finetune"].items() if k != "threads"}
-        for k in ("tree", "ranker"):
-            settings[k] = {kk: vv for kk, vv in settings[k].items() if kk != "threads"}
+    # the sections that shape the embeddings (fine-tuning and its TF-IDF matcher too), threads aside
+    sections = ("encoder", "finetune", "pifa", "tree", "ranker") if steps > 0 else ("encoder",)
+    full = params.to_dict()
+    settings = {sec: {k: v for k, v in full[sec].items() if k != "threads"} for sec in sections}
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     cache = out / f"encoder-{key}"
     if (cache / "times.json").is_file():
@@ -280,7 +274,7 @@ def xr_transformer_row(name: str, system: str, data_root: Path, out: Path, meta:
         base = base.merged({"finetune": {"steps_per_level": 0}})
     emb = encoder_embeddings(data_root / name, out, base, threads)
     E = emb["E"]
-    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (data[k] for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst"))
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (data[k] for k in MATRICES)
 
     def fit(params, X, Eb, Y):
         t0 = time.perf_counter()
@@ -318,10 +312,9 @@ def run_dataset(name: str, data_root: Path, threads: int, preset: str, c_grid: l
     t0 = time.perf_counter()
     meta = prepare(data_root / name, out)
     print(f"[{name}] features ready in {time.perf_counter() - t0:.1f}s: {meta}", file=sys.stderr, flush=True)
-    data = {k: load(out, k) for k in ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst")}
-    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
-    counts = np.diff(smat.csc_matrix(Ytr).indptr)
-    names = [str(j) for j in range(Ytr.shape[1])]
+    data = {k: load(out, k) for k in MATRICES}
+    counts = np.diff(smat.csc_matrix(data["Y.trn"]).indptr)
+    names = [str(j) for j in range(data["Y.trn"].shape[1])]
     rows = []
     if "xr-linear" in systems:
         rows += xr_linear_rows(name, meta, threads, preset, c_grid, data, counts, names)
@@ -343,7 +336,7 @@ def xr_linear_rows(name: str, meta: dict, threads: int, preset: str, c_grid: lis
     from xmc_core.model import train_xr_linear
     from xmc_core.presets import preset_overrides
 
-    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (data[k] for k in MATRICES)
     rows = []
     # xmc: per C of the grid, a sibling trained on the training documents scores the held-out ones;
     # the C whose calibrated sets do best on the held-out halves (micro-F1) is kept, its sibling's
@@ -378,7 +371,7 @@ def napkinxc_rows(name: str, out: Path, meta: dict, threads: int, data: dict, co
     """napkinXC's PLT rows, with its own probabilities and with our isotonic map on them."""
     from xmc_core.calibration import CalibrationParams, fit_calibration
 
-    Xtr, Ytr, Xdv, Ydv, Xte, Yte = data.values()
+    Xtr, Ytr, Xdv, Ydv, Xte, Yte = (data[k] for k in MATRICES)
     rows = []
     # napkinXC, the same protocol
     npz = out / "napkinxc_proba.npz"

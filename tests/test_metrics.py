@@ -278,3 +278,17 @@ def test_set_metrics_hand_computed():
     assert res["macro_f1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
     empty = set_metrics(Y, sp.csr_matrix(Y.shape, dtype=np.float32))
     assert empty["micro_precision"] == 0.0 and empty["macro_f1"] == 0.0
+
+
+def test_bucket_ece_by_hand():
+    """Per-bucket ECE over the returned pairs of each bucket's labels, a bucket without pairs left out."""
+    from xmc_core.metrics import bucket_ece
+
+    counts = np.array([60, 5, 0])  # frequent, few, zero
+    Y = sp.csr_matrix(np.array([[1, 0, 0], [0, 0, 1]], np.float32))
+    P = sp.csr_matrix(np.array([[0.9, 0.2, 0.0], [0.6, 0.0, 0.5]], np.float32))
+    got = bucket_ece(Y, P, counts)
+    # frequent: (0.9, 1) and (0.6, 0) in bins of their own, (0.1 + 0.6) / 2; few: (0.2, 0); zero: (0.5, 1)
+    assert got == pytest.approx({"frequent": 35.0, "few": 20.0, "zero": 50.0})
+    P2 = sp.csr_matrix(np.array([[0.9, 0.2, 0.0], [0.6, 0.0, 0.0]], np.float32))
+    assert set(bucket_ece(Y, P2, counts)) == {"frequent", "few"}

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from .sparse import binarize, pattern, row_ids
+from .sparse import binarize, keep_entries, pattern, row_ids
 
 __all__ = [
     "MetricParams",
@@ -38,6 +38,7 @@ __all__ = [
     "tail_bucket_metrics",
     "topk_sets",
     "calibration_metrics",
+    "bucket_ece",
     "set_report",
     "FREQUENCY_BUCKETS",
     "bucket_masks",
@@ -550,6 +551,29 @@ def calibration_metrics(Y_true, P_proba, n_bins: int = 15) -> dict:
              "frac_positive": float(sy[i] / cnt[i])} for i in np.flatnonzero(nz)]
     return {"ece": 100.0 * ece, "brier": float(np.mean((p - y) ** 2)), "n_pairs": int(n),
             "mean_proba": float(p.mean()), "frac_positive": float(y.mean()), "bins": bins}
+
+
+def bucket_ece(Y_true, P_proba, train_counts, buckets=FREQUENCY_BUCKETS) -> dict[str, float]:
+    """ECE of each label-frequency bucket: :func:`calibration_metrics` over the returned pairs
+    whose label is in the bucket.
+
+    Args:
+        Y_true: N × L' ground truth (nonzero = positive).
+        P_proba: N × L CSR; every stored entry is a predicted probability.
+        train_counts: (L,) training positives per label (:func:`bucket_masks`).
+        buckets: (name, lo, hi) training-count ranges, inclusive (hi None: unbounded).
+
+    Returns:
+        {name: ECE in percent} for the buckets with at least one returned pair (a classifier
+        returns none of the labels no training document has, so such a bucket is left out).
+    """
+    P = sp.csr_matrix(P_proba)
+    out = {}
+    for name, in_bucket in bucket_masks(train_counts, P.shape[1], buckets).items():
+        m = in_bucket[P.indices]
+        if m.any():
+            out[name] = calibration_metrics(Y_true, keep_entries(P, m))["ece"]
+    return out
 
 
 def set_report(Y_true, S, train_counts=None, buckets=FREQUENCY_BUCKETS) -> dict:

@@ -763,8 +763,7 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
         "{bucket}_ece", "bins" / "bins_raw" (the reliability diagram's bins, calibrated / raw)};
         percent except brier.
     """
-    from .metrics import FREQUENCY_BUCKETS, bucket_masks, calibration_metrics, set_report
-    from .sparse import keep_entries
+    from .metrics import FREQUENCY_BUCKETS, bucket_ece, calibration_metrics, set_report
 
     Pp = cal.proba(P)
     rep = set_report(Y, cal.decide(Pp, policy, P), label_counts)
@@ -778,10 +777,7 @@ def set_evaluation(cal, P: smat.csr_matrix, Y: smat.spmatrix, label_counts, poli
     out.update({"ece": cm["ece"], "brier": cm["brier"], "ece_raw": cm_raw["ece"], "brier_raw": cm_raw["brier"],
                 "calibration_pairs": cm["n_pairs"]})
     if label_counts is not None:
-        for name, in_bucket in bucket_masks(label_counts, Pp.shape[1]).items():
-            m = in_bucket[Pp.indices]
-            if m.any():
-                out[f"{name}_ece"] = calibration_metrics(Y, keep_entries(Pp, m))["ece"]
+        out.update({f"{name}_ece": v for name, v in bucket_ece(Y, Pp, label_counts).items()})
     out["bins"], out["bins_raw"] = cm["bins"], cm_raw["bins"]
     return out
 
