@@ -27,6 +27,7 @@ from xmc_core.xlgen import (  # noqa: E402
     XLGenModel,
     XLGenParams,
     build_targets,
+    COPY_GAIN_SCALE,
     label_texts,
     load_state,
     save_state,
@@ -201,6 +202,66 @@ def test_a_label_without_training_documents_can_be_generated(models, data):
             m.module.out_bias.copy_(saved)
     assert all(ZERO in s for s in sets)
     assert all(len(set(s)) == len(s) for s in sets)
+
+
+# --------------------------------------------------------------------------- the copy prior
+
+
+@pytest.fixture(scope="module")
+def copy_model(data):
+    texts, Y, _, _ = data
+    return train_xlgen(texts, Y, LABELS, XLGenParams(decoding="label_text", copy_prior=True, **TINY),
+                       label_titles=TITLES)
+
+
+def test_copy_prior_is_the_idf_of_the_title_pieces_in_the_text(copy_model, data):
+    texts, _, _, _ = data
+    m = copy_model
+    v = m.vocab
+    flat, offsets = tokenize(m.tokenizer, texts, TINY["max_length"])
+    piece = {int(p): j for j, p in enumerate(v.piece_ids)}
+    n = len(texts)
+    for word in ("zinc", "ore", "gold", "oil"):
+        [wp] = m.tokenizer(word, add_special_tokens=False)["input_ids"]
+        df = sum(wp in flat[offsets[i]:offsets[i + 1]] for i in range(n))
+        assert v.piece_idf[piece[wp]] == pytest.approx(np.log((n + 1) / (df + 1)) / np.log(n + 1), rel=1e-6)
+    assert v.piece_idf[piece[m.tokenizer.convert_tokens_to_ids("ore")]] == pytest.approx(1.0)  # in no text
+    doc = ["zinc ore prices said"]
+    f, o = tokenize(m.tokenizer, doc, TINY["max_length"])
+    c = v.copy_vector(f, o, [0])[0]
+    on = {m.tokenizer.convert_ids_to_tokens(int(v.piece_ids[t - v.label_offset])) for t in np.flatnonzero(c)}
+    assert on == {"zinc", "ore"}  # "prices", "said": in no title
+    with pytest.raises(ValueError, match="copy_prior"):
+        XLGenParams(copy_prior=True)  # label_token decoding has no title pieces
+
+
+def test_copy_prior_lets_the_text_name_a_label_no_training_document_has(copy_model, data):
+    """With a large gain, a text that says "zinc ore" gets the zero-shot title; one that does not, never."""
+    m = copy_model
+    saved = m.module.copy_gain.detach().clone()
+    try:
+        with torch.no_grad():
+            m.module.copy_gain.fill_(40.0 / COPY_GAIN_SCALE)
+        with_words = m.generate(["zinc ore shipments said traders", "ore of zinc week"]).sets
+        without = m.generate(["gold prices week", "coffee sugar market"]).sets
+    finally:
+        with torch.no_grad():
+            m.module.copy_gain.copy_(saved)
+    assert all(ZERO in s for s in with_words)
+    assert not any(ZERO in s for s in without)
+
+
+def test_copy_prior_model_round_trips(copy_model, data, tmp_path):
+    _, _, test_texts, _ = data
+    before = copy_model.generate(test_texts)
+    copy_model.save(tmp_path / "copy")
+    loaded = load_model(tmp_path / "copy")
+    assert loaded.params.copy_prior
+    assert float(loaded.module.copy_gain.detach()) == float(copy_model.module.copy_gain.detach())
+    np.testing.assert_array_equal(loaded.vocab.piece_idf, copy_model.vocab.piece_idf)
+    after = loaded.generate(test_texts)
+    assert after.sets == before.sets
+    np.testing.assert_allclose(after.scores.toarray(), before.scores.toarray(), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- persistence, resume, caching

@@ -54,6 +54,13 @@ Design choices (why not a stock `EncoderDecoderModel` over word pieces):
   skipped when training the generator (`skip_unlabeled`): in PU learning a missing label is not
   evidence of absence, and "text → end" targets would teach the model to stop early.
 
+* **Copy prior** (`copy_prior`, label_text): a title piece that occurs among the document's own
+  word pieces gets g · idf(piece) added to its logit, in training and decoding (g a learned
+  scalar, started at COPY_GAIN_INIT; idf = log((N + 1) / (df + 1)) / log(N + 1) over the N
+  training documents' kept word pieces, so "of" adds about nothing). A decoder that has never
+  written a title learns no weight for it, but its words in the text still pull it up: the route
+  by which a label without training documents can win a beam slot. The copy term of pointer-
+  generator networks (See et al. 2017), reduced to a gain on a fixed, idf-weighted vector.
 * **Decoding caches the decoder's keys and values** (cross-attention once per batch, self-attention
   growing by one position a step, reordered with the beams), so a label_text sequence of tens of
   pieces costs one position per step, not the whole prefix again.
@@ -98,7 +105,7 @@ from .sparse import check_label_matrix
 __all__ = ["METHOD_XLGEN", "VARIANTS", "DECODINGS", "XLGenParams", "XLGenModel", "train_xlgen", "label_clusters",
            "pu_drop_labels", "frequency_rank", "build_targets", "cluster_labels", "evaluate_xlgen", "sets_matrix",
            "Generation", "SET_SCORE_FLOOR", "label_texts", "XLGenState", "save_state", "load_state",
-           "xlgen_checkpoint_key", "train_with_checkpoints", "encoder_states"]
+           "xlgen_checkpoint_key", "train_with_checkpoints", "encoder_states", "piece_idf"]
 
 #: method name of an XLGen model folder (params.json "method")
 METHOD_XLGEN = "xlgen"
@@ -117,6 +124,12 @@ N_SPECIAL_TEXT = 5
 #: how labels are written (`XLGenParams.decoding`): one token per label, or the word pieces of
 #: the label's name under a prefix trie
 DECODINGS = ("label_token", "label_text")
+
+#: copy_prior: the gain g a model starts from (a present piece of idf 1 adds 2 to its logit)
+COPY_GAIN_INIT = 2.0
+#: copy_prior: g = COPY_GAIN_SCALE × the trained scalar, so the optimizer's steps of about lr_new
+#: can move g by whole units within a run
+COPY_GAIN_SCALE = 10.0
 
 #: scores above this are the generated set (see `XLGenModel.predict`)
 SET_SCORE_FLOOR = 1.0
@@ -137,6 +150,10 @@ class XLGenParams(ParamsBase):
         decoding: "label_token" (one decoder token per label) or "label_text" (a label is the word
             pieces of its title, then an end-of-label token, under a prefix trie over every label's
             title: labels without training documents can be written; see the module docstring).
+        copy_prior: label_text only: add g · idf(piece) to the logit of every title piece that the
+            document's own word pieces contain (g one learned scalar, idf over the training
+            documents, in [0, 1]), so titles worded as the text is are favoured, also titles that
+            no training document has (see the module docstring).
     Training (AdamW, linear warm-up then linear decay):
         steps, batch_size: optimizer steps and documents per step. CPU defaults (1000 × 32, 64
             word pieces, first 2 encoder layers frozen): about 0.9 s a step on 2 cores, so one
@@ -177,6 +194,7 @@ class XLGenParams(ParamsBase):
     max_length: int = 64
     decoder_layers: int = 2
     decoding: str = "label_token"
+    copy_prior: bool = False
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
@@ -217,6 +235,8 @@ class XLGenParams(ParamsBase):
             raise ValueError(f"XLGenParams.max_length: must be >= 2, got {self.max_length}")
         if min(self.steps, self.min_labels, self.cluster_docs_per_label, self.freeze_layers) < 0:
             raise ValueError("XLGenParams: steps, min_labels, cluster_docs_per_label and freeze_layers must be >= 0")
+        if self.copy_prior and self.decoding != "label_text":
+            raise ValueError("XLGenParams.copy_prior: needs decoding 'label_text' (it favours title pieces)")
         if self.cache_encoder_states and self.freeze_layers < 1:
             raise ValueError("XLGenParams.cache_encoder_states: needs freeze_layers >= 1 (the cached part is frozen)")
 
@@ -350,6 +370,7 @@ class _Vocab:
     label_ptr: np.ndarray | None = None  # (L + 1,)
     label_pieces: np.ndarray | None = None  # piece indices (0..P-1) of every label, concatenated
     label_texts: list | None = None
+    piece_idf: np.ndarray | None = None  # (P,) float32 in [0, 1] (copy_prior)
 
     @property
     def text(self) -> bool:
@@ -402,6 +423,17 @@ class _Vocab:
             return self.rank_to_label()[tokens[tokens >= self.label_offset] - self.label_offset].tolist()
         return self.trie.decode(tokens[(tokens >= self.label_offset) | (tokens == LSEP)].tolist())
 
+    def copy_vector(self, flat: np.ndarray, offsets: np.ndarray, rows) -> np.ndarray:
+        """(B, V) float32 copy prior of documents `rows` (word pieces flat[offsets[i]:offsets[i + 1]],
+        as `encoder.tokenize` gives them): idf(piece) at each title piece the document contains."""
+        out = np.zeros((len(rows), self.size), dtype=np.float32)
+        for b, doc in enumerate(rows):
+            ids = np.unique(flat[offsets[doc]:offsets[doc + 1]])
+            j = np.searchsorted(self.piece_ids, ids).clip(0, len(self.piece_ids) - 1)
+            j = j[self.piece_ids[j] == ids]
+            out[b, self.label_offset + j] = self.piece_idf[j]
+        return out
+
     def rank_to_label(self) -> np.ndarray:
         """(L,) label id of each rank."""
         out = np.empty(self.n_labels, dtype=np.int64)
@@ -417,6 +449,8 @@ class _Vocab:
         if self.text:
             out.update(piece_ids=self.piece_ids, label_ptr=self.label_ptr, label_pieces=self.label_pieces,
                        label_texts=np.asarray(self.label_texts, dtype=str))
+        if self.piece_idf is not None:
+            out["piece_idf"] = self.piece_idf
         return out
 
     @classmethod
@@ -428,6 +462,8 @@ class _Vocab:
             v.piece_ids, v.label_ptr, v.label_pieces = (np.asarray(z[k], np.int64)
                                                         for k in ("piece_ids", "label_ptr", "label_pieces"))
             v.label_texts = [str(s) for s in z["label_texts"]]
+        if "piece_idf" in z:
+            v.piece_idf = np.asarray(z["piece_idf"], np.float32)
         return v
 
 
@@ -486,6 +522,19 @@ def _make_text_vocab(counts: np.ndarray, label_cluster: np.ndarray | None, texts
     return v
 
 
+def piece_idf(piece_ids: np.ndarray, flat: np.ndarray, offsets: np.ndarray, rows) -> np.ndarray:
+    """(P,) float32 idf of each title piece over documents `rows`: log((N + 1) / (df + 1)) / log(N + 1),
+    df the number of those documents whose word pieces (flat, offsets as `encoder.tokenize`) hold it."""
+    rows = np.asarray(rows)
+    df = np.zeros(len(piece_ids), dtype=np.int64)
+    for doc in rows:
+        ids = np.unique(flat[offsets[doc]:offsets[doc + 1]])
+        j = np.searchsorted(piece_ids, ids).clip(0, len(piece_ids) - 1)
+        df[j[piece_ids[j] == ids]] += 1
+    n = len(rows)
+    return (np.log((n + 1) / (df + 1.0)) / np.log(n + 1.0)).astype(np.float32)
+
+
 def build_targets(Y: smat.spmatrix, vocab: _Vocab, variant: str) -> list[list[int]]:
     """Decoder target per document (without bos): its labels in frequency-rank order (one token
     each, or each label's pieces then LSEP in label_text mode), then eos.
@@ -530,7 +579,7 @@ def _seq2seq_class():
         tokens B×T) → logits B×T×V (tokens[:, 0] is bos); cluster_logits(pooled) → B×K (bcl).
         """
 
-        def __init__(self, encoder, decoder, n_tokens: int, n_cluster_head: int):
+        def __init__(self, encoder, decoder, n_tokens: int, n_cluster_head: int, copy_prior: bool = False):
             super().__init__()
             H = encoder.config.hidden_size
             self.encoder = encoder
@@ -541,6 +590,16 @@ def _seq2seq_class():
             nn.init.zeros_(self.bos_proj.weight)
             nn.init.zeros_(self.bos_proj.bias)
             self.cluster_head = nn.Linear(H, n_cluster_head) if n_cluster_head else None
+            # the copy gain is COPY_GAIN_SCALE × this, so AdamW's step (about lr) moves it usefully
+            self.copy_gain = (nn.Parameter(torch.tensor(COPY_GAIN_INIT / COPY_GAIN_SCALE))
+                              if copy_prior else None)
+
+        def _out(self, h, copy):
+            logits = h @ self.tokens.weight.T.to(h.dtype) + self.out_bias.to(h.dtype)
+            if self.copy_gain is not None and copy is not None:
+                gain = (COPY_GAIN_SCALE * self.copy_gain).to(h.dtype)
+                logits = logits + gain * (copy.unsqueeze(1) if logits.dim() == 3 else copy).to(h.dtype)
+            return logits
 
         def encode(self, ids, mask):
             hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -560,24 +619,24 @@ def _seq2seq_class():
             hidden = _encoder_layers(self.encoder, states, mask, n_frozen, len(self.encoder.encoder.layer))
             return hidden, self._pool(hidden, mask)
 
-        def step(self, hidden, mask, pooled, tokens, cache):
+        def step(self, hidden, mask, pooled, tokens, cache, copy=None):
             """One decoding position for every row: tokens (n,) the last written token (bos on the
-            first call, cache None); returns (logits n × V, the cache to pass next time)."""
+            first call, cache None); copy (n × V) the copy prior (copy_prior models); returns
+            (logits n × V, the cache to pass next time)."""
             x = self.tokens(tokens).unsqueeze(1)
             if cache is None:
                 x = x + self.bos_proj(pooled).unsqueeze(1).to(x.dtype)
             out = self.decoder(inputs_embeds=x, encoder_hidden_states=hidden, encoder_attention_mask=mask,
                                cache=cache, use_cache=True)
-            h = out.last_hidden_state[:, -1]
-            return h @ self.tokens.weight.T.to(h.dtype) + self.out_bias.to(h.dtype), out.cache
+            return self._out(out.last_hidden_state[:, -1], copy), out.cache
 
-        def decode(self, hidden, mask, pooled, tokens):
+        def decode(self, hidden, mask, pooled, tokens, copy=None):
             x = self.tokens(tokens)
             start = x[:, :1] + self.bos_proj(pooled).unsqueeze(1).to(x.dtype)
             x = torch.cat([start, x[:, 1:]], dim=1)
             h = self.decoder(inputs_embeds=x, encoder_hidden_states=hidden,
                              encoder_attention_mask=mask).last_hidden_state
-            return h @ self.tokens.weight.T.to(h.dtype) + self.out_bias.to(h.dtype)
+            return self._out(h, copy)
 
         def cluster_logits(self, pooled):
             return self.cluster_head(pooled)
@@ -611,9 +670,11 @@ def _decoder_config(encoder_config, layers: int):
     return cfg
 
 
-def _build_module(encoder, n_tokens: int, n_cluster_head: int, decoder_layers: int, warm_start: bool):
+def _build_module(encoder, n_tokens: int, n_cluster_head: int, decoder_layers: int, warm_start: bool,
+                  copy_prior: bool = False):
     """The seq2seq around `encoder` (a transformers BertModel); with warm_start the decoder's
-    self-attention/FFN/position weights come from the encoder's first layers."""
+    self-attention/FFN/position weights come from the encoder's first layers; copy_prior adds the
+    copy gain."""
     from transformers import BertModel
 
     cfg = _decoder_config(encoder.config, min(decoder_layers, encoder.config.num_hidden_layers)
@@ -625,7 +686,7 @@ def _build_module(encoder, n_tokens: int, n_cluster_head: int, decoder_layers: i
         state = {k: v for k, v in state.items()
                  if not k.startswith("encoder.layer.") or int(k.split(".")[2]) < cfg.num_hidden_layers}
         decoder.load_state_dict(state, strict=False)
-    return _seq2seq_class()(encoder, decoder, n_tokens, n_cluster_head)
+    return _seq2seq_class()(encoder, decoder, n_tokens, n_cluster_head, copy_prior)
 
 
 def _init_token_embeddings(module, tokenizer, texts: Sequence[str], vocab: _Vocab) -> None:
@@ -1040,8 +1101,10 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         raise ValueError(f"XLGenParams.max_labels: {params.max_labels} labels of up to {vocab.trie.max_length} "
                          f"tokens exceed the decoder's {max_pos} positions")
 
+    if params.copy_prior:
+        vocab.piece_idf = piece_idf(vocab.piece_ids, flat, offsets, doc_rows)
     module = _build_module(text_encoder.backbone, vocab.size, vocab.n_clusters if params.variant == "bcl" else 0,
-                           params.decoder_layers, warm_start=True)
+                           params.decoder_layers, warm_start=True, copy_prior=params.copy_prior)
     _init_token_embeddings(module, tokenizer, names_text, vocab)
     module.to(device)
 
@@ -1125,9 +1188,11 @@ def train_xlgen(texts: Sequence[str], Y: smat.spmatrix, label_names: Sequence[st
         else:
             ids, mask = pad_batch(flat, offsets, rows, pad_id)
             ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+        copy = (torch.from_numpy(vocab.copy_vector(flat, offsets, rows)).to(device)
+                if params.copy_prior else None)
         with autocast(device):
             hidden, pooled = module.encode_from(h0, mask, n_frozen) if states is not None else module.encode(ids, mask)
-            logits = module.decode(hidden, mask, pooled, tgt[:, :-1])
+            logits = module.decode(hidden, mask, pooled, tgt[:, :-1], copy)
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab.size), tgt[:, 1:].reshape(-1),
                                                      ignore_index=PAD)
             if cluster_bits is not None:
@@ -1308,7 +1373,8 @@ class XLGenModel(ModelBase):
                                n_labels, n_clusters, decoder_layers
         labels.txt             label names (line index = label id)
         vocab.npz              label_rank (L,), cluster_rank (K,), label_cluster (L,); label_text
-                               decoding: piece_ids (P,), label_ptr (L + 1,), label_pieces, label_texts
+                               decoding: piece_ids (P,), label_ptr (L + 1,), label_pieces, label_texts,
+                               piece_idf (P,) float32 with copy_prior
         encoder_config.json    the encoder's transformers config
         weights.safetensors    the seq2seq module's state dict (float32)
         tokenizer/             the encoder's tokenizer files
@@ -1352,9 +1418,10 @@ class XLGenModel(ModelBase):
         return self._device
 
     # -- decoding ----------------------------------------------------------------------------
-    def _beam_search(self, hidden, mask, pooled, beam: int):
+    def _beam_search(self, hidden, mask, pooled, beam: int, copy=None):
         """Constrained beam search for one batch (the decoder's keys and values cached across
-        positions, reordered with the beams). Returns (tokens (B, W, T) int64 numpy, scores (B, W)
+        positions, reordered with the beams); copy: B × V copy prior (copy_prior models).
+        Returns (tokens (B, W, T) int64 numpy, scores (B, W)
         float64 numpy with -inf for dead hypotheses), hypotheses of a document sorted by
         decreasing score."""
         import torch
@@ -1366,12 +1433,14 @@ class XLGenModel(ModelBase):
         hidden = hidden.repeat_interleave(W, 0)
         mask = mask.repeat_interleave(W, 0)
         pooled = pooled.repeat_interleave(W, 0)
+        if copy is not None:  # the same for every hypothesis of a document: beams never reorder it
+            copy = copy.repeat_interleave(W, 0)
         rules = _DecodeRules(v, p, n, dev)
         tokens = torch.full((n, 1), BOS, dtype=torch.long, device=dev)
         score = torch.zeros(B, W, dtype=torch.float32, device=dev)
         score[:, 1:] = -math.inf
         with autocast(str(dev.type)):
-            logits, cache = self.module.step(hidden, mask, pooled, tokens[:, 0], None)
+            logits, cache = self.module.step(hidden, mask, pooled, tokens[:, 0], None, copy)
         for _ in range(rules.steps):
             logp = torch.log_softmax(logits.float(), dim=-1)
             logp = logp.masked_fill(~rules.allowed(), -math.inf)
@@ -1389,7 +1458,7 @@ class XLGenModel(ModelBase):
                 break
             cache.reorder_cache(src)
             with autocast(str(dev.type)):
-                logits, cache = self.module.step(hidden, mask, pooled, tok, cache)
+                logits, cache = self.module.step(hidden, mask, pooled, tok, cache, copy)
         final = score.double()
         if p.length_penalty:
             length = (tokens != PAD).sum(1).reshape(B, W).double() - 1.0  # generated tokens
@@ -1424,7 +1493,9 @@ class XLGenModel(ModelBase):
                 ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
                 with autocast(device):
                     hidden, pooled = self.module.encode(ids, mask)
-                toks, scores = self._beam_search(hidden, mask, pooled, beam)
+                copy = (torch.from_numpy(self.vocab.copy_vector(flat, offsets, rows)).to(device)
+                        if self.params.copy_prior else None)
+                toks, scores = self._beam_search(hidden, mask, pooled, beam, copy)
                 for b, doc in enumerate(rows):
                     labels_of = [self.vocab.labels_of(toks[b, w]) for w in range(toks.shape[1])]
                     best = [int(x) for x in labels_of[0]]
@@ -1577,7 +1648,7 @@ class XLGenModel(ModelBase):
             enc_cfg = BertConfig.from_dict(json.loads((path / "encoder_config.json").read_text()))
             encoder = BertModel(enc_cfg)
             module = _build_module(encoder, vocab.size, int(meta.get("n_cluster_head", 0)),
-                                   int(meta["decoder_layers"]), warm_start=False)
+                                   int(meta["decoder_layers"]), warm_start=False, copy_prior=params.copy_prior)
             module.load_state_dict(load_file(str(path / "weights.safetensors"), device="cpu"), strict=True)
             module.eval()
             tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"), local_files_only=True)
