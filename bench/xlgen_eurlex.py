@@ -220,7 +220,7 @@ def main(argv=None) -> int:
                 text_v = text_v if args.pu_variants is None else args.pu_variants
                 token_v = token_v if args.pu_token_variants is None else args.pu_token_variants
                 copy_v = copy_v if args.pu_copy_variants is None else args.pu_copy_variants
-            runs = ([(v, "label_text", False) for v in text_v] + [(v, "label_text", True) for v in copy_v]
+            runs = ([(v, "label_text", True) for v in copy_v] + [(v, "label_text", False) for v in text_v]
                     + [(v, "label_token", False) for v in token_v])
             for variant, decoding, copy_prior in runs:
                 params = XLGenParams.from_dict({**overrides, "variant": variant, "decoding": decoding,
