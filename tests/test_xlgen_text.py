@@ -353,3 +353,24 @@ def test_cli_trains_label_text_with_titles_and_leaves_no_checkpoint(tmp_path, ca
     assert not (tmp_path / "m.checkpoint").exists()
     model = load_model(tmp_path / "m")
     assert model.vocab.label_texts[1] == "crude oil"
+
+
+def test_copy_scale_scales_the_copy_gain_when_decoding(copy_model):
+    """copy_scale s decodes as a model whose gain is s times the trained one; 1 is as trained."""
+    m = copy_model
+    texts = ["zinc ore shipments said traders", "gold prices week"]
+    g = m.module.copy_gain.detach().clone()
+    try:
+        m.params.copy_scale = 20.0
+        scaled = m.generate(texts)
+        m.params.copy_scale = 1.0
+        with torch.no_grad():
+            m.module.copy_gain.mul_(20.0)
+        by_gain = m.generate(texts)
+    finally:
+        m.params.copy_scale = 1.0
+        with torch.no_grad():
+            m.module.copy_gain.copy_(g)
+    assert scaled.sets == by_gain.sets
+    np.testing.assert_allclose(scaled.scores.toarray(), by_gain.scores.toarray(), atol=1e-4)
+    assert scaled.sets != m.generate(texts).sets  # and it does change what comes out here

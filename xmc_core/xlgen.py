@@ -154,6 +154,10 @@ class XLGenParams(ParamsBase):
             document's own word pieces contain (g one learned scalar, idf over the training
             documents, in [0, 1]), so titles worded as the text is are favoured, also titles that
             no training document has (see the module docstring).
+        copy_scale: decoding only: the learned gain g is multiplied by this when decoding (1: as
+            trained; ignored without copy_prior). Training fits g where the decoder already knows
+            its titles; a larger g when decoding gives the text more say for titles the decoder
+            knows little of (chosen on the dev split: README "XLGen on EURLEX57K").
     Training (AdamW, linear warm-up then linear decay):
         steps, batch_size: optimizer steps and documents per step. CPU defaults (1000 × 32, 64
             word pieces, first 2 encoder layers frozen): about 0.9 s a step on 2 cores, so one
@@ -195,6 +199,7 @@ class XLGenParams(ParamsBase):
     decoder_layers: int = 2
     decoding: str = "label_token"
     copy_prior: bool = False
+    copy_scale: float = 1.0
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
@@ -235,6 +240,8 @@ class XLGenParams(ParamsBase):
             raise ValueError(f"XLGenParams.max_length: must be >= 2, got {self.max_length}")
         if min(self.steps, self.min_labels, self.cluster_docs_per_label, self.freeze_layers) < 0:
             raise ValueError("XLGenParams: steps, min_labels, cluster_docs_per_label and freeze_layers must be >= 0")
+        if self.copy_scale < 0:
+            raise ValueError(f"XLGenParams.copy_scale: must be >= 0, got {self.copy_scale}")
         if self.copy_prior and self.decoding != "label_text":
             raise ValueError("XLGenParams.copy_prior: needs decoding 'label_text' (it favours title pieces)")
         if self.cache_encoder_states and self.freeze_layers < 1:
@@ -868,7 +875,7 @@ def load_state(folder: str | Path, key: str | None = None) -> XLGenState | None:
 
 #: settings that do not change what training computes (left out of the checkpoint key)
 _NON_TRAINING_KEYS = ("device", "threads", "eval_batch_size", "beam_size", "max_labels", "max_clusters",
-                      "min_labels", "restrict_to_clusters", "length_penalty")
+                      "min_labels", "restrict_to_clusters", "length_penalty", "copy_scale")
 
 
 def xlgen_checkpoint_key(texts: Sequence[str], Y: smat.spmatrix, params: XLGenParams,
@@ -1493,8 +1500,10 @@ class XLGenModel(ModelBase):
                 ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
                 with autocast(device):
                     hidden, pooled = self.module.encode(ids, mask)
-                copy = (torch.from_numpy(self.vocab.copy_vector(flat, offsets, rows)).to(device)
-                        if self.params.copy_prior else None)
+                copy = None
+                if self.params.copy_prior:
+                    copy = self.vocab.copy_vector(flat, offsets, rows) * np.float32(self.params.copy_scale)
+                    copy = torch.from_numpy(copy).to(device)
                 toks, scores = self._beam_search(hidden, mask, pooled, beam, copy)
                 for b, doc in enumerate(rows):
                     labels_of = [self.vocab.labels_of(toks[b, w]) for w in range(toks.shape[1])]
