@@ -13,7 +13,8 @@ CPU), so these assets have no automation condition: a person materializes them.
 
 Models are folders written through the ArtifactStore (`<dataset>/xlgen_<variant>/model`, loadable
 with `xmc_core.model.load_model`); the metrics assets append rows to the DuckDB `evaluation` table
-(model `xlgen-<variant>`, `-text` in label_text decoding, `-pu` in the PU setting; set and tail
+(model `xlgen-<variant>`, `-text` in label_text decoding, `-copy` with the copy prior, `-pu` in the
+PU setting; set and tail
 metrics with k = 0), serialized by
 the `duckdb` pool like `metrics`.
 
@@ -234,6 +235,7 @@ def _model_asset(variant: str):
             "device": model.info.get("device"),
             "train_docs": model.info.get("train_docs"),
             "decoding": params.decoding,
+            "copy_prior": params.copy_prior,
             "final_loss": float(curve[-1]["loss"]) if curve else float("nan"),
             "epochs": MetadataValue.md(markdown_table(
                 ["epoch", "last step", "mean loss", "seconds"],
@@ -282,7 +284,7 @@ def _metrics_asset(variant: str, model_asset):
         appended = evaluation_db.append_evaluation(
             run_id=context.run.run_id, dataset=dataset,
             model=f"xlgen-{variant}" + ("-text" if model.params.decoding == "label_text" else "")
-            + ("-pu" if setting == "pu" else ""),
+            + ("-copy" if model.params.copy_prior else "") + ("-pu" if setting == "pu" else ""),
             split="test", metrics=rows,
             params={"setting": setting, "pu_drop": model.params.pu_drop, "variant": variant,
                     "train_s": model.info.get("train_s"), "xlgen": model.params.to_dict()},
