@@ -435,9 +435,7 @@ class _Vocab:
         as `encoder.tokenize` gives them): idf(piece) at each title piece the document contains."""
         out = np.zeros((len(rows), self.size), dtype=np.float32)
         for b, doc in enumerate(rows):
-            ids = np.unique(flat[offsets[doc]:offsets[doc + 1]])
-            j = np.searchsorted(self.piece_ids, ids).clip(0, len(self.piece_ids) - 1)
-            j = j[self.piece_ids[j] == ids]
+            j = _pieces_in(self.piece_ids, flat[offsets[doc]:offsets[doc + 1]])
             out[b, self.label_offset + j] = self.piece_idf[j]
         return out
 
@@ -529,15 +527,20 @@ def _make_text_vocab(counts: np.ndarray, label_cluster: np.ndarray | None, texts
     return v
 
 
+def _pieces_in(piece_ids: np.ndarray, word_pieces: np.ndarray) -> np.ndarray:
+    """Indices into piece_ids (sorted, unique) of the title pieces among `word_pieces`, each once."""
+    ids = np.unique(word_pieces)
+    j = np.searchsorted(piece_ids, ids).clip(0, len(piece_ids) - 1)
+    return j[piece_ids[j] == ids]
+
+
 def piece_idf(piece_ids: np.ndarray, flat: np.ndarray, offsets: np.ndarray, rows) -> np.ndarray:
     """(P,) float32 idf of each title piece over documents `rows`: log((N + 1) / (df + 1)) / log(N + 1),
     df the number of those documents whose word pieces (flat, offsets as `encoder.tokenize`) hold it."""
     rows = np.asarray(rows)
     df = np.zeros(len(piece_ids), dtype=np.int64)
     for doc in rows:
-        ids = np.unique(flat[offsets[doc]:offsets[doc + 1]])
-        j = np.searchsorted(piece_ids, ids).clip(0, len(piece_ids) - 1)
-        df[j[piece_ids[j] == ids]] += 1
+        df[_pieces_in(piece_ids, flat[offsets[doc]:offsets[doc + 1]])] += 1
     n = len(rows)
     return (np.log((n + 1) / (df + 1.0)) / np.log(n + 1.0)).astype(np.float32)
 
