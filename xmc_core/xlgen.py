@@ -157,7 +157,7 @@ class XLGenParams(ParamsBase):
         copy_scale: decoding only: the learned gain g is multiplied by this when decoding (1: as
             trained; ignored without copy_prior). Training fits g where the decoder already knows
             its titles; a larger g when decoding gives the text more say for titles the decoder
-            knows little of (chosen on the dev split: README "XLGen on EURLEX57K").
+            knows little of (chosen on the dev split: README, "XLGen on EURLEX57K's tail").
     Training (AdamW, linear warm-up then linear decay):
         steps, batch_size: optimizer steps and documents per step. CPU defaults (1000 × 32, 64
             word pieces, first 2 encoder layers frozen): about 0.9 s a step on 2 cores, so one
