@@ -9,10 +9,10 @@
 What runs, per setting ("full": the training labels as given; "pu": a seeded `--pu-drop` of each
 training document's labels dropped, `xlgen.pu_drop_labels`; test labels are never dropped):
 - `--classifiers`, trained on the setting's labels of the training documents and calibrated on the
-  dev split (in the pu setting with the dev labels dropped alike, seed + 1, as they come from the
-  same annotation; the sets that thresholds fitted on the full dev labels would give are kept in
-  the row's extra as `*_full_dev_labels`) (isotonic by frequency group, `fit_calibration` on their top-20 dev scores), their sets on
-  test by the two fitted policies: micro-F1 is the micro policy's (one threshold), macro-F1 the
+  dev split (isotonic by frequency group, `fit_calibration` on their top-20 dev scores; in the pu
+  setting with the dev labels dropped alike, seed + 1, as they come from the same annotation, and
+  the sets that thresholds fitted on the full dev labels would give kept in the row's extra as
+  `*_full_dev_labels`), their sets on test by the two fitted policies: micro-F1 is the micro policy's (one threshold), macro-F1 the
   macro policy's (per-label thresholds). Both read the label-set bench's features
   (`bench/label_sets.py`: word 1-2-gram TF-IDF, sublinear tf, min_df 2, cached in
   bench/out/data/eurlex57k-sets/) with rankers' C = `--ranker-c` (3: the held-out choice of both in
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     from label_sets import TOPK, encoder_embeddings, load as load_features, prepare
     from xmc_core.calibration import CalibrationParams, fit_calibration
-    from xmc_core.xlgen import COPY_GAIN_SCALE, XLGenParams, encoder_states, pu_drop_labels, sets_matrix, train_xlgen
+    from xmc_core.xlgen import XLGenParams, encoder_states, pu_drop_labels, sets_matrix, train_xlgen
     from xmc_core.xtransformer import XTransformerParams, concat_features, fit_concat_rankers, project
 
     torch.set_num_threads(args.threads)
@@ -200,10 +200,9 @@ def main(argv=None) -> int:
         if setting == "pu":  # what thresholds fitted on fully labelled dev documents would give
             cal_full = fit_calibration(P_dev, ds.dev.Y, counts, CalibrationParams(topk=TOPK))
             pf = cal_full.proba(P)
-            full_dev = {f"{pol}_policy_{m}_full_dev_labels": r2(set_report(Yte, cal_full.decide(pf, pol),
-                                                                            full_counts)[m])
-                        for pol in ("micro", "macro") for m in ("micro_f1", "macro_f1")}
-            extra = {**extra, **full_dev}
+            for pol in ("micro", "macro"):
+                rep = set_report(Yte, cal_full.decide(pf, pol), full_counts)
+                extra.update({f"{pol}_policy_{m}_full_dev_labels": r2(rep[m]) for m in ("micro_f1", "macro_f1")})
         add(f"xmc {system} (macro policy)", setting, P, cal.decide(proba, "macro"), train_s, predict_s,
             {"sets": "macro policy; micro_f1_micro_policy is the micro policy's", "ranker_C": args.ranker_c,
              "dev_positives": int(Ydv.nnz),
@@ -260,8 +259,7 @@ def main(argv=None) -> int:
                     {"variant": variant, "decoding": decoding, "encoder_cache_s": round(cache_s, 1),
                      "cluster_s": round(cluster_s, 1) if params.uses_clusters else 0.0,
                      "final_loss": r2(epochs[-1]["loss"]) if epochs else None, "copy_prior": copy_prior,
-                     "copy_gain": (round(float(model.module.copy_gain.detach()) * COPY_GAIN_SCALE, 3)
-                                   if copy_prior else None),
+                     "copy_gain": round(model.copy_gain, 3) if copy_prior else None,
                      "epochs": r2(epochs[-1]["epoch"]) if epochs else None, "xlgen": params.to_dict(),
                      "device": model.info.get("device")})
                 del model

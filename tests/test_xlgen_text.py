@@ -249,6 +249,7 @@ def test_copy_prior_lets_the_text_name_a_label_no_training_document_has(copy_mod
             m.module.copy_gain.copy_(saved)
     assert all(ZERO in s for s in with_words)
     assert not any(ZERO in s for s in without)
+    assert m.copy_gain is not None
 
 
 def test_copy_prior_model_round_trips(copy_model, data, tmp_path):
@@ -257,7 +258,7 @@ def test_copy_prior_model_round_trips(copy_model, data, tmp_path):
     copy_model.save(tmp_path / "copy")
     loaded = load_model(tmp_path / "copy")
     assert loaded.params.copy_prior
-    assert float(loaded.module.copy_gain.detach()) == float(copy_model.module.copy_gain.detach())
+    assert loaded.copy_gain == copy_model.copy_gain == float(copy_model.module.copy_gain.detach()) * COPY_GAIN_SCALE
     np.testing.assert_array_equal(loaded.vocab.piece_idf, copy_model.vocab.piece_idf)
     after = loaded.generate(test_texts)
     assert after.sets == before.sets
@@ -270,6 +271,7 @@ def test_copy_prior_model_round_trips(copy_model, data, tmp_path):
 def test_save_load_round_trip(models, data, tmp_path):
     _, _, test_texts, _ = data
     m = models["mcg"]
+    assert m.copy_gain is None  # no copy prior
     before = m.generate(test_texts)
     m.save(tmp_path / "gen")
     loaded = load_model(tmp_path / "gen")

@@ -1416,6 +1416,13 @@ class XLGenModel(ModelBase):
         return self.tokenizer
 
     @property
+    def copy_gain(self) -> float | None:
+        """The learned copy gain g (float; decoding multiplies it by `copy_scale`), None without
+        copy_prior."""
+        gain = self.module.copy_gain
+        return None if gain is None else float(gain.detach()) * COPY_GAIN_SCALE
+
+    @property
     def label_clusters(self) -> np.ndarray | None:
         """(L,) int64 cluster id per label (bcl, mcg), None for base."""
         return self.vocab.label_cluster
