@@ -15,8 +15,9 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit
 from numba.core.compiler_lock import global_compiler_lock
+
+from .jit import njit  # numba's, with a cache that is safe across processes and settings
 
 __all__ = ["dcd_squared_hinge", "score_pairs", "select_topk", "beam_row_step", "build_chunks", "build_buckets", "gather_rows",
            "balanced_2means", "renumber_nodes", "balanced_2means_rows", "scratch", "bigram_ids", "ngram_terms", "lookup_terms",
