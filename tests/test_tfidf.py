@@ -210,3 +210,74 @@ def test_no_term_error_says_why(texts, hint):
         TfidfVectorizer(TfidfParams(min_df=2)).fit(texts)
     assert ("one-character tokens" in str(err.value)) is hint
     assert "\n" not in str(err.value)
+
+
+def _large_vocabulary_corpus(n_tokens=110_000, per_doc=100, seed=0):
+    """Texts over more than 100,000 distinct word tokens, each document twice (so every uni- and
+    bigram has df 2 and survives min_df=2): bigram keys a * n_tok + b reach n_tok**2 ≈ 1.2e10,
+    far past 2**31. Words are lowercase letters only, so xmc and scikit-learn tokenize alike."""
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    words = set()
+    while len(words) < n_tokens:
+        for w in ("".join(rng.choice(letters, 7)) for _ in range(n_tokens)):
+            words.add(w)
+    words = sorted(words)[:n_tokens]
+    order = rng.permutation(n_tokens)
+    docs = [" ".join(words[j] for j in order[i:i + per_doc]) for i in range(0, n_tokens, per_doc)]
+    return docs + docs, words
+
+
+@pytest.fixture(scope="module")
+def large_vocabulary():
+    texts, words = _large_vocabulary_corpus()
+    vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 2), min_df=2, sublinear_tf=True))
+    X_fit = vec.fit_transform(texts)
+    return texts, vec, X_fit
+
+
+def test_large_vocabulary_transform_equals_fit_transform(large_vocabulary, tmp_path):
+    """On a vocabulary whose bigram keys pass 2**31 (110,000 unigram tokens), `transform` of the
+    training texts gives `fit_transform`'s matrix: every bigram found again (the keys were
+    int32 and wrapped under NumPy 2), through the batch path, the few-texts path and a
+    vectorizer saved and loaded."""
+    from xmc_core.tfidf import _FEW_TEXTS
+
+    texts, vec, X_fit = large_vocabulary
+    n_tok = sum(" " not in t for t in vec.vocab)
+    assert n_tok > 100_000 and n_tok ** 2 > 2**31
+    n_bi = len(vec.vocab) - n_tok
+    assert n_bi > 100_000
+    X = vec.transform(texts)
+    assert X.nnz == X_fit.nnz and (X != X_fit).nnz == 0
+    for i in range(0, len(texts), 97):  # one text at a time: the few-texts path
+        one = vec.transform([texts[i]])
+        assert one.indices.tolist() == X_fit[i].indices.tolist()
+        np.testing.assert_array_equal(one.data, X_fit[i].data)
+    few = vec.transform(texts[:_FEW_TEXTS])
+    assert (few != X_fit[:_FEW_TEXTS]).nnz == 0
+    vec.save(tmp_path / "featurizer")
+    again = TfidfVectorizer.load(tmp_path / "featurizer")
+    assert (again.transform(texts) != X_fit).nnz == 0
+
+
+def test_large_vocabulary_equals_scikit_learn(large_vocabulary):
+    """xmc's TF-IDF equals scikit-learn's `TfidfVectorizer(ngram_range=(1, 2), min_df=2,
+    sublinear_tf=True)` term for term (values within 1e-5) on the same texts, fitted and
+    transformed, on a vocabulary past 100,000 unigram tokens."""
+    sk = pytest.importorskip("sklearn.feature_extraction.text")
+
+    texts, vec, X_fit = large_vocabulary
+    ref = sk.TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
+    R_fit = ref.fit_transform(texts)
+    assert set(ref.vocabulary_) == set(vec.vocab)
+    perm = np.empty(len(vec.vocab), np.int64)  # xmc column -> scikit-learn column
+    for term, j in vec.vocab.items():
+        perm[j] = ref.vocabulary_[term]
+    for X, R in ((X_fit, R_fit), (vec.transform(texts[:500]), ref.transform(texts[:500]))):
+        X = smat.csr_matrix((X.data, perm[X.indices], X.indptr), shape=X.shape)
+        X.sort_indices()
+        R = smat.csr_matrix(R)
+        R.sort_indices()
+        assert np.array_equal(X.indptr, R.indptr) and np.array_equal(X.indices, R.indices)
+        np.testing.assert_allclose(X.data, R.data, atol=1e-5)

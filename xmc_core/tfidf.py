@@ -248,7 +248,10 @@ class TfidfVectorizer:
         uni_col = np.full(n_tok, -1, np.int64)
         uni_col[a[~bi]] = cols[~bi]
         b = self._token_ids(second.filter(pl.Series(bi)), tokens)
-        bkeys = a[bi] * n_tok + b
+        # int64: the ids are int32, and NumPy 2 keeps int32 * int in int32, which wraps once
+        # n_tok passes 46,340 (a bigram's key is a * n_tok + b, up to n_tok**2), and the compiled
+        # look-up (`kernels.lookup_terms`) computes its keys in int64
+        bkeys = a[bi].astype(np.int64) * n_tok + b
         order = np.argsort(bkeys)
         self._index = (tokens, n_tok, uni_col, bkeys[order], cols[bi][order])
         return self._index
