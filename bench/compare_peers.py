@@ -17,10 +17,18 @@ the means over the seeds of P@k, seconds and peak RSS, with every seed's own val
 extra.per_seed and the P@1 standard deviation printed as sd1: differences under a point are judged
 on such means.
 
-Each dataset is featurized once by xmc (raw text: word 1-2-gram TF-IDF, sublinear tf, min_df 2,
-l2 rows, fitted on train; bag-of-words: l2-normalized rows) and written as .npz; every system then
-trains and predicts on exactly those matrices in its own process (peers in bench/.venv-peers, see
-setup_peers.sh), so training time, prediction time and peak RSS are measured the same way.
+Features (--features):
+  own (default)  each system featurizes as its own users would, in its own environment: xmc with
+                 its TfidfVectorizer (raw text: word 1-2-gram TF-IDF, sublinear tf, min_df 2, l2 rows,
+                 fitted on train), the peers with scikit-learn's TfidfVectorizer of the same settings
+                 in bench/.venv-peers (bench/peer_featurize.py). Bag-of-words datasets: the given
+                 counts, rows l2-normalized, for every system. A peer never sees xmc's matrix.
+  shared         every system gets xmc's matrices: a comparison of the learners alone. Rows are
+                 labelled so (bench "xr-linear-vs-peers-shared-features", extra.features).
+Either way each system trains and predicts in its own process on .npz matrices (peers in
+bench/.venv-peers, see setup_peers.sh), so training time, prediction time and peak RSS are
+measured the same way; featurization is timed apart (extra.featurize_s, once per dataset and
+featurizer) and is in neither train_s nor predict_s.
 Prints a table, appends its rows to the DuckDB `benchmark` table (data/xmc.duckdb) and exports
 them to bench/results/<run_id>.csv and .md (bench/record.py).
 """
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,7 +50,9 @@ PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
 
 
 def featurize(ds_dir: Path, out: Path) -> dict:
-    """Write X/Y train/test npz for a dataset (cached); returns shapes."""
+    """xmc's features of a dataset (cached: out/xmc/{X,Y}.{trn,tst}.npz) and what the peers
+    featurize from (out/common: Y, and the texts or the bag-of-words counts as xmc's reader read
+    them). Returns the meta of xmc's features (shapes, featurize_s)."""
     import numpy as np
     import scipy.sparse as smat
 
@@ -49,25 +60,61 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     from xmc_core.sparse import l2_normalize_rows
     from xmc_core.tfidf import TfidfParams, TfidfVectorizer
 
-    files = {k: out / f"{k}.npz" for k in ("X.trn", "Y.trn", "X.tst", "Y.tst")}
-    meta_file = out / "meta.json"
-    if meta_file.is_file() and all(f.is_file() for f in files.values()):
+    common, mine = out / "common", out / "xmc"
+    meta_file = mine / "meta.json"
+    files = [common / f"{k}.npz" for k in ("Y.trn", "Y.tst")] + [mine / f"{k}.npz" for k in ("X.trn", "X.tst")]
+    if meta_file.is_file() and all(f.is_file() for f in files):
         return json.loads(meta_file.read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    common.mkdir(parents=True, exist_ok=True)
+    mine.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(ds_dir, splits=("train", "test"))
+    t0 = time.perf_counter()
     if ds.train.texts is not None:
         vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 2), sublinear_tf=True, min_df=2))
         Xtr = vec.fit_transform(ds.train.texts)
         Xte = vec.transform(ds.test.texts)
+        kind = "xmc-tfidf"
     else:
         Xtr, Xte = l2_normalize_rows(ds.train.X), l2_normalize_rows(ds.test.X)
-    for key, M in (("X.trn", Xtr), ("Y.trn", ds.train.Y), ("X.tst", Xte), ("Y.tst", ds.test.Y)):
-        smat.save_npz(files[key], smat.csr_matrix(M, dtype=np.float32), compressed=False)
+        kind = "bow-l2"
+    featurize_s = round(time.perf_counter() - t0, 2)
+    for key, M in (("X.trn", Xtr), ("X.tst", Xte)):
+        smat.save_npz(mine / f"{key}.npz", smat.csr_matrix(M, dtype=np.float32), compressed=False)
+    for key, M in (("Y.trn", ds.train.Y), ("Y.tst", ds.test.Y)):  # each features folder complete
+        smat.save_npz(common / f"{key}.npz", smat.csr_matrix(M, dtype=np.float32), compressed=False)
+        _link(common / f"{key}.npz", mine / f"{key}.npz")
+    for key, split in (("trn", ds.train), ("tst", ds.test)):
+        if split.texts is not None:  # one document a line, as the raw-text layout holds them
+            with open(common / f"texts.{key}.txt", "w", encoding="utf-8") as f:
+                f.writelines(t.replace("\r", " ").replace("\n", " ") + "\n" for t in split.texts)
+        else:
+            smat.save_npz(common / f"bow.{key}.npz", smat.csr_matrix(split.X, dtype=np.float32), compressed=False)
     meta = {"n_train": ds.train.n, "n_test": ds.test.n, "n_labels": ds.n_labels, "n_features": int(Xtr.shape[1]),
-            "featurize_s": round(time.perf_counter() - t0, 2), "layout": ds.layout}
+            "featurize_s": featurize_s, "features": kind, "layout": ds.layout}
     meta_file.write_text(json.dumps(meta))
     return meta
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    os.link(src, dst)
+
+
+def peer_featurize(out: Path) -> dict:
+    """The peers' own features (cached under out/sklearn), made by bench/peer_featurize.py in
+    the peers' environment from out/common; returns its meta."""
+    meta_file = out / "sklearn" / "meta.json"
+    if meta_file.is_file() and all((out / "sklearn" / f"{k}.npz").is_file() for k in ("X.trn", "X.tst")):
+        return json.loads(meta_file.read_text())
+    if not PEERS_PY.exists():
+        raise SystemExit(f"{PEERS_PY} missing: run bash bench/setup_peers.sh first")
+    proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_featurize.py"), "--common", str(out / "common"),
+                           "--out", str(out / "sklearn")], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"peer featurization failed on {out}:\n{proc.stderr[-3000:]}")
+    for key in ("Y.trn", "Y.tst"):
+        _link(out / "common" / f"{key}.npz", out / "sklearn" / f"{key}.npz")
+    return json.loads(meta_file.read_text())
 
 
 def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) -> dict:
@@ -115,12 +162,15 @@ def _embed_files(ds_dir: Path, out: Path, encoder: str, max_length: int, threads
 
 
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
-               ds_dir: Path | None = None, predict_repeats: int = 3, seed: int | None = None) -> dict:
-    """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name;
+               ds_dir: Path | None = None, predict_repeats: int = 3, seed: int | None = None,
+               labels: Path | None = None) -> dict:
+    """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name, on
+    the features X.trn/X.tst in `data` and the labels Y.trn/Y.tst in `labels` (None: `data`);
     its predict_s is the median of `predict_repeats` timed predictions after a warm-up; `seed`
     (None: each system's default) goes to its --seed."""
-    common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
-              "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads),
+    labels = labels or data
+    common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(labels / "Y.trn.npz"),
+              "--test-X", str(data / "X.tst.npz"), "--test-Y", str(labels / "Y.tst.npz"), "--threads", str(threads),
               "--predict-repeats", str(predict_repeats)] + ([] if seed is None else ["--seed", str(seed)])
     emb = None
     if system == "xmc" or system.startswith("xmc-"):
@@ -184,6 +234,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=None,
                     help="train every system once per seed; rows hold the means (default: one run, "
                          "each system's own seed)")
+    ap.add_argument("--features", choices=("own", "shared"), default="own",
+                    help="own: each system featurizes as its users would (xmc its TF-IDF, the peers "
+                         "scikit-learn's, in their environment); shared: every system gets xmc's matrices "
+                         "(the learners alone; rows labelled shared-features)")
     ap.add_argument("--save-rankers", default=None,
                     help="save xmc's ranker of each dataset under DIR/<dataset> (for bench/latency.py)")
     args = ap.parse_args(argv)
@@ -196,6 +250,8 @@ def main(argv=None) -> int:
     header = (f"{'dataset':<14} {'system':<12} {'P@1':>6} {'P@3':>6} {'P@5':>6} {'dP@1':>6} {'dP@3':>6} {'dP@5':>6} "
               f"{'train_s':>8} {'pred_s':>7} {'rss_mb':>7} {'train×':>6} {'pred×':>6} {'rss×':>6} {'best1':>6}"
               + (f" {'sd1':>5}" if args.seeds and len(args.seeds) > 1 else ""))
+    print("features: " + ("each system its own (xmc: its TF-IDF; peers: scikit-learn's, in their environment)"
+                          if args.features == "own" else "SHARED: every system on xmc's matrices (the learners alone)"))
     print(header)
     print("-" * len(header))
     from xmc_core import progress
@@ -208,16 +264,23 @@ def main(argv=None) -> int:
     for ds in args.datasets:
         data = Path(args.out) / "data" / ds
         meta = featurize(Path(args.data_root) / ds, data)
+        features = {s: meta for s in xmc_systems}
+        if args.peers:
+            peer_meta = peer_featurize(data) if args.features == "own" else {**meta, "features": "shared: " + meta["features"]}
+            features.update({p: peer_meta for p in args.peers})
         save = Path(args.save_rankers) / ds if args.save_rankers else None
         results = {}
         for s in [*xmc_systems, *args.peers]:
+            feats = data / ("sklearn" if s in args.peers and args.features == "own" else "xmc")
             runs = []
             for seed in seeds:
-                runs.append(run_system(s, data, args.threads, args.params,
+                runs.append(run_system(s, feats, args.threads, args.params,
                                        save if s == "xmc" and seed == seeds[0] else None,
-                                       Path(args.data_root) / ds, args.predict_repeats, seed))
+                                       Path(args.data_root) / ds, args.predict_repeats, seed, labels=data / "common"))
                 bar.update()
             results[s] = mean_over_seeds(runs, seeds)
+            results[s].update(features=features[s]["features"], featurize_s=features[s]["featurize_s"],
+                              n_features=features[s]["n_features"])
         ref = results.get("pecos")
         # the best peer's P@1 (dP@1 and ratios: against PECOS; best1: P@1 minus the best peer's)
         peer_p1 = [r["p@1"] for s, r in results.items() if s in args.peers]
@@ -229,7 +292,8 @@ def main(argv=None) -> int:
                   f"{d['p@1']:+6.2f} {d['p@3']:+6.2f} {d['p@5']:+6.2f} {r['train_s']:8.2f} {r['predict_s']:7.2f} "
                   f"{r['peak_rss_mb']:7.0f} {x['train_s']:6.2f} {x['predict_s']:6.2f} {x['peak_rss_mb']:6.2f} "
                   f"{r['p@1'] - best:+6.2f}" + (f" {r['sd_p@1']:5.2f}" if "sd_p@1" in r else ""), flush=True)
-            rows.append({"bench": "xr-linear-vs-peers", "dataset": ds, "system": system,
+            rows.append({"bench": "xr-linear-vs-peers" + ("" if args.features == "own" else "-shared-features"),
+                         "dataset": ds, "system": system,
                          "threads": args.threads, "n_labels": meta["n_labels"], "n_train": meta["n_train"],
                          "n_test": meta["n_test"], "train_s": r["train_s"], "predict_s": r["predict_s"],
                          "peak_rss_mb": r["peak_rss_mb"], "p1": r["p@1"], "p3": r["p@3"], "p5": r["p@5"],

@@ -5,7 +5,7 @@
         [--copies 1 2 3 4 5 6] [--seeds 0 1 2] [--beams 3 5] [--rounds 1] [--merge max]
         [--threads 2] [--params '{...}'] [--flat] [--ceiling-max-beam 128]
 
-Real datasets read bench/out/data/<ds>/{X,Y}.{trn,tst}.npz (written by bench/compare_peers.py);
+Real datasets read bench/out/data/<ds>/xmc/{X,Y}.{trn,tst}.npz (written by bench/compare_peers.py);
 `synthetic-ambiguous` is generated (xmc_core.synth, ambiguous_frac 0.3). Per dataset and seed
 (the tree's and the rankers' seed): plain XR-Linear, then xr-linear-ld per max_copies (the same
 PIFA tree; train_s covers PIFA + tree + first matcher + reassignment + rankers). The table shows
@@ -45,7 +45,7 @@ def load(ds: str, out: Path):
         Xtr, Ytr, Xte, Yte = generate(SynthParams(n_labels=2000, n_train=20000, n_test=4000, n_features=20000,
                                                   ambiguous_frac=0.3, seed=0))
         return l2_normalize_rows(Xtr), Ytr, l2_normalize_rows(Xte), Yte
-    d = out / "data" / ds
+    d = out / "data" / ds / "xmc"  # xmc's own features
     if not (d / "X.trn.npz").is_file():
         raise SystemExit(f"{d}: no cached features; run bench/compare_peers.py --datasets {ds} first")
     m = [smat.load_npz(d / f"{k}.npz").tocsr().astype(np.float32) for k in ("X.trn", "Y.trn", "X.tst", "Y.tst")]

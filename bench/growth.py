@@ -4,7 +4,7 @@
     .venv/bin/python bench/growth.py [--dataset yso-finna-en] [--fractions 0.25 0.5 1]
         [--label-fractions 0.25 0.5 1] [--threads 2]
 
-Reads bench/out/data/<dataset>/{X,Y}.trn.npz (written by bench/compare_peers.py). Two series, each
+Reads bench/out/data/<dataset>/xmc/{X,Y}.trn.npz (written by bench/compare_peers.py). Two series, each
 fit in a fresh process (bench/ours_run.py, so every point has the same fixed costs):
 - documents: the first f of the training documents in a fixed random order (seed 0), all labels;
 - labels: all documents, the f·L most frequent labels (a document keeps its labels among them).
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
 
     run = Run("growth", settings=vars(args))
 
-    d = Path(args.out) / "data" / args.dataset
+    d = Path(args.out) / "data" / args.dataset / "xmc"  # xmc's own features
     if not (d / "X.trn.npz").is_file():
         raise SystemExit(f"{d}: no cached features; run bench/compare_peers.py --datasets {args.dataset} first")
     Xtr = smat.load_npz(d / "X.trn.npz").tocsr()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Ray engine against one process, side by side on the same data, and a scaling model.
 
-    .venv/bin/python bench/ray_scale.py --data bench/out/data/synth-1000000l-1000000d \
+    .venv/bin/python bench/ray_scale.py --data bench/out/data/synth-1000000l-1000000d/xmc \
         [--nodes 2] [--cpus-per-node 1] [--threads 2] [--split-level 1] [--model-split-level 2]
     .venv/bin/python bench/ray_scale.py --model-from RUN_ID     # the scaling model of a recorded run
 
