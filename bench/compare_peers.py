@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
+from peer_features import PEERS_PY, link, peer_featurize, write_common  # noqa: E402
 
 
 def featurize(ds_dir: Path, out: Path) -> dict:
@@ -80,85 +79,13 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     featurize_s = round(time.perf_counter() - t0, 2)
     for key, M in (("X.trn", Xtr), ("X.tst", Xte)):
         smat.save_npz(mine / f"{key}.npz", smat.csr_matrix(M, dtype=np.float32), compressed=False)
-    for key, M in (("Y.trn", ds.train.Y), ("Y.tst", ds.test.Y)):  # each features folder complete
-        smat.save_npz(common / f"{key}.npz", smat.csr_matrix(M, dtype=np.float32), compressed=False)
-        _link(common / f"{key}.npz", mine / f"{key}.npz")
-    for key, split in (("trn", ds.train), ("tst", ds.test)):
-        if split.texts is not None:  # one document a line, as the raw-text layout holds them
-            with open(common / f"texts.{key}.txt", "w", encoding="utf-8") as f:
-                f.writelines(t.replace("\r", " ").replace("\n", " ") + "\n" for t in split.texts)
-        else:
-            smat.save_npz(common / f"bow.{key}.npz", smat.csr_matrix(split.X, dtype=np.float32), compressed=False)
+    write_common(common, {k: (split.texts, split.X, split.Y) for k, split in (("trn", ds.train), ("tst", ds.test))})
+    for key in ("Y.trn", "Y.tst"):  # each features folder complete
+        link(common / f"{key}.npz", mine / f"{key}.npz")
     meta = {"n_train": ds.train.n, "n_test": ds.test.n, "n_labels": ds.n_labels, "n_features": int(Xtr.shape[1]),
             "featurize_s": featurize_s, "features": kind, "layout": ds.layout}
     meta_file.write_text(json.dumps(meta))
     return meta
-
-
-def _link(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
-    os.link(src, dst)
-
-
-def peer_featurize(out: Path) -> dict:
-    """The peers' own features (cached under out/sklearn), made by bench/peer_featurize.py in
-    the peers' environment from out/common; returns its meta."""
-    meta_file = out / "sklearn" / "meta.json"
-    if meta_file.is_file() and all((out / "sklearn" / f"{k}.npz").is_file() for k in ("X.trn", "X.tst")):
-        return json.loads(meta_file.read_text())
-    if not PEERS_PY.exists():
-        raise SystemExit(f"{PEERS_PY} missing: run bash bench/setup_peers.sh first")
-    proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_featurize.py"), "--common", str(out / "common"),
-                           "--out", str(out / "sklearn")], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"peer featurization failed on {out}:\n{proc.stderr[-3000:]}")
-    for key in ("Y.trn", "Y.tst"):
-        _link(out / "common" / f"{key}.npz", out / "sklearn" / f"{key}.npz")
-    return json.loads(meta_file.read_text())
-
-
-def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) -> dict:
-    """Write E.trn.npy / E.tst.npy, the encoder's pooled embeddings of a raw-text dataset's texts
-    (cached per encoder and length), for the presets with an embedding block; returns their
-    meta (embed_s: the encoder's seconds on train + test, on `threads` threads).
-
-    The encoder runs in a child process of its own: Linux keeps a process's peak RSS across
-    exec, so every system started from this process afterwards would report the encoder's
-    peak as its own."""
-    import multiprocessing
-
-    tag = f"{Path(encoder).name}-{max_length}"
-    meta_file = out / f"E-{tag}.json"
-    if not meta_file.is_file():
-        proc = multiprocessing.get_context("spawn").Process(
-            target=_embed_files, args=(ds_dir, out, encoder, max_length, threads, tag))
-        proc.start()
-        proc.join()
-        if proc.exitcode != 0 or not meta_file.is_file():
-            raise SystemExit(f"embedding {ds_dir} with {encoder} failed (exit {proc.exitcode})")
-    return json.loads(meta_file.read_text())
-
-
-def _embed_files(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int, tag: str) -> None:
-    import numpy as np
-
-    from xmc_core.data import load_dataset
-    from xmc_core.encoder import encode, load_encoder
-    from xmc_core.ensemble import EnsembleParams, encoder_params
-
-    meta_file = out / f"E-{tag}.json"
-    ep = encoder_params(EnsembleParams(embedding=encoder, embedding_max_length=max_length))
-    ep.threads = threads
-    ds = load_dataset(ds_dir, splits=("train", "test"))
-    if ds.train.texts is None:
-        raise SystemExit(f"{ds_dir}: no raw texts to embed (a preset with an embedding block needs them)")
-    t0 = time.perf_counter()
-    tokenizer, model = load_encoder(ep)
-    for key, split in (("trn", ds.train), ("tst", ds.test)):
-        np.save(out / f"E-{tag}.{key}.npy", encode(model, tokenizer, split.texts, ep))
-    meta = {"encoder": encoder, "max_length": max_length, "embed_s": round(time.perf_counter() - t0, 2),
-            "tag": tag}
-    meta_file.write_text(json.dumps(meta))
 
 
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
@@ -266,7 +193,8 @@ def main(argv=None) -> int:
         meta = featurize(Path(args.data_root) / ds, data)
         features = {s: meta for s in xmc_systems}
         if args.peers:
-            peer_meta = peer_featurize(data) if args.features == "own" else {**meta, "features": "shared: " + meta["features"]}
+            peer_meta = (peer_featurize(data / "common", data / "sklearn") if args.features == "own"
+                         else {**meta, "features": "shared: " + meta["features"]})
             features.update({p: peer_meta for p in args.peers})
         save = Path(args.save_rankers) / ds if args.save_rankers else None
         results = {}

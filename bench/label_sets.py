@@ -31,7 +31,9 @@ Protocol, the same for every system:
   documents, as XR-Linear's are. train_s = fine-tuning + embedding the
   training and held-out documents + final rankers; predict_s = embedding the test documents +
   the rankers' beam search;
-- napkinXC: `PLT` (its defaults: logistic loss, liblinear C 10; seed 0) in bench/.venv-peers; its
+- napkinXC: `PLT` (its defaults: logistic loss, liblinear C 10; seed 0) in bench/.venv-peers, on
+  its own features (scikit-learn's TfidfVectorizer of the same settings, made in its environment by
+  bench/peer_featurize.py; bag-of-words sets: the given counts, l2 rows), never xmc's; its
   `predict_proba` top-20 are taken as probabilities (calibration method "none"); the same threshold
   search on the same held-out documents gives its micro and macro policies. Its Python package
   (0.7.x) has no online F-measure optimisation (`ofo` is a command of the C++ binary only), so
@@ -65,7 +67,7 @@ import scipy.sparse as smat
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-PEERS_PY = REPO / "bench" / ".venv-peers" / "bin" / "python"
+from peer_features import PEERS_PY, peer_featurize, write_common  # noqa: E402
 TOPK = 20
 #: the matrices `prepare` writes, in the order the row functions unpack them
 MATRICES = ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst")
@@ -94,16 +96,26 @@ def split_parts(ds_dir: Path, seed: int = 0):
     return ds, parts, dev_note
 
 
+#: version of the cached features (`prepare`)
+FEATURES_VERSION = 2
+
+
 def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
-    """X/Y .npz of trn, dev (the dev split, or a seeded 10% of train) and tst (cached)."""
+    """X/Y .npz of trn, dev (the dev split, or a seeded 10% of train) and tst (cached), xmc's
+    features; and out/common, what napkinXC featurizes from in its own environment."""
     from xmc_core.sparse import l2_normalize_rows
     from xmc_core.tfidf import TfidfParams, TfidfVectorizer
 
     meta_file = out / "meta.json"
     if meta_file.is_file():
-        return json.loads(meta_file.read_text())
+        meta = json.loads(meta_file.read_text())
+        # before version 2 the cached test and held-out features came from a TF-IDF that lost
+        # bigrams on large vocabularies (int32 keys), and no common folder was written
+        if meta.get("features_version") == FEATURES_VERSION:
+            return meta
     out.mkdir(parents=True, exist_ok=True)
     ds, parts, dev_note = split_parts(ds_dir, seed)
+    write_common(out / "common", parts)
     if ds.train.texts is not None:
         vec = TfidfVectorizer(TfidfParams(ngram_range=(1, 2), sublinear_tf=True, min_df=2))
         X = {"trn": vec.fit_transform(parts["trn"][0])}
@@ -115,7 +127,7 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
         smat.save_npz(out / f"Y.{k}.npz", smat.csr_matrix(parts[k][2], dtype=np.float32), compressed=False)
     meta = {"n_trn": parts["trn"][2].shape[0], "n_dev": parts["dev"][2].shape[0], "n_tst": parts["tst"][2].shape[0],
             "n_labels": ds.n_labels, "n_features": int(X["trn"].shape[1]), "heldout": dev_note,
-            "raw_text": ds.train.texts is not None}
+            "raw_text": ds.train.texts is not None, "features_version": FEATURES_VERSION}
     meta_file.write_text(json.dumps(meta))
     return meta
 
@@ -375,7 +387,10 @@ def napkinxc_rows(name: str, out: Path, meta: dict, threads: int, data: dict, co
     rows = []
     # napkinXC, the same protocol
     npz = out / "napkinxc_proba.npz"
-    proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_proba.py"), "--data", str(out), "--out", str(npz),
+    # its own features (scikit-learn's TF-IDF in its environment), never xmc's matrices
+    feats = peer_featurize(out / "common", out / "sklearn")
+    proc = subprocess.run([str(PEERS_PY), str(REPO / "bench" / "peer_proba.py"), "--data", str(out / "sklearn"),
+                           "--out", str(npz),
                            "--threads", str(threads), "--topk", str(TOPK)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"napkinxc failed on {name}:\n{proc.stderr[-3000:]}")
@@ -390,6 +405,7 @@ def napkinxc_rows(name: str, out: Path, meta: dict, threads: int, data: dict, co
             "threads": threads, "train_s": round(res["train_s"], 2), "predict_s": round(res["predict_s"], 2),
             "sibling_train_s": round(res["sibling_train_s"], 2),
             "peak_rss_mb": round(res["peak_rss_mb"], 1), "version": res["version"],
+            "features": feats["features"], "featurize_s": feats["featurize_s"],
             "calibration": "its predict_proba (thresholds only)" if method == "none" else "our isotonic on its probabilities"}))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows

@@ -5,13 +5,13 @@ Run with the peers venv (bench/setup_peers.sh), by bench/compare_peers.py:
 
     bench/.venv-peers/bin/python bench/peer_featurize.py --common DIR --out DIR
 
-DIR (--common) holds what xmc's reader read from the dataset, not featurized: texts.trn.txt and
-texts.tst.txt (one document a line, UTF-8) for a raw-text dataset, or bow.trn.npz and bow.tst.npz
-(the dataset's own bag-of-words counts) for a bag-of-words one. Writes X.trn.npz and X.tst.npz
-(float32 CSR) into --out:
+DIR (--common) holds what xmc's reader read from the dataset, not featurized: texts.<split>.txt
+(one document a line, UTF-8) for a raw-text dataset, or bow.<split>.npz (the dataset's own
+bag-of-words counts) for a bag-of-words one, for the splits trn, tst and, where present, dev.
+Writes X.<split>.npz (float32 CSR) for each into --out:
 
 * raw text: `sklearn.feature_extraction.text.TfidfVectorizer(ngram_range=(1, 2), min_df=2,
-  sublinear_tf=True, dtype=float32)` fitted on the training texts, `transform` of the test texts
+  sublinear_tf=True, dtype=float32)` fitted on the training texts, `transform` of the others
   (its own tokenizer, `(?u)\\b\\w\\w+\\b` lowercased; l2 rows) — the settings PECOS's, omikuji's and
   napkinXC's users pair with their learners, and the ones xmc's own TF-IDF defaults to;
 * bag of words: the given counts with rows scaled to unit l2 norm (`sklearn.preprocessing.normalize`).
@@ -48,18 +48,21 @@ def main(argv=None) -> int:
     common, out = Path(args.common), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    splits = [k for k in ("trn", "dev", "tst")
+              if (common / f"texts.{k}.txt").is_file() or (common / f"bow.{k}.npz").is_file()]
     if (common / "texts.trn.txt").is_file():
         vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, dtype=np.float32)
-        Xtr = vec.fit_transform(_texts(common / "texts.trn.txt"))
-        Xte = vec.transform(_texts(common / "texts.tst.txt"))
+        X = {"trn": vec.fit_transform(_texts(common / "texts.trn.txt"))}
+        X.update({k: vec.transform(_texts(common / f"texts.{k}.txt")) for k in splits if k != "trn"})
         kind = "sklearn-tfidf"
     else:
-        Xtr, Xte = (normalize(sp.load_npz(common / f"bow.{k}.npz").tocsr().astype(np.float32)) for k in ("trn", "tst"))
+        X = {k: normalize(sp.load_npz(common / f"bow.{k}.npz").tocsr().astype(np.float32)) for k in splits}
         kind = "bow-l2"
-    for key, X in (("X.trn", Xtr), ("X.tst", Xte)):
-        X = sp.csr_matrix(X, dtype=np.float32)
-        X.sort_indices()
-        sp.save_npz(out / f"{key}.npz", X, compressed=False)
+    for k in splits:
+        M = sp.csr_matrix(X[k], dtype=np.float32)
+        M.sort_indices()
+        sp.save_npz(out / f"X.{k}.npz", M, compressed=False)
+    Xtr = X["trn"]
     meta = {"features": kind, "featurize_s": round(time.perf_counter() - t0, 2), "n_features": int(Xtr.shape[1]),
             "sklearn": sklearn.__version__}
     (out / "meta.json").write_text(json.dumps(meta))
