@@ -281,3 +281,18 @@ def test_large_vocabulary_equals_scikit_learn(large_vocabulary):
         R.sort_indices()
         assert np.array_equal(X.indptr, R.indptr) and np.array_equal(X.indices, R.indices)
         np.testing.assert_allclose(X.data, R.data, atol=1e-5)
+
+
+def test_count_terms_keeps_term_ids_past_int32():
+    """Term ids of 2**31 and more (a fit with that many distinct terms gets an int64 term buffer)
+    stay whole in the counted matrix's indices, as do they through the column remap."""
+    from xmc_core import kernels
+
+    big = 2**31 + 5
+    T = np.array([3, big, big, 7, 2**33], np.int64)
+    indptr, indices, counts = kernels.count_terms(T.copy(), np.array([0, 3, 5], np.int64))
+    assert indices.dtype == np.int64
+    assert indices.tolist() == [3, big, 7, 2**33] and counts.tolist() == [1, 2, 1, 1]
+    out_ptr, out_ind, _ = kernels.remap_columns(np.array([0, 2], np.int64), np.array([0, 1], np.int64),
+                                                np.ones(2, np.float32), np.array([big, 4], np.int64))
+    assert out_ind.tolist() == [4, big]

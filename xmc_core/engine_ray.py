@@ -402,7 +402,9 @@ class _Pieces:
             c = q = 0
             for _, m, k, path in parts:
                 with np.load(path) as f:
-                    indptr[c + 1:c + m + 1] = q + f["indptr"][1:]
+                    # int64 before the offset: a chunk's indptr is int32, and q + int32 stays int32
+                    # under NumPy 2, wrapping once a level passes 2**31 weights
+                    indptr[c + 1:c + m + 1] = q + f["indptr"][1:].astype(np.int64)
                     f["indices"].astype(np.int32, copy=False).tofile(files["indices"])
                     f["data"].astype(np.float32, copy=False).tofile(files["data"])
                 os.remove(path)

@@ -923,7 +923,7 @@ def lookup_terms(tok, doc_ptr, n_tok, use_uni, use_bi, uni_col, bkeys, bcols, T)
 
 @njit(nogil=True, cache=True)
 def count_terms(T, t_ptr):
-    """Per-document term counts as CSR (indptr, indices int32 sorted, counts float32) from the
+    """Per-document term counts as CSR (indptr, indices of T's dtype sorted, counts float32) from the
     term ids (>= 0) of each document's occurrences, T[t_ptr[d]:t_ptr[d+1]] (sorted in place)."""
     n_docs = t_ptr.shape[0] - 1
     indptr = np.zeros(n_docs + 1, np.int64)
@@ -937,7 +937,7 @@ def count_terms(T, t_ptr):
                 u += 1
                 prev = seg[i]
         indptr[d + 1] = indptr[d] + u
-    indices = np.empty(indptr[n_docs], np.int32)
+    indices = np.empty(indptr[n_docs], T.dtype)  # T's: int64 where the terms pass 2**31
     counts = np.zeros(indptr[n_docs], np.float32)
     for d in range(n_docs):
         q = indptr[d] - 1
@@ -982,7 +982,7 @@ def remap_columns(indptr, indices, data, newcol):
             if newcol[indices[p]] >= 0:
                 u += 1
         out_ptr[d + 1] = out_ptr[d] + u
-    out_ind = np.empty(out_ptr[n], np.int32)
+    out_ind = np.empty(out_ptr[n], indices.dtype)  # the input's: new columns are fewer
     out_dat = np.empty(out_ptr[n], data.dtype)
     for d in range(n):
         q0 = out_ptr[d]

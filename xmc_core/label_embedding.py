@@ -52,7 +52,8 @@ def _rows_times(A: smat.csr_matrix, B: smat.csr_matrix, threads: int) -> smat.cs
     row = pos = 0
     for i in range(len(parts)):
         P, parts[i] = parts[i], None
-        indptr[row + 1:row + 1 + P.shape[0]] = P.indptr[1:] + pos
+        # int64 before the offset: a block's indptr is int32, and int32 + pos stays int32 (NumPy 2)
+        indptr[row + 1:row + 1 + P.shape[0]] = P.indptr[1:].astype(np.int64) + pos
         indices[pos:pos + P.nnz] = P.indices
         data[pos:pos + P.nnz] = P.data
         row, pos = row + P.shape[0], pos + P.nnz

@@ -85,7 +85,7 @@ def l2_normalize_rows(X: smat.csr_matrix, copy: bool = True) -> smat.csr_matrix:
     n = X.shape[0]
     r0 = 0
     while r0 < n:
-        r1 = int(np.searchsorted(indptr, indptr[r0] + _BLOCK_NNZ, side="right")) - 1
+        r1 = int(np.searchsorted(indptr, int(indptr[r0]) + _BLOCK_NNZ, side="right")) - 1  # no int32 sum
         r1 = min(n, max(r1, r0 + 1))
         lo, hi = int(indptr[r0]), int(indptr[r1])
         _scale_rows(indptr[r0:r1 + 1] - lo, data[lo:hi])
