@@ -88,16 +88,58 @@ def featurize(ds_dir: Path, out: Path) -> dict:
     return meta
 
 
+def embed(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int) -> dict:
+    """Write E.trn.npy / E.tst.npy, the encoder's pooled embeddings of a raw-text dataset's texts
+    (cached per encoder and length), for the presets with an embedding block; returns their
+    meta (embed_s: the encoder's seconds on train + test, on `threads` threads).
+
+    The encoder runs in a child process of its own: Linux keeps a process's peak RSS across
+    exec, so every system started from this process afterwards would report the encoder's
+    peak as its own."""
+    import multiprocessing
+
+    tag = f"{Path(encoder).name}-{max_length}"
+    meta_file = out / f"E-{tag}.json"
+    if not meta_file.is_file():
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_embed_files, args=(ds_dir, out, encoder, max_length, threads, tag))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0 or not meta_file.is_file():
+            raise SystemExit(f"embedding {ds_dir} with {encoder} failed (exit {proc.exitcode})")
+    return json.loads(meta_file.read_text())
+
+
+def _embed_files(ds_dir: Path, out: Path, encoder: str, max_length: int, threads: int, tag: str) -> None:
+    import numpy as np
+
+    from xmc_core.data import load_dataset
+    from xmc_core.encoder import encode, load_encoder
+    from xmc_core.ensemble import EnsembleParams, encoder_params
+
+    meta_file = out / f"E-{tag}.json"
+    ep = encoder_params(EnsembleParams(embedding=encoder, embedding_max_length=max_length))
+    ep.threads = threads
+    ds = load_dataset(ds_dir, splits=("train", "test"))
+    if ds.train.texts is None:
+        raise SystemExit(f"{ds_dir}: no raw texts to embed (a preset with an embedding block needs them)")
+    t0 = time.perf_counter()
+    tokenizer, model = load_encoder(ep)
+    for key, split in (("trn", ds.train), ("tst", ds.test)):
+        np.save(out / f"E-{tag}.{key}.npy", encode(model, tokenizer, split.texts, ep))
+    meta = {"encoder": encoder, "max_length": max_length, "embed_s": round(time.perf_counter() - t0, 2),
+            "tag": tag}
+    meta_file.write_text(json.dumps(meta))
+
+
 def run_system(system: str, data: Path, threads: int, params: str, save_ranker: Path | None = None,
-               ds_dir: Path | None = None, predict_repeats: int = 3, seed: int | None = None,
-               labels: Path | None = None) -> dict:
+               ds_dir: Path | None = None, predict_repeats: int = 3, seed: int | None = None) -> dict:
     """One system's JSON result line: "xmc" (default preset), "xmc-<preset>", or a peer name, on
-    the features X.trn/X.tst in `data` and the labels Y.trn/Y.tst in `labels` (None: `data`);
+    the features and labels {X,Y}.{trn,tst}.npz in `data`;
     its predict_s is the median of `predict_repeats` timed predictions after a warm-up; `seed`
     (None: each system's default) goes to its --seed."""
-    labels = labels or data
-    common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(labels / "Y.trn.npz"),
-              "--test-X", str(data / "X.tst.npz"), "--test-Y", str(labels / "Y.tst.npz"), "--threads", str(threads),
+    common = ["--train-X", str(data / "X.trn.npz"), "--train-Y", str(data / "Y.trn.npz"),
+              "--test-X", str(data / "X.tst.npz"), "--test-Y", str(data / "Y.tst.npz"), "--threads", str(threads),
               "--predict-repeats", str(predict_repeats)] + ([] if seed is None else ["--seed", str(seed)])
     emb = None
     if system == "xmc" or system.startswith("xmc-"):
@@ -204,7 +246,7 @@ def main(argv=None) -> int:
             for seed in seeds:
                 runs.append(run_system(s, feats, args.threads, args.params,
                                        save if s == "xmc" and seed == seeds[0] else None,
-                                       Path(args.data_root) / ds, args.predict_repeats, seed, labels=data / "common"))
+                                       Path(args.data_root) / ds, args.predict_repeats, seed))
                 bar.update()
             results[s] = mean_over_seeds(runs, seeds)
             results[s].update(features=features[s]["features"], featurize_s=features[s]["featurize_s"],

@@ -67,7 +67,7 @@ import scipy.sparse as smat
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from peer_features import PEERS_PY, peer_featurize, write_common  # noqa: E402
+from peer_features import PEERS_PY, link, peer_featurize, write_common  # noqa: E402
 TOPK = 20
 #: the matrices `prepare` writes, in the order the row functions unpack them
 MATRICES = ("X.trn", "Y.trn", "X.dev", "Y.dev", "X.tst", "Y.tst")
@@ -124,7 +124,7 @@ def prepare(ds_dir: Path, out: Path, seed: int = 0) -> dict:
         X = {k: l2_normalize_rows(parts[k][1]) for k in parts}
     for k in parts:
         smat.save_npz(out / f"X.{k}.npz", smat.csr_matrix(X[k], dtype=np.float32), compressed=False)
-        smat.save_npz(out / f"Y.{k}.npz", smat.csr_matrix(parts[k][2], dtype=np.float32), compressed=False)
+        link(out / "common" / f"Y.{k}.npz", out / f"Y.{k}.npz")  # write_common saved them
     meta = {"n_trn": parts["trn"][2].shape[0], "n_dev": parts["dev"][2].shape[0], "n_tst": parts["tst"][2].shape[0],
             "n_labels": ds.n_labels, "n_features": int(X["trn"].shape[1]), "heldout": dev_note,
             "raw_text": ds.train.texts is not None, "features_version": FEATURES_VERSION}

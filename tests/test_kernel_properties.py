@@ -230,13 +230,18 @@ def f2(a):
 '''
 
 
+def _env(tmp_path):
+    """A child's environment: its own numba cache, the module written in tmp_path importable."""
+    return {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+
+
 def test_cache_entries_from_different_processes_keep_their_own_helpers(tmp_path):
     """Two processes each compile one cached kernel; a third loads both from the cache and
     each must still call its own helper (numba's own counter gives the two helpers one symbol,
     and the third process then runs one body for both: numba#10486, the main job's segfault)."""
     (tmp_path / "cachedmod.py").write_text(textwrap.dedent(_CACHED))
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env = _env(tmp_path)
 
     def run(code):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
@@ -264,8 +269,7 @@ def test_cache_is_keyed_by_bounds_checking(tmp_path):
         def read(a, i):
             return a[i]
     '''))
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    env = _env(tmp_path)
     env.pop("NUMBA_BOUNDSCHECK", None)
     code = "import numpy as np, oob; print(oob.read(np.arange(3), 1))"
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -72,7 +72,6 @@ def njit(*args, cache: bool = False, **kwargs):
     def wrap(fn):
         dispatcher = numba.njit(*args, cache=False, **kwargs)(fn)
         if cache:
-            _install_random_ids()
             dispatcher._cache = _FlagKeyedCache(dispatcher.py_func)
         return dispatcher
 
